@@ -1,0 +1,135 @@
+"""DualOptim (Zhong, Luo, Liu, 2025), Algorithm 1: alternate forget and retain steps, each side with its own optimizer."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+
+
+@dataclass
+class EraseConfig:
+    """Knobs of the unlearning loop; names follow the paper (T_o, T_f, T_r, eta_f, eta_r, alpha)."""
+
+    outer_steps: int = 500  # T_o
+    forget_steps: int = 1  # T_f: forget updates per outer step
+    retain_steps: int = 1  # T_r: retain updates per outer step
+    optimizer: str = "dual"  # "dual": Optim_f and Optim_r with separate states; "shared": one optimizer for both
+    forget_optimizer: str = "adamw"  # Optim_f (dual mode)
+    forget_lr: float = 5e-5  # eta_f
+    forget_weight_decay: float = 0.0
+    retain_optimizer: str = "adamw"  # Optim_r: the pretraining optimizer (also the shared optimizer's kind)
+    retain_lr: float = 5e-5  # eta_r
+    retain_weight_decay: float = 0.0
+    shared_lr: float = 1e-4  # eta of the shared-optimizer baseline
+    alpha: float = 1.0  # forget-loss weight
+    alpha_schedule: str = "cosine"  # "cosine": alpha_t = alpha * (1 + cos(pi t / T_o)) / 2; "constant"
+    forget_clip: float | None = 1.0  # global grad-norm clip of forget steps (after the mask); null: none
+    retain_clip: float | None = None  # global grad-norm clip of retain steps
+    mask_retain: bool = False  # also mask retain gradients ("SalUn with alternating updates")
+    batch_size: int = 1  # forget and retain batch size
+    # Share of labels replaced by the null class, per kind of batch (applied by the pipeline's data). Forget batches:
+    # 0, so gradient ascent never hits the unconditional branch that guidance uses for every class. Retain batches:
+    # DiT's 0.1, so retain steps keep that branch trained. (The public code runs both at 0.1, in train mode.)
+    forget_label_dropout: float = 0.0
+    retain_label_dropout: float = 0.1
+
+
+class DivergenceError(RuntimeError):
+    """A loss or gradient became NaN or infinite during unlearning."""
+
+
+def alpha_at(step: int, cfg: EraseConfig) -> float:
+    """Forget weight at outer step `step` (0-based): constant, or cosine-decayed from alpha towards 0 over T_o."""
+    if cfg.alpha_schedule == "constant":
+        return cfg.alpha
+    if cfg.alpha_schedule == "cosine":
+        return cfg.alpha * (1 + math.cos(math.pi * step / cfg.outer_steps)) / 2
+    raise ValueError(f"unknown alpha_schedule {cfg.alpha_schedule!r}: use 'cosine' or 'constant'")
+
+
+def make_optimizers(params: list[torch.nn.Parameter], cfg: EraseConfig):
+    """(Optim_f, Optim_r): two optimizers with separate states in dual mode, the same object in shared mode."""
+    retain_cls = OPTIMIZERS[cfg.retain_optimizer]
+    if cfg.optimizer == "shared":
+        shared = retain_cls(params, lr=cfg.shared_lr, weight_decay=cfg.retain_weight_decay)
+        return shared, shared
+    if cfg.optimizer != "dual":
+        raise ValueError(f"unknown optimizer mode {cfg.optimizer!r}: use 'dual' or 'shared'")
+    forget = OPTIMIZERS[cfg.forget_optimizer](params, lr=cfg.forget_lr, weight_decay=cfg.forget_weight_decay)
+    retain = retain_cls(params, lr=cfg.retain_lr, weight_decay=cfg.retain_weight_decay)
+    return forget, retain
+
+
+def _update(params, masks, loss, optimizer, clip, keep_masked, what):
+    """One optimizer step on `loss`: backward, mask the gradients, clip, step. Returns the (masked) gradient norm."""
+    if not torch.isfinite(loss):
+        raise DivergenceError(f"{what}: loss is {loss.item()}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if masks is not None:
+        for p, m in zip(params, masks):
+            if p.grad is not None:
+                p.grad.mul_(m)
+    norm = torch.nn.utils.clip_grad_norm_(params, clip if clip is not None else math.inf)
+    if not torch.isfinite(norm):
+        raise DivergenceError(f"{what}: gradient norm is {norm.item()}")
+    # A separate forget optimizer has zero state at masked coordinates, so Adam moves them by exactly 0; decoupled
+    # weight decay would still shrink them, so they are put back after the step.
+    frozen = [p.detach()[~m].clone() for p, m in zip(params, masks)] if keep_masked else None
+    optimizer.step()
+    if frozen is not None:
+        with torch.no_grad():
+            for p, m, v in zip(params, masks, frozen):
+                p[~m] = v
+    return norm.item()
+
+
+def unlearn(
+    model: torch.nn.Module,
+    forget_loss: Callable[[torch.nn.Module, object], torch.Tensor],
+    retain_loss: Callable[[torch.nn.Module, object], torch.Tensor],
+    forget_data: Iterator,
+    retain_data: Iterator,
+    cfg: EraseConfig,
+    *,
+    mask: dict[str, torch.Tensor] | None = None,
+    on_step: Callable[[dict], None] | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Algorithm 1: T_o times, T_f forget updates with Optim_f then T_r retain updates with Optim_r.
+
+    `forget_loss` is the quantity the forget step minimises (e.g. the negated diffusion loss for gradient ascent); it
+    is weighted by alpha_t. `mask` maps parameter names to 0/1 tensors; masked-out coordinates get no forget gradient.
+    Returns one log record per outer step with both losses and both gradient norms.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    masks = None if mask is None else [mask[n].to(p.device, torch.bool) for n, p in named]
+    optim_f, optim_r = make_optimizers(params, cfg)
+    keep_masked = masks is not None and optim_f is not optim_r
+    model.train()
+    log = []
+    for step in tqdm(range(cfg.outer_steps), desc="erase", disable=not progress):
+        alpha = alpha_at(step, cfg)
+        f_loss = f_norm = r_loss = r_norm = 0.0
+        for _ in range(cfg.forget_steps):
+            loss = forget_loss(model, next(forget_data))
+            f_norm += _update(params, masks, alpha * loss, optim_f, cfg.forget_clip, keep_masked,
+                              f"forget step at outer step {step}") / cfg.forget_steps
+            f_loss += loss.item() / cfg.forget_steps
+        for _ in range(cfg.retain_steps):
+            loss = retain_loss(model, next(retain_data))
+            r_norm += _update(params, masks if cfg.mask_retain else None, loss, optim_r, cfg.retain_clip,
+                              keep_masked and cfg.mask_retain, f"retain step at outer step {step}") / cfg.retain_steps
+            r_loss += loss.item() / cfg.retain_steps
+        record = {"step": step, "alpha": alpha, "forget_loss": f_loss, "retain_loss": r_loss,
+                  "forget_grad_norm": f_norm, "retain_grad_norm": r_norm}
+        log.append(record)
+        if on_step is not None:
+            on_step(record)
+    return log

@@ -1,0 +1,44 @@
+"""Saliency: Fisher diagonals on forget and retain data, and the SFR-on mask built from their ratio."""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+from tqdm.auto import tqdm
+
+
+def fisher_diagonal(
+    model: torch.nn.Module,
+    loss: Callable[[torch.nn.Module, object], torch.Tensor],
+    samples: Iterable,
+    num_samples: int,
+    *,
+    desc: str = "fisher",
+    progress: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Mean over `num_samples` single-sample batches of the squared gradient of the (positive) loss, per parameter."""
+    model.eval()  # as in the public SFR-on code: no dropout while measuring
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    fisher = {n: torch.zeros_like(p) for n, p in named}
+    it = iter(samples)
+    for _ in tqdm(range(num_samples), desc=desc, disable=not progress):
+        model.zero_grad(set_to_none=True)
+        loss(model, next(it)).backward()
+        for n, p in named:
+            if p.grad is not None:
+                fisher[n] += p.grad.detach() ** 2
+    model.zero_grad(set_to_none=True)
+    return {n: f / num_samples for n, f in fisher.items()}
+
+
+def sfron_mask(
+    fisher_forget: dict[str, torch.Tensor], fisher_retain: dict[str, torch.Tensor], gamma: float, eps: float = 1e-15
+) -> dict[str, torch.Tensor]:
+    """SFR-on's mask: keep a weight for forgetting where (F_f + eps) / (F_r + eps) >= gamma."""
+    return {n: (fisher_forget[n] + eps) / (fisher_retain[n] + eps) >= gamma for n in fisher_forget}
+
+
+def mask_fraction(mask: dict[str, torch.Tensor]) -> float:
+    """Share of coordinates the mask keeps."""
+    kept = sum(int(m.sum()) for m in mask.values())
+    return kept / max(1, sum(m.numel() for m in mask.values()))

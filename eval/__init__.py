@@ -1,0 +1,1 @@
+"""Evaluation: the digits classifier, forget/retain accuracy, FID through torch-fidelity, reports."""

@@ -1,0 +1,87 @@
+"""Reports: the before/after sample grid, the terminal summary, atomic file writes."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so a reader never sees a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def _tile(images: torch.Tensor, scale: int) -> Image.Image:
+    """A row of uint8 (N, C, H, W) images, upscaled by `scale` with nearest-neighbour."""
+    row = torch.cat(list(images), dim=2)  # C, H, N*W
+    arr = row.permute(1, 2, 0).numpy()
+    img = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)
+    return img.resize((img.width * scale, img.height * scale), Image.NEAREST).convert("RGB")
+
+
+def sample_grid(panels: dict[str, torch.Tensor], labels: torch.Tensor, class_names: list[str], *,
+                marked: int | None = None, scale: int = 4) -> Image.Image:
+    """One row per class, one column block per panel (e.g. "before", "after"); the `marked` row framed in red.
+
+    Each panel holds uint8 images in the order of `labels`.
+    """
+    classes = sorted(set(labels.tolist()))
+    first = next(iter(panels.values()))
+    per_class = int((labels == classes[0]).sum())
+    cell = first.shape[-1] * scale
+    label_w, gap, head_h, pad = 110, 16, 22, 3
+    panel_w = per_class * cell
+    width = label_w + len(panels) * (panel_w + gap)
+    height = head_h + len(classes) * (cell + 2 * pad)
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    for j, title in enumerate(panels):
+        draw.text((label_w + j * (panel_w + gap), 4), title, fill="black")
+    for i, c in enumerate(classes):
+        y = head_h + i * (cell + 2 * pad) + pad
+        name = class_names[c] + ("  (erased)" if c == marked else "")
+        draw.text((4, y + cell // 2 - 6), name, fill="red" if c == marked else "black")
+        for j, images in enumerate(panels.values()):
+            x = label_w + j * (panel_w + gap)
+            canvas.paste(_tile(images[labels == c], scale), (x, y))
+            if c == marked:
+                draw.rectangle([x - 2, y - 2, x + panel_w + 1, y + cell + 1], outline="red", width=2)
+    return canvas
+
+
+def save_image(image: Image.Image, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    image.save(tmp)
+    os.replace(tmp, path)
+
+
+def protocol_line(p: dict) -> str:
+    """The protocol of a set of numbers, in one line."""
+    return (f"{p['sampler']}, {p['steps']} steps, guidance {p['guidance']}, {p['forget_samples']} forget / "
+            f"{p['retain_samples']} retain samples, FID reference {p['reference']}, features {p['feature_extractor']}, "
+            f"classifier {p['classifier']}, seed {p['seed']}")
+
+
+def summary(m: dict) -> str:
+    """The terminal summary of one erasure."""
+    b, a = m["before"], m["after"]
+    rows = [("forget accuracy (lower is better)", "forget_accuracy", "{:.3f}"),
+            ("retain accuracy", "retain_accuracy", "{:.3f}"),
+            (f"FID ({m['protocol']['feature_extractor'].split(' ')[0]})", "fid", "{:.3f}")]
+    t = m["timings"]
+    lines = [f"Erased class {m['forget_class']} ({m['class_name']}) with {m['method']}, {m['optimizer']} optimizer(s), "
+             f"seed {m['seed']}: {m['outer_steps']} outer steps in {t['erase_s']:.1f} s "
+             f"({t['erase_steps_per_s']:.1f} steps/s)",
+             f"{'':36s}{'before':>10s}{'after':>10s}"]
+    lines += [f"{title:36s}{fmt.format(b[key]):>10s}{fmt.format(a[key]):>10s}" for title, key, fmt in rows]
+    lines.append("protocol: " + protocol_line(m["protocol"]))
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""DiT models, data, sampling and the erase-class pipeline."""

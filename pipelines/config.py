@@ -1,0 +1,190 @@
+"""The one config schema: every option with its one default, presets that override a few, and `--set` overrides."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from configs import PRESETS_DIR, preset_names
+from erase.dualoptim import OPTIMIZERS, EraseConfig
+from erase.methods import METHODS, MethodConfig
+from eval.classifier import ClassifierRecipe
+from pipelines.digits import DigitsRecipe
+
+
+class ConfigError(ValueError):
+    """A preset, key or value that is not valid; the message says which and how to fix it."""
+
+
+@dataclass
+class ModelConfig:
+    source: str = "digits"  # "digits": the embedded tiny DiT trained by our recipe (section `digits`)
+
+
+@dataclass
+class SampleConfig:
+    """The sampler of every evaluation and grid."""
+
+    scheduler: str = "ddpm"  # diffusers DDPMScheduler with the learned variance (DiT's sampler)
+    steps: int = 250  # DiT's default
+    guidance: float = 1.5  # classifier-free guidance scale (1: no guidance)
+    batch_size: int = 500
+
+
+@dataclass
+class EvalConfig:
+    forget_samples: int = 200  # samples of the forget class, for forget accuracy
+    retain_samples_per_class: int = 100  # samples of each other class, for retain accuracy and FID
+    grid_per_class: int = 8  # images per class row of grid.png
+
+
+@dataclass
+class Config:
+    seed: int = 0  # erasure batches, Fisher samples and evaluation noise all follow it
+    model: ModelConfig = field(default_factory=ModelConfig)
+    digits: DigitsRecipe = field(default_factory=DigitsRecipe)
+    classifier: ClassifierRecipe = field(default_factory=ClassifierRecipe)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    erase: EraseConfig = field(default_factory=EraseConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+CHOICES = {
+    "erase.optimizer": ("dual", "shared"),
+    "erase.alpha_schedule": ("cosine", "constant"),
+    "erase.forget_optimizer": tuple(OPTIMIZERS),
+    "erase.retain_optimizer": tuple(OPTIMIZERS),
+    "method.name": tuple(METHODS),
+    "model.source": ("digits",),
+    "sample.scheduler": ("ddpm",),
+}
+POSITIVE = {"erase.outer_steps", "erase.batch_size", "erase.forget_lr", "erase.retain_lr", "erase.shared_lr",
+            "method.fisher_samples", "sample.steps", "sample.batch_size", "eval.forget_samples",
+            "eval.retain_samples_per_class", "digits.steps", "digits.batch_size", "digits.lr", "classifier.epochs"}
+NON_NEGATIVE = {"erase.forget_steps", "erase.retain_steps", "erase.alpha", "method.gamma", "sample.guidance",
+                "erase.forget_weight_decay", "erase.retain_weight_decay", "eval.grid_per_class"}
+
+
+def _suggest(word: str, options) -> str:
+    close = difflib.get_close_matches(word, list(options), n=3)
+    return f" (did you mean {', '.join(close)}?)" if close else f" (valid: {', '.join(sorted(options))})"
+
+
+def all_keys(obj=None, prefix: str = "") -> list[str]:
+    """Every dotted key of the schema."""
+    obj = Config() if obj is None else obj
+    keys = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            keys += all_keys(value, f"{prefix}{f.name}.")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def _coerce(key: str, value, hint):
+    """Check `value` against the field's type; ints are accepted for floats."""
+    args = typing.get_args(hint)
+    if value is None and type(None) in args:
+        return None
+    kinds = [a for a in args if a is not type(None)] or [hint]
+    for kind in kinds:
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind in (str, bool) and isinstance(value, kind):
+            return value
+    names = " or ".join("null" if k is type(None) else k.__name__ for k in args or [hint])
+    raise ConfigError(f"{key} must be {names}, got {value!r}: fix the value in the preset or --set")
+
+
+def _apply(obj, data: dict, prefix: str = "") -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(f"section {prefix.rstrip('.') or 'top level'} must be a mapping of keys to values")
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        if name not in names:
+            raise ConfigError(f"unknown config key {key!r}{_suggest(key, all_keys())}")
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(current):
+            _apply(current, value, f"{key}.")
+        else:
+            setattr(obj, name, _coerce(key, value, hints[name]))
+
+
+def _validate(cfg: Config) -> None:
+    for key in all_keys(cfg):
+        section, _, name = key.rpartition(".")
+        value = getattr(getattr(cfg, section), name) if section else getattr(cfg, name)
+        if key in CHOICES and value not in CHOICES[key]:
+            raise ConfigError(f"{key} = {value!r} is not valid{_suggest(str(value), CHOICES[key])}")
+        if key in POSITIVE and not value > 0:
+            raise ConfigError(f"{key} must be > 0, got {value!r}")
+        if key in NON_NEGATIVE and not value >= 0:
+            raise ConfigError(f"{key} must be >= 0, got {value!r}")
+    for key in ("forget_label_dropout", "retain_label_dropout"):
+        if not 0 <= getattr(cfg.erase, key) < 1:
+            raise ConfigError(f"erase.{key} must be in [0, 1), got {getattr(cfg.erase, key)!r}")
+
+
+def _read_preset(name_or_path: str) -> dict:
+    path = Path(name_or_path)
+    if not (path.suffix in (".yaml", ".yml") or path.exists()):
+        if name_or_path not in preset_names():
+            raise ConfigError(f"unknown preset {name_or_path!r}{_suggest(name_or_path, preset_names())}; "
+                              "or give the path of a YAML file")
+        path = PRESETS_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found: give a preset name or an existing YAML path")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML ({str(e).splitlines()[0]})") from None
+
+
+def parse_set(item: str) -> dict:
+    """`a.b=value` -> {"a": {"b": value}}, the value read as YAML (so 3, 1e-4, null, true work)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r} must look like key=value, e.g. erase.outer_steps=200")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else raw
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str) and _looks_numeric(value):
+        value = float(value)
+    for part in reversed(key.strip().split(".")):
+        value = {part: value}
+    return value
+
+
+def _looks_numeric(text: str) -> bool:
+    """YAML 1.1 reads '1e-4' as a string; accept it as the number a user means."""
+    try:
+        float(text)
+        return text.strip().lower() not in ("nan", "inf", "-inf", "infinity", "-infinity")
+    except ValueError:
+        return False
+
+
+def load_config(name_or_path: str = "digits", overrides: list[str] = ()) -> Config:
+    """The schema defaults, updated by a preset (name or YAML path), then by `key=value` overrides in order."""
+    cfg = Config()
+    _apply(cfg, _read_preset(name_or_path))
+    for item in overrides:
+        _apply(cfg, parse_set(item))
+    _validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,124 @@
+"""The embedded default: scikit-learn's 8x8 handwritten digits and a tiny class-conditional DiT trained on them."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from pipelines.dit import DiTLoss, build_dit, drop_labels, load_dit, make_scheduler
+
+NUM_CLASSES = 10
+SIZE = 8
+
+
+@dataclass
+class DigitsRecipe:
+    """How the embedded digits DiT is trained (our recipe; changing any value retrains it once)."""
+
+    layers: int = 4
+    heads: int = 4
+    head_dim: int = 16
+    patch_size: int = 2
+    steps: int = 3000
+    batch_size: int = 128
+    lr: float = 1e-3  # AdamW, weight decay 0: the pretraining optimizer that retain steps reuse
+    ema_decay: float = 0.999  # the released weights are the EMA, as for DiT
+    label_dropout: float = 0.1  # classifier-free guidance training, as DiT
+    seed: int = 0
+
+
+def cache_root() -> Path:
+    """Where prepared models live: $DUALERASE_HOME, else ~/.cache/dualerase."""
+    return Path(os.environ.get("DUALERASE_HOME", Path.home() / ".cache" / "dualerase"))
+
+
+def fingerprint(obj) -> str:
+    """Short stable hash of a JSON-able object (a recipe, a protocol)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def load_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """All 1,797 digits as (N, 1, 8, 8) floats in [-1, 1] (pixel values 0..16 rescaled) and their labels."""
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    data = sk_load_digits()
+    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 8.0 - 1.0
+    return x, torch.tensor(data.target, dtype=torch.long)
+
+
+def train_test_split(labels: torch.Tensor, test_fraction: float = 0.2, seed: int = 0):
+    """A fixed stratified split: (train indices, test indices)."""
+    from sklearn.model_selection import train_test_split as split
+
+    idx = list(range(len(labels)))
+    train, test = split(idx, test_size=test_fraction, random_state=seed, stratify=labels.numpy())
+    return torch.tensor(sorted(train)), torch.tensor(sorted(test))
+
+
+def train_digits_dit(recipe: DigitsRecipe, progress: bool = True):
+    """Train the tiny DiT on every digit with DiT's loss and label dropout; return its EMA weights."""
+    torch.manual_seed(recipe.seed)
+    x, y = load_digits()
+    model = build_dit(num_classes=NUM_CLASSES, sample_size=SIZE, in_channels=1, patch_size=recipe.patch_size,
+                      layers=recipe.layers, heads=recipe.heads, head_dim=recipe.head_dim)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    loss_fn = DiTLoss(make_scheduler())
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(recipe.seed)
+    model.train()
+    bar = tqdm(range(recipe.steps), desc="train digits DiT", disable=not progress)
+    for step in bar:
+        idx = torch.randint(0, len(x), (recipe.batch_size,), generator=gen)
+        batch = x[idx]  # no random flip (DiT flips ImageNet images): digits are not mirror-symmetric
+        loss = loss_fn(model, (batch, drop_labels(y[idx], recipe.label_dropout, NUM_CLASSES)))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(p, 1 - recipe.ema_decay)
+        if step % 100 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    return ema.eval()
+
+
+def prepare_digits_dit(recipe: DigitsRecipe, progress: bool = True) -> Path:
+    """The cached digits DiT folder for `recipe`, trained once on first use."""
+    folder = cache_root() / "digits" / f"dit-{fingerprint(asdict(recipe))}"
+    if not (folder / "config.json").exists():
+        model = train_digits_dit(recipe, progress)
+        tmp = folder.with_name(folder.name + ".tmp")
+        model.save_pretrained(tmp)
+        (tmp / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
+        tmp.rename(folder)
+    return folder
+
+
+def load_digits_dit(recipe: DigitsRecipe, progress: bool = True):
+    """Load (training first if needed) the digits DiT."""
+    return load_dit(str(prepare_digits_dit(recipe, progress)))
+
+
+def prepare_digits_classifier(recipe, progress: bool = True) -> tuple[Path, float]:
+    """The cached digits classifier for `recipe` (trained once on the train split) and its test-split accuracy."""
+    from safetensors import safe_open
+
+    from eval.classifier import accuracy, save_classifier, train_classifier
+
+    path = cache_root() / "digits" / f"classifier-{fingerprint(asdict(recipe))}.safetensors"
+    if not path.exists():
+        x, y = load_digits()
+        train, test = train_test_split(y)
+        net = train_classifier(x[train], y[train], recipe, progress)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        save_classifier(net, tmp, recipe, accuracy(net, x[test], y[test]))
+        tmp.rename(path)
+    with safe_open(str(path), "pt") as f:
+        return path, float(f.metadata()["test_accuracy"])

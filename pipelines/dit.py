@@ -1,0 +1,124 @@
+"""DiT as diffusers' DiTTransformer2DModel: construction, loading, label dropout, and DiT's training loss."""
+from __future__ import annotations
+
+import math
+
+import torch
+from diffusers import DDPMScheduler, DiTTransformer2DModel
+from diffusers.models.embeddings import LabelEmbedding
+
+
+def num_classes(model: DiTTransformer2DModel) -> int:
+    """Number of real classes; the label embedding's extra row (this index) is the null class of guidance."""
+    return model.config.num_embeds_ada_norm
+
+
+def disable_builtin_label_dropout(model: DiTTransformer2DModel) -> DiTTransformer2DModel:
+    """Turn off diffusers' in-model label dropout (p = 0.1 in train mode, drawn anew in EVERY block).
+
+    The original DiT drops a sample's label once for the whole network; `drop_labels` does that instead, with an
+    explicit probability per kind of batch, so that gradient ascent never silently hits the null class that guidance
+    uses for every class.
+    """
+    for module in model.modules():
+        if isinstance(module, LabelEmbedding):
+            module.dropout_prob = 0.0
+    return model
+
+
+def build_dit(*, num_classes: int, sample_size: int, in_channels: int, patch_size: int, layers: int, heads: int,
+              head_dim: int, learn_sigma: bool = True) -> DiTTransformer2DModel:
+    """A class-conditional DiT with the null-class row for classifier-free guidance."""
+    model = DiTTransformer2DModel(
+        num_attention_heads=heads, attention_head_dim=head_dim, in_channels=in_channels,
+        out_channels=in_channels * (2 if learn_sigma else 1), num_layers=layers, sample_size=sample_size,
+        patch_size=patch_size, num_embeds_ada_norm=num_classes)
+    return disable_builtin_label_dropout(model)
+
+
+def load_dit(path: str) -> DiTTransformer2DModel:
+    """Load a transformer saved with `save_pretrained`."""
+    return disable_builtin_label_dropout(DiTTransformer2DModel.from_pretrained(path))
+
+
+def drop_labels(labels: torch.Tensor, p: float, null_class: int, generator: torch.Generator | None = None):
+    """Replace each label by the null class with probability p (DiT's classifier-free-guidance training)."""
+    if p <= 0:
+        return labels
+    drop = torch.rand(labels.shape, generator=generator) < p
+    return torch.where(drop, null_class, labels)
+
+
+def make_scheduler(num_train_timesteps: int = 1000) -> DDPMScheduler:
+    """DiT's diffusion: linear betas 1e-4..0.02, sampled with the model's learned variance."""
+    return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="linear", beta_start=1e-4,
+                         beta_end=0.02, variance_type="learned_range", clip_sample=False)
+
+
+def _normal_kl(mean1, logvar1, mean2, logvar2):
+    """KL(N(mean1, exp(logvar1)) || N(mean2, exp(logvar2))), elementwise."""
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+
+
+def _discretized_gaussian_nll(x, mean, log_scale):
+    """-log p(x) for data in [-1, 1] quantised to 256 levels under N(mean, exp(log_scale)^2), elementwise."""
+    normal = torch.distributions.Normal(0.0, 1.0)
+    inv_std = torch.exp(-log_scale)
+    cdf_plus = normal.cdf(inv_std * (x - mean + 1 / 255))
+    cdf_min = normal.cdf(inv_std * (x - mean - 1 / 255))
+    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
+    log_one_minus_cdf_min = torch.log((1 - cdf_min).clamp(min=1e-12))
+    log_delta = torch.log((cdf_plus - cdf_min).clamp(min=1e-12))
+    return -torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_delta))
+
+
+class DiTLoss:
+    """DiT's training loss: epsilon MSE, plus the learned-variance VLB term (mean frozen) when the model predicts sigma.
+
+    Called as `loss(model, (x0, labels))`; label dropout is applied to the batches beforehand (`drop_labels`).
+    """
+
+    def __init__(self, scheduler: DDPMScheduler):
+        betas = scheduler.betas.double()
+        alphas = 1.0 - betas
+        ac = torch.cumprod(alphas, 0)
+        ac_prev = torch.cat([torch.ones(1, dtype=ac.dtype), ac[:-1]])
+        post_var = betas * (1 - ac_prev) / (1 - ac)
+        self.num_timesteps = len(betas)
+        self.sqrt_ac = ac.sqrt().float()
+        self.sqrt_1m_ac = (1 - ac).sqrt().float()
+        self.log_betas = betas.log().float()
+        self.post_log_var = torch.log(torch.cat([post_var[1:2], post_var[1:]])).float()
+        self.coef_x0 = (betas * ac_prev.sqrt() / (1 - ac)).float()
+        self.coef_xt = ((1 - ac_prev) * alphas.sqrt() / (1 - ac)).float()
+
+    @staticmethod
+    def _at(values, t, like):
+        return values.to(like.device)[t].view(-1, *([1] * (like.dim() - 1)))
+
+    def __call__(self, model: DiTTransformer2DModel, batch, reduce: bool = True) -> torch.Tensor:
+        x0, labels = batch
+        x0 = x0.to(model.device, model.dtype)
+        labels = labels.to(model.device)
+        t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device)
+        noise = torch.randn_like(x0)
+        xt = self._at(self.sqrt_ac, t, x0) * x0 + self._at(self.sqrt_1m_ac, t, x0) * noise
+        out = model(xt, t, class_labels=labels).sample
+        channels = x0.shape[1]
+        eps = out[:, :channels]
+        loss = ((eps - noise) ** 2).flatten(1).mean(1)
+        if out.shape[1] == 2 * channels:
+            loss = loss + self._vb(eps.detach(), out[:, channels:], x0, xt, t)
+        return loss.mean() if reduce else loss
+
+    def _vb(self, eps, v, x0, xt, t):
+        """Variational bound term in bits per dimension, with the predicted mean held fixed (DiT / improved DDPM)."""
+        pred_x0 = (xt - self._at(self.sqrt_1m_ac, t, xt) * eps) / self._at(self.sqrt_ac, t, xt)
+        c0, ct = self._at(self.coef_x0, t, xt), self._at(self.coef_xt, t, xt)
+        min_log, max_log = self._at(self.post_log_var, t, xt), self._at(self.log_betas, t, xt)
+        frac = (v + 1) / 2
+        model_log_var = frac * max_log + (1 - frac) * min_log
+        model_mean = c0 * pred_x0 + ct * xt
+        kl = _normal_kl(c0 * x0 + ct * xt, min_log, model_mean, model_log_var).flatten(1).mean(1)
+        nll = _discretized_gaussian_nll(x0, model_mean, 0.5 * model_log_var).flatten(1).mean(1)
+        return torch.where(t == 0, nll, kl) / math.log(2.0)

@@ -1,0 +1,265 @@
+"""erase-class: erase one class from a class-conditional DiT, measure the model before and after, save everything."""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from configs import preset_names
+from erase import unlearn
+from erase.methods import METHODS, make_method
+from eval.classifier import accuracy, load_classifier, predict
+from eval.fid import DIGITS_EXTRACTOR, DIGITS_FEATURE, fid
+from eval.report import atomic_write_json, atomic_write_text, sample_grid, save_image, summary
+from pipelines.config import Config, ConfigError, load_config, to_dict
+from pipelines.digits import (NUM_CLASSES, fingerprint, load_digits, load_digits_dit, prepare_digits_classifier,
+                              prepare_digits_dit, train_test_split)
+from pipelines.dit import DiTLoss, drop_labels, make_scheduler
+from pipelines.sampling import class_labels, sample, to_uint8
+
+
+class UsageError(ValueError):
+    """Bad input from the command line; the message names the problem and the fix."""
+
+
+@dataclass
+class Workload:
+    """What one erasure works on: the base model, its data, and the classifier that scores it."""
+
+    model: torch.nn.Module
+    model_id: str
+    images: torch.Tensor  # real images in [-1, 1]
+    labels: torch.Tensor
+    class_names: list[str]
+    classifier: torch.nn.Module
+    classifier_path: Path
+    classifier_accuracy: float
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def prepare_digits(cfg: Config, progress: bool = True) -> Workload:
+    """The embedded default: the digits DiT and the digits classifier, each trained once and cached."""
+    folder = prepare_digits_dit(cfg.digits, progress)
+    clf_path, clf_acc = prepare_digits_classifier(cfg.classifier, progress)
+    x, y = load_digits()
+    return Workload(model=load_digits_dit(cfg.digits), model_id=f"digits/{folder.name}", images=x, labels=y,
+                    class_names=[f"digit {c}" for c in range(NUM_CLASSES)], classifier=load_classifier(clf_path),
+                    classifier_path=clf_path, classifier_accuracy=clf_acc)
+
+
+def resolve_class(text: str, w: Workload) -> int:
+    """The class index named by `text`."""
+    if text.strip().lstrip("-").isdigit():
+        c = int(text)
+        if 0 <= c < w.num_classes:
+            return c
+        raise UsageError(f"class {c} is out of range: this model has classes 0..{w.num_classes - 1}")
+    raise UsageError(f"unknown class {text!r}: give a class index 0..{w.num_classes - 1}")
+
+
+def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, label_dropout: float = 0.0,
+            null_class: int = -1):
+    """Endless random batches (drawn with replacement) from (x, y), labels dropped to `null_class` at that rate."""
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        idx = torch.randint(0, len(x), (batch_size,), generator=gen)
+        yield x[idx], drop_labels(y[idx], label_dropout, null_class, gen)
+
+
+def protocol(cfg: Config, w: Workload, forget_class: int) -> dict:
+    """Everything needed to reproduce or compare the numbers."""
+    reference = int((w.labels != forget_class).sum())
+    return {
+        "sampler": "DDPM (diffusers DDPMScheduler, learned variance)",
+        "steps": cfg.sample.steps,
+        "guidance": cfg.sample.guidance,
+        "forget_samples": cfg.eval.forget_samples,
+        "retain_samples": cfg.eval.retain_samples_per_class * (w.num_classes - 1),
+        "retain_labels": f"{cfg.eval.retain_samples_per_class} per retained class",
+        "reference": f"all {reference} real images of the {w.num_classes - 1} retained classes",
+        "feature_extractor": f"{DIGITS_EXTRACTOR}-{DIGITS_FEATURE} (digits classifier penultimate layer, torch-fidelity)",
+        "classifier": f"digits CNN, {w.classifier_accuracy:.3f} accuracy on the held-out split",
+        "seed": cfg.seed,
+    }
+
+
+def evaluate(model, w: Workload, cfg: Config, forget_class: int, progress: bool = True, desc: str = "") -> dict:
+    """Forget accuracy, retain accuracy (per class too) and FID of the retained classes' samples."""
+    scheduler = make_scheduler()
+    fl = class_labels(w.num_classes, cfg.eval.forget_samples, only=forget_class)
+    rl = class_labels(w.num_classes, cfg.eval.retain_samples_per_class, exclude=forget_class)
+    labels = torch.cat([fl, rl])
+    images = sample(model, scheduler, labels, num_steps=cfg.sample.steps, guidance=cfg.sample.guidance,
+                    seed=cfg.seed, batch_size=cfg.sample.batch_size, progress=progress, desc=f"sample {desc}")
+    pred = predict(w.classifier, images)
+    per_class = {str(c): (pred[labels == c] == c).float().mean().item() for c in labels.unique().tolist()}
+    retain = images[len(fl):]
+    reference = w.images[w.labels != forget_class]
+    return {
+        "forget_accuracy": (pred[:len(fl)] == forget_class).float().mean().item(),
+        "retain_accuracy": (pred[len(fl):] == rl).float().mean().item(),
+        "fid": fid(to_uint8(retain), to_uint8(reference), feature_extractor=DIGITS_EXTRACTOR,
+                   weights_path=str(w.classifier_path)),
+        "per_class_accuracy": per_class,
+    }
+
+
+def evaluate_base(w: Workload, cfg: Config, forget_class: int, progress: bool = True) -> dict:
+    """The base model's scores, cached by model, protocol, seed and class: they do not change between erasures."""
+    key = fingerprint({"model": w.model_id, "protocol": protocol(cfg, w, forget_class), "class": forget_class,
+                       "sample": dataclasses.asdict(cfg.sample), "eval": dataclasses.asdict(cfg.eval)})
+    from pipelines.digits import cache_root
+
+    path = cache_root() / "evals" / f"{key}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    scores = evaluate(w.model, w, cfg, forget_class, progress, desc="before")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, scores)
+    return scores
+
+
+def grid_images(model, w: Workload, cfg: Config, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """`grid_per_class` samples of every class, with the same noise for every model (so rows compare)."""
+    labels = class_labels(w.num_classes, cfg.eval.grid_per_class)
+    images = sample(model, make_scheduler(), labels, num_steps=cfg.sample.steps, guidance=cfg.sample.guidance,
+                    seed=cfg.seed, batch_size=cfg.sample.batch_size, progress=progress, desc="sample grid")
+    return to_uint8(images), labels
+
+
+def erase(w: Workload, cfg: Config, forget_class: int, progress: bool = True, log_path: Path | None = None):
+    """Mask (if the method has one) then Algorithm 1 on a copy of the base model. Returns (model, log, timings)."""
+    torch.manual_seed(cfg.seed)
+    model = copy.deepcopy(w.model)
+    loss = DiTLoss(make_scheduler())
+    method = make_method(cfg.method, loss)
+    is_forget = w.labels == forget_class
+    xf, yf = w.images[is_forget], w.labels[is_forget]
+    xr, yr = w.images[~is_forget], w.labels[~is_forget]
+    t0 = time.perf_counter()
+    mask = method.mask(model, batches(xf, yf, 1, cfg.seed + 1), batches(xr, yr, 1, cfg.seed + 2), progress)
+    t1 = time.perf_counter()
+    log_file = open(log_path, "w") if log_path else None
+
+    def on_step(record):
+        if log_file:
+            log_file.write(json.dumps(record) + "\n")
+
+    try:
+        e = cfg.erase
+        forget_data = batches(xf, yf, e.batch_size, cfg.seed + 3, e.forget_label_dropout, w.num_classes)
+        retain_data = batches(xr, yr, e.batch_size, cfg.seed + 4, e.retain_label_dropout, w.num_classes)
+        log = unlearn(model, method.forget_loss, method.retain_loss, forget_data, retain_data, e, mask=mask,
+                      on_step=on_step, progress=progress)
+    finally:
+        if log_file:
+            log_file.close()
+    t2 = time.perf_counter()
+    timings = {"mask_s": t1 - t0, "erase_s": t2 - t1, "erase_steps_per_s": cfg.erase.outer_steps / (t2 - t1)}
+    if mask is not None:
+        timings["mask_kept_fraction"] = getattr(method, "kept", None)
+    return model.eval(), log, timings
+
+
+def run(cfg: Config, class_arg: str, output: Path, *, overwrite: bool = False, progress: bool = True) -> dict:
+    """The whole job: prepare, measure the base model, erase, measure again, write the outputs."""
+    if (output / "metrics.json").exists() and not overwrite:
+        raise UsageError(f"{output} already holds a finished run: pass --overwrite or choose another --output")
+    t_start = time.perf_counter()
+    w = prepare_digits(cfg, progress)
+    forget_class = resolve_class(class_arg, w)
+    t_prepared = time.perf_counter()
+    before = evaluate_base(w, cfg, forget_class, progress)
+    t_before = time.perf_counter()
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    model, log, erase_timings = erase(w, cfg, forget_class, progress, log_path=output / "log.jsonl")
+    tmp_model = output / ".model.tmp"
+    shutil.rmtree(tmp_model, ignore_errors=True)
+    model.save_pretrained(tmp_model)
+    shutil.rmtree(output / "model", ignore_errors=True)
+    tmp_model.rename(output / "model")
+    t_erased = time.perf_counter()
+    after = evaluate(model, w, cfg, forget_class, progress, desc="after")
+    t_after = time.perf_counter()
+    before_grid, grid_labels = grid_images(w.model, w, cfg, progress)
+    after_grid, _ = grid_images(model, w, cfg, progress)
+    save_image(sample_grid({"before": before_grid, "after": after_grid}, grid_labels, w.class_names,
+                           marked=forget_class), output / "grid.png")
+    metrics = {
+        "forget_class": forget_class,
+        "class_name": w.class_names[forget_class],
+        "method": cfg.method.name,
+        "optimizer": cfg.erase.optimizer,
+        "seed": cfg.seed,
+        "outer_steps": cfg.erase.outer_steps,
+        "model": w.model_id,
+        "before": before,
+        "after": after,
+        "protocol": protocol(cfg, w, forget_class),
+        "timings": {"prepare_s": t_prepared - t_start, "before_eval_s": t_before - t_prepared, **erase_timings,
+                    "after_eval_s": t_after - t_erased, "total_s": time.perf_counter() - t_start},
+        "final_log": log[-1] if log else None,
+    }
+    atomic_write_json(output / "metrics.json", metrics)
+    return metrics
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="erase-class",
+        description="Erase one class from a class-conditional diffusion transformer (DualOptim), and measure it.",
+        epilog=(f"presets: {', '.join(preset_names())}.  Main keys for --set: erase.outer_steps, erase.forget_lr, "
+                "erase.retain_lr, erase.shared_lr, erase.alpha, erase.alpha_schedule, erase.batch_size, "
+                "erase.forget_clip, method.gamma, method.fisher_samples, sample.steps, sample.guidance, "
+                "eval.forget_samples, eval.retain_samples_per_class.  See README.md for every key."),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("forget_class", help="the class to erase (for the digits default: 0..9)")
+    parser.add_argument("--config", default="digits", help="a preset name or a YAML path (default: digits)")
+    parser.add_argument("--method", choices=sorted(METHODS), help="base method (config method.name)")
+    parser.add_argument("--optimizer", choices=("dual", "shared"), help="dual or shared optimizers (erase.optimizer)")
+    parser.add_argument("--seed", type=int, help="seed of erasure and evaluation (config seed)")
+    parser.add_argument("--output", type=Path, help="output folder (default: runs/<class>-<method>-<optimizer>-s<seed>)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set erase.outer_steps=200 (repeatable)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a finished run in --output")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = list(args.overrides)
+    if args.method:
+        overrides.append(f"method.name={args.method}")
+    if args.optimizer:
+        overrides.append(f"erase.optimizer={args.optimizer}")
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    try:
+        cfg = load_config(args.config, overrides)
+        output = args.output or Path("runs") / (
+            f"{args.forget_class.replace(' ', '_')}-{cfg.method.name}-{cfg.erase.optimizer}-s{cfg.seed}")
+        metrics = run(cfg, args.forget_class, output, overwrite=args.overwrite, progress=not args.quiet)
+    except (ConfigError, UsageError) as e:
+        print(f"erase-class: error: {e}", file=sys.stderr)
+        return 2
+    print(summary(metrics))
+    print(f"wrote {output}/: metrics.json, model/, grid.png, config.yaml, log.jsonl")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
