@@ -98,6 +98,7 @@ def unlearn(
     cfg: EraseConfig,
     *,
     mask: dict[str, torch.Tensor] | None = None,
+    optimizers: tuple[torch.optim.Optimizer, torch.optim.Optimizer] | None = None,
     on_step: Callable[[dict], None] | None = None,
     progress: bool = True,
 ) -> list[dict]:
@@ -105,12 +106,13 @@ def unlearn(
 
     `forget_loss` is the quantity the forget step minimises (e.g. the negated diffusion loss for gradient ascent); it
     is weighted by alpha_t. `mask` maps parameter names to 0/1 tensors; masked-out coordinates get no forget gradient.
+    `optimizers` = (Optim_f, Optim_r) to continue with (default: fresh ones from `make_optimizers`).
     Returns one log record per outer step with both losses and both gradient norms.
     """
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
     masks = None if mask is None else [mask[n].to(p.device, torch.bool) for n, p in named]
-    optim_f, optim_r = make_optimizers(params, cfg)
+    optim_f, optim_r = optimizers if optimizers is not None else make_optimizers(params, cfg)
     keep_masked = masks is not None and optim_f is not optim_r
     model.train()
     log = []

@@ -20,12 +20,15 @@ def atomic_write_json(path: Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
-def _tile(images: torch.Tensor, scale: int) -> Image.Image:
-    """A row of uint8 (N, C, H, W) images, upscaled by `scale` with nearest-neighbour."""
-    row = torch.cat(list(images), dim=2)  # C, H, N*W
-    arr = row.permute(1, 2, 0).numpy()
-    img = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)
-    return img.resize((img.width * scale, img.height * scale), Image.NEAREST).convert("RGB")
+def _tile(images: torch.Tensor, scale: int, gap: int = 2) -> Image.Image:
+    """A row of uint8 (N, C, H, W) images, upscaled by `scale` with nearest-neighbour, `gap` white pixels apart."""
+    size = images.shape[-1] * scale
+    row = Image.new("RGB", (len(images) * (size + gap) - gap, size), "white")
+    for i, image in enumerate(images):
+        arr = image.permute(1, 2, 0).numpy()
+        img = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).convert("RGB")
+        row.paste(img.resize((size, size), Image.NEAREST), (i * (size + gap), 0))
+    return row
 
 
 def sample_grid(panels: dict[str, torch.Tensor], labels: torch.Tensor, class_names: list[str], *,
@@ -39,7 +42,7 @@ def sample_grid(panels: dict[str, torch.Tensor], labels: torch.Tensor, class_nam
     per_class = int((labels == classes[0]).sum())
     cell = first.shape[-1] * scale
     label_w, gap, head_h, pad = 110, 16, 22, 3
-    panel_w = per_class * cell
+    panel_w = per_class * (cell + 2) - 2
     width = label_w + len(panels) * (panel_w + gap)
     height = head_h + len(classes) * (cell + 2 * pad)
     canvas = Image.new("RGB", (width, height), "white")

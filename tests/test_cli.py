@@ -1,0 +1,107 @@
+"""The commands end to end on the embedded digits default, shrunk to seconds, and their bad-input errors."""
+import json
+
+import pytest
+import torch
+
+from pipelines import erase_class, fid_bench, sample_grid
+from pipelines.config import ConfigError, load_config, parse_set
+from pipelines.dit import load_dit
+
+TINY = ["--set", "digits.steps=30", "--set", "classifier.epochs=3", "--set", "method.fisher_samples=4",
+        "--set", "erase.outer_steps=3", "--set", "erase.batch_size=8", "--set", "sample.steps=4",
+        "--set", "eval.forget_samples=10", "--set", "eval.retain_samples_per_class=10",
+        "--set", "eval.grid_per_class=2", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "out"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DUALERASE_HOME", str(tmp_path_factory.getbasetemp() / "dualerase-cache"))
+    code = erase_class.main(["3", "--output", str(out), *TINY])
+    mp.undo()
+    return code, out
+
+
+def test_erase_class_writes_every_output(tiny_run):
+    code, out = tiny_run
+    assert code == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert (m["forget_class"], m["method"], m["optimizer"], m["seed"]) == (3, "sfron", "dual", 0)
+    for side in ("before", "after"):
+        assert 0 <= m[side]["forget_accuracy"] <= 1 and 0 <= m[side]["retain_accuracy"] <= 1
+        assert m[side]["fid"] >= 0
+    for key in ("sampler", "steps", "guidance", "forget_samples", "retain_samples", "reference", "feature_extractor",
+                "seed"):
+        assert key in m["protocol"]
+    assert m["protocol"]["steps"] == 4 and m["protocol"]["forget_samples"] == 10
+    assert m["timings"]["erase_s"] > 0 and m["timings"]["erase_steps_per_s"] > 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [0, 1, 2]
+    assert {"forget_loss", "retain_loss", "forget_grad_norm", "retain_grad_norm", "alpha"} <= set(log[0])
+    assert (out / "grid.png").stat().st_size > 0
+    assert load_config(str(out / "config.yaml")).erase.outer_steps == 3
+
+
+def test_saved_model_is_the_erased_one(tiny_run):
+    _, out = tiny_run
+    model = load_dit(str(out / "model"))
+    assert model.config.num_embeds_ada_norm == 10 and model.config.out_channels == 2
+    from pipelines.digits import DigitsRecipe, load_digits_dit
+
+    base = load_digits_dit(DigitsRecipe(steps=30), progress=False)
+    assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), base.parameters()))
+
+
+def test_finished_output_is_not_overwritten(tiny_run, capsys):
+    code, out = tiny_run
+    before = (out / "metrics.json").read_bytes()
+    assert erase_class.main(["3", "--output", str(out), *TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--overwrite" in err
+    assert (out / "metrics.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["12"], "out of range"),
+    (["three"], "unknown class"),
+    (["3", "--set", "erase.outer_step=5"], "did you mean erase.outer_steps"),
+    (["3", "--set", "erase.forget_lr=0"], "erase.forget_lr must be > 0"),
+    (["3", "--set", "erase.outer_steps=many"], "erase.outer_steps must be int"),
+    (["3", "--config", "digitz"], "unknown preset 'digitz'"),
+    (["3", "--set", "novalue"], "key=value"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, needle, tmp_path, capsys):
+    assert erase_class.main(args + ["--output", str(tmp_path / "o"), *TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_set_values_are_typed():
+    assert parse_set("erase.forget_lr=1e-4") == {"erase": {"forget_lr": 1e-4}}
+    assert parse_set("erase.forget_clip=null") == {"erase": {"forget_clip": None}}
+    cfg = load_config("digits", ["erase.outer_steps=7", "erase.alpha=1", "method.name=ga"])
+    assert cfg.erase.outer_steps == 7 and isinstance(cfg.erase.alpha, float) and cfg.method.name == "ga"
+    with pytest.raises(ConfigError, match="sfron"):
+        load_config("digits", ["method.name=sfrn"])
+
+
+def test_sample_grid_compares_models(tiny_run, tmp_path):
+    _, out = tiny_run
+    png = tmp_path / "g.png"
+    assert sample_grid.main(["base", str(out), "--mark", "3", "--per-class", "2", "--output", str(png), *TINY]) == 0
+    assert png.stat().st_size > 0
+    assert sample_grid.main(["nowhere", "--output", str(png), *TINY]) == 2
+
+
+def test_fid_bench_table_and_resume(tmp_path, capsys):
+    args = ["--classes", "3", "--seeds", "0", "1", "--optimizers", "dual", "--output", str(tmp_path), *TINY]
+    assert fid_bench.main(args) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert len(results["cells"]) == 2 and results["rows"][0]["cells"] == 2
+    assert "| sfron | dual | 2 |" in (tmp_path / "results.md").read_text()
+    stamp = (tmp_path / "cells" / "sfron-dual-3-s0" / "metrics.json").stat().st_mtime_ns
+    assert fid_bench.main(args) == 0  # finished cells are skipped, not redone
+    assert (tmp_path / "cells" / "sfron-dual-3-s0" / "metrics.json").stat().st_mtime_ns == stamp

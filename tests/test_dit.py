@@ -1,0 +1,109 @@
+"""DiT's loss, label dropout, the sampler and saving."""
+import pytest
+import torch
+from diffusers import DDIMScheduler
+
+from pipelines.dit import DiTLoss, drop_labels, load_dit, make_scheduler, num_classes
+from pipelines.sampling import class_labels, sample
+
+
+def test_builtin_label_dropout_is_off(tiny_dit):
+    tiny_dit.train()
+    x = torch.randn(64, 1, 4, 4)
+    t = torch.full((64,), 10)
+    y = torch.full((64,), 2)
+    a = tiny_dit(x, t, class_labels=y).sample
+    b = tiny_dit(x, t, class_labels=y).sample
+    assert torch.equal(a, b)  # diffusers would drop labels at random in train mode
+
+
+def test_drop_labels_rate_and_null_class():
+    labels = torch.zeros(10000, dtype=torch.long)
+    dropped = drop_labels(labels, 0.1, 7, torch.Generator().manual_seed(0))
+    assert set(dropped.unique().tolist()) == {0, 7}
+    assert 0.08 < (dropped == 7).float().mean().item() < 0.12
+    assert torch.equal(drop_labels(labels, 0.0, 7), labels)
+
+
+def test_vb_is_zero_for_the_true_posterior():
+    loss = DiTLoss(make_scheduler())
+    x0 = torch.rand(3, 1, 4, 4) * 2 - 1
+    noise = torch.randn_like(x0)
+    t = torch.tensor([5, 100, 900])
+    xt = loss._at(loss.sqrt_ac, t, x0) * x0 + loss._at(loss.sqrt_1m_ac, t, x0) * noise
+    v = -torch.ones_like(x0)  # frac 0: the model's variance is the posterior variance
+    assert torch.allclose(loss._vb(noise, v, x0, xt, t), torch.zeros(3), atol=1e-4)
+    assert loss._vb(noise, torch.ones_like(x0), x0, xt, t)[0] > 0.01  # wrong variance at small t costs bits
+
+
+def test_loss_includes_vb_only_for_learned_sigma(tiny_dit):
+    from pipelines.dit import build_dit
+
+    loss = DiTLoss(make_scheduler())
+    batch = (torch.rand(4, 1, 4, 4) * 2 - 1, torch.tensor([0, 1, 2, 3]))
+    torch.manual_seed(0)
+    learned = loss(tiny_dit, batch, reduce=False)
+    torch.manual_seed(0)
+    fixed = build_dit(num_classes=5, sample_size=4, in_channels=1, patch_size=2, layers=2, heads=2, head_dim=8,
+                      learn_sigma=False)
+    assert learned.shape == (4,) and torch.all(torch.isfinite(learned))
+    assert loss(fixed, batch).ndim == 0
+
+
+def test_class_labels_only_and_exclude():
+    assert class_labels(4, 2).tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert class_labels(4, 3, only=2).tolist() == [2, 2, 2]
+    assert class_labels(4, 1, exclude=1).tolist() == [0, 2, 3]
+    with pytest.raises(ValueError):
+        class_labels(4, 1, only=1, exclude=2)
+
+
+def _recording(model):
+    seen = []
+    forward = model.forward
+
+    def wrapped(x, t, class_labels=None, **kw):
+        seen.append(class_labels.clone())
+        return forward(x, t, class_labels=class_labels, **kw)
+
+    model.forward = wrapped
+    return seen
+
+
+@pytest.mark.parametrize("only,exclude", [(3, None), (None, 3)])
+def test_sampler_conditions_on_the_requested_classes(tiny_dit, only, exclude):
+    seen = _recording(tiny_dit)
+    labels = class_labels(num_classes(tiny_dit), 2, only=only, exclude=exclude)
+    images = sample(tiny_dit, make_scheduler(), labels, num_steps=3, guidance=2.0, seed=0, progress=False)
+    assert images.shape == (len(labels), 1, 4, 4)
+    assert len(seen) == 3
+    for y in seen:  # conditional half, then the null class for guidance
+        assert torch.equal(y[:len(labels)], labels)
+        assert torch.all(y[len(labels):] == num_classes(tiny_dit))
+    assert (3 in seen[0][:len(labels)].tolist()) == (only == 3)
+
+
+def test_sampler_without_guidance_and_with_a_fixed_variance_scheduler(tiny_dit):
+    seen = _recording(tiny_dit)
+    labels = class_labels(5, 1)
+    images = sample(tiny_dit, DDIMScheduler(num_train_timesteps=1000), labels, num_steps=4, guidance=1.0, seed=0,
+                    progress=False)
+    assert images.shape == (5, 1, 4, 4) and torch.all(torch.isfinite(images))
+    assert all(torch.equal(y, labels) for y in seen)
+
+
+def test_sampling_is_reproducible_and_independent_of_batch_size(tiny_dit):
+    labels = class_labels(5, 2)
+    a = sample(tiny_dit, make_scheduler(), labels, num_steps=3, guidance=1.5, seed=1, batch_size=10, progress=False)
+    b = sample(tiny_dit, make_scheduler(), labels, num_steps=3, guidance=1.5, seed=1, batch_size=10, progress=False)
+    c = sample(tiny_dit, make_scheduler(), labels, num_steps=3, guidance=1.5, seed=2, batch_size=10, progress=False)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_saved_model_loads_back_and_samples_identically(tiny_dit, tmp_path):
+    tiny_dit.save_pretrained(tmp_path / "m")
+    loaded = load_dit(str(tmp_path / "m"))
+    labels = class_labels(5, 2)
+    a = sample(tiny_dit, make_scheduler(), labels, num_steps=3, guidance=1.5, seed=0, progress=False)
+    b = sample(loaded, make_scheduler(), labels, num_steps=3, guidance=1.5, seed=0, progress=False)
+    assert torch.equal(a, b)
