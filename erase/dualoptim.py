@@ -91,8 +91,7 @@ def _update(params, masks, loss, optimizer, clip, keep_masked, what):
 
 def unlearn(
     model: torch.nn.Module,
-    forget_loss: Callable[[torch.nn.Module, object], torch.Tensor],
-    retain_loss: Callable[[torch.nn.Module, object], torch.Tensor],
+    method,
     forget_data: Iterator,
     retain_data: Iterator,
     cfg: EraseConfig,
@@ -104,33 +103,45 @@ def unlearn(
 ) -> list[dict]:
     """Algorithm 1: T_o times, T_f forget updates with Optim_f then T_r retain updates with Optim_r.
 
-    `forget_loss` is the quantity the forget step minimises (e.g. the negated diffusion loss for gradient ascent); it
-    is weighted by alpha_t. `mask` maps parameter names to 0/1 tensors; masked-out coordinates get no forget gradient.
+    `method` gives `forget_loss(model, batch)` (what a forget step minimises, e.g. the negated diffusion loss for
+    gradient ascent), `retain_loss(model, batch)`, and `alpha_weights` ("forget" or "retain": which loss alpha_t
+    weights). `mask` maps parameter names to 0/1 tensors; masked-out coordinates get no forget gradient.
     `optimizers` = (Optim_f, Optim_r) to continue with (default: fresh ones from `make_optimizers`).
-    Returns one log record per outer step with both losses and both gradient norms.
+    A method whose original form is one joint step (`method.joint`, SalUn) gets, with a shared optimizer, ONE update on
+    the weighted sum of both losses per outer step. Returns one log record per outer step with both losses and the gradient norms.
     """
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
     masks = None if mask is None else [mask[n].to(p.device, torch.bool) for n, p in named]
     optim_f, optim_r = optimizers if optimizers is not None else make_optimizers(params, cfg)
+    joint = optim_f is optim_r and getattr(method, "joint", False)
     keep_masked = masks is not None and optim_f is not optim_r
     model.train()
     log = []
     for step in tqdm(range(cfg.outer_steps), desc="erase", disable=not progress):
         alpha = alpha_at(step, cfg)
-        f_loss = f_norm = r_loss = r_norm = 0.0
-        for _ in range(cfg.forget_steps):
-            loss = forget_loss(model, next(forget_data))
-            f_norm += _update(params, masks, alpha * loss, optim_f, cfg.forget_clip, keep_masked,
-                              f"forget step at outer step {step}") / cfg.forget_steps
-            f_loss += loss.item() / cfg.forget_steps
-        for _ in range(cfg.retain_steps):
-            loss = retain_loss(model, next(retain_data))
-            r_norm += _update(params, masks if cfg.mask_retain else None, loss, optim_r, cfg.retain_clip,
-                              keep_masked and cfg.mask_retain, f"retain step at outer step {step}") / cfg.retain_steps
-            r_loss += loss.item() / cfg.retain_steps
-        record = {"step": step, "alpha": alpha, "forget_loss": f_loss, "retain_loss": r_loss,
-                  "forget_grad_norm": f_norm, "retain_grad_norm": r_norm}
+        w_f, w_r = (alpha, 1.0) if method.alpha_weights == "forget" else (1.0, alpha)
+        record = {"step": step, "alpha": alpha}
+        if joint:
+            f_loss = method.forget_loss(model, next(forget_data))
+            r_loss = method.retain_loss(model, next(retain_data))
+            norm = _update(params, masks, w_f * f_loss + w_r * r_loss, optim_f, cfg.forget_clip, False,
+                           f"joint step at outer step {step}")
+            record.update(forget_loss=f_loss.item(), retain_loss=r_loss.item(), forget_grad_norm=None,
+                          retain_grad_norm=None, joint_grad_norm=norm)
+        else:
+            f_loss = f_norm = r_loss = r_norm = 0.0
+            for _ in range(cfg.forget_steps):
+                loss = method.forget_loss(model, next(forget_data))
+                f_norm += _update(params, masks, w_f * loss, optim_f, cfg.forget_clip, keep_masked,
+                                  f"forget step at outer step {step}") / cfg.forget_steps
+                f_loss += loss.item() / cfg.forget_steps
+            for _ in range(cfg.retain_steps):
+                loss = method.retain_loss(model, next(retain_data))
+                r_norm += _update(params, masks if cfg.mask_retain else None, w_r * loss, optim_r, cfg.retain_clip,
+                                  keep_masked and cfg.mask_retain, f"retain step at outer step {step}") / cfg.retain_steps
+                r_loss += loss.item() / cfg.retain_steps
+            record.update(forget_loss=f_loss, retain_loss=r_loss, forget_grad_norm=f_norm, retain_grad_norm=r_norm)
         log.append(record)
         if on_step is not None:
             on_step(record)

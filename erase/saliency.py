@@ -31,6 +31,35 @@ def fisher_diagonal(
     return {n: f / num_samples for n, f in fisher.items()}
 
 
+def gradient_sum(
+    model: torch.nn.Module,
+    loss: Callable[[torch.nn.Module, object], torch.Tensor],
+    samples: Iterable,
+    num_samples: int,
+    *,
+    desc: str = "gradient",
+    progress: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Sum over `num_samples` single-sample batches of the gradient of the loss, per parameter (SalUn's saliency)."""
+    model.eval()
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    model.zero_grad(set_to_none=True)
+    it = iter(samples)
+    for _ in tqdm(range(num_samples), desc=desc, disable=not progress):
+        loss(model, next(it)).backward()  # gradients accumulate in .grad
+    total = {n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)) for n, p in named}
+    model.zero_grad(set_to_none=True)
+    return total
+
+
+def top_fraction_mask(scores: dict[str, torch.Tensor], fraction: float) -> dict[str, torch.Tensor]:
+    """Keep the global top `fraction` of coordinates by score (ties at the threshold kept)."""
+    flat = torch.cat([s.flatten() for s in scores.values()])
+    k = max(1, int(round(fraction * flat.numel())))
+    threshold = torch.topk(flat, k, sorted=True).values[-1]
+    return {n: s >= threshold for n, s in scores.items()}
+
+
 def sfron_mask(
     fisher_forget: dict[str, torch.Tensor], fisher_retain: dict[str, torch.Tensor], gamma: float, eps: float = 1e-15
 ) -> dict[str, torch.Tensor]:

@@ -81,10 +81,17 @@ def summary(m: dict) -> str:
             ("retain accuracy", "retain_accuracy", "{:.3f}"),
             (f"FID ({m['protocol']['feature_extractor'].split(' ')[0]})", "fid", "{:.3f}")]
     t = m["timings"]
+    std = m.get("std")
+    seeds = f"seeds {', '.join(map(str, m['seeds']))} (mean +- std)" if std else f"seed {m['seed']}"
+
+    def cell(side, key, fmt):
+        return fmt.format(m[side][key]) + (" +- " + fmt.format(std[side][key]) if std else "")
+
+    width = 20 if std else 10
     lines = [f"Erased class {m['forget_class']} ({m['class_name']}) with {m['method']}, {m['optimizer']} optimizer(s), "
-             f"seed {m['seed']}: {m['outer_steps']} outer steps in {t['erase_s']:.1f} s "
-             f"({t['erase_steps_per_s']:.1f} steps/s)",
-             f"{'':36s}{'before':>10s}{'after':>10s}"]
-    lines += [f"{title:36s}{fmt.format(b[key]):>10s}{fmt.format(a[key]):>10s}" for title, key, fmt in rows]
+             f"{seeds}: {m['outer_steps']} outer steps in {t['erase_s']:.1f} s ({t['erase_steps_per_s']:.1f} steps/s)",
+             f"{'':36s}{'before':>{width}s}{'after':>{width}s}"]
+    lines += [f"{title:36s}{cell('before', key, fmt):>{width}s}{cell('after', key, fmt):>{width}s}"
+              for title, key, fmt in rows]
     lines.append("protocol: " + protocol_line(m["protocol"]))
     return "\n".join(lines)

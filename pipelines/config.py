@@ -64,9 +64,10 @@ CHOICES = {
     "sample.scheduler": ("ddpm",),
 }
 POSITIVE = {"erase.outer_steps", "erase.batch_size", "erase.forget_lr", "erase.retain_lr", "erase.shared_lr",
-            "method.fisher_samples", "sample.steps", "sample.batch_size", "eval.forget_samples",
+            "method.grad_samples", "method.replay_per_class", "sample.steps", "sample.batch_size", "eval.forget_samples",
             "eval.retain_samples_per_class", "digits.steps", "digits.batch_size", "digits.lr", "classifier.epochs"}
 NON_NEGATIVE = {"erase.forget_steps", "erase.retain_steps", "erase.alpha", "method.gamma", "sample.guidance",
+                "method.replay_weight", "method.ewc_lambda",
                 "erase.forget_weight_decay", "erase.retain_weight_decay", "eval.grid_per_class"}
 
 
@@ -131,6 +132,8 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"{key} must be > 0, got {value!r}")
         if key in NON_NEGATIVE and not value >= 0:
             raise ConfigError(f"{key} must be >= 0, got {value!r}")
+    if not 0 < cfg.method.top_p <= 1:
+        raise ConfigError(f"method.top_p must be in (0, 1], got {cfg.method.top_p!r}")
     for key in ("forget_label_dropout", "retain_label_dropout"):
         if not 0 <= getattr(cfg.erase, key) < 1:
             raise ConfigError(f"erase.{key} must be in [0, 1), got {getattr(cfg.erase, key)!r}")
@@ -177,11 +180,24 @@ def _looks_numeric(text: str) -> bool:
 
 
 def load_config(name_or_path: str = "digits", overrides: list[str] = ()) -> Config:
-    """The schema defaults, updated by a preset (name or YAML path), then by `key=value` overrides in order."""
+    """The schema defaults, updated by a preset (name or YAML path), then by the preset's `per_method` section for
+    the chosen method (a method's own published values), then by `key=value` overrides in order."""
+    data = _read_preset(name_or_path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {name_or_path!r} must be a YAML mapping of sections")
+    per_method = data.pop("per_method", None) or {}
+    for name in per_method:
+        if name not in METHODS:
+            raise ConfigError(f"per_method names unknown method {name!r}{_suggest(name, METHODS)}")
     cfg = Config()
-    _apply(cfg, _read_preset(name_or_path))
-    for item in overrides:
-        _apply(cfg, parse_set(item))
+    _apply(cfg, data)
+    parsed = [parse_set(item) for item in overrides]
+    for item in parsed:
+        _apply(cfg, item)
+    if cfg.method.name in per_method:
+        _apply(cfg, per_method[cfg.method.name])
+        for item in parsed:  # the command line still wins
+            _apply(cfg, item)
     _validate(cfg)
     return cfg
 

@@ -96,13 +96,17 @@ class DiTLoss:
     def _at(values, t, like):
         return values.to(like.device)[t].view(-1, *([1] * (like.dim() - 1)))
 
-    def __call__(self, model: DiTTransformer2DModel, batch, reduce: bool = True) -> torch.Tensor:
+    def _noised(self, model, batch):
+        """(x0, labels, t, noise, x_t) for a batch, with t uniform over the training timesteps."""
         x0, labels = batch
         x0 = x0.to(model.device, model.dtype)
-        labels = labels.to(model.device)
         t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device)
         noise = torch.randn_like(x0)
         xt = self._at(self.sqrt_ac, t, x0) * x0 + self._at(self.sqrt_1m_ac, t, x0) * noise
+        return x0, labels.to(model.device), t, noise, xt
+
+    def __call__(self, model: DiTTransformer2DModel, batch, reduce: bool = True) -> torch.Tensor:
+        x0, labels, t, noise, xt = self._noised(model, batch)
         out = model(xt, t, class_labels=labels).sample
         channels = x0.shape[1]
         eps = out[:, :channels]
@@ -110,6 +114,16 @@ class DiTLoss:
         if out.shape[1] == 2 * channels:
             loss = loss + self._vb(eps.detach(), out[:, channels:], x0, xt, t)
         return loss.mean() if reduce else loss
+
+    def match(self, model: DiTTransformer2DModel, batch, target_labels: torch.Tensor) -> torch.Tensor:
+        """MSE between the epsilon predicted for the batch's labels and the frozen epsilon predicted for
+        `target_labels`, at the same x_t and t (SalUn's forget loss)."""
+        x0, labels, t, _, xt = self._noised(model, batch)
+        channels = x0.shape[1]
+        with torch.no_grad():
+            target = model(xt, t, class_labels=target_labels.to(model.device)).sample[:, :channels]
+        pred = model(xt, t, class_labels=labels).sample[:, :channels]
+        return ((pred - target) ** 2).mean()
 
     def _vb(self, eps, v, x0, xt, t):
         """Variational bound term in bits per dimension, with the predicted mean held fixed (DiT / improved DDPM)."""

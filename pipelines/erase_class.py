@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import json
 import shutil
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -139,37 +141,44 @@ def grid_images(model, w: Workload, cfg: Config, progress: bool = True) -> tuple
     return to_uint8(images), labels
 
 
-def erase(w: Workload, cfg: Config, forget_class: int, progress: bool = True, log_path: Path | None = None):
-    """Mask (if the method has one) then Algorithm 1 on a copy of the base model. Returns (model, log, timings)."""
-    torch.manual_seed(cfg.seed)
-    model = copy.deepcopy(w.model)
-    loss = DiTLoss(make_scheduler())
-    method = make_method(cfg.method, loss)
+def method_data(method, w: Workload, cfg: Config, forget_class: int, progress: bool = True):
+    """(forget images, forget labels, retain images, retain labels) as the method is fed (see `Method`)."""
     is_forget = w.labels == forget_class
     xf, yf = w.images[is_forget], w.labels[is_forget]
     xr, yr = w.images[~is_forget], w.labels[~is_forget]
+    if method.forget_data == "surrogate":  # SA: uniform-noise images in [-1, 1], as many as real forget images
+        xf = torch.rand(xf.shape, generator=torch.Generator().manual_seed(cfg.seed + 5)) * 2 - 1
+    if method.retain_data == "replay":  # SA: what the original model generates for the other classes
+        yr = class_labels(w.num_classes, cfg.method.replay_per_class, exclude=forget_class)
+        xr = sample(w.model, make_scheduler(), yr, num_steps=cfg.sample.steps, guidance=cfg.sample.guidance,
+                    seed=cfg.seed + 6, batch_size=cfg.sample.batch_size, progress=progress, desc="replay")
+    return xf, yf, xr, yr
+
+
+def erase(w: Workload, cfg: Config, forget_class: int, progress: bool = True, log_path: Path | None = None):
+    """The method's preparation (mask, Fisher, replay) then Algorithm 1 on a copy of the base model.
+
+    Returns (model, log, timings)."""
+    torch.manual_seed(cfg.seed)
+    model = copy.deepcopy(w.model)
+    if cfg.method.pseudo_class is not None and not (
+            0 <= cfg.method.pseudo_class < w.num_classes and cfg.method.pseudo_class != forget_class):
+        raise UsageError(f"method.pseudo_class {cfg.method.pseudo_class} must be another class in 0..{w.num_classes - 1}")
+    method = make_method(cfg.method, DiTLoss(make_scheduler()), forget_class=forget_class, num_classes=w.num_classes)
     t0 = time.perf_counter()
-    mask = method.mask(model, batches(xf, yf, 1, cfg.seed + 1), batches(xr, yr, 1, cfg.seed + 2), progress)
+    xf, yf, xr, yr = method_data(method, w, cfg, forget_class, progress)
+    mask = method.prepare(model, batches(xf, yf, 1, cfg.seed + 1), batches(xr, yr, 1, cfg.seed + 2), progress)
     t1 = time.perf_counter()
-    log_file = open(log_path, "w") if log_path else None
-
-    def on_step(record):
-        if log_file:
-            log_file.write(json.dumps(record) + "\n")
-
-    try:
-        e = cfg.erase
-        forget_data = batches(xf, yf, e.batch_size, cfg.seed + 3, e.forget_label_dropout, w.num_classes)
-        retain_data = batches(xr, yr, e.batch_size, cfg.seed + 4, e.retain_label_dropout, w.num_classes)
-        log = unlearn(model, method.forget_loss, method.retain_loss, forget_data, retain_data, e, mask=mask,
-                      on_step=on_step, progress=progress)
-    finally:
-        if log_file:
-            log_file.close()
+    e = cfg.erase
+    forget_data = batches(xf, yf, e.batch_size, cfg.seed + 3, e.forget_label_dropout, w.num_classes)
+    retain_data = batches(xr, yr, e.batch_size, cfg.seed + 4, e.retain_label_dropout, w.num_classes)
+    with open(log_path, "w") if log_path else contextlib.nullcontext() as log_file:
+        log = unlearn(model, method, forget_data, retain_data, e, mask=mask, progress=progress,
+                      on_step=(lambda r: log_file.write(json.dumps(r) + "\n")) if log_file else None)
     t2 = time.perf_counter()
-    timings = {"mask_s": t1 - t0, "erase_s": t2 - t1, "erase_steps_per_s": cfg.erase.outer_steps / (t2 - t1)}
+    timings = {"prepare_method_s": t1 - t0, "erase_s": t2 - t1, "erase_steps_per_s": e.outer_steps / (t2 - t1)}
     if mask is not None:
-        timings["mask_kept_fraction"] = getattr(method, "kept", None)
+        timings["mask_kept_fraction"] = method.kept
     return model.eval(), log, timings
 
 
@@ -186,6 +195,7 @@ def run(cfg: Config, class_arg: str, output: Path, *, overwrite: bool = False, p
     output.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     model, log, erase_timings = erase(w, cfg, forget_class, progress, log_path=output / "log.jsonl")
+    kept = erase_timings.pop("mask_kept_fraction", None)
     tmp_model = output / ".model.tmp"
     shutil.rmtree(tmp_model, ignore_errors=True)
     model.save_pretrained(tmp_model)
@@ -211,8 +221,53 @@ def run(cfg: Config, class_arg: str, output: Path, *, overwrite: bool = False, p
         "protocol": protocol(cfg, w, forget_class),
         "timings": {"prepare_s": t_prepared - t_start, "before_eval_s": t_before - t_prepared, **erase_timings,
                     "after_eval_s": t_after - t_erased, "total_s": time.perf_counter() - t_start},
+        "mask_kept_fraction": kept,
         "final_log": log[-1] if log else None,
     }
+    atomic_write_json(output / "metrics.json", metrics)
+    return metrics
+
+
+SCORES = ("forget_accuracy", "retain_accuracy", "fid")
+
+
+def aggregate_trials(runs: list[dict]) -> dict:
+    """One metrics record from several seeds: the single-run keys hold means, `std` the sample std, `trials` each run."""
+    first = runs[0]
+    metrics = {k: first[k] for k in ("forget_class", "class_name", "method", "optimizer", "seed", "outer_steps",
+                                      "model")}
+    metrics["seeds"] = [r["seed"] for r in runs]
+    metrics["std"] = {}
+    for side in ("before", "after"):
+        metrics[side], metrics["std"][side] = {}, {}
+        for key in SCORES:
+            values = [r[side][key] for r in runs]
+            metrics[side][key] = statistics.fmean(values)
+            metrics["std"][side][key] = statistics.stdev(values) if len(values) > 1 else 0.0
+    metrics["protocol"] = {**first["protocol"], "seed": metrics["seeds"]}
+    metrics["timings"] = {k: sum(r["timings"][k] for r in runs) for k in first["timings"]}
+    metrics["timings"]["erase_steps_per_s"] = statistics.fmean(r["timings"]["erase_steps_per_s"] for r in runs)
+    metrics["trials"] = runs
+    return metrics
+
+
+def run_trials(cfg: Config, class_arg: str, output: Path, trials: int = 1, *, overwrite: bool = False,
+               progress: bool = True) -> dict:
+    """K runs with seeds seed, seed+1, ..., each in `output/trial-s<seed>`; `output/metrics.json` aggregates them.
+
+    Trials finished by an interrupted earlier call are kept, not redone."""
+    if trials == 1:
+        return run(cfg, class_arg, output, overwrite=overwrite, progress=progress)
+    if (output / "metrics.json").exists() and not overwrite:
+        raise UsageError(f"{output} already holds a finished run: pass --overwrite or choose another --output")
+    runs = []
+    for seed in range(cfg.seed, cfg.seed + trials):
+        folder = output / f"trial-s{seed}"
+        if (folder / "metrics.json").exists() and not overwrite:
+            runs.append(json.loads((folder / "metrics.json").read_text()))
+        else:
+            runs.append(run(dataclasses.replace(cfg, seed=seed), class_arg, folder, overwrite=True, progress=progress))
+    metrics = aggregate_trials(runs)
     atomic_write_json(output / "metrics.json", metrics)
     return metrics
 
@@ -223,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Erase one class from a class-conditional diffusion transformer (DualOptim), and measure it.",
         epilog=(f"presets: {', '.join(preset_names())}.  Main keys for --set: erase.outer_steps, erase.forget_lr, "
                 "erase.retain_lr, erase.shared_lr, erase.alpha, erase.alpha_schedule, erase.batch_size, "
-                "erase.forget_clip, method.gamma, method.fisher_samples, sample.steps, sample.guidance, "
+                "erase.forget_clip, method.gamma, method.grad_samples, sample.steps, sample.guidance, "
                 "eval.forget_samples, eval.retain_samples_per_class.  See README.md for every key."),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("forget_class", help="the class to erase (for the digits default: 0..9)")
@@ -231,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--method", choices=sorted(METHODS), help="base method (config method.name)")
     parser.add_argument("--optimizer", choices=("dual", "shared"), help="dual or shared optimizers (erase.optimizer)")
     parser.add_argument("--seed", type=int, help="seed of erasure and evaluation (config seed)")
+    parser.add_argument("--trials", type=int, default=1, help="run K seeds from --seed on; report mean and std")
     parser.add_argument("--output", type=Path, help="output folder (default: runs/<class>-<method>-<optimizer>-s<seed>)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set erase.outer_steps=200 (repeatable)")
@@ -252,12 +308,16 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, overrides)
         output = args.output or Path("runs") / (
             f"{args.forget_class.replace(' ', '_')}-{cfg.method.name}-{cfg.erase.optimizer}-s{cfg.seed}")
-        metrics = run(cfg, args.forget_class, output, overwrite=args.overwrite, progress=not args.quiet)
+        if args.trials < 1:
+            raise UsageError(f"--trials must be >= 1, got {args.trials}")
+        metrics = run_trials(cfg, args.forget_class, output, args.trials, overwrite=args.overwrite,
+                             progress=not args.quiet)
     except (ConfigError, UsageError) as e:
         print(f"erase-class: error: {e}", file=sys.stderr)
         return 2
     print(summary(metrics))
-    print(f"wrote {output}/: metrics.json, model/, grid.png, config.yaml, log.jsonl")
+    where = "trial-s*/: " if args.trials > 1 else ""
+    print(f"wrote {output}/: metrics.json, {where}model/, grid.png, config.yaml, log.jsonl")
     return 0
 
 

@@ -10,11 +10,31 @@ import statistics
 import sys
 from pathlib import Path
 
+import yaml
+
+from configs import PRESETS_DIR
+from eval.plots import plot_curves
 from eval.report import atomic_write_json, atomic_write_text, protocol_line
 from pipelines.config import ConfigError, load_config
-from pipelines.erase_class import UsageError, run
+from pipelines.erase_class import SCORES, UsageError, run
 
-METRICS = ("forget_accuracy", "retain_accuracy", "fid")
+SPEC_KEYS = {"config": "digits", "methods": ["sfron"], "optimizers": ["dual", "shared"], "classes": ["3"],
+             "seeds": [0], "set": []}
+
+
+def read_spec(name_or_path: str) -> dict:
+    """A benchmark spec: a name in configs/bench/ or a YAML path; missing keys take SPEC_KEYS' values."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = PRESETS_DIR / "bench" / f"{name_or_path}.yaml"
+    if not path.is_file():
+        names = sorted(p.stem for p in (PRESETS_DIR / "bench").glob("*.yaml"))
+        raise UsageError(f"unknown benchmark spec {name_or_path!r}: give one of {', '.join(names)} or a YAML path")
+    spec = yaml.safe_load(path.read_text()) or {}
+    unknown = set(spec) - set(SPEC_KEYS)
+    if unknown:
+        raise UsageError(f"unknown key(s) {', '.join(sorted(unknown))} in {path}: valid are {', '.join(SPEC_KEYS)}")
+    return {**SPEC_KEYS, **spec}
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -22,71 +42,107 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def aggregate(cells: list[dict]) -> list[dict]:
-    """One row per (method, optimizer): mean and std over classes and seeds, and the base model's means."""
-    rows = []
-    for (method, optimizer), group in itertools.groupby(
-            sorted(cells, key=lambda m: (m["method"], m["optimizer"])), key=lambda m: (m["method"], m["optimizer"])):
+    """Rows per (method, optimizer, class) over seeds, then per (method, optimizer) over classes.
+
+    A class row holds mean and std across seeds; an "all" row holds the mean over classes of those means and of
+    those stds (the spread across runs, as in the paper's Std column), and the gap to the base model."""
+    def key(m):
+        return m["method"], m["optimizer"], str(m["forget_class"])
+
+    per_class = []
+    for (method, optimizer, cls), group in itertools.groupby(sorted(cells, key=key), key=key):
         group = list(group)
-        row = {"method": method, "optimizer": optimizer, "cells": len(group)}
-        for key in METRICS:
-            row[key], row[f"{key}_std"] = _mean_std([m["after"][key] for m in group])
-            row[f"base_{key}"] = statistics.fmean(m["before"][key] for m in group)
-        rows.append(row)
-    return rows
+        row = {"method": method, "optimizer": optimizer, "class": cls, "runs": len(group)}
+        for score in SCORES:
+            row[score], row[f"{score}_std"] = _mean_std([m["after"][score] for m in group])
+            row[f"base_{score}"] = statistics.fmean(m["before"][score] for m in group)
+        per_class.append(row)
+    overall = []
+    for (method, optimizer), group in itertools.groupby(per_class, key=lambda r: (r["method"], r["optimizer"])):
+        group = list(group)
+        row = {"method": method, "optimizer": optimizer, "class": "all", "runs": sum(r["runs"] for r in group)}
+        for score in SCORES:
+            for col in (score, f"{score}_std", f"base_{score}"):
+                row[col] = statistics.fmean(r[col] for r in group)
+        overall.append(row)
+    return overall + per_class
 
 
-def markdown(rows: list[dict], cells: list[dict]) -> str:
-    """The table shaped like the paper's: mean +- std over classes and seeds, and the base model beside it."""
-    lines = ["| method | optimizer | runs | FA (lower better) | retain acc | FID | base FA | base retain acc | base FID |",
-             "|---|---|---|---|---|---|---|---|---|"]
+def markdown(rows: list[dict], cells: list[dict], command: str) -> str:
+    """results.md: the paper-shaped table (mean +- std across seeds) and the gap to the base model."""
+    head = ("| method | optimizer | class | runs | FA (lower better) | retain acc | FID | gap FA | gap retain acc "
+            "| gap FID |\n|---|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['optimizer']} | {r['cells']} | "
+        lines.append(f"| {r['method']} | {r['optimizer']} | {r['class']} | {r['runs']} | "
                      f"{r['forget_accuracy']:.3f} +- {r['forget_accuracy_std']:.3f} | "
                      f"{r['retain_accuracy']:.3f} +- {r['retain_accuracy_std']:.3f} | "
-                     f"{r['fid']:.2f} +- {r['fid_std']:.2f} | {r['base_forget_accuracy']:.3f} | "
-                     f"{r['base_retain_accuracy']:.3f} | {r['base_fid']:.2f} |")
-    classes = sorted({m["forget_class"] for m in cells})
+                     f"{r['fid']:.2f} +- {r['fid_std']:.2f} | "
+                     f"{r['forget_accuracy'] - r['base_forget_accuracy']:+.3f} | "
+                     f"{r['retain_accuracy'] - r['base_retain_accuracy']:+.3f} | {r['fid'] - r['base_fid']:+.2f} |")
     seeds = sorted({m["seed"] for m in cells})
+    base = {}
+    for m in cells:
+        base.setdefault(str(m["forget_class"]), m["before"])
+    base_lines = [f"| {c} | {b['forget_accuracy']:.3f} | {b['retain_accuracy']:.3f} | {b['fid']:.2f} |"
+                  for c, b in sorted(base.items())]
     proto = protocol_line({**cells[0]["protocol"], "seed": ", ".join(map(str, seeds))})
-    return ("\n".join(lines) + f"\n\nClasses {classes}, seeds {seeds}; mean +- sample std over classes and seeds.\n"
-            f"Protocol: {proto}.\n")
+    return "\n".join([
+        "# fid-bench results", "", f"Command: `{command}`", "",
+        f"Protocol: {proto}.", "",
+        "Each cell is one erasure. `+-` is the sample standard deviation across seeds; an `all` row averages the "
+        "per-class means and the per-class standard deviations. Gaps are after minus before (the base model).", "",
+        *lines, "", "Base model (before erasure, seed 0 noise):", "",
+        "| class | FA | retain acc | FID |", "|---|---|---|---|", *base_lines, ""])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fid-bench", description=__doc__)
-    parser.add_argument("--config", default="digits", help="preset name or YAML path (default: digits)")
-    parser.add_argument("--classes", nargs="+", default=["3"], help="forget classes (default: 3)")
-    parser.add_argument("--methods", nargs="+", default=["sfron"], help="base methods (default: sfron)")
-    parser.add_argument("--optimizers", nargs="+", default=["dual", "shared"], choices=("dual", "shared"))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds (default: 0)")
+    parser.add_argument("spec", nargs="?", default="digits", help="benchmark spec: a name in configs/bench/ or a "
+                        "YAML path (default: digits)")
+    parser.add_argument("--classes", nargs="+", help="forget classes (overrides the spec)")
+    parser.add_argument("--methods", nargs="+", help="base methods (overrides the spec)")
+    parser.add_argument("--optimizers", nargs="+", choices=("dual", "shared"), help="(overrides the spec)")
+    parser.add_argument("--seeds", nargs="+", type=int, help="seeds (overrides the spec)")
     parser.add_argument("--output", type=Path, default=Path("bench"), help="folder of the cells and tables")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every cell (after the spec's)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    cells = []
+    cells, logs = [], {}
     try:
-        for method, optimizer, cls, seed in itertools.product(args.methods, args.optimizers, args.classes, args.seeds):
-            cfg = load_config(args.config, args.overrides + [f"method.name={method}", f"erase.optimizer={optimizer}",
-                                                             f"seed={seed}"])
+        spec = read_spec(args.spec)
+        for name in ("classes", "methods", "optimizers", "seeds"):
+            if getattr(args, name):
+                spec[name] = getattr(args, name)
+        grid = list(itertools.product(spec["methods"], spec["optimizers"], map(str, spec["classes"]), spec["seeds"]))
+        for i, (method, optimizer, cls, seed) in enumerate(grid):
+            cfg = load_config(spec["config"], list(spec["set"]) + args.overrides + [
+                f"method.name={method}", f"erase.optimizer={optimizer}", f"seed={seed}"])
             out = args.output / "cells" / f"{method}-{optimizer}-{cls.replace(' ', '_')}-s{seed}"
+            logs[method, optimizer, cls, seed] = out / "log.jsonl"
             if (out / "metrics.json").exists():  # finished earlier: an interrupted benchmark resumes here
                 cells.append(json.loads((out / "metrics.json").read_text()))
                 continue
-            print(f"fid-bench: {method} / {optimizer} / class {cls} / seed {seed}", file=sys.stderr)
-            cells.append(run(cfg, cls, out, progress=not args.quiet))
+            print(f"fid-bench: cell {i + 1}/{len(grid)}: {method} / {optimizer} / class {cls} / seed {seed}",
+                  file=sys.stderr)
+            cells.append(run(cfg, cls, out, overwrite=True, progress=not args.quiet))
     except (ConfigError, UsageError) as e:
         print(f"fid-bench: error: {e}", file=sys.stderr)
         return 2
     rows = aggregate(cells)
-    atomic_write_json(args.output / "results.json", {"rows": rows, "cells": cells})
+    atomic_write_json(args.output / "results.json", {"spec": spec, "rows": rows, "cells": cells})
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(args.output / "results.csv", buf.getvalue())
-    table = markdown(rows, cells)
+    command = "fid-bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    table = markdown(rows, cells, command)
     atomic_write_text(args.output / "results.md", table)
+    plot_curves(logs, args.output)
     print(table)
+    print(f"wrote {args.output}/: results.md, results.csv, results.json, forget_loss.png, grad_norms.png")
     return 0
 
 

@@ -6,12 +6,14 @@ import torch
 
 from pipelines import erase_class, fid_bench, sample_grid
 from pipelines.config import ConfigError, load_config, parse_set
-from pipelines.dit import load_dit
+from erase.methods import make_method
+from pipelines.dit import DiTLoss, load_dit, make_scheduler
+from pipelines.sampling import sample
 
-TINY = ["--set", "digits.steps=30", "--set", "classifier.epochs=3", "--set", "method.fisher_samples=4",
-        "--set", "erase.outer_steps=3", "--set", "erase.batch_size=8", "--set", "sample.steps=4",
-        "--set", "eval.forget_samples=10", "--set", "eval.retain_samples_per_class=10",
-        "--set", "eval.grid_per_class=2", "--quiet"]
+SETS = ["digits.steps=30", "classifier.epochs=3", "method.grad_samples=4", "erase.outer_steps=3",
+        "erase.batch_size=8", "sample.steps=4", "eval.forget_samples=10", "eval.retain_samples_per_class=10",
+        "eval.grid_per_class=2", "method.replay_per_class=2"]
+TINY = [arg for item in SETS for arg in ("--set", item)] + ["--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -96,12 +98,67 @@ def test_sample_grid_compares_models(tiny_run, tmp_path):
     assert sample_grid.main(["nowhere", "--output", str(png), *TINY]) == 2
 
 
-def test_fid_bench_table_and_resume(tmp_path, capsys):
-    args = ["--classes", "3", "--seeds", "0", "1", "--optimizers", "dual", "--output", str(tmp_path), *TINY]
+def test_fid_bench_table_plots_and_resume(tmp_path):
+    args = ["--classes", "3", "--seeds", "0", "1", "--methods", "sfron", "salun", "--optimizers", "dual", "shared",
+            "--output", str(tmp_path), *TINY]
     assert fid_bench.main(args) == 0
     results = json.loads((tmp_path / "results.json").read_text())
-    assert len(results["cells"]) == 2 and results["rows"][0]["cells"] == 2
-    assert "| sfron | dual | 2 |" in (tmp_path / "results.md").read_text()
+    assert len(results["cells"]) == 8
+    rows = {(r["method"], r["optimizer"], r["class"]): r for r in results["rows"]}
+    sfron = [c["after"]["fid"] for c in results["cells"] if (c["method"], c["optimizer"]) == ("sfron", "dual")]
+    assert rows["sfron", "dual", "3"]["fid"] == pytest.approx(sum(sfron) / 2)
+    assert rows["sfron", "dual", "3"]["fid_std"] == pytest.approx(abs(sfron[0] - sfron[1]) / 2 ** 0.5)
+    table = (tmp_path / "results.md").read_text()
+    assert "| salun | shared | 3 | 2 |" in table and "Protocol: DDPM" in table
+    for png in ("forget_loss.png", "grad_norms.png"):
+        assert (tmp_path / png).stat().st_size > 1000
     stamp = (tmp_path / "cells" / "sfron-dual-3-s0" / "metrics.json").stat().st_mtime_ns
     assert fid_bench.main(args) == 0  # finished cells are skipped, not redone
     assert (tmp_path / "cells" / "sfron-dual-3-s0" / "metrics.json").stat().st_mtime_ns == stamp
+
+
+def test_fid_bench_rejects_a_bad_spec(tmp_path, capsys):
+    spec = tmp_path / "s.yaml"
+    spec.write_text("methods: [ga]\nclases: [1]\n")
+    assert fid_bench.main([str(spec), "--output", str(tmp_path / "o")]) == 2
+    assert "clases" in capsys.readouterr().err
+
+
+def test_sa_is_fed_surrogate_noise_and_replay_from_the_frozen_original():
+    cfg = load_config("digits", SETS + ["method.name=sa"])
+    w = erase_class.prepare_digits(cfg, progress=False)
+    original = [p.detach().clone() for p in w.model.parameters()]
+    method = make_method(cfg.method, DiTLoss(make_scheduler()), forget_class=3, num_classes=10)
+    xf, yf, xr, yr = erase_class.method_data(method, w, cfg, 3, progress=False)
+    real = w.images[w.labels == 3]
+    assert xf.shape == real.shape and torch.all(yf == 3) and not torch.equal(xf, real)
+    assert -1 <= xf.min() and xf.max() <= 1 and xf.std() > 0.5  # uniform noise, not digits
+    assert 3 not in yr.tolist() and len(yr) == 18
+    expected = sample(w.model, make_scheduler(), yr, num_steps=cfg.sample.steps, guidance=cfg.sample.guidance,
+                      seed=cfg.seed + 6, progress=False)
+    assert torch.equal(xr, expected)
+    erase_class.erase(w, cfg, 3, progress=False)
+    assert all(torch.equal(a, p) for a, p in zip(original, w.model.parameters()))  # the original stays frozen
+
+
+@pytest.mark.parametrize("method", ["ga", "salun", "sa"])
+@pytest.mark.parametrize("optimizer", ["dual", "shared"])
+def test_every_method_runs_in_both_modes(method, optimizer, tmp_path):
+    out = tmp_path / "o"
+    assert erase_class.main(["3", "--method", method, "--optimizer", optimizer, "--output", str(out), *TINY]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert (m["method"], m["optimizer"]) == (method, optimizer)
+
+
+def test_trials_report_mean_and_std_and_keep_each_run(tmp_path, capsys):
+    out = tmp_path / "t"
+    assert erase_class.main(["3", "--trials", "2", "--seed", "4", "--output", str(out), *TINY]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["seeds"] == [4, 5] and [t["seed"] for t in m["trials"]] == [4, 5]
+    for key in ("forget_accuracy", "retain_accuracy", "fid"):
+        values = [t["after"][key] for t in m["trials"]]
+        assert m["after"][key] == pytest.approx(sum(values) / 2)
+        assert m["std"]["after"][key] == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5)
+    assert m["trials"][0]["after"]["fid"] != m["trials"][1]["after"]["fid"]  # the seed changes the run
+    assert (out / "trial-s5" / "model" / "config.json").exists()
+    assert "+-" in capsys.readouterr().out

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 from erase.methods.base import Method
 from erase.methods.ga import GradientAscent
+from erase.methods.sa import SelectiveAmnesia
+from erase.methods.salun import SalUn
 from erase.methods.sfron import SFRon
 
 
@@ -13,16 +15,21 @@ class MethodConfig:
     """Knobs of the base methods (each method reads the ones it needs)."""
 
     name: str = "sfron"  # one of METHODS
-    gamma: float = 1.0  # SFR-on mask threshold on the Fisher ratio F_f / F_r
-    fisher_samples: int = 2000  # single-sample gradients per Fisher diagonal (public code: 2000, batch 1)
+    grad_samples: int = 2000  # single-sample gradients per Fisher diagonal (SFR-on, SA) or gradient sum (SalUn)
+    gamma: float = 1.0  # SFR-on: mask threshold on the Fisher ratio F_f / F_r
+    top_p: float = 0.5  # SalUn: share of weights the mask keeps
+    pseudo_class: int | None = None  # SalUn: class forget images are relabelled as (null: (c_f + 1) mod K)
+    replay_weight: float = 1.0  # SA: gamma, weight of the generative-replay loss
+    ewc_lambda: float = 10.0  # SA: lambda, weight of the EWC penalty
+    replay_per_class: int = 100  # SA: replay samples generated per retained class
 
 
-METHODS: dict[str, type[Method]] = {"ga": GradientAscent, "sfron": SFRon}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (GradientAscent, SFRon, SalUn, SelectiveAmnesia)}
 
 
-def make_method(cfg: MethodConfig, loss) -> Method:
-    """Instantiate the method named in `cfg` around the model's training loss `loss(model, batch)`."""
-    return METHODS[cfg.name](cfg, loss)
+def make_method(cfg: MethodConfig, loss, *, forget_class: int, num_classes: int) -> Method:
+    """Instantiate the method named in `cfg` around the model's training objective `loss`."""
+    return METHODS[cfg.name](cfg, loss, forget_class=forget_class, num_classes=num_classes)
 
 
 __all__ = ["METHODS", "Method", "MethodConfig", "make_method"]

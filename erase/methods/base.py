@@ -1,25 +1,36 @@
 """The interface every base method fills in."""
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 
-Loss = Callable[[torch.nn.Module, object], torch.Tensor]
-
 
 class Method:
-    """A base method: the forget loss (minimised on forget batches), the retain loss, and an optional mask.
+    """A base method: the forget loss (minimised on forget batches), the retain loss, and what it prepares first.
 
-    `loss(model, batch)` is the model's own training loss (for a diffusion model: the denoising loss), given by the
-    pipeline; a method combines it and never needs to know the model's kind.
+    `loss` is the model's own training objective, given by the pipeline: `loss(model, batch)` is the training loss
+    (for a diffusion model the denoising loss) and `loss.match(model, batch, labels)` the distance between the
+    prediction for the batch's labels and the frozen prediction for `labels` at the same noisy input. A method combines
+    them and never needs to know the model's kind.
+
+    Class attributes say what the pipeline feeds it: `forget_data` is "real" (images of the forget class) or
+    "surrogate" (noise images labelled with the forget class); `retain_data` is "real" or "replay" (samples the
+    original model generates for the other classes). `alpha_weights` names the loss alpha_t weights, and `joint`
+    marks methods whose original update is one step on forget + retain loss (used with a shared optimizer).
     """
 
     name = "base"
+    forget_data = "real"
+    retain_data = "real"
+    alpha_weights = "forget"
+    joint = False
 
-    def __init__(self, cfg, loss: Loss):
+    def __init__(self, cfg, loss, *, forget_class: int, num_classes: int):
         self.cfg = cfg
         self.loss = loss
+        self.forget_class = forget_class
+        self.num_classes = num_classes
 
     def forget_loss(self, model: torch.nn.Module, batch) -> torch.Tensor:
         raise NotImplementedError
@@ -28,6 +39,8 @@ class Method:
         """Keep the other classes: the plain training loss on retain data."""
         return self.loss(model, batch)
 
-    def mask(self, model: torch.nn.Module, forget_samples: Iterator, retain_samples: Iterator, progress: bool = True):
-        """Which coordinates may change in forget steps (name -> bool tensor), or None for all of them."""
+    def prepare(self, model: torch.nn.Module, forget_samples: Iterator, retain_samples: Iterator,
+                progress: bool = True) -> dict[str, torch.Tensor] | None:
+        """Work done once before unlearning, on the original model, from single-sample iterators of the data the
+        method is fed. Returns which coordinates forget steps may change (name -> bool tensor), or None for all."""
         return None

@@ -8,8 +8,8 @@ class SFRon(GradientAscent):
 
     name = "sfron"
 
-    def mask(self, model, forget_samples, retain_samples, progress=True):
-        n = self.cfg.fisher_samples
+    def prepare(self, model, forget_samples, retain_samples, progress=True):
+        n = self.cfg.grad_samples
         f_forget = fisher_diagonal(model, self.loss, forget_samples, n, desc="fisher forget", progress=progress)
         f_retain = fisher_diagonal(model, self.loss, retain_samples, n, desc="fisher retain", progress=progress)
         mask = sfron_mask(f_forget, f_retain, self.cfg.gamma)

@@ -1,0 +1,19 @@
+"""Acceptance on the embedded default with default settings (slow: run with `python -m pytest -m slow`)."""
+import json
+
+import pytest
+
+from pipelines import erase_class
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("digit", ["3", "0", "7"])
+def test_default_erasure_forgets_and_keeps_the_rest(digit, tmp_path):
+    out = tmp_path / digit
+    assert erase_class.main([digit, "--output", str(out), "--quiet"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    before, after = m["before"], m["after"]
+    assert min(before["per_class_accuracy"].values()) >= 0.9  # the base model draws every class recognisably
+    assert after["forget_accuracy"] <= 0.05
+    assert after["retain_accuracy"] >= before["retain_accuracy"] - 0.03
+    assert after["fid"] <= 1.5 * before["fid"]

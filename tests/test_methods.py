@@ -1,0 +1,105 @@
+"""What each base method's loss and mask compute, on tiny hand-checkable cases."""
+import torch
+from diffusers.models.embeddings import LabelEmbedding
+
+from erase import EraseConfig, make_optimizers, unlearn
+from erase.methods import METHODS, MethodConfig, make_method
+from erase.saliency import gradient_sum, top_fraction_mask
+from pipelines.dit import DiTLoss, make_scheduler
+
+
+def _method(name, model=None, **cfg):
+    return make_method(MethodConfig(name=name, **cfg), DiTLoss(make_scheduler()), forget_class=1, num_classes=5)
+
+
+def _batch(label=1, n=4):
+    return torch.rand(n, 1, 4, 4) * 2 - 1, torch.full((n,), label)
+
+
+def test_every_method_is_registered():
+    assert set(METHODS) == {"ga", "sfron", "salun", "sa"}
+
+
+def test_ga_is_the_negated_training_loss(tiny_dit):
+    ga = _method("ga")
+    batch = _batch()
+    torch.manual_seed(3)
+    a = ga.forget_loss(tiny_dit, batch)
+    torch.manual_seed(3)
+    assert torch.equal(a, -ga.loss(tiny_dit, batch))
+
+
+def test_salun_loss_is_zero_when_pseudo_and_forget_predictions_agree(tiny_dit):
+    salun = _method("salun")
+    assert salun.pseudo_labels(torch.tensor([1, 1])).tolist() == [2, 2]  # (c_f + 1) mod K
+    assert _method("salun", pseudo_class=4).pseudo_labels(torch.tensor([1])).tolist() == [4]
+    assert salun.forget_loss(tiny_dit, _batch()).item() > 0
+    with torch.no_grad():
+        for module in tiny_dit.modules():
+            if isinstance(module, LabelEmbedding):
+                module.embedding_table.weight[2] = module.embedding_table.weight[1]
+    assert salun.forget_loss(tiny_dit, _batch()).item() == 0.0
+
+
+def test_salun_mask_keeps_the_top_share_of_gradient_magnitude():
+    scores = {"a": torch.tensor([0.1, 5.0, 0.3]), "b": torch.tensor([[2.0, 0.0], [4.0, 1.0]])}
+    mask = top_fraction_mask(scores, 3 / 7)
+    assert mask["a"].tolist() == [False, True, False] and mask["b"].tolist() == [[True, False], [True, False]]
+    model = torch.nn.Linear(2, 1, bias=False)
+    xs = iter([torch.tensor([[1.0, -2.0]]), torch.tensor([[3.0, 1.0]])])
+    total = gradient_sum(model, lambda m, x: m(x).sum(), xs, 2, progress=False)
+    assert torch.equal(total["weight"], torch.tensor([[4.0, -1.0]]))  # the signed sum, before |.|
+
+
+def test_sa_penalty_is_zero_at_the_original_weights_and_quadratic_away(tiny_dit):
+    sa = _method("sa", grad_samples=3)
+    replay = iter([_batch(label=c, n=1) for c in (0, 2, 3)])
+    assert sa.prepare(tiny_dit, iter([]), replay, progress=False) is None
+    assert sa.ewc_penalty(tiny_dit).item() == 0.0
+    name, param = next((n, p) for n, p in tiny_dit.named_parameters() if sa.fisher[n].abs().sum() > 0)
+    with torch.no_grad():
+        param.add_(0.5)
+    assert torch.isclose(sa.ewc_penalty(tiny_dit), (sa.fisher[name] * 0.25).sum())
+    sa.cfg.ewc_lambda, sa.cfg.replay_weight = 10.0, 0.0
+    assert torch.isclose(sa.retain_loss(tiny_dit, _batch(0)), 10 * sa.ewc_penalty(tiny_dit))
+
+
+class _Sum:
+    """A method on a linear model whose retain loss is the output sum."""
+
+    def __init__(self, alpha_weights, joint=False):
+        self.alpha_weights, self.joint = alpha_weights, joint
+
+    def forget_loss(self, model, batch):
+        return -model(batch).sum()
+
+    def retain_loss(self, model, batch):
+        return model(batch).sum()
+
+
+def _ones():
+    while True:
+        yield torch.ones(1, 2)
+
+
+def test_alpha_can_weight_the_retain_loss():
+    model = torch.nn.Linear(2, 1)
+    before = [p.detach().clone() for p in model.parameters()]
+    cfg = EraseConfig(outer_steps=1, alpha=0.0, alpha_schedule="constant", forget_steps=0, retain_optimizer="sgd",
+                      retain_lr=1.0)
+    unlearn(model, _Sum("retain"), _ones(), _ones(), cfg, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # alpha 0 on retain: no move
+    unlearn(model, _Sum("forget"), _ones(), _ones(), cfg, progress=False)
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_joint_methods_take_one_shared_step_per_outer_step():
+    model = torch.nn.Linear(2, 1)
+    shared = EraseConfig(outer_steps=3, optimizer="shared")
+    opts = make_optimizers(list(model.parameters()), shared)
+    log = unlearn(model, _Sum("retain", joint=True), _ones(), _ones(), shared, optimizers=opts, progress=False)
+    assert int(opts[0].state[model.weight]["step"]) == 3 and log[0]["joint_grad_norm"] is not None
+    dual = EraseConfig(outer_steps=3, optimizer="dual")
+    opts = make_optimizers(list(model.parameters()), dual)
+    unlearn(model, _Sum("retain", joint=True), _ones(), _ones(), dual, optimizers=opts, progress=False)
+    assert int(opts[0].state[model.weight]["step"]) == 3 and int(opts[1].state[model.weight]["step"]) == 3
