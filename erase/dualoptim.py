@@ -32,6 +32,7 @@ class EraseConfig:
     retain_clip: float | None = None  # global grad-norm clip of retain steps
     mask_retain: bool = False  # also mask retain gradients ("SalUn with alternating updates")
     batch_size: int = 1  # forget and retain batch size
+    checkpoint_every: int = 50  # save checkpoint-<step> (weights, both optimizers, RNG) every N outer steps; 0: never
     # Share of labels replaced by the null class, per kind of batch (applied by the pipeline's data). Forget batches:
     # 0, so gradient ascent never hits the unconditional branch that guidance uses for every class. Retain batches:
     # DiT's 0.1, so retain steps keep that branch trained. (The public code runs both at 0.1, in train mode.)
@@ -86,6 +87,8 @@ def _update(params, masks, loss, optimizer, clip, keep_masked, what):
         with torch.no_grad():
             for p, m, v in zip(params, masks, frozen):
                 p[~m] = v
+    if not all(torch.isfinite(p).all() for p in params):
+        raise DivergenceError(f"{what}: weights became non-finite")
     return norm.item()
 
 
@@ -99,6 +102,7 @@ def unlearn(
     mask: dict[str, torch.Tensor] | None = None,
     optimizers: tuple[torch.optim.Optimizer, torch.optim.Optimizer] | None = None,
     on_step: Callable[[dict], None] | None = None,
+    start_step: int = 0,
     progress: bool = True,
 ) -> list[dict]:
     """Algorithm 1: T_o times, T_f forget updates with Optim_f then T_r retain updates with Optim_r.
@@ -106,7 +110,8 @@ def unlearn(
     `method` gives `forget_loss(model, batch)` (what a forget step minimises, e.g. the negated diffusion loss for
     gradient ascent), `retain_loss(model, batch)`, and `alpha_weights` ("forget" or "retain": which loss alpha_t
     weights). `mask` maps parameter names to 0/1 tensors; masked-out coordinates get no forget gradient.
-    `optimizers` = (Optim_f, Optim_r) to continue with (default: fresh ones from `make_optimizers`).
+    `optimizers` = (Optim_f, Optim_r) to continue with (default: fresh ones from `make_optimizers`); `start_step`
+    resumes the loop there (a restored checkpoint). `on_step(record)` runs after every outer step.
     A method whose original form is one joint step (`method.joint`, SalUn) gets, with a shared optimizer, ONE update on
     the weighted sum of both losses per outer step. Returns one log record per outer step with both losses and the gradient norms.
     """
@@ -118,7 +123,8 @@ def unlearn(
     keep_masked = masks is not None and optim_f is not optim_r
     model.train()
     log = []
-    for step in tqdm(range(cfg.outer_steps), desc="erase", disable=not progress):
+    for step in tqdm(range(start_step, cfg.outer_steps), desc="erase", disable=not progress, initial=start_step,
+                     total=cfg.outer_steps):
         alpha = alpha_at(step, cfg)
         w_f, w_r = (alpha, 1.0) if method.alpha_weights == "forget" else (1.0, alpha)
         record = {"step": step, "alpha": alpha}

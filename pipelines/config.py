@@ -1,8 +1,10 @@
 """The one config schema: every option with its one default, presets that override a few, and `--set` overrides."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +18,19 @@ from eval.classifier import ClassifierRecipe
 from pipelines.digits import DigitsRecipe
 
 
-class ConfigError(ValueError):
+class UsageError(ValueError):
+    """Bad input from the command line; the message names the problem and the fix, in one line."""
+
+
+class ConfigError(UsageError):
     """A preset, key or value that is not valid; the message says which and how to fix it."""
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse, but a bad argument raises UsageError (one line, exit 2 from the command) instead of printing usage."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 @dataclass
@@ -66,7 +79,7 @@ CHOICES = {
 POSITIVE = {"erase.outer_steps", "erase.batch_size", "erase.forget_lr", "erase.retain_lr", "erase.shared_lr",
             "method.grad_samples", "method.replay_per_class", "sample.steps", "sample.batch_size", "eval.forget_samples",
             "eval.retain_samples_per_class", "digits.steps", "digits.batch_size", "digits.lr", "classifier.epochs"}
-NON_NEGATIVE = {"erase.forget_steps", "erase.retain_steps", "erase.alpha", "method.gamma", "sample.guidance",
+NON_NEGATIVE = {"seed", "erase.checkpoint_every", "erase.forget_steps", "erase.retain_steps", "erase.alpha", "method.gamma", "sample.guidance",
                 "method.replay_weight", "method.ewc_lambda",
                 "erase.forget_weight_decay", "erase.retain_weight_decay", "eval.grid_per_class"}
 
@@ -126,6 +139,8 @@ def _validate(cfg: Config) -> None:
     for key in all_keys(cfg):
         section, _, name = key.rpartition(".")
         value = getattr(getattr(cfg, section), name) if section else getattr(cfg, name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
         if key in CHOICES and value not in CHOICES[key]:
             raise ConfigError(f"{key} = {value!r} is not valid{_suggest(str(value), CHOICES[key])}")
         if key in POSITIVE and not value > 0:

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import dataclasses
+import itertools
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -13,24 +14,23 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
+from safetensors.torch import load_file, save_file
 
 from configs import preset_names
-from erase import unlearn
+from erase import DivergenceError, make_optimizers, unlearn
 from erase.methods import METHODS, make_method
 from eval.classifier import accuracy, load_classifier, predict
 from eval.fid import DIGITS_EXTRACTOR, DIGITS_FEATURE, fid
 from eval.report import atomic_write_json, atomic_write_text, sample_grid, save_image, summary
-from pipelines.config import Config, ConfigError, load_config, to_dict
-from pipelines.digits import (NUM_CLASSES, fingerprint, load_digits, load_digits_dit, prepare_digits_classifier,
+from pipelines.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from pipelines.config import CommandParser, Config, ConfigError, UsageError, load_config, to_dict
+from pipelines.digits import (NUM_CLASSES, cache_root, fingerprint, load_digits, load_digits_dit, prepare_digits_classifier,
                               prepare_digits_dit, train_test_split)
-from pipelines.dit import DiTLoss, drop_labels, make_scheduler
-from pipelines.sampling import class_labels, sample, to_uint8
-
-
-class UsageError(ValueError):
-    """Bad input from the command line; the message names the problem and the fix."""
+from pipelines.dit import DiTLoss, drop_labels, load_dit, make_scheduler
+from pipelines.sampling import class_labels, from_uint8, sample, to_uint8
 
 
 @dataclass
@@ -57,25 +57,34 @@ def prepare_digits(cfg: Config, progress: bool = True) -> Workload:
     clf_path, clf_acc = prepare_digits_classifier(cfg.classifier, progress)
     x, y = load_digits()
     return Workload(model=load_digits_dit(cfg.digits), model_id=f"digits/{folder.name}", images=x, labels=y,
-                    class_names=[f"digit {c}" for c in range(NUM_CLASSES)], classifier=load_classifier(clf_path),
+                    class_names=DIGIT_NAMES, classifier=load_classifier(clf_path),
                     classifier_path=clf_path, classifier_accuracy=clf_acc)
 
 
-def resolve_class(text: str, w: Workload) -> int:
-    """The class index named by `text`."""
+DIGIT_NAMES = [f"digit {c}" for c in range(NUM_CLASSES)]
+
+
+def resolve_class(text: str, class_names: list[str]) -> int:
+    """The class index named by `text` (an index, or a class name as in `class_names`)."""
+    n = len(class_names)
     if text.strip().lstrip("-").isdigit():
         c = int(text)
-        if 0 <= c < w.num_classes:
+        if 0 <= c < n:
             return c
-        raise UsageError(f"class {c} is out of range: this model has classes 0..{w.num_classes - 1}")
-    raise UsageError(f"unknown class {text!r}: give a class index 0..{w.num_classes - 1}")
+        raise UsageError(f"class {c} is out of range: this model has classes 0..{n - 1}")
+    lowered = [name.lower() for name in class_names]
+    if text.strip().lower() in lowered:
+        return lowered.index(text.strip().lower())
+    raise UsageError(f"unknown class {text!r}: give a class index 0..{n - 1}")
 
 
 def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, label_dropout: float = 0.0,
-            null_class: int = -1):
-    """Endless random batches (drawn with replacement) from (x, y), labels dropped to `null_class` at that rate."""
-    gen = torch.Generator().manual_seed(seed)
-    while True:
+            null_class: int = -1, start: int = 0):
+    """Endless random batches (drawn with replacement) from (x, y), labels dropped to `null_class` at that rate.
+
+    Batch i depends only on (seed, i), so a resumed run continues with exactly the batches it would have seen."""
+    for i in itertools.count(start):
+        gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))
         idx = torch.randint(0, len(x), (batch_size,), generator=gen)
         yield x[idx], drop_labels(y[idx], label_dropout, null_class, gen)
 
@@ -97,14 +106,19 @@ def protocol(cfg: Config, w: Workload, forget_class: int) -> dict:
     }
 
 
-def evaluate(model, w: Workload, cfg: Config, forget_class: int, progress: bool = True, desc: str = "") -> dict:
-    """Forget accuracy, retain accuracy (per class too) and FID of the retained classes' samples."""
+def evaluate(model, w: Workload, cfg: Config, forget_class: int, progress: bool = True, desc: str = "",
+             cache_dir: Path | None = None) -> dict:
+    """Forget accuracy, retain accuracy (per class too) and FID of the retained classes' samples.
+
+    Samples are scored at 8-bit precision; with `cache_dir` finished sample batches survive a kill."""
     scheduler = make_scheduler()
     fl = class_labels(w.num_classes, cfg.eval.forget_samples, only=forget_class)
     rl = class_labels(w.num_classes, cfg.eval.retain_samples_per_class, exclude=forget_class)
     labels = torch.cat([fl, rl])
     images = sample(model, scheduler, labels, num_steps=cfg.sample.steps, guidance=cfg.sample.guidance,
-                    seed=cfg.seed, batch_size=cfg.sample.batch_size, progress=progress, desc=f"sample {desc}")
+                    seed=cfg.seed, batch_size=cfg.sample.batch_size, progress=progress, desc=f"sample {desc}",
+                    cache_dir=cache_dir)
+    images = from_uint8(to_uint8(images))
     pred = predict(w.classifier, images)
     per_class = {str(c): (pred[labels == c] == c).float().mean().item() for c in labels.unique().tolist()}
     retain = images[len(fl):]
@@ -121,15 +135,15 @@ def evaluate(model, w: Workload, cfg: Config, forget_class: int, progress: bool 
 def evaluate_base(w: Workload, cfg: Config, forget_class: int, progress: bool = True) -> dict:
     """The base model's scores, cached by model, protocol, seed and class: they do not change between erasures."""
     key = fingerprint({"model": w.model_id, "protocol": protocol(cfg, w, forget_class), "class": forget_class,
-                       "sample": dataclasses.asdict(cfg.sample), "eval": dataclasses.asdict(cfg.eval)})
-    from pipelines.digits import cache_root
-
+                       "sample": dataclasses.asdict(cfg.sample), "eval": dataclasses.asdict(cfg.eval),
+                       "scored_at": "uint8"})
     path = cache_root() / "evals" / f"{key}.json"
     if path.exists():
         return json.loads(path.read_text())
-    scores = evaluate(w.model, w, cfg, forget_class, progress, desc="before")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    samples = path.with_suffix("")
+    scores = evaluate(w.model, w, cfg, forget_class, progress, desc="before", cache_dir=samples)
     atomic_write_json(path, scores)
+    shutil.rmtree(samples, ignore_errors=True)
     return scores
 
 
@@ -155,10 +169,12 @@ def method_data(method, w: Workload, cfg: Config, forget_class: int, progress: b
     return xf, yf, xr, yr
 
 
-def erase(w: Workload, cfg: Config, forget_class: int, progress: bool = True, log_path: Path | None = None):
+def erase(w: Workload, cfg: Config, forget_class: int, output: Path, *, resume: bool = False,
+          progress: bool = True):
     """The method's preparation (mask, Fisher, replay) then Algorithm 1 on a copy of the base model.
 
-    Returns (model, log, timings)."""
+    Writes output/prepared.safetensors (mask and method state, reused on resume), output/log.jsonl and
+    checkpoint-<step> folders every `erase.checkpoint_every` outer steps. Returns (model, log, timings, kept)."""
     torch.manual_seed(cfg.seed)
     model = copy.deepcopy(w.model)
     if cfg.method.pseudo_class is not None and not (
@@ -167,42 +183,114 @@ def erase(w: Workload, cfg: Config, forget_class: int, progress: bool = True, lo
     method = make_method(cfg.method, DiTLoss(make_scheduler()), forget_class=forget_class, num_classes=w.num_classes)
     t0 = time.perf_counter()
     xf, yf, xr, yr = method_data(method, w, cfg, forget_class, progress)
-    mask = method.prepare(model, batches(xf, yf, 1, cfg.seed + 1), batches(xr, yr, 1, cfg.seed + 2), progress)
+    prepared = output / "prepared.safetensors"
+    if resume and prepared.exists():
+        tensors = load_file(str(prepared))
+        mask = {k[5:]: v for k, v in tensors.items() if k.startswith("mask.")} or None
+        method.load_state({k[6:]: v for k, v in tensors.items() if k.startswith("state.")}, w.model)
+    else:
+        mask = method.prepare(model, batches(xf, yf, 1, cfg.seed + 1), batches(xr, yr, 1, cfg.seed + 2), progress)
+        tensors = {f"mask.{k}": v.to(torch.uint8) for k, v in (mask or {}).items()}
+        tensors.update({f"state.{k}": v.contiguous() for k, v in method.state().items()})
+        save_file(tensors, str(output / ".prepared.tmp"))
+        os.replace(output / ".prepared.tmp", prepared)
+    if mask is not None:
+        mask = {k: v.bool() for k, v in mask.items()}
     t1 = time.perf_counter()
     e = cfg.erase
-    forget_data = batches(xf, yf, e.batch_size, cfg.seed + 3, e.forget_label_dropout, w.num_classes)
-    retain_data = batches(xr, yr, e.batch_size, cfg.seed + 4, e.retain_label_dropout, w.num_classes)
-    with open(log_path, "w") if log_path else contextlib.nullcontext() as log_file:
-        log = unlearn(model, method, forget_data, retain_data, e, mask=mask, progress=progress,
-                      on_step=(lambda r: log_file.write(json.dumps(r) + "\n")) if log_file else None)
+    optimizers = make_optimizers([p for p in model.parameters() if p.requires_grad], e)
+    start = 0
+    checkpoint = latest_checkpoint(output) if resume else None
+    if checkpoint is not None:
+        start = load_checkpoint(checkpoint, model, optimizers)
+    else:
+        torch.manual_seed(cfg.seed + 7)
+    log_path = output / "log.jsonl"
+    done = log_path.read_text().splitlines()[:start] if start else []
+    atomic_write_text(log_path, "".join(line + "\n" for line in done))
+    forget_data = batches(xf, yf, e.batch_size, cfg.seed + 3, e.forget_label_dropout, w.num_classes,
+                          start=start * e.forget_steps)
+    retain_data = batches(xr, yr, e.batch_size, cfg.seed + 4, e.retain_label_dropout, w.num_classes,
+                          start=start * e.retain_steps)
+    with open(log_path, "a") as log_file:
+        def on_step(record):
+            log_file.write(json.dumps(record) + "\n")
+            log_file.flush()
+            finished = record["step"] + 1
+            if e.checkpoint_every and finished % e.checkpoint_every == 0 and finished < e.outer_steps:
+                save_checkpoint(output, finished, model, optimizers)
+
+        unlearn(model, method, forget_data, retain_data, e, mask=mask, optimizers=optimizers, on_step=on_step,
+                start_step=start, progress=progress)
     t2 = time.perf_counter()
-    timings = {"prepare_method_s": t1 - t0, "erase_s": t2 - t1, "erase_steps_per_s": e.outer_steps / (t2 - t1)}
-    if mask is not None:
-        timings["mask_kept_fraction"] = method.kept
-    return model.eval(), log, timings
+    log = [json.loads(line) for line in log_path.read_text().splitlines()]
+    steps = e.outer_steps - start
+    timings = {"prepare_method_s": t1 - t0, "erase_s": t2 - t1, "erase_steps_per_s": steps / max(t2 - t1, 1e-9)}
+    return model.eval(), log, timings, getattr(method, "kept", None)
 
 
-def run(cfg: Config, class_arg: str, output: Path, *, overwrite: bool = False, progress: bool = True) -> dict:
-    """The whole job: prepare, measure the base model, erase, measure again, write the outputs."""
-    if (output / "metrics.json").exists() and not overwrite:
-        raise UsageError(f"{output} already holds a finished run: pass --overwrite or choose another --output")
+def save_model(model, folder: Path) -> None:
+    """save_pretrained into a temporary folder, then swap it in: never a half-written model folder."""
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+
+
+def check_output(output: Path, cfg: Config, overwrite: bool, resume: bool) -> bool:
+    """Decide what to do with an existing output folder; returns True when a finished run is there to report."""
+    if not output.exists() or not any(output.iterdir()):
+        return False
+    if overwrite:
+        return False
+    saved = output / "config.yaml"
+    if resume:
+        if saved.exists() and yaml.safe_load(saved.read_text()) != to_dict(cfg):
+            raise UsageError(f"{output} holds a run with another config: resume with the same options, or pass "
+                             "--overwrite to start over")
+        return (output / "metrics.json").exists()
+    if (output / "metrics.json").exists():
+        raise UsageError(f"{output} already holds a finished run: pass --overwrite to replace it, or choose another "
+                         "--output")
+    raise UsageError(f"{output} holds an unfinished run: pass --resume to continue it, or --overwrite to start over")
+
+
+def run(cfg: Config, class_arg: str, output: Path, *, overwrite: bool = False, resume: bool = False,
+        progress: bool = True) -> dict:
+    """The whole job: prepare, measure the base model, erase, measure again, write the outputs.
+
+    Killed at any point, the same call with `resume` continues: the prepared mask, the latest erasure checkpoint and
+    every finished batch of samples are reused. A diverged erasure writes no "after" metrics."""
+    forget_class = resolve_class(class_arg, DIGIT_NAMES)
+    if check_output(output, cfg, overwrite, resume):
+        return json.loads((output / "metrics.json").read_text())
     t_start = time.perf_counter()
     w = prepare_digits(cfg, progress)
-    forget_class = resolve_class(class_arg, w)
     t_prepared = time.perf_counter()
     before = evaluate_base(w, cfg, forget_class, progress)
     t_before = time.perf_counter()
+    if overwrite and output.exists():
+        shutil.rmtree(output)
     output.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    model, log, erase_timings = erase(w, cfg, forget_class, progress, log_path=output / "log.jsonl")
-    kept = erase_timings.pop("mask_kept_fraction", None)
-    tmp_model = output / ".model.tmp"
-    shutil.rmtree(tmp_model, ignore_errors=True)
-    model.save_pretrained(tmp_model)
-    shutil.rmtree(output / "model", ignore_errors=True)
-    tmp_model.rename(output / "model")
+    if resume and (output / "model" / "config.json").exists():  # erasure had finished before the kill
+        model, t_erase = load_dit(str(output / "model")), None
+        log = [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
+        kept = json.loads((output / "erase.json").read_text())["mask_kept_fraction"]
+        erase_timings = json.loads((output / "erase.json").read_text())["timings"]
+    else:
+        try:
+            model, log, erase_timings, kept = erase(w, cfg, forget_class, output, resume=resume, progress=progress)
+        except DivergenceError as err:
+            last = latest_checkpoint(output)
+            keep = f"the last good checkpoint is {last}" if last else "no checkpoint was reached"
+            raise DivergenceError(f"erasure diverged at the {err}; {keep}; lower erase.forget_lr or raise "
+                                  "erase.forget_clip, then run again") from None
+        atomic_write_json(output / "erase.json", {"timings": erase_timings, "mask_kept_fraction": kept})
+        save_model(model, output / "model")
     t_erased = time.perf_counter()
-    after = evaluate(model, w, cfg, forget_class, progress, desc="after")
+    after = evaluate(model, w, cfg, forget_class, progress, desc="after", cache_dir=output / "samples-after")
     t_after = time.perf_counter()
     before_grid, grid_labels = grid_images(w.model, w, cfg, progress)
     after_grid, _ = grid_images(model, w, cfg, progress)
@@ -224,6 +312,8 @@ def run(cfg: Config, class_arg: str, output: Path, *, overwrite: bool = False, p
         "mask_kept_fraction": kept,
         "final_log": log[-1] if log else None,
     }
+    for stale in output.glob("checkpoint-*"):  # the finished model supersedes them
+        shutil.rmtree(stale, ignore_errors=True)
     atomic_write_json(output / "metrics.json", metrics)
     return metrics
 
@@ -252,28 +342,26 @@ def aggregate_trials(runs: list[dict]) -> dict:
 
 
 def run_trials(cfg: Config, class_arg: str, output: Path, trials: int = 1, *, overwrite: bool = False,
-               progress: bool = True) -> dict:
-    """K runs with seeds seed, seed+1, ..., each in `output/trial-s<seed>`; `output/metrics.json` aggregates them.
-
-    Trials finished by an interrupted earlier call are kept, not redone."""
+               resume: bool = False, progress: bool = True) -> dict:
+    """K runs with seeds seed, seed+1, ..., each in `output/trial-s<seed>`; `output/metrics.json` aggregates them."""
     if trials == 1:
-        return run(cfg, class_arg, output, overwrite=overwrite, progress=progress)
-    if (output / "metrics.json").exists() and not overwrite:
-        raise UsageError(f"{output} already holds a finished run: pass --overwrite or choose another --output")
-    runs = []
-    for seed in range(cfg.seed, cfg.seed + trials):
-        folder = output / f"trial-s{seed}"
-        if (folder / "metrics.json").exists() and not overwrite:
-            runs.append(json.loads((folder / "metrics.json").read_text()))
-        else:
-            runs.append(run(dataclasses.replace(cfg, seed=seed), class_arg, folder, overwrite=True, progress=progress))
+        return run(cfg, class_arg, output, overwrite=overwrite, resume=resume, progress=progress)
+    resolve_class(class_arg, DIGIT_NAMES)
+    if check_output(output, cfg, overwrite, resume):
+        return json.loads((output / "metrics.json").read_text())
+    if overwrite and output.exists():
+        shutil.rmtree(output)
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    runs = [run(dataclasses.replace(cfg, seed=seed), class_arg, output / f"trial-s{seed}", resume=True,
+                progress=progress) for seed in range(cfg.seed, cfg.seed + trials)]
     metrics = aggregate_trials(runs)
     atomic_write_json(output / "metrics.json", metrics)
     return metrics
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="erase-class",
         description="Erase one class from a class-conditional diffusion transformer (DualOptim), and measure it.",
         epilog=(f"presets: {', '.join(preset_names())}.  Main keys for --set: erase.outer_steps, erase.forget_lr, "
@@ -290,31 +378,38 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", type=Path, help="output folder (default: runs/<class>-<method>-<optimizer>-s<seed>)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set erase.outer_steps=200 (repeatable)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a finished run in --output")
+    parser.add_argument("--overwrite", action="store_true", help="replace whatever run is in --output")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the unfinished run in --output from its latest checkpoint and samples")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    overrides = list(args.overrides)
-    if args.method:
-        overrides.append(f"method.name={args.method}")
-    if args.optimizer:
-        overrides.append(f"erase.optimizer={args.optimizer}")
-    if args.seed is not None:
-        overrides.append(f"seed={args.seed}")
     try:
+        args = build_parser().parse_args(argv)
+        overrides = list(args.overrides)
+        if args.method:
+            overrides.append(f"method.name={args.method}")
+        if args.optimizer:
+            overrides.append(f"erase.optimizer={args.optimizer}")
+        if args.seed is not None:
+            overrides.append(f"seed={args.seed}")
         cfg = load_config(args.config, overrides)
         output = args.output or Path("runs") / (
             f"{args.forget_class.replace(' ', '_')}-{cfg.method.name}-{cfg.erase.optimizer}-s{cfg.seed}")
         if args.trials < 1:
             raise UsageError(f"--trials must be >= 1, got {args.trials}")
+        if args.overwrite and args.resume:
+            raise UsageError("--overwrite and --resume contradict each other: pass one")
         metrics = run_trials(cfg, args.forget_class, output, args.trials, overwrite=args.overwrite,
-                             progress=not args.quiet)
+                             resume=args.resume, progress=not args.quiet)
     except (ConfigError, UsageError) as e:
         print(f"erase-class: error: {e}", file=sys.stderr)
         return 2
+    except DivergenceError as e:
+        print(f"erase-class: error: {e}", file=sys.stderr)
+        return 1
     print(summary(metrics))
     where = "trial-s*/: " if args.trials > 1 else ""
     print(f"wrote {output}/: metrics.json, {where}model/, grid.png, config.yaml, log.jsonl")

@@ -1,7 +1,6 @@
 """fid-bench: the method x optimizer x class x seed table (forget accuracy, retain accuracy, FID, spread over seeds)."""
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import itertools
@@ -15,8 +14,9 @@ import yaml
 from configs import PRESETS_DIR
 from eval.plots import plot_curves
 from eval.report import atomic_write_json, atomic_write_text, protocol_line
-from pipelines.config import ConfigError, load_config
-from pipelines.erase_class import SCORES, UsageError, run
+from pipelines.config import CommandParser, ConfigError, UsageError, load_config
+from erase import DivergenceError
+from pipelines.erase_class import DIGIT_NAMES, SCORES, resolve_class, run
 
 SPEC_KEYS = {"config": "digits", "methods": ["sfron"], "optimizers": ["dual", "shared"], "classes": ["3"],
              "seeds": [0], "set": []}
@@ -68,7 +68,7 @@ def aggregate(cells: list[dict]) -> list[dict]:
     return overall + per_class
 
 
-def markdown(rows: list[dict], cells: list[dict], command: str) -> str:
+def markdown(rows: list[dict], cells: list[dict], command: str, diverged: list[str] = ()) -> str:
     """results.md: the paper-shaped table (mean +- std across seeds) and the gap to the base model."""
     head = ("| method | optimizer | class | runs | FA (lower better) | retain acc | FID | gap FA | gap retain acc "
             "| gap FID |\n|---|---|---|---|---|---|---|---|---|---|")
@@ -93,11 +93,13 @@ def markdown(rows: list[dict], cells: list[dict], command: str) -> str:
         "Each cell is one erasure. `+-` is the sample standard deviation across seeds; an `all` row averages the "
         "per-class means and the per-class standard deviations. Gaps are after minus before (the base model).", "",
         *lines, "", "Base model (before erasure, seed 0 noise):", "",
-        "| class | FA | retain acc | FID |", "|---|---|---|---|", *base_lines, ""])
+        "| class | FA | retain acc | FID |", "|---|---|---|---|", *base_lines, "",
+        *([f"Diverged cells (no after metrics, left out of the table): {len(diverged)}", ""]
+          + [f"* {d}" for d in diverged] + [""] if diverged else [])])
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fid-bench", description=__doc__)
+    parser = CommandParser(prog="fid-bench", description=__doc__)
     parser.add_argument("spec", nargs="?", default="digits", help="benchmark spec: a name in configs/bench/ or a "
                         "YAML path (default: digits)")
     parser.add_argument("--classes", nargs="+", help="forget classes (overrides the spec)")
@@ -108,28 +110,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every cell (after the spec's)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
-    cells, logs = [], {}
+    cells, logs, diverged = [], {}, []
     try:
+        args = parser.parse_args(argv)
         spec = read_spec(args.spec)
         for name in ("classes", "methods", "optimizers", "seeds"):
             if getattr(args, name):
                 spec[name] = getattr(args, name)
         grid = list(itertools.product(spec["methods"], spec["optimizers"], map(str, spec["classes"]), spec["seeds"]))
-        for i, (method, optimizer, cls, seed) in enumerate(grid):
-            cfg = load_config(spec["config"], list(spec["set"]) + args.overrides + [
-                f"method.name={method}", f"erase.optimizer={optimizer}", f"seed={seed}"])
+        configs = [load_config(spec["config"], list(spec["set"]) + args.overrides + [
+            f"method.name={method}", f"erase.optimizer={optimizer}", f"seed={seed}"])
+            for method, optimizer, _, seed in grid]  # every cell's config checked before any cell runs
+        for cls in spec["classes"]:
+            resolve_class(str(cls), DIGIT_NAMES)
+        for i, ((method, optimizer, cls, seed), cfg) in enumerate(zip(grid, configs)):
             out = args.output / "cells" / f"{method}-{optimizer}-{cls.replace(' ', '_')}-s{seed}"
             logs[method, optimizer, cls, seed] = out / "log.jsonl"
             if (out / "metrics.json").exists():  # finished earlier: an interrupted benchmark resumes here
                 cells.append(json.loads((out / "metrics.json").read_text()))
                 continue
+            if (out / "diverged.txt").exists():
+                diverged.append(f"{method} / {optimizer} / class {cls} / seed {seed}: {(out / 'diverged.txt').read_text()}")
+                continue
             print(f"fid-bench: cell {i + 1}/{len(grid)}: {method} / {optimizer} / class {cls} / seed {seed}",
                   file=sys.stderr)
-            cells.append(run(cfg, cls, out, overwrite=True, progress=not args.quiet))
+            try:
+                cells.append(run(cfg, cls, out, resume=True, progress=not args.quiet))  # a killed cell continues
+            except DivergenceError as e:  # a result too: the cell is reported, the benchmark goes on
+                atomic_write_text(out / "diverged.txt", str(e))
+                diverged.append(f"{method} / {optimizer} / class {cls} / seed {seed}: {e}")
     except (ConfigError, UsageError) as e:
         print(f"fid-bench: error: {e}", file=sys.stderr)
         return 2
+    if not cells:
+        print("fid-bench: error: every cell diverged: " + "; ".join(diverged), file=sys.stderr)
+        return 1
     rows = aggregate(cells)
     atomic_write_json(args.output / "results.json", {"spec": spec, "rows": rows, "cells": cells})
     buf = io.StringIO()
@@ -138,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     writer.writerows(rows)
     atomic_write_text(args.output / "results.csv", buf.getvalue())
     command = "fid-bench " + " ".join(argv if argv is not None else sys.argv[1:])
-    table = markdown(rows, cells, command)
+    table = markdown(rows, cells, command, diverged)
     atomic_write_text(args.output / "results.md", table)
     plot_curves(logs, args.output)
     print(table)

@@ -1,14 +1,13 @@
 """sample-grid: what one or more models generate for every class, side by side, with the same noise."""
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from eval.report import sample_grid, save_image
-from pipelines.config import ConfigError, load_config
+from pipelines.config import CommandParser, ConfigError, UsageError, load_config
 from pipelines.dit import load_dit, make_scheduler
-from pipelines.erase_class import UsageError, prepare_digits, resolve_class
+from pipelines.erase_class import DIGIT_NAMES, prepare_digits, resolve_class
 from pipelines.sampling import class_labels, sample, to_uint8
 
 
@@ -25,7 +24,7 @@ def load_model(spec: str, base):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sample-grid", description=__doc__)
+    parser = CommandParser(prog="sample-grid", description=__doc__)
     parser.add_argument("models", nargs="*", default=["base"],
                         help="'base', model folders or erase-class output folders (default: base)")
     parser.add_argument("--config", default="digits", help="preset name or YAML path (default: digits)")
@@ -35,13 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="noise seed, the same for every model (default: 0)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         if args.per_class < 1:
             raise UsageError(f"--per-class must be >= 1, got {args.per_class}")
         cfg = load_config(args.config, args.overrides)
+        marked = resolve_class(args.mark, DIGIT_NAMES) if args.mark is not None else None
         w = prepare_digits(cfg, not args.quiet)
-        marked = resolve_class(args.mark, w) if args.mark is not None else None
         models = {spec: load_model(spec, w.model) for spec in args.models}
     except (ConfigError, UsageError) as e:
         print(f"sample-grid: error: {e}", file=sys.stderr)

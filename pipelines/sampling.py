@@ -1,6 +1,9 @@
 """Class-conditional sampling with classifier-free guidance, for any diffusers scheduler, class count and space."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -23,11 +26,14 @@ def _generator(seed: int, start: int) -> torch.Generator:
 
 @torch.no_grad()
 def sample(model, scheduler, labels: torch.Tensor, *, num_steps: int, guidance: float, seed: int,
-           batch_size: int = 500, vae=None, progress: bool = True, desc: str = "sample") -> torch.Tensor:
+           batch_size: int = 500, vae=None, progress: bool = True, desc: str = "sample",
+           cache_dir: Path | None = None) -> torch.Tensor:
     """Sample one image per label, in [-1, 1] (decoded through `vae` for latent models).
 
     Guidance mixes the conditional and null-class predictions on the epsilon channels; a learned variance is taken
     from the conditional half and passed to schedulers that use it (variance_type "learned"/"learned_range").
+    With `cache_dir`, every finished batch is stored there (as 8-bit images, the precision every evaluation reads)
+    and a later call with the same arguments reuses it: a killed sampling run resumes where it stopped.
     """
     was_training = model.training
     model.eval()
@@ -39,6 +45,11 @@ def sample(model, scheduler, labels: torch.Tensor, *, num_steps: int, guidance: 
     bar = tqdm(total=len(labels) * num_steps, desc=desc, unit="step", disable=not progress)
     for start in range(0, len(labels), batch_size):
         y = labels[start:start + batch_size].to(model.device)
+        stored = cache_dir / f"batch-{start:08d}-{len(y)}.pt" if cache_dir is not None else None
+        if stored is not None and stored.exists():
+            images.append(from_uint8(torch.load(stored)))
+            bar.update(len(y) * num_steps)
+            continue
         gen = _generator(seed, start)
         x = torch.randn((len(y), channels, size, size), generator=gen).to(model.device, model.dtype)
         x = x * scheduler.init_noise_sigma
@@ -59,7 +70,14 @@ def sample(model, scheduler, labels: torch.Tensor, *, num_steps: int, guidance: 
             bar.update(len(x))
         if vae is not None:
             x = vae.decode(x / vae.config.scaling_factor).sample
-        images.append(x.float().cpu())
+        x = x.float().cpu()
+        if stored is not None:
+            stored.parent.mkdir(parents=True, exist_ok=True)
+            tmp = stored.with_name(f".{stored.name}.tmp")
+            torch.save(to_uint8(x), tmp)
+            os.replace(tmp, stored)
+            x = from_uint8(to_uint8(x))
+        images.append(x)
     bar.close()
     model.train(was_training)
     return torch.cat(images)
@@ -68,3 +86,8 @@ def sample(model, scheduler, labels: torch.Tensor, *, num_steps: int, guidance: 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """[-1, 1] floats to uint8 in [0, 255]."""
     return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def from_uint8(images: torch.Tensor) -> torch.Tensor:
+    """uint8 in [0, 255] back to floats in [-1, 1]."""
+    return images.float() / 127.5 - 1.0

@@ -44,3 +44,10 @@ class Method:
         """Work done once before unlearning, on the original model, from single-sample iterators of the data the
         method is fed. Returns which coordinates forget steps may change (name -> bool tensor), or None for all."""
         return None
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """Tensors `prepare` computed besides the mask, saved so that a resumed run need not compute them again."""
+        return {}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], original: torch.nn.Module) -> None:
+        """Restore what `state` returned; `original` is the model before unlearning."""

@@ -21,6 +21,13 @@ class SelectiveAmnesia(Method):
         self.anchor = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         return None
 
+    def state(self):
+        return {f"fisher.{n}": f for n, f in self.fisher.items()}
+
+    def load_state(self, tensors, original):
+        self.fisher = {n[len("fisher."):]: f for n, f in tensors.items()}
+        self.anchor = {n: p.detach().clone() for n, p in original.named_parameters() if p.requires_grad}
+
     def ewc_penalty(self, model) -> torch.Tensor:
         """sum_i F_i (theta_i - theta*_i)^2 over every trainable weight."""
         terms = [(self.fisher[n] * (p - self.anchor[n]) ** 2).sum()

@@ -1,0 +1,53 @@
+"""Erasure checkpoints: `checkpoint-<step>/` holds the weights, both optimizers and the RNG state, written atomically."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+PATTERN = re.compile(r"^checkpoint-(\d+)$")
+
+
+def checkpoints(output: Path) -> list[Path]:
+    """Finished checkpoints in `output`, oldest first."""
+    found = [p for p in output.glob("checkpoint-*") if PATTERN.match(p.name) and (p / "done").exists()]
+    return sorted(found, key=lambda p: int(PATTERN.match(p.name).group(1)))
+
+
+def latest_checkpoint(output: Path) -> Path | None:
+    found = checkpoints(output)
+    return found[-1] if found else None
+
+
+def save_checkpoint(output: Path, step: int, model: torch.nn.Module, optimizers, keep: int = 2) -> Path:
+    """Write checkpoint-<step> (step = outer steps finished) via a temporary folder, then drop all but `keep`."""
+    final = output / f"checkpoint-{step}"
+    tmp = output / f".checkpoint-{step}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    forget, retain = optimizers
+    torch.save({"forget": forget.state_dict(), "retain": None if retain is forget else retain.state_dict(),
+                "step": step, "rng": torch.get_rng_state()}, tmp / "state.pt")
+    (tmp / "done").write_text(str(step))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in checkpoints(output)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizers) -> int:
+    """Restore weights, optimizer states and RNG from `path`; returns the number of outer steps finished."""
+    model.load_state_dict(load_file(str(path / "model.safetensors")))
+    state = torch.load(path / "state.pt", weights_only=False)
+    forget, retain = optimizers
+    forget.load_state_dict(state["forget"])
+    if retain is not forget:
+        retain.load_state_dict(state["retain"])
+    torch.set_rng_state(state["rng"])
+    return state["step"]
