@@ -99,22 +99,22 @@ def test_sample_grid_compares_models(tiny_run, tmp_path):
 
 
 def test_fid_bench_table_plots_and_resume(tmp_path):
-    args = ["--classes", "3", "--seeds", "0", "1", "--methods", "sfron", "salun", "--optimizers", "dual", "shared",
+    args = ["--classes", "3", "--seeds", "0", "1", "--methods", "salun", "--optimizers", "dual", "shared",
             "--output", str(tmp_path), *TINY]
     assert fid_bench.main(args) == 0
     results = json.loads((tmp_path / "results.json").read_text())
-    assert len(results["cells"]) == 8
+    assert len(results["cells"]) == 4
     rows = {(r["method"], r["optimizer"], r["class"]): r for r in results["rows"]}
-    sfron = [c["after"]["fid"] for c in results["cells"] if (c["method"], c["optimizer"]) == ("sfron", "dual")]
-    assert rows["sfron", "dual", "3"]["fid"] == pytest.approx(sum(sfron) / 2)
-    assert rows["sfron", "dual", "3"]["fid_std"] == pytest.approx(abs(sfron[0] - sfron[1]) / 2 ** 0.5)
+    fids = [c["after"]["fid"] for c in results["cells"] if (c["method"], c["optimizer"]) == ("salun", "dual")]
+    assert rows["salun", "dual", "3"]["fid"] == pytest.approx(sum(fids) / 2)
+    assert rows["salun", "dual", "3"]["fid_std"] == pytest.approx(abs(fids[0] - fids[1]) / 2 ** 0.5)
     table = (tmp_path / "results.md").read_text()
     assert "| salun | shared | 3 | 2 |" in table and "Protocol: DDPM" in table
     for png in ("forget_loss.png", "grad_norms.png"):
         assert (tmp_path / png).stat().st_size > 1000
-    stamp = (tmp_path / "cells" / "sfron-dual-3-s0" / "metrics.json").stat().st_mtime_ns
+    stamp = (tmp_path / "cells" / "salun-dual-3-s0" / "metrics.json").stat().st_mtime_ns
     assert fid_bench.main(args) == 0  # finished cells are skipped, not redone
-    assert (tmp_path / "cells" / "sfron-dual-3-s0" / "metrics.json").stat().st_mtime_ns == stamp
+    assert (tmp_path / "cells" / "salun-dual-3-s0" / "metrics.json").stat().st_mtime_ns == stamp
 
 
 def test_fid_bench_rejects_a_bad_spec(tmp_path, capsys):
@@ -124,7 +124,7 @@ def test_fid_bench_rejects_a_bad_spec(tmp_path, capsys):
     assert "clases" in capsys.readouterr().err
 
 
-def test_sa_is_fed_surrogate_noise_and_replay_from_the_frozen_original():
+def test_sa_is_fed_surrogate_noise_and_replay_from_the_frozen_original(tmp_path):
     cfg = load_config("digits", SETS + ["method.name=sa"])
     w = erase_class.prepare_digits(cfg, progress=False)
     original = [p.detach().clone() for p in w.model.parameters()]
@@ -137,7 +137,7 @@ def test_sa_is_fed_surrogate_noise_and_replay_from_the_frozen_original():
     expected = sample(w.model, make_scheduler(), yr, num_steps=cfg.sample.steps, guidance=cfg.sample.guidance,
                       seed=cfg.seed + 6, progress=False)
     assert torch.equal(xr, expected)
-    erase_class.erase(w, cfg, 3, progress=False)
+    erase_class.erase(w, cfg, 3, tmp_path, progress=False)
     assert all(torch.equal(a, p) for a, p in zip(original, w.model.parameters()))  # the original stays frozen
 
 
