@@ -92,6 +92,13 @@ def _update(params, masks, loss, optimizer, clip, keep_masked, what):
     return norm.item()
 
 
+def batches_per_step(method, cfg: EraseConfig) -> tuple[int, int]:
+    """(forget, retain) batches one outer step consumes: T_f and T_r, or one each for a joint step."""
+    if cfg.optimizer == "shared" and getattr(method, "joint", False):
+        return 1, 1
+    return cfg.forget_steps, cfg.retain_steps
+
+
 def unlearn(
     model: torch.nn.Module,
     method,
@@ -119,7 +126,7 @@ def unlearn(
     params = [p for _, p in named]
     masks = None if mask is None else [mask[n].to(p.device, torch.bool) for n, p in named]
     optim_f, optim_r = optimizers if optimizers is not None else make_optimizers(params, cfg)
-    joint = optim_f is optim_r and getattr(method, "joint", False)
+    joint = optim_f is optim_r and getattr(method, "joint", False)  # see batches_per_step
     keep_masked = masks is not None and optim_f is not optim_r
     model.train()
     log = []

@@ -32,7 +32,8 @@ def save_checkpoint(output: Path, step: int, model: torch.nn.Module, optimizers,
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
     forget, retain = optimizers
     torch.save({"forget": forget.state_dict(), "retain": None if retain is forget else retain.state_dict(),
-                "step": step, "rng": torch.get_rng_state()}, tmp / "state.pt")
+                "step": step, "rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}, tmp / "state.pt")
     (tmp / "done").write_text(str(step))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -50,4 +51,6 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizers) -> int:
     if retain is not forget:
         retain.load_state_dict(state["retain"])
     torch.set_rng_state(state["rng"])
+    if state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
     return state["step"]

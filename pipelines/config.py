@@ -78,10 +78,12 @@ CHOICES = {
 }
 POSITIVE = {"erase.outer_steps", "erase.batch_size", "erase.forget_lr", "erase.retain_lr", "erase.shared_lr",
             "method.grad_samples", "method.replay_per_class", "sample.steps", "sample.batch_size", "eval.forget_samples",
-            "eval.retain_samples_per_class", "digits.steps", "digits.batch_size", "digits.lr", "classifier.epochs"}
+            "eval.retain_samples_per_class", "eval.grid_per_class", "digits.steps", "digits.batch_size", "digits.lr",
+            "digits.layers", "digits.heads", "digits.head_dim", "digits.patch_size", "classifier.epochs",
+            "classifier.batch_size", "classifier.lr", "erase.forget_clip", "erase.retain_clip"}
 NON_NEGATIVE = {"seed", "erase.checkpoint_every", "erase.forget_steps", "erase.retain_steps", "erase.alpha", "method.gamma", "sample.guidance",
                 "method.replay_weight", "method.ewc_lambda",
-                "erase.forget_weight_decay", "erase.retain_weight_decay", "eval.grid_per_class"}
+                "erase.forget_weight_decay", "erase.retain_weight_decay", "digits.ema_decay", "classifier.noise_augment"}
 
 
 def _suggest(word: str, options) -> str:
@@ -143,10 +145,12 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"{key} must be a finite number, got {value!r}")
         if key in CHOICES and value not in CHOICES[key]:
             raise ConfigError(f"{key} = {value!r} is not valid{_suggest(str(value), CHOICES[key])}")
-        if key in POSITIVE and not value > 0:
+        if key in POSITIVE and value is not None and not value > 0:
             raise ConfigError(f"{key} must be > 0, got {value!r}")
         if key in NON_NEGATIVE and not value >= 0:
             raise ConfigError(f"{key} must be >= 0, got {value!r}")
+    if 8 % cfg.digits.patch_size:
+        raise ConfigError(f"digits.patch_size must divide the 8-pixel image size, got {cfg.digits.patch_size}")
     if not 0 < cfg.method.top_p <= 1:
         raise ConfigError(f"method.top_p must be in (0, 1], got {cfg.method.top_p!r}")
     for key in ("forget_label_dropout", "retain_label_dropout"):

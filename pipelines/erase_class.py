@@ -21,14 +21,16 @@ from safetensors.torch import load_file, save_file
 
 from configs import preset_names
 from erase import DivergenceError, make_optimizers, unlearn
+from erase.dualoptim import batches_per_step
+from erase.saliency import mask_fraction
 from erase.methods import METHODS, make_method
-from eval.classifier import accuracy, load_classifier, predict
+from eval.classifier import load_classifier, predict
 from eval.fid import DIGITS_EXTRACTOR, DIGITS_FEATURE, fid
 from eval.report import atomic_write_json, atomic_write_text, sample_grid, save_image, summary
 from pipelines.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from pipelines.config import CommandParser, Config, ConfigError, UsageError, load_config, to_dict
 from pipelines.digits import (NUM_CLASSES, cache_root, fingerprint, load_digits, load_digits_dit, prepare_digits_classifier,
-                              prepare_digits_dit, train_test_split)
+                              prepare_digits_dit)
 from pipelines.dit import DiTLoss, drop_labels, load_dit, make_scheduler
 from pipelines.sampling import class_labels, from_uint8, sample, to_uint8
 
@@ -136,7 +138,7 @@ def evaluate_base(w: Workload, cfg: Config, forget_class: int, progress: bool = 
     """The base model's scores, cached by model, protocol, seed and class: they do not change between erasures."""
     key = fingerprint({"model": w.model_id, "protocol": protocol(cfg, w, forget_class), "class": forget_class,
                        "sample": dataclasses.asdict(cfg.sample), "eval": dataclasses.asdict(cfg.eval),
-                       "scored_at": "uint8"})
+                       "classifier": w.classifier_path.name, "scored_at": "uint8"})
     path = cache_root() / "evals" / f"{key}.json"
     if path.exists():
         return json.loads(path.read_text())
@@ -177,9 +179,6 @@ def erase(w: Workload, cfg: Config, forget_class: int, output: Path, *, resume: 
     checkpoint-<step> folders every `erase.checkpoint_every` outer steps. Returns (model, log, timings, kept)."""
     torch.manual_seed(cfg.seed)
     model = copy.deepcopy(w.model)
-    if cfg.method.pseudo_class is not None and not (
-            0 <= cfg.method.pseudo_class < w.num_classes and cfg.method.pseudo_class != forget_class):
-        raise UsageError(f"method.pseudo_class {cfg.method.pseudo_class} must be another class in 0..{w.num_classes - 1}")
     method = make_method(cfg.method, DiTLoss(make_scheduler()), forget_class=forget_class, num_classes=w.num_classes)
     t0 = time.perf_counter()
     xf, yf, xr, yr = method_data(method, w, cfg, forget_class, progress)
@@ -208,10 +207,11 @@ def erase(w: Workload, cfg: Config, forget_class: int, output: Path, *, resume: 
     log_path = output / "log.jsonl"
     done = log_path.read_text().splitlines()[:start] if start else []
     atomic_write_text(log_path, "".join(line + "\n" for line in done))
+    per_f, per_r = batches_per_step(method, e)
     forget_data = batches(xf, yf, e.batch_size, cfg.seed + 3, e.forget_label_dropout, w.num_classes,
-                          start=start * e.forget_steps)
+                          start=start * per_f)
     retain_data = batches(xr, yr, e.batch_size, cfg.seed + 4, e.retain_label_dropout, w.num_classes,
-                          start=start * e.retain_steps)
+                          start=start * per_r)
     with open(log_path, "a") as log_file:
         def on_step(record):
             log_file.write(json.dumps(record) + "\n")
@@ -226,7 +226,7 @@ def erase(w: Workload, cfg: Config, forget_class: int, output: Path, *, resume: 
     log = [json.loads(line) for line in log_path.read_text().splitlines()]
     steps = e.outer_steps - start
     timings = {"prepare_method_s": t1 - t0, "erase_s": t2 - t1, "erase_steps_per_s": steps / max(t2 - t1, 1e-9)}
-    return model.eval(), log, timings, getattr(method, "kept", None)
+    return model.eval(), log, timings, None if mask is None else mask_fraction(mask)
 
 
 def save_model(model, folder: Path) -> None:
@@ -238,10 +238,20 @@ def save_model(model, folder: Path) -> None:
     os.replace(tmp, folder)
 
 
+def check_pseudo_class(cfg: Config, forget_class: int, num_classes: int) -> None:
+    pseudo = cfg.method.pseudo_class
+    if pseudo is not None and not (0 <= pseudo < num_classes and pseudo != forget_class):
+        raise UsageError(f"method.pseudo_class {pseudo} must be a class other than {forget_class} in 0..{num_classes - 1}")
+
+
 def check_output(output: Path, cfg: Config, overwrite: bool, resume: bool) -> bool:
     """Decide what to do with an existing output folder; returns True when a finished run is there to report."""
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"--output {output} is a file: give a folder")
     if not output.exists() or not any(output.iterdir()):
         return False
+    if not (output / "config.yaml").exists():
+        raise UsageError(f"{output} is not empty and holds no run: choose an empty or new --output folder")
     if overwrite:
         return False
     saved = output / "config.yaml"
@@ -263,6 +273,7 @@ def run(cfg: Config, class_arg: str, output: Path, *, overwrite: bool = False, r
     Killed at any point, the same call with `resume` continues: the prepared mask, the latest erasure checkpoint and
     every finished batch of samples are reused. A diverged erasure writes no "after" metrics."""
     forget_class = resolve_class(class_arg, DIGIT_NAMES)
+    check_pseudo_class(cfg, forget_class, len(DIGIT_NAMES))
     if check_output(output, cfg, overwrite, resume):
         return json.loads((output / "metrics.json").read_text())
     t_start = time.perf_counter()
@@ -275,7 +286,7 @@ def run(cfg: Config, class_arg: str, output: Path, *, overwrite: bool = False, r
     output.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     if resume and (output / "model" / "config.json").exists():  # erasure had finished before the kill
-        model, t_erase = load_dit(str(output / "model")), None
+        model = load_dit(str(output / "model"))
         log = [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
         kept = json.loads((output / "erase.json").read_text())["mask_kept_fraction"]
         erase_timings = json.loads((output / "erase.json").read_text())["timings"]
@@ -285,8 +296,9 @@ def run(cfg: Config, class_arg: str, output: Path, *, overwrite: bool = False, r
         except DivergenceError as err:
             last = latest_checkpoint(output)
             keep = f"the last good checkpoint is {last}" if last else "no checkpoint was reached"
-            raise DivergenceError(f"erasure diverged at the {err}; {keep}; lower erase.forget_lr or raise "
-                                  "erase.forget_clip, then run again") from None
+            side = "forget" if str(err).startswith(("forget", "joint")) else "retain"
+            raise DivergenceError(f"erasure diverged at the {err}; {keep}; lower erase.{side}_lr (or erase.shared_lr)"
+                                  f" or clip harder with a smaller erase.{side}_clip, then run again") from None
         atomic_write_json(output / "erase.json", {"timings": erase_timings, "mask_kept_fraction": kept})
         save_model(model, output / "model")
     t_erased = time.perf_counter()

@@ -14,7 +14,7 @@ import yaml
 from configs import PRESETS_DIR
 from eval.plots import plot_curves
 from eval.report import atomic_write_json, atomic_write_text, protocol_line
-from pipelines.config import CommandParser, ConfigError, UsageError, load_config
+from pipelines.config import CommandParser, ConfigError, UsageError, load_config, to_dict
 from erase import DivergenceError
 from pipelines.erase_class import DIGIT_NAMES, SCORES, resolve_class, run
 
@@ -30,11 +30,20 @@ def read_spec(name_or_path: str) -> dict:
     if not path.is_file():
         names = sorted(p.stem for p in (PRESETS_DIR / "bench").glob("*.yaml"))
         raise UsageError(f"unknown benchmark spec {name_or_path!r}: give one of {', '.join(names)} or a YAML path")
-    spec = yaml.safe_load(path.read_text()) or {}
+    try:
+        spec = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UsageError(f"benchmark spec {path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(spec, dict):
+        raise UsageError(f"benchmark spec {path} must be a mapping with keys {', '.join(SPEC_KEYS)}")
     unknown = set(spec) - set(SPEC_KEYS)
     if unknown:
         raise UsageError(f"unknown key(s) {', '.join(sorted(unknown))} in {path}: valid are {', '.join(SPEC_KEYS)}")
-    return {**SPEC_KEYS, **spec}
+    spec = {**SPEC_KEYS, **spec}
+    for key in ("methods", "optimizers", "classes", "seeds", "set"):
+        if not isinstance(spec[key], list):
+            raise UsageError(f"{key} in {path} must be a list, e.g. {key}: {SPEC_KEYS[key]}")
+    return spec
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -92,7 +101,7 @@ def markdown(rows: list[dict], cells: list[dict], command: str, diverged: list[s
         f"Protocol: {proto}.", "",
         "Each cell is one erasure. `+-` is the sample standard deviation across seeds; an `all` row averages the "
         "per-class means and the per-class standard deviations. Gaps are after minus before (the base model).", "",
-        *lines, "", "Base model (before erasure, seed 0 noise):", "",
+        *lines, "", f"Base model (before erasure), scored with the noise of seed {cells[0]['seed']}:", "",
         "| class | FA | retain acc | FID |", "|---|---|---|---|", *base_lines, "",
         *([f"Diverged cells (no after metrics, left out of the table): {len(diverged)}", ""]
           + [f"* {d}" for d in diverged] + [""] if diverged else [])])
@@ -126,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         for i, ((method, optimizer, cls, seed), cfg) in enumerate(zip(grid, configs)):
             out = args.output / "cells" / f"{method}-{optimizer}-{cls.replace(' ', '_')}-s{seed}"
             logs[method, optimizer, cls, seed] = out / "log.jsonl"
+            saved = out / "config.yaml"
+            if saved.exists() and yaml.safe_load(saved.read_text()) != to_dict(cfg):
+                raise UsageError(f"cell {out} was run with another config: give a new --output for a changed "
+                                 "benchmark")
             if (out / "metrics.json").exists():  # finished earlier: an interrupted benchmark resumes here
                 cells.append(json.loads((out / "metrics.json").read_text()))
                 continue

@@ -20,7 +20,8 @@ def class_labels(num_classes: int, per_class: int, *, only: int | None = None, e
 
 
 def _generator(seed: int, start: int) -> torch.Generator:
-    """Noise for the batch starting at sample `start`: independent of batch count, so runs are reproducible."""
+    """Noise for the batch starting at sample `start`: the same seed and batch size give the same samples (so
+    sample.batch_size is part of the protocol), and a resumed run redraws exactly the batches it lacks."""
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, start]).generate_state(1)[0]))
 
 

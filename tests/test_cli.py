@@ -115,6 +115,7 @@ def test_fid_bench_table_plots_and_resume(tmp_path):
     stamp = (tmp_path / "cells" / "salun-dual-3-s0" / "metrics.json").stat().st_mtime_ns
     assert fid_bench.main(args) == 0  # finished cells are skipped, not redone
     assert (tmp_path / "cells" / "salun-dual-3-s0" / "metrics.json").stat().st_mtime_ns == stamp
+    assert fid_bench.main(args + ["--set", "erase.alpha=0.5"]) == 2  # a changed config never reuses old cells
 
 
 def test_fid_bench_rejects_a_bad_spec(tmp_path, capsys):

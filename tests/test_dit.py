@@ -92,7 +92,7 @@ def test_sampler_without_guidance_and_with_a_fixed_variance_scheduler(tiny_dit):
     assert all(torch.equal(y, labels) for y in seen)
 
 
-def test_sampling_is_reproducible_and_independent_of_batch_size(tiny_dit):
+def test_sampling_is_reproducible_and_changes_with_the_seed(tiny_dit):
     labels = class_labels(5, 2)
     a = sample(tiny_dit, make_scheduler(), labels, num_steps=3, guidance=1.5, seed=1, batch_size=10, progress=False)
     b = sample(tiny_dit, make_scheduler(), labels, num_steps=3, guidance=1.5, seed=1, batch_size=10, progress=False)
@@ -107,3 +107,17 @@ def test_saved_model_loads_back_and_samples_identically(tiny_dit, tmp_path):
     a = sample(tiny_dit, make_scheduler(), labels, num_steps=3, guidance=1.5, seed=0, progress=False)
     b = sample(loaded, make_scheduler(), labels, num_steps=3, guidance=1.5, seed=0, progress=False)
     assert torch.equal(a, b)
+
+
+def test_sampler_decodes_latents_through_a_vae():
+    from diffusers import AutoencoderKL
+
+    from pipelines.dit import build_dit
+
+    torch.manual_seed(0)
+    latent = build_dit(num_classes=5, sample_size=4, in_channels=4, patch_size=2, layers=1, heads=2, head_dim=8)
+    vae = AutoencoderKL(block_out_channels=[32, 32], in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2)
+    images = sample(latent, make_scheduler(), class_labels(5, 1), num_steps=2, guidance=1.5, seed=0, vae=vae,
+                    progress=False)
+    assert images.shape == (5, 3, 8, 8) and torch.all(torch.isfinite(images))

@@ -115,6 +115,13 @@ def test_nan_forget_loss_stops_with_step_and_side_and_keeps_last_checkpoint(monk
     assert all(v.isfinite().all() for v in load_file(str(out / "checkpoint-10" / "model.safetensors")).values())
 
 
+def test_overwrite_never_deletes_a_folder_that_holds_no_run(tmp_path, capsys):
+    (tmp_path / "precious.txt").write_text("keep me")
+    assert erase_class.main(["3", "--overwrite", "--output", str(tmp_path), *TINY]) == 2
+    assert "holds no run" in capsys.readouterr().err
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
 def _snapshot(folder: Path) -> dict:
     return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -143,6 +150,12 @@ BAD = [
     (erase_class.main, ["3", "--set", "eval.forget_samples=0"], "eval.forget_samples must be > 0"),
     (erase_class.main, ["3", "--set", "erase.batch_size=big"], "erase.batch_size must be int"),
     (erase_class.main, ["3", "--trials", "x"], "--trials"),
+    (erase_class.main, ["3", "--set", "erase.forget_clip=-1"], "erase.forget_clip must be > 0"),
+    (erase_class.main, ["3", "--set", "eval.grid_per_class=0"], "eval.grid_per_class must be > 0"),
+    (erase_class.main, ["3", "--set", "digits.patch_size=3"], "digits.patch_size must divide"),
+    (erase_class.main, ["3", "--set", "erase.forget_lr=.inf"], "must be a finite number"),
+    (erase_class.main, ["3", "--method", "salun", "--set", "method.pseudo_class=3"], "other than 3"),
+    (erase_class.main, ["3", "--overwrite", "--resume"], "contradict"),
     (erase_class.main, ["3"], "already holds a finished run"),
     (sample_grid.main, ["--mark", "11"], "out of range"),
     (sample_grid.main, ["no/such/folder"], "neither 'base'"),

@@ -2,7 +2,7 @@
 import torch
 
 from erase.methods.base import Method
-from erase.saliency import gradient_sum, mask_fraction, top_fraction_mask
+from erase.saliency import gradient_sum, top_fraction_mask
 
 
 class SalUn(Method):
@@ -27,6 +27,4 @@ class SalUn(Method):
     def prepare(self, model, forget_samples, retain_samples, progress=True):
         grads = gradient_sum(model, self.loss, forget_samples, self.cfg.grad_samples, desc="salun saliency",
                              progress=progress)
-        mask = top_fraction_mask({n: g.abs() for n, g in grads.items()}, self.cfg.top_p)
-        self.kept = mask_fraction(mask)
-        return mask
+        return top_fraction_mask({n: g.abs() for n, g in grads.items()}, self.cfg.top_p)

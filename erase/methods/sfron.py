@@ -1,6 +1,6 @@
 """SFR-on (Huang et al., 2024): gradient ascent restricted to weights salient for forget data but not retain data."""
 from erase.methods.ga import GradientAscent
-from erase.saliency import fisher_diagonal, mask_fraction, sfron_mask
+from erase.saliency import fisher_diagonal, sfron_mask
 
 
 class SFRon(GradientAscent):
@@ -12,6 +12,4 @@ class SFRon(GradientAscent):
         n = self.cfg.grad_samples
         f_forget = fisher_diagonal(model, self.loss, forget_samples, n, desc="fisher forget", progress=progress)
         f_retain = fisher_diagonal(model, self.loss, retain_samples, n, desc="fisher retain", progress=progress)
-        mask = sfron_mask(f_forget, f_retain, self.cfg.gamma)
-        self.kept = mask_fraction(mask)
-        return mask
+        return sfron_mask(f_forget, f_retain, self.cfg.gamma)
