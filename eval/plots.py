@@ -31,6 +31,13 @@ def _grid(logs: dict[tuple, Path]):
     return fig, axes, methods, classes
 
 
+def _label(ax, title: str, ylabel: str) -> None:
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("outer step", fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.legend(fontsize=7)
+
+
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
@@ -59,10 +66,7 @@ def plot_curves(logs: dict[tuple, Path], out: Path) -> None:
                 ax.plot(mean, color=color, label=f"{optimizer} ({len(runs)} seeds)")
                 ax.fill_between(np.arange(n), mean - std, mean + std, color=color, alpha=0.25)
             ax.set_yscale("symlog", linthresh=0.1)
-            ax.set_title(f"{method}, class {cls}", fontsize=9)
-            ax.set_xlabel("outer step", fontsize=8)
-            ax.set_ylabel("forget loss", fontsize=8)
-            ax.legend(fontsize=7)
+            _label(ax, f"{method}, class {cls}", "forget loss")
     fig.suptitle("Forget loss during unlearning: mean and +-1 std across seeds", fontsize=10)
     _save(fig, out / "forget_loss.png")
 
@@ -79,11 +83,9 @@ def plot_curves(logs: dict[tuple, Path], out: Path) -> None:
                     n = min(len(s) for s in series)
                     stack = np.stack([s[:n] for s in series])
                     if n and np.isfinite(stack).any():
-                        ax.plot(np.nanmean(stack, 0), style, color=color, label=f"{optimizer} {key.split('_')[0]}", linewidth=1)
+                        ax.plot(np.nanmean(stack, 0), style, color=color, label=f"{optimizer} {key.split('_')[0]}",
+                                linewidth=1)
             ax.set_yscale("log")
-            ax.set_title(f"{method}, class {cls}", fontsize=9)
-            ax.set_xlabel("outer step", fontsize=8)
-            ax.set_ylabel("gradient norm", fontsize=8)
-            ax.legend(fontsize=6)
+            _label(ax, f"{method}, class {cls}", "gradient norm")
     fig.suptitle("Gradient norms of forget and retain steps (mean across seeds)", fontsize=10)
     _save(fig, out / "grad_norms.png")
