@@ -7,49 +7,35 @@ import torch
 from tqdm.auto import tqdm
 
 
-def fisher_diagonal(
-    model: torch.nn.Module,
-    loss: Callable[[torch.nn.Module, object], torch.Tensor],
-    samples: Iterable,
-    num_samples: int,
-    *,
-    desc: str = "fisher",
-    progress: bool = True,
-) -> dict[str, torch.Tensor]:
-    """Mean over `num_samples` single-sample batches of the squared gradient of the (positive) loss, per parameter."""
+def _per_sample_sum(model, loss, samples, num_samples, transform, desc, progress) -> dict[str, torch.Tensor]:
+    """Sum over `num_samples` single-sample batches of transform(gradient of the loss), per parameter."""
     model.eval()  # as in the public SFR-on code: no dropout while measuring
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    fisher = {n: torch.zeros_like(p) for n, p in named}
+    total = {n: torch.zeros_like(p) for n, p in named}
     it = iter(samples)
     for _ in tqdm(range(num_samples), desc=desc, disable=not progress):
         model.zero_grad(set_to_none=True)
         loss(model, next(it)).backward()
         for n, p in named:
             if p.grad is not None:
-                fisher[n] += p.grad.detach() ** 2
-    model.zero_grad(set_to_none=True)
-    return {n: f / num_samples for n, f in fisher.items()}
-
-
-def gradient_sum(
-    model: torch.nn.Module,
-    loss: Callable[[torch.nn.Module, object], torch.Tensor],
-    samples: Iterable,
-    num_samples: int,
-    *,
-    desc: str = "gradient",
-    progress: bool = True,
-) -> dict[str, torch.Tensor]:
-    """Sum over `num_samples` single-sample batches of the gradient of the loss, per parameter (SalUn's saliency)."""
-    model.eval()
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    model.zero_grad(set_to_none=True)
-    it = iter(samples)
-    for _ in tqdm(range(num_samples), desc=desc, disable=not progress):
-        loss(model, next(it)).backward()  # gradients accumulate in .grad
-    total = {n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)) for n, p in named}
+                total[n] += transform(p.grad.detach())
     model.zero_grad(set_to_none=True)
     return total
+
+
+def fisher_diagonal(model: torch.nn.Module, loss: Callable[[torch.nn.Module, object], torch.Tensor],
+                    samples: Iterable, num_samples: int, *, desc: str = "fisher",
+                    progress: bool = True) -> dict[str, torch.Tensor]:
+    """Mean over `num_samples` single-sample batches of the squared gradient of the (positive) loss, per parameter."""
+    total = _per_sample_sum(model, loss, samples, num_samples, torch.square, desc, progress)
+    return {n: f / num_samples for n, f in total.items()}
+
+
+def gradient_sum(model: torch.nn.Module, loss: Callable[[torch.nn.Module, object], torch.Tensor],
+                 samples: Iterable, num_samples: int, *, desc: str = "gradient",
+                 progress: bool = True) -> dict[str, torch.Tensor]:
+    """Sum over `num_samples` single-sample batches of the gradient of the loss, per parameter (SalUn's saliency)."""
+    return _per_sample_sum(model, loss, samples, num_samples, lambda g: g, desc, progress)
 
 
 def top_fraction_mask(scores: dict[str, torch.Tensor], fraction: float) -> dict[str, torch.Tensor]:

@@ -76,7 +76,6 @@ def protocol_line(p: dict) -> str:
 
 def summary(m: dict) -> str:
     """The terminal summary of one erasure."""
-    b, a = m["before"], m["after"]
     rows = [("forget accuracy (lower is better)", "forget_accuracy", "{:.3f}"),
             ("retain accuracy", "retain_accuracy", "{:.3f}"),
             (f"FID ({m['protocol']['feature_extractor'].split(' ')[0]})", "fid", "{:.3f}")]

@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
@@ -32,7 +31,7 @@ from pipelines.config import CommandParser, Config, ConfigError, UsageError, loa
 from pipelines.digits import (NUM_CLASSES, cache_root, fingerprint, load_digits, load_digits_dit, prepare_digits_classifier,
                               prepare_digits_dit)
 from pipelines.dit import DiTLoss, drop_labels, load_dit, make_scheduler
-from pipelines.sampling import class_labels, from_uint8, sample, to_uint8
+from pipelines.sampling import class_labels, from_uint8, sample, seeded_generator, to_uint8
 
 
 @dataclass
@@ -86,7 +85,7 @@ def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, label_
 
     Batch i depends only on (seed, i), so a resumed run continues with exactly the batches it would have seen."""
     for i in itertools.count(start):
-        gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))
+        gen = seeded_generator(seed, i)
         idx = torch.randint(0, len(x), (batch_size,), generator=gen)
         yield x[idx], drop_labels(y[idx], label_dropout, null_class, gen)
 

@@ -19,10 +19,11 @@ def class_labels(num_classes: int, per_class: int, *, only: int | None = None, e
     return torch.tensor(classes, dtype=torch.long).repeat_interleave(per_class)
 
 
-def _generator(seed: int, start: int) -> torch.Generator:
-    """Noise for the batch starting at sample `start`: the same seed and batch size give the same samples (so
-    sample.batch_size is part of the protocol), and a resumed run redraws exactly the batches it lacks."""
-    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, start]).generate_state(1)[0]))
+def seeded_generator(seed: int, index: int) -> torch.Generator:
+    """A generator fixed by (seed, index) alone: batch `index` of a stream is the same in a fresh and a resumed run.
+
+    The sampler keys it by a batch's first sample, so sample.batch_size is part of the sampling protocol."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, index]).generate_state(1)[0]))
 
 
 @torch.no_grad()
@@ -51,7 +52,7 @@ def sample(model, scheduler, labels: torch.Tensor, *, num_steps: int, guidance: 
             images.append(from_uint8(torch.load(stored)))
             bar.update(len(y) * num_steps)
             continue
-        gen = _generator(seed, start)
+        gen = seeded_generator(seed, start)
         x = torch.randn((len(y), channels, size, size), generator=gen).to(model.device, model.dtype)
         x = x * scheduler.init_noise_sigma
         if guidance != 1.0:
