@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
@@ -66,12 +67,37 @@ def make_optimizers(params: list[torch.nn.Parameter], cfg: EraseConfig):
     return forget, retain
 
 
+def world() -> tuple[int, int]:
+    """(rank, number of processes) of the torch.distributed group, (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _average_gradients(params) -> None:
+    """Data parallelism: every process holds the gradient of its share of the batch; average them in one all-reduce."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.flatten() for p in params])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for p in params:
+        p.grad.copy_(flat[offset:offset + p.numel()].view_as(p))
+        offset += p.numel()
+
+
 def _update(params, masks, loss, optimizer, clip, keep_masked, what):
-    """One optimizer step on `loss`: backward, mask the gradients, clip, step. Returns the (masked) gradient norm."""
+    """One optimizer step on `loss`: backward, average over processes, mask the gradients, clip, step.
+
+    Returns the (masked) gradient norm."""
     if not torch.isfinite(loss):
         raise DivergenceError(f"{what}: loss is {loss.item()}")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if world()[1] > 1:
+        _average_gradients(params)
     if masks is not None:
         for p, m in zip(params, masks):
             if p.grad is not None:
@@ -119,6 +145,8 @@ def unlearn(
     weights). `mask` maps parameter names to 0/1 tensors; masked-out coordinates get no forget gradient.
     `optimizers` = (Optim_f, Optim_r) to continue with (default: fresh ones from `make_optimizers`); `start_step`
     resumes the loop there (a restored checkpoint). `on_step(record)` runs after every outer step.
+    Data parallel: under torch.distributed every process feeds its own share of each batch and the gradients are
+    averaged before masking and clipping, so all processes take the same step (losses in the log are process-local).
     A method whose original form is one joint step (`method.joint`, SalUn) gets, with a shared optimizer, ONE update on
     the weighted sum of both losses per outer step. Returns one log record per outer step with both losses and the gradient norms.
     """
@@ -130,8 +158,8 @@ def unlearn(
     keep_masked = masks is not None and optim_f is not optim_r
     model.train()
     log = []
-    for step in tqdm(range(start_step, cfg.outer_steps), desc="erase", disable=not progress, initial=start_step,
-                     total=cfg.outer_steps):
+    for step in tqdm(range(start_step, cfg.outer_steps), desc="erase", disable=not progress or world()[0] != 0,
+                     initial=start_step, total=cfg.outer_steps):
         alpha = alpha_at(step, cfg)
         w_f, w_r = (alpha, 1.0) if method.alpha_weights == "forget" else (1.0, alpha)
         record = {"step": step, "alpha": alpha}

@@ -4,22 +4,34 @@ from __future__ import annotations
 from typing import Callable, Iterable
 
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
+
+from erase.dualoptim import world
 
 
 def _per_sample_sum(model, loss, samples, num_samples, transform, desc, progress) -> dict[str, torch.Tensor]:
-    """Sum over `num_samples` single-sample batches of transform(gradient of the loss), per parameter."""
+    """Sum over `num_samples` single-sample batches of transform(gradient of the loss), per parameter.
+
+    Under torch.distributed each process takes every world-th sample of the same stream and the sums are added up."""
     model.eval()  # as in the public SFR-on code: no dropout while measuring
+    rank, size = world()
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     total = {n: torch.zeros_like(p) for n, p in named}
     it = iter(samples)
-    for _ in tqdm(range(num_samples), desc=desc, disable=not progress):
+    for i in tqdm(range(num_samples), desc=desc, disable=not progress or rank != 0):
+        batch = next(it)
+        if i % size != rank:
+            continue
         model.zero_grad(set_to_none=True)
-        loss(model, next(it)).backward()
+        loss(model, batch).backward()
         for n, p in named:
             if p.grad is not None:
                 total[n] += transform(p.grad.detach())
     model.zero_grad(set_to_none=True)
+    if size > 1:
+        for t in total.values():
+            dist.all_reduce(t)
     return total
 
 

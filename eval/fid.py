@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import register_feature_extractor
 
-from eval.classifier import FEATURE_DIM, load_classifier
+from eval.classifier import FEATURE_DIM, load_classifier, predict
 
 DIGITS_EXTRACTOR = "digits-cnn"
 DIGITS_FEATURE = str(FEATURE_DIM)
@@ -73,3 +73,28 @@ def fid(samples: torch.Tensor, reference: torch.Tensor, *, feature_extractor: st
         save_cpu_ram=True, batch_size=500, feature_extractor=feature_extractor,
         feature_extractor_weights_path=weights_path)
     return float(metrics[torch_fidelity.KEY_METRIC_FID])
+
+
+class DigitsScorer:
+    """The digits protocol: accuracy with the digits classifier, FID on its features against all real images of the
+    retained classes."""
+
+    def __init__(self, classifier, weights_path, accuracy: float, images: torch.Tensor, labels: torch.Tensor):
+        self.classifier, self.weights_path, self.accuracy = classifier, weights_path, accuracy
+        self.images, self.labels = images, labels
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        return predict(self.classifier, images)
+
+    def fid(self, samples: torch.Tensor, forget_class: int) -> float:
+        reference = ((self.images[self.labels != forget_class].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return fid(samples, reference, feature_extractor=DIGITS_EXTRACTOR, weights_path=str(self.weights_path))
+
+    def describe(self, forget_class: int) -> dict:
+        kept = int((self.labels != forget_class).sum())
+        return {
+            "classifier": f"digits CNN, {self.accuracy:.3f} accuracy on the held-out split",
+            "feature_extractor": f"{DIGITS_EXTRACTOR}-{DIGITS_FEATURE} (digits classifier penultimate layer, "
+                                 "torch-fidelity)",
+            "reference": f"all {kept} real images of the retained classes",
+        }

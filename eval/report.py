@@ -32,13 +32,14 @@ def _tile(images: torch.Tensor, scale: int, gap: int = 2) -> Image.Image:
 
 
 def sample_grid(panels: dict[str, torch.Tensor], labels: torch.Tensor, class_names: list[str], *,
-                marked: int | None = None, scale: int = 4) -> Image.Image:
+                marked: int | None = None, scale: int | None = None) -> Image.Image:
     """One row per class, one column block per panel (e.g. "before", "after"); the `marked` row framed in red.
 
-    Each panel holds uint8 images in the order of `labels`.
+    Each panel holds uint8 images in the order of `labels`; small images are upscaled to about 32 px (or by `scale`).
     """
     classes = sorted(set(labels.tolist()))
     first = next(iter(panels.values()))
+    scale = scale or max(1, 32 // first.shape[-1])
     per_class = int((labels == classes[0]).sum())
     cell = first.shape[-1] * scale
     label_w, gap, head_h, pad = 110, 16, 22, 3

@@ -35,7 +35,26 @@ class CommandParser(argparse.ArgumentParser):
 
 @dataclass
 class ModelConfig:
-    source: str = "digits"  # "digits": the embedded tiny DiT trained by our recipe (section `digits`)
+    source: str = "digits"  # "digits": the embedded tiny DiT (section `digits`); "diffusers": `path` (--model)
+    path: str = "facebook/DiT-XL-2-256"  # a hub id (read through the Hugging Face cache) or a local pipeline folder
+
+
+@dataclass
+class DataConfig:
+    """The real images of a diffusers model (--data): an ImageNet-style train folder, one sub-folder per class."""
+
+    path: str | None = None
+    forget_images: int = 0  # images of the forget class used (its first N; 0: all)
+    retain_images: int = 5000  # retain subset drawn at random from the other classes (0: all)
+    latent_cache: bool = True  # encode both sets through the VAE once; later runs read the cached latents
+
+
+@dataclass
+class ComputeConfig:
+    """How the work runs; processes come from the launcher (accelerate launch / torchrun), one per device."""
+
+    mixed_precision: str = "no"  # "no" or "bf16" (autocast; weights and optimizer states stay float32)
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower steps
 
 
 @dataclass
@@ -53,12 +72,22 @@ class EvalConfig:
     forget_samples: int = 200  # samples of the forget class, for forget accuracy
     retain_samples_per_class: int = 100  # samples of each other class, for retain accuracy and FID
     grid_per_class: int = 8  # images per class row of grid.png
+    grid_classes: int = 10  # classes shown in grid.png (the forget class first, then the lowest others)
+    # Diffusers models (the digits default uses its own classifier and feature extractor):
+    fa_classifier: str = "resnet34.tv_in1k"  # timm ImageNet classifier of forget accuracy
+    fa_weights: str | None = None  # its weights file (null: the Hugging Face cache)
+    fa_size: int = 224  # samples are resized to this before classification
+    fid_reference: str | None = None  # folder of real retained-class images, built by `fid-reference`
+    fid_extractor: str = "inception-v3-compat"  # torch-fidelity feature extractor
+    fid_weights: str | None = None  # its weights file (null: torch-fidelity downloads them once)
 
 
 @dataclass
 class Config:
     seed: int = 0  # erasure batches, Fisher samples and evaluation noise all follow it
     model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
     digits: DigitsRecipe = field(default_factory=DigitsRecipe)
     classifier: ClassifierRecipe = field(default_factory=ClassifierRecipe)
     method: MethodConfig = field(default_factory=MethodConfig)
@@ -73,15 +102,17 @@ CHOICES = {
     "erase.forget_optimizer": tuple(OPTIMIZERS),
     "erase.retain_optimizer": tuple(OPTIMIZERS),
     "method.name": tuple(METHODS),
-    "model.source": ("digits",),
+    "model.source": ("digits", "diffusers"),
+    "compute.mixed_precision": ("no", "bf16"),
     "sample.scheduler": ("ddpm",),
 }
 POSITIVE = {"erase.outer_steps", "erase.batch_size", "erase.forget_lr", "erase.retain_lr", "erase.shared_lr",
             "method.grad_samples", "method.replay_per_class", "sample.steps", "sample.batch_size", "eval.forget_samples",
             "eval.retain_samples_per_class", "eval.grid_per_class", "digits.steps", "digits.batch_size", "digits.lr",
             "digits.layers", "digits.heads", "digits.head_dim", "digits.patch_size", "classifier.epochs",
-            "classifier.batch_size", "classifier.lr", "erase.forget_clip", "erase.retain_clip"}
-NON_NEGATIVE = {"seed", "erase.checkpoint_every", "erase.forget_steps", "erase.retain_steps", "erase.alpha", "method.gamma", "sample.guidance",
+            "classifier.batch_size", "classifier.lr", "erase.forget_clip", "erase.retain_clip",
+            "eval.grid_classes", "eval.fa_size"}
+NON_NEGATIVE = {"seed", "data.forget_images", "data.retain_images", "erase.checkpoint_every", "erase.forget_steps", "erase.retain_steps", "erase.alpha", "method.gamma", "sample.guidance",
                 "method.replay_weight", "method.ewc_lambda",
                 "erase.forget_weight_decay", "erase.retain_weight_decay", "digits.ema_decay", "classifier.noise_augment"}
 

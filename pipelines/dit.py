@@ -75,7 +75,9 @@ def _discretized_gaussian_nll(x, mean, log_scale):
 class DiTLoss:
     """DiT's training loss: epsilon MSE, plus the learned-variance VLB term (mean frozen) when the model predicts sigma.
 
-    Called as `loss(model, (x0, labels))`; label dropout is applied to the batches beforehand (`drop_labels`).
+    Called as `loss(model, (x0, labels))` or `loss(model, (x0, labels, seeds))`; with per-sample seeds a sample's
+    timestep and noise depend on its seed alone, so a batch split across processes is noised exactly as when whole.
+    Label dropout is applied to the batches beforehand (`drop_labels`).
     """
 
     def __init__(self, scheduler: DDPMScheduler):
@@ -98,10 +100,15 @@ class DiTLoss:
 
     def _noised(self, model, batch):
         """(x0, labels, t, noise, x_t) for a batch, with t uniform over the training timesteps."""
-        x0, labels = batch
+        x0, labels, *seeds = batch
         x0 = x0.to(model.device, model.dtype)
-        t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device)
-        noise = torch.randn_like(x0)
+        if seeds:
+            gens = [torch.Generator().manual_seed(int(s)) for s in seeds[0]]
+            t = torch.cat([torch.randint(0, self.num_timesteps, (1,), generator=g) for g in gens]).to(x0.device)
+            noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in gens]).to(x0.device, x0.dtype)
+        else:
+            t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device)
+            noise = torch.randn_like(x0)
         xt = self._at(self.sqrt_ac, t, x0) * x0 + self._at(self.sqrt_1m_ac, t, x0) * noise
         return x0, labels.to(model.device), t, noise, xt
 

@@ -14,9 +14,10 @@ import yaml
 from configs import PRESETS_DIR
 from eval.plots import plot_curves
 from eval.report import atomic_write_json, atomic_write_text, protocol_line
-from pipelines.config import CommandParser, ConfigError, UsageError, load_config, to_dict
 from erase import DivergenceError
-from pipelines.erase_class import DIGIT_NAMES, SCORES, resolve_class, run
+from pipelines.config import CommandParser, ConfigError, UsageError, load_config, to_dict
+from pipelines.classes import resolve_class
+from pipelines.erase_class import SCORES, classes_of, run
 
 SPEC_KEYS = {"config": "digits", "methods": ["sfron"], "optimizers": ["dual", "shared"], "classes": ["3"],
              "seeds": [0], "set": []}
@@ -130,8 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         configs = [load_config(spec["config"], list(spec["set"]) + args.overrides + [
             f"method.name={method}", f"erase.optimizer={optimizer}", f"seed={seed}"])
             for method, optimizer, _, seed in grid]  # every cell's config checked before any cell runs
+        classes = classes_of(configs[0])
         for cls in spec["classes"]:
-            resolve_class(str(cls), DIGIT_NAMES)
+            resolve_class(str(cls), classes)
         for i, ((method, optimizer, cls, seed), cfg) in enumerate(zip(grid, configs)):
             out = args.output / "cells" / f"{method}-{optimizer}-{cls.replace(' ', '_')}-s{seed}"
             logs[method, optimizer, cls, seed] = out / "log.jsonl"
@@ -148,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"fid-bench: cell {i + 1}/{len(grid)}: {method} / {optimizer} / class {cls} / seed {seed}",
                   file=sys.stderr)
             try:
-                cells.append(run(cfg, cls, out, resume=True, progress=not args.quiet))  # a killed cell continues
+                cells.append(run(cfg, cls, out, resume="latest", progress=not args.quiet))  # a killed cell continues
             except DivergenceError as e:  # a result too: the cell is reported, the benchmark goes on
                 atomic_write_text(out / "diverged.txt", str(e))
                 diverged.append(f"{method} / {optimizer} / class {cls} / seed {seed}: {e}")

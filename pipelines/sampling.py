@@ -29,13 +29,16 @@ def seeded_generator(seed: int, index: int) -> torch.Generator:
 @torch.no_grad()
 def sample(model, scheduler, labels: torch.Tensor, *, num_steps: int, guidance: float, seed: int,
            batch_size: int = 500, vae=None, progress: bool = True, desc: str = "sample",
-           cache_dir: Path | None = None) -> torch.Tensor:
+           cache_dir: Path | None = None, shard: tuple[int, int] = (0, 1), quantize: bool = True) -> torch.Tensor:
     """Sample one image per label, in [-1, 1] (decoded through `vae` for latent models).
 
     Guidance mixes the conditional and null-class predictions on the epsilon channels; a learned variance is taken
     from the conditional half and passed to schedulers that use it (variance_type "learned"/"learned_range").
-    With `cache_dir`, every finished batch is stored there (as 8-bit images, the precision every evaluation reads)
-    and a later call with the same arguments reuses it: a killed sampling run resumes where it stopped.
+    With `cache_dir`, every finished batch is stored there (as 8-bit images, the precision every evaluation reads; as
+    floats with `quantize=False`, e.g. for latents) and a later call with the same arguments reuses it: a killed
+    sampling run resumes where it stopped.
+    `shard=(rank, world)` makes this process draw only batches rank, rank + world, ... (each batch's noise depends on
+    its position alone, so the shards together are exactly the unsharded samples); it returns only those.
     """
     was_training = model.training
     model.eval()
@@ -44,12 +47,16 @@ def sample(model, scheduler, labels: torch.Tensor, *, num_steps: int, guidance: 
     learned = getattr(scheduler.config, "variance_type", None) in ("learned", "learned_range")
     scheduler.set_timesteps(num_steps)
     images = []
-    bar = tqdm(total=len(labels) * num_steps, desc=desc, unit="step", disable=not progress)
-    for start in range(0, len(labels), batch_size):
+    rank, world = shard
+    starts = list(range(0, len(labels), batch_size))[rank::world]
+    bar = tqdm(total=sum(len(labels[s:s + batch_size]) for s in starts) * num_steps, desc=desc, unit="step",
+               disable=not progress or rank != 0)
+    for start in starts:
         y = labels[start:start + batch_size].to(model.device)
         stored = cache_dir / f"batch-{start:08d}-{len(y)}.pt" if cache_dir is not None else None
         if stored is not None and stored.exists():
-            images.append(from_uint8(torch.load(stored)))
+            x = torch.load(stored)
+            images.append(from_uint8(x) if x.dtype == torch.uint8 else x)
             bar.update(len(y) * num_steps)
             continue
         gen = seeded_generator(seed, start)
@@ -76,13 +83,14 @@ def sample(model, scheduler, labels: torch.Tensor, *, num_steps: int, guidance: 
         if stored is not None:
             stored.parent.mkdir(parents=True, exist_ok=True)
             tmp = stored.with_name(f".{stored.name}.tmp")
-            torch.save(to_uint8(x), tmp)
+            torch.save(to_uint8(x) if quantize else x, tmp)
             os.replace(tmp, stored)
-            x = from_uint8(to_uint8(x))
+            if quantize:
+                x = from_uint8(to_uint8(x))
         images.append(x)
     bar.close()
     model.train(was_training)
-    return torch.cat(images)
+    return torch.cat(images) if images else torch.empty(0, 3, size, size)
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from pipelines import erase_class, fid_bench, sample_grid
+from pipelines.workload import prepare_digits
 from pipelines.config import ConfigError, load_config, parse_set
 from erase.methods import make_method
 from pipelines.dit import DiTLoss, load_dit, make_scheduler
@@ -127,11 +128,11 @@ def test_fid_bench_rejects_a_bad_spec(tmp_path, capsys):
 
 def test_sa_is_fed_surrogate_noise_and_replay_from_the_frozen_original(tmp_path):
     cfg = load_config("digits", SETS + ["method.name=sa"])
-    w = erase_class.prepare_digits(cfg, progress=False)
+    w = prepare_digits(cfg, progress=False)
     original = [p.detach().clone() for p in w.model.parameters()]
     method = make_method(cfg.method, DiTLoss(make_scheduler()), forget_class=3, num_classes=10)
     xf, yf, xr, yr = erase_class.method_data(method, w, cfg, 3, progress=False)
-    real = w.images[w.labels == 3]
+    real = w.real_data(3, cfg)[0]
     assert xf.shape == real.shape and torch.all(yf == 3) and not torch.equal(xf, real)
     assert -1 <= xf.min() and xf.max() <= 1 and xf.std() > 0.5  # uniform noise, not digits
     assert 3 not in yr.tolist() and len(yr) == 18

@@ -1,0 +1,94 @@
+"""The published DiT evaluation: forget accuracy with a timm ImageNet classifier, FID with torch-fidelity's Inception
+against a folder of real images of the retained classes, its statistics cached by name."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+import torch_fidelity
+
+from eval.fid import ImageTensors
+
+
+class EvalError(ValueError):
+    """An evaluation resource that cannot be used; the message says what to do, in one line."""
+
+
+def load_timm_classifier(name: str, weights: str | None = None) -> torch.nn.Module:
+    """A timm ImageNet classifier (the protocol's is resnet34.tv_in1k), from a local weights file or the HF cache."""
+    if name not in timm.list_models(pretrained=True) and name not in timm.list_models():
+        raise EvalError(f"eval.fa_classifier {name!r} is not a timm model name (the protocol uses resnet34.tv_in1k)")
+    if weights is not None and not Path(weights).is_file():
+        raise EvalError(f"eval.fa_weights {weights} does not exist: give the classifier's weights file "
+                        "(.safetensors, .pth or .bin) or null for the Hugging Face cache")
+    try:
+        overlay = {"file": str(weights)} if weights else None
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay).eval()
+    except Exception as e:
+        raise EvalError(
+            f"cannot load the {name} classifier ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})"
+            f": on a machine with network run `huggingface-cli download timm/{name}` once, or set eval.fa_weights to a "
+            "local weights file") from None
+
+
+class ImageNetScorer:
+    """FA / retain accuracy with a timm classifier at `size` px (plain resize of the samples, ImageNet mean and std);
+    FID of samples against the reference folder with torch-fidelity's feature extractor."""
+
+    def __init__(self, classifier: torch.nn.Module, *, size: int, reference: Path, extractor: str,
+                 extractor_weights: str | None, cache_root: Path, name: str):
+        self.classifier, self.size, self.name = classifier, size, name
+        cfg = classifier.pretrained_cfg
+        self.mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1)
+        self.std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1)
+        self.reference, self.extractor, self.extractor_weights = reference, extractor, extractor_weights
+        self.cache_root = cache_root
+        if not (reference / "reference.json").is_file():
+            raise EvalError(f"eval.fid_reference {reference} is not a reference folder: build one with "
+                            "`fid-reference --data <train folder> --output <folder>`")
+        self.manifest = json.loads((reference / "reference.json").read_text())
+        if extractor_weights is not None and not Path(extractor_weights).is_file():
+            raise EvalError(f"eval.fid_weights {extractor_weights} does not exist: give torch-fidelity's Inception "
+                            "weights file (pt_inception-2015-12-05-6726825d.pth) or null to download it")
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, batch_size: int = 100) -> torch.Tensor:
+        """Predicted ImageNet class of each image in [-1, 1]."""
+        device = next(self.classifier.parameters()).device
+        preds = []
+        for i in range(0, len(images), batch_size):
+            x = F.interpolate(images[i:i + batch_size].float(), size=(self.size, self.size), mode="bilinear",
+                              antialias=True, align_corners=False)
+            x = ((x + 1) / 2 - self.mean) / self.std
+            preds.append(self.classifier(x.to(device)).argmax(1).cpu())
+        return torch.cat(preds)
+
+    def fid(self, samples: torch.Tensor, forget_class: int) -> float:
+        """FID between uint8 samples and the reference folder; the folder's statistics are cached under its name."""
+        key = hashlib.sha256(json.dumps(self.manifest, sort_keys=True).encode()).hexdigest()[:12]
+        try:
+            metrics = torch_fidelity.calculate_metrics(
+                input1=ImageTensors(samples), input2=str(self.reference), samples_find_deep=True,
+                input2_cache_name=f"dualerase-ref-{self.reference.name}-{key}-{self.extractor}", fid=True,
+                cuda=torch.cuda.is_available(), verbose=False, batch_size=100, feature_extractor=self.extractor,
+                feature_extractor_weights_path=self.extractor_weights, cache_root=str(self.cache_root))
+        except Exception as e:
+            if self.extractor_weights is None:
+                raise EvalError(f"FID failed ({type(e).__name__}); if the Inception weights could not be downloaded, "
+                                "set eval.fid_weights to a local copy of pt_inception-2015-12-05-6726825d.pth") from e
+            raise
+        return float(metrics[torch_fidelity.KEY_METRIC_FID])
+
+    def describe(self, forget_class: int) -> dict:
+        excluded = self.manifest.get("excluded", [])
+        note = "" if forget_class in excluded else " (WARNING: it was not built without the forget class)"
+        return {
+            "classifier": f"timm {self.name} at {self.size} px (bilinear resize, ImageNet mean/std)",
+            "feature_extractor": f"torch-fidelity {self.extractor}",
+            "reference": f"{self.manifest['count']} real images of {self.manifest['classes']} classes in "
+                         f"{self.reference}{note}",
+        }

@@ -1,0 +1,68 @@
+"""Class vocabularies: ImageNet's (offline, from timm) or a model's own, and resolving what a user typed."""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+from timm.data import ImageNetInfo
+
+from pipelines.config import UsageError
+
+
+@dataclass
+class Classes:
+    """Names of a model's classes, and ImageNet synsets when the model has ImageNet's 1000 classes."""
+
+    names: list[str]  # a name may list synonyms separated by commas, as ImageNet's do ("tench, Tinca tinca")
+    synsets: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def short(self, c: int) -> str:
+        """The first synonym of class c."""
+        return self.names[c].split(",")[0].strip()
+
+
+def imagenet() -> Classes:
+    """ImageNet-1k in its standard order (sorted synsets), with timm's descriptions."""
+    info = ImageNetInfo()
+    return Classes(names=[info.index_to_description(i) for i in range(1000)], synsets=list(info.label_names()))
+
+
+def for_model(num_classes: int, id2label: dict[int, str] | None = None, folders: list[str] | None = None) -> Classes:
+    """The vocabulary of a model: ImageNet's for 1000 classes, else its id2label, the data's folder names, or ids."""
+    if num_classes == 1000:
+        classes = imagenet()
+        if id2label:
+            classes.names = [id2label.get(i, classes.names[i]) for i in range(1000)]
+        return classes
+    if id2label and len(id2label) == num_classes:
+        return Classes(names=[id2label[i] for i in range(num_classes)])
+    if folders and len(folders) == num_classes:
+        return Classes(names=list(folders))
+    return Classes(names=[f"class {i}" for i in range(num_classes)])
+
+
+def resolve_class(text: str, classes: Classes) -> int:
+    """The class index named by `text`: an index, an ImageNet synset, or a name or synonym (any case)."""
+    n = len(classes)
+    key = text.strip().lower()
+    if key.lstrip("-").isdigit():
+        c = int(key)
+        if 0 <= c < n:
+            return c
+        raise UsageError(f"class {c} is out of range: this model has classes 0..{n - 1}")
+    if classes.synsets and key in (s.lower() for s in classes.synsets):
+        return [s.lower() for s in classes.synsets].index(key)
+    synonyms = {}
+    for c, name in enumerate(classes.names):
+        for word in [name, *name.split(",")]:
+            synonyms.setdefault(word.strip().lower(), c)
+    if key in synonyms:
+        return synonyms[key]
+    if classes.synsets and key.startswith("n") and key[1:].isdigit():
+        raise UsageError(f"unknown synset {text!r}: this model's classes are ImageNet's 1000 (e.g. n02099601)")
+    close = difflib.get_close_matches(key, list(synonyms), n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(repr(w) for w in close)}?" if close else f"give a class index 0..{n - 1}"
+    raise UsageError(f"unknown class {text!r}: {hint}")

@@ -1,0 +1,131 @@
+"""ImageNet-style image folders: DiT's preprocessing, forget and retain sets, and the latent cache."""
+from __future__ import annotations
+
+import os
+import random
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from pipelines.classes import Classes
+from pipelines.config import UsageError
+
+EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+def scan(root: Path, classes: Classes) -> dict[int, list[Path]]:
+    """Image files per class index. Sub-folders are synsets for ImageNet models (any subset of the 1000), else the
+    model's classes in sorted order (then there must be one per class)."""
+    if not root.is_dir():
+        raise UsageError(f"--data {root} is not a folder: give an ImageNet-style train folder (one sub-folder of "
+                         "images per class)")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise UsageError(f"--data {root} holds no class sub-folders: give an ImageNet-style train folder (one "
+                         "sub-folder of images per class, e.g. n02099601/)")
+    if classes.synsets:
+        index = {s: i for i, s in enumerate(classes.synsets)}
+        unknown = [p.name for p in folders if p.name not in index]
+        if unknown:
+            raise UsageError(f"--data {root}: sub-folder {unknown[0]!r} is not an ImageNet synset (and "
+                             f"{len(unknown) - 1} more): name class folders by synset, e.g. n02099601")
+        numbered = {index[p.name]: p for p in folders}
+    else:
+        if len(folders) != len(classes):
+            raise UsageError(f"--data {root} has {len(folders)} class folders but the model has {len(classes)} "
+                             "classes: give a data folder with one sub-folder per model class")
+        numbered = dict(enumerate(folders))
+    files = {c: sorted(f for f in p.iterdir() if f.suffix.lower() in EXTENSIONS) for c, p in numbered.items()}
+    if not any(files.values()):
+        raise UsageError(f"--data {root} holds no images (looked for {', '.join(sorted(EXTENSIONS))})")
+    return files
+
+
+def center_crop(image: Image.Image, size: int) -> Image.Image:
+    """DiT's (ADM's) preprocessing: halve with a box filter while the short side is >= 2 * size, resize the short side
+    to `size` (bicubic), then cut the central size x size square."""
+    while min(image.size) >= 2 * size:
+        image = image.resize(tuple(s // 2 for s in image.size), resample=Image.BOX)
+    scale = size / min(image.size)
+    image = image.resize(tuple(round(s * scale) for s in image.size), resample=Image.BICUBIC)
+    left, top = (image.size[0] - size) // 2, (image.size[1] - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def load_images(files: list[Path], size: int, channels: int, what: str,
+                progress: bool = True) -> tuple[torch.Tensor, list[int]]:
+    """Decoded, center-cropped images in [-1, 1], (N, C, size, size), and the indices of the files they came from.
+    Files that cannot be decoded are skipped with a warning naming them; none left is an error."""
+    mode = {1: "L", 3: "RGB"}[channels]
+    images, kept, bad = [], [], []
+    for i, f in enumerate(tqdm(files, desc=f"load {what}", disable=not progress)):
+        try:
+            with Image.open(f) as im:
+                arr = np.asarray(center_crop(im.convert(mode), size), dtype=np.uint8)
+        except (OSError, ValueError, Image.DecompressionBombError):
+            bad.append(f)
+            continue
+        images.append(torch.from_numpy(arr.reshape(size, size, channels).copy()).permute(2, 0, 1))
+        kept.append(i)
+    if bad:
+        warnings.warn(f"skipped {len(bad)} undecodable image(s) of the {what}: {', '.join(str(b) for b in bad[:5])}"
+                      f"{' ...' if len(bad) > 5 else ''}", stacklevel=2)
+    if not images:
+        raise UsageError(f"no decodable images in the {what} ({len(files)} file(s), e.g. {files[0]}): replace the "
+                         "broken files or choose another class")
+    return torch.stack(images).float() / 127.5 - 1.0, kept
+
+
+def forget_files(files: dict[int, list[Path]], forget_class: int, limit: int, classes: Classes, root: Path):
+    """The forget set: the class's own folder (its first `limit` images, 0: all)."""
+    chosen = files.get(forget_class, [])
+    if not chosen:
+        where = classes.synsets[forget_class] if classes.synsets else f"the folder of class {forget_class}"
+        raise UsageError(f"no images of class {forget_class} ({classes.short(forget_class)}) in --data {root} "
+                         f"(looked in {where}/): add them, or erase another class")
+    return chosen[:limit] if limit else chosen
+
+
+def retain_files(files: dict[int, list[Path]], forget_class: int, count: int, seed: int) -> list[tuple[int, Path]]:
+    """The retain set: `count` (class, file) pairs drawn at random from every other class (0: all of them)."""
+    pool = [(c, f) for c, fs in sorted(files.items()) if c != forget_class for f in fs]
+    if not pool:
+        raise UsageError("--data holds no images of any class but the forget class: the retain set would be empty")
+    if count and count < len(pool):
+        pool = sorted(random.Random(seed).sample(pool, count))
+    return pool
+
+
+@torch.no_grad()
+def encode(images: torch.Tensor, vae, seed: int, batch_size: int = 32, progress: bool = True, what: str = "") -> torch.Tensor:
+    """Latents of the images, then of their mirror images (DiT's random flip), scaled as DiT trains on."""
+    gen = torch.Generator(vae.device).manual_seed(seed)
+    out = []
+    for view in (images, images.flip(-1)):
+        for i in tqdm(range(0, len(view), batch_size), desc=f"encode {what}", disable=not progress):
+            x = view[i:i + batch_size].to(vae.device, vae.dtype)
+            out.append((vae.encode(x).latent_dist.sample(gen) * vae.config.scaling_factor).float().cpu())
+    return torch.cat(out)
+
+
+def with_flips(images: torch.Tensor) -> torch.Tensor:
+    """Pixel-space models: each image and its mirror image, so uniform batches give DiT's random flip."""
+    return torch.cat([images, images.flip(-1)])
+
+
+def cached(path: Path | None, make) -> dict[str, torch.Tensor]:
+    """`make()` (a dict of tensors) once: with a cache path it is stored there atomically and read back later."""
+    if path is not None and path.exists():
+        return load_file(str(path))
+    tensors = make()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+        os.replace(tmp, path)
+    return tensors

@@ -1,0 +1,124 @@
+"""What an erasure works on: the base model, its real images per class, and the scorer of its samples."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from accelerate import PartialState
+
+from eval.classifier import load_classifier
+from eval.fid import DigitsScorer
+from eval.imagenet import EvalError, ImageNetScorer, load_timm_classifier
+from pipelines.classes import Classes, for_model
+from pipelines.config import Config, UsageError
+from pipelines.data import cached, encode, forget_files, load_images, retain_files, scan, with_flips
+from pipelines.digits import (NUM_CLASSES, cache_root, fingerprint, load_digits, load_digits_dit,
+                              prepare_digits_classifier, prepare_digits_dit)
+from pipelines.dit import num_classes
+from pipelines.pretrained import Pretrained, load_pretrained
+
+
+@dataclass
+class Workload:
+    """A base model with its classes, real data and scorer. `real_data(forget_class, cfg, progress)` gives (forget
+    images, labels, retain images, labels) in the model's input space (latents for a latent model)."""
+
+    model: torch.nn.Module
+    model_id: str
+    classes: Classes
+    scorer: object  # predict(images) -> labels; fid(uint8 samples, forget_class) -> float; describe(forget_class)
+    real_data: Callable
+    vae: torch.nn.Module | None = None
+    pretrained: Pretrained | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def class_names(self) -> list[str]:
+        return [self.classes.short(c) for c in range(self.num_classes)]
+
+
+DIGITS = Classes(names=[f"digit {c}" for c in range(NUM_CLASSES)])
+
+
+def prepare(cfg: Config, progress: bool = True) -> Workload:
+    """The workload the config names: the embedded digits default, or a diffusers DiT with its data folder."""
+    state = PartialState()
+    with state.main_process_first():  # the main process trains / encodes and caches; the others then read
+        w = prepare_digits(cfg, progress and state.is_main_process) if cfg.model.source == "digits" else \
+            prepare_diffusers(cfg, progress and state.is_main_process)
+    w.model.to(state.device)
+    if w.vae is not None:
+        w.vae.to(state.device)
+    return w
+
+
+def prepare_digits(cfg: Config, progress: bool = True) -> Workload:
+    """The digits DiT and the digits classifier, each trained once and cached."""
+    folder = prepare_digits_dit(cfg.digits, progress)
+    clf_path, clf_acc = prepare_digits_classifier(cfg.classifier, progress)
+    x, y = load_digits()
+
+    def real_data(forget_class, cfg, progress=True):
+        is_forget = y == forget_class
+        return x[is_forget], y[is_forget], x[~is_forget], y[~is_forget]
+
+    return Workload(model=load_digits_dit(cfg.digits), model_id=f"digits/{folder.name}", classes=DIGITS,
+                    scorer=DigitsScorer(load_classifier(clf_path), clf_path, clf_acc, x, y), real_data=real_data)
+
+
+def prepare_diffusers(cfg: Config, progress: bool = True) -> Workload:
+    """A DiT in diffusers layout (--model), its ImageNet-style data folder (--data), and the published evaluation."""
+    if cfg.data.path is None:
+        raise UsageError(f"model {cfg.model.path} needs its training images: pass --data <ImageNet-style train folder>")
+    if cfg.eval.fid_reference is None:
+        raise UsageError("FID needs a reference folder: build one with `fid-reference --data <train folder> --output "
+                         "<folder>`, then pass --set eval.fid_reference=<folder>")
+    pre = load_pretrained(cfg.model.path)
+    root = Path(cfg.data.path).expanduser()
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else None
+    classes = for_model(num_classes(pre.transformer), pre.id2label, folders)
+    files = scan(root, classes)
+    try:
+        classifier = load_timm_classifier(cfg.eval.fa_classifier, cfg.eval.fa_weights)
+        if classifier.num_classes != len(classes):
+            raise UsageError(f"eval.fa_classifier {cfg.eval.fa_classifier} has {classifier.num_classes} classes but "
+                             f"the model has {len(classes)}: give a classifier of the model's classes")
+        scorer = ImageNetScorer(classifier.to(PartialState().device), size=cfg.eval.fa_size,
+                                reference=Path(cfg.eval.fid_reference).expanduser(), extractor=cfg.eval.fid_extractor,
+                                extractor_weights=cfg.eval.fid_weights, cache_root=cache_root() / "fid",
+                                name=cfg.eval.fa_classifier)
+    except EvalError as e:
+        raise UsageError(str(e)) from None
+    transformer, vae = pre.transformer, pre.vae
+    channels = 3 if vae is not None else transformer.config.in_channels
+
+    def load(files: list[Path], what: str, progress: bool) -> tuple[torch.Tensor, list[int]]:
+        images, kept = load_images(files, pre.image_size, channels, what, progress)
+        if vae is None:
+            return with_flips(images), kept
+        return encode(images, vae.to(PartialState().device), seed=cfg.seed, progress=progress, what=what), kept
+
+    def real_data(forget_class, cfg, progress=True):
+        forget = forget_files(files, forget_class, cfg.data.forget_images, classes, root)
+        retain = retain_files(files, forget_class, cfg.data.retain_images, cfg.seed)
+        key = {"model": str(pre.root), "size": pre.image_size, "seed": cfg.seed}
+        where = cache_root() / "latents" if cfg.data.latent_cache and vae is not None else None
+
+        def make(paths, labels, what):
+            x, kept = load(paths, what, progress)
+            y = torch.tensor([labels[i] for i in kept], dtype=torch.long)
+            return {"x": x, "y": y.repeat(2)}  # the images, then their mirror images
+
+        f = cached(where and where / f"{fingerprint({**key, 'files': [str(p) for p in forget]})}.safetensors",
+                   lambda: make(forget, [forget_class] * len(forget), "forget set"))
+        r = cached(where and where / f"{fingerprint({**key, 'files': [str(p) for _, p in retain]})}.safetensors",
+                   lambda: make([p for _, p in retain], [c for c, _ in retain], "retain set"))
+        return f["x"], f["y"], r["x"], r["y"]
+
+    return Workload(model=transformer, model_id=cfg.model.path, classes=classes, scorer=scorer, real_data=real_data,
+                    vae=vae, pretrained=pre)
