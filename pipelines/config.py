@@ -71,6 +71,7 @@ class SampleConfig:
 class EvalConfig:
     forget_samples: int = 200  # samples of the forget class, for forget accuracy
     retain_samples_per_class: int = 100  # samples of each other class, for retain accuracy and FID
+    retain_samples: int | None = None  # instead: this many samples, labels drawn at random from the other classes
     grid_per_class: int = 8  # images per class row of grid.png
     grid_classes: int = 10  # classes shown in grid.png (the forget class first, then the lowest others)
     # Diffusers models (the digits default uses its own classifier and feature extractor):
@@ -111,7 +112,7 @@ POSITIVE = {"erase.outer_steps", "erase.batch_size", "erase.forget_lr", "erase.r
             "eval.retain_samples_per_class", "eval.grid_per_class", "digits.steps", "digits.batch_size", "digits.lr",
             "digits.layers", "digits.heads", "digits.head_dim", "digits.patch_size", "classifier.epochs",
             "classifier.batch_size", "classifier.lr", "erase.forget_clip", "erase.retain_clip",
-            "eval.grid_classes", "eval.fa_size"}
+            "eval.grid_classes", "eval.fa_size", "eval.retain_samples"}
 NON_NEGATIVE = {"seed", "data.forget_images", "data.retain_images", "erase.checkpoint_every", "erase.forget_steps", "erase.retain_steps", "erase.alpha", "method.gamma", "sample.guidance",
                 "method.replay_weight", "method.ewc_lambda",
                 "erase.forget_weight_decay", "erase.retain_weight_decay", "digits.ema_decay", "classifier.noise_augment"}

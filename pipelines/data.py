@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import random
-import warnings
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -72,12 +72,12 @@ def load_images(files: list[Path], size: int, channels: int, what: str,
             continue
         images.append(torch.from_numpy(arr.reshape(size, size, channels).copy()).permute(2, 0, 1))
         kept.append(i)
-    if bad:
-        warnings.warn(f"skipped {len(bad)} undecodable image(s) of the {what}: {', '.join(str(b) for b in bad[:5])}"
-                      f"{' ...' if len(bad) > 5 else ''}", stacklevel=2)
     if not images:
         raise UsageError(f"no decodable images in the {what} ({len(files)} file(s), e.g. {files[0]}): replace the "
                          "broken files or choose another class")
+    if bad:
+        print(f"warning: skipped {len(bad)} undecodable image(s) of the {what}: {', '.join(str(b) for b in bad[:5])}"
+              f"{' ...' if len(bad) > 5 else ''}", file=sys.stderr)
     return torch.stack(images).float() / 127.5 - 1.0, kept
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 import yaml
-from accelerate import PartialState
 from safetensors.torch import load_file, save_file
 
 from configs import preset_names
@@ -33,7 +32,7 @@ from pipelines.digits import cache_root, fingerprint
 from pipelines.dit import DiTLoss, drop_labels, make_scheduler
 from pipelines.pretrained import dit_config, id2label, load_model, locate, save_pipeline
 from pipelines.sampling import class_labels, from_uint8, sample, seeded_generator, to_uint8
-from pipelines.workload import DIGITS, Workload, prepare
+from pipelines.workload import DIGITS, Workload, prepare, processes
 
 
 def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, label_dropout: float = 0.0,
@@ -59,7 +58,7 @@ def autocast(cfg: Config):
     """bf16 autocast on the process's device when compute.mixed_precision is bf16 (weights stay float32)."""
     if cfg.compute.mixed_precision == "no":
         return contextlib.nullcontext()
-    return torch.autocast(PartialState().device.type, dtype=torch.bfloat16)
+    return torch.autocast(processes().device.type, dtype=torch.bfloat16)
 
 
 def generate(model, w: Workload, cfg: Config, labels: torch.Tensor, *, seed: int, cache_dir: Path | None,
@@ -67,7 +66,7 @@ def generate(model, w: Workload, cfg: Config, labels: torch.Tensor, *, seed: int
     """Samples for `labels`, sharded across processes by batch: each process draws its batches into `cache_dir`, then
     every process reads them all back. One process needs no cache_dir. Without `decode`, a latent model's samples stay
     latents (kept as floats)."""
-    state = PartialState()
+    state = processes()
     kwargs = dict(num_steps=cfg.sample.steps, guidance=cfg.sample.guidance, seed=seed, batch_size=cfg.sample.batch_size,
                   vae=w.vae if decode else None, desc=desc, cache_dir=cache_dir, quantize=decode)
     with autocast(cfg):
@@ -86,11 +85,22 @@ def protocol(cfg: Config, w: Workload, forget_class: int) -> dict:
         "steps": cfg.sample.steps,
         "guidance": cfg.sample.guidance,
         "forget_samples": cfg.eval.forget_samples,
-        "retain_samples": cfg.eval.retain_samples_per_class * (w.num_classes - 1),
-        "retain_labels": f"{cfg.eval.retain_samples_per_class} per retained class",
+        "retain_samples": len(retain_labels(w, cfg, forget_class)),
+        "retain_labels": f"{cfg.eval.retain_samples_per_class} per retained class" if cfg.eval.retain_samples is None
+        else "drawn uniformly at random from the retained classes",
         **w.scorer.describe(forget_class),
         "seed": cfg.seed,
     }
+
+
+def retain_labels(w: Workload, cfg: Config, forget_class: int) -> torch.Tensor:
+    """Labels of the retain samples: eval.retain_samples_per_class of each other class, or eval.retain_samples drawn
+    uniformly at random (seeded) from the other classes."""
+    if cfg.eval.retain_samples is None:
+        return class_labels(w.num_classes, cfg.eval.retain_samples_per_class, exclude=forget_class)
+    gen = torch.Generator().manual_seed(cfg.seed + 8)
+    labels = torch.randint(0, w.num_classes - 1, (cfg.eval.retain_samples,), generator=gen)
+    return labels + (labels >= forget_class).long()  # skip the forget class
 
 
 def evaluate(model, w: Workload, cfg: Config, forget_class: int, progress: bool = True, desc: str = "",
@@ -99,7 +109,7 @@ def evaluate(model, w: Workload, cfg: Config, forget_class: int, progress: bool 
 
     Samples are scored at 8-bit precision; with `cache_dir` finished sample batches survive a kill."""
     fl = class_labels(w.num_classes, cfg.eval.forget_samples, only=forget_class)
-    rl = class_labels(w.num_classes, cfg.eval.retain_samples_per_class, exclude=forget_class)
+    rl = retain_labels(w, cfg, forget_class)
     labels = torch.cat([fl, rl])
     images = generate(model, w, cfg, labels, seed=cfg.seed, cache_dir=cache_dir, desc=f"sample {desc}",
                       progress=progress)
@@ -123,10 +133,10 @@ def evaluate_base(w: Workload, cfg: Config, forget_class: int, progress: bool = 
     if not path.exists():
         samples = path.with_suffix("")
         scores = evaluate(w.model, w, cfg, forget_class, progress, desc="before", cache_dir=samples)
-        if PartialState().is_main_process:
+        if processes().is_main_process:
             atomic_write_json(path, scores)
             shutil.rmtree(samples, ignore_errors=True)
-        PartialState().wait_for_everyone()
+        processes().wait_for_everyone()
     return json.loads(path.read_text())
 
 
@@ -146,11 +156,16 @@ def grid_images(model, w: Workload, cfg: Config, classes: list[int], progress: b
     return to_uint8(images), labels
 
 
+def real_data(w: Workload, cfg: Config, forget_class: int, progress: bool = True):
+    """(forget images, labels, retain images, labels) of the base model's data, in its input space."""
+    with processes().main_process_first():  # the main process encodes and caches; the others read
+        return w.real_data(forget_class, cfg, progress and processes().is_main_process)
+
+
 def method_data(method, w: Workload, cfg: Config, forget_class: int, progress: bool = True,
-                cache_dir: Path | None = None):
+                cache_dir: Path | None = None, real=None):
     """(forget images, forget labels, retain images, retain labels) as the method is fed (see `Method`)."""
-    with PartialState().main_process_first():  # the main process encodes and caches; the others read
-        xf, yf, xr, yr = w.real_data(forget_class, cfg, progress and PartialState().is_main_process)
+    xf, yf, xr, yr = real if real is not None else real_data(w, cfg, forget_class, progress)
     if method.forget_data == "surrogate":  # SA: uniform-noise images in [-1, 1] (VAE-encoded for a latent model)
         gen = torch.Generator().manual_seed(cfg.seed + 5)
         if w.vae is None:
@@ -167,13 +182,14 @@ def method_data(method, w: Workload, cfg: Config, forget_class: int, progress: b
 
 
 def erase(w: Workload, cfg: Config, forget_class: int, output: Path, *, resume: str | None = None,
-          progress: bool = True):
+          progress: bool = True, real=None):
     """The method's preparation (mask, Fisher, replay) then Algorithm 1 on a copy of the base model.
 
     Writes output/prepared.safetensors (mask and method state, reused on resume), output/log.jsonl and
-    checkpoint-<step> folders every `erase.checkpoint_every` outer steps. `resume` is "latest" or a checkpoint folder.
+    checkpoint-<step> folders every `erase.checkpoint_every` outer steps. `resume` is "latest" or a checkpoint folder;
+    `real` the real data when already loaded (`real_data`).
     Every process runs this; only the main one writes. Returns (model, log, timings, kept)."""
-    state = PartialState()
+    state = processes()
     main = state.is_main_process
     e = cfg.erase
     if e.batch_size % state.num_processes:
@@ -185,7 +201,7 @@ def erase(w: Workload, cfg: Config, forget_class: int, output: Path, *, resume: 
         model.enable_gradient_checkpointing()
     method = make_method(cfg.method, DiTLoss(make_scheduler()), forget_class=forget_class, num_classes=w.num_classes)
     t0 = time.perf_counter()
-    xf, yf, xr, yr = method_data(method, w, cfg, forget_class, progress, cache_dir=output / "replay")
+    xf, yf, xr, yr = method_data(method, w, cfg, forget_class, progress, cache_dir=output / "replay", real=real)
     prepared = output / "prepared.safetensors"
     if resume and prepared.exists():
         tensors = load_file(str(prepared))
@@ -305,7 +321,7 @@ def run(cfg: Config, class_arg: str, output: Path, *, overwrite: bool = False, r
     Killed at any point, the same call with `resume` continues: the prepared mask, the latest erasure checkpoint and
     every finished batch of samples are reused. A diverged erasure writes no "after" metrics. Under a multi-process
     launch every process runs this; work is shared and only the main process writes."""
-    state = PartialState()
+    state = processes()
     main = state.is_main_process
     progress = progress and main
     classes = classes_of(cfg)
@@ -315,6 +331,7 @@ def run(cfg: Config, class_arg: str, output: Path, *, overwrite: bool = False, r
         return json.loads((output / "metrics.json").read_text())
     t_start = time.perf_counter()
     w = prepare(cfg, progress)
+    real = real_data(w, cfg, forget_class, progress)  # bad data fails here, before any output is touched
     t_prepared = time.perf_counter()
     before = evaluate_base(w, cfg, forget_class, progress)
     t_before = time.perf_counter()
@@ -331,7 +348,8 @@ def run(cfg: Config, class_arg: str, output: Path, *, overwrite: bool = False, r
         erase_timings = json.loads((output / "erase.json").read_text())["timings"]
     else:
         try:
-            model, log, erase_timings, kept = erase(w, cfg, forget_class, output, resume=resume, progress=progress)
+            model, log, erase_timings, kept = erase(w, cfg, forget_class, output, resume=resume, progress=progress,
+                                                    real=real)
         except DivergenceError as err:
             last = latest_checkpoint(output)
             keep = f"the last good checkpoint is {last}" if last else "no checkpoint was reached"

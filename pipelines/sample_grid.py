@@ -5,7 +5,6 @@ import sys
 from pathlib import Path
 
 import torch
-from accelerate import PartialState
 
 from eval.report import sample_grid, save_image
 from pipelines.classes import resolve_class
@@ -15,6 +14,7 @@ from pipelines.dit import make_scheduler
 from pipelines.erase_class import classes_of
 from pipelines.pretrained import load_model, load_pretrained
 from pipelines.sampling import sample, to_uint8
+from pipelines.workload import processes
 
 
 def load_models(specs: list[str], cfg, progress: bool):
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, UsageError) as e:
         print(f"sample-grid: error: {e}", file=sys.stderr)
         return 2
-    device = PartialState().device
+    device = processes().device
     labels = torch.tensor(shown).repeat_interleave(args.per_class)
     panels = {}
     for spec, model in models.items():

@@ -42,12 +42,18 @@ class Workload:
         return [self.classes.short(c) for c in range(self.num_classes)]
 
 
+def processes() -> PartialState:
+    """This process's place in the launch (accelerate launch / torchrun; one process without): rank, device, barriers.
+    On machines without CUDA several processes talk over gloo."""
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 DIGITS = Classes(names=[f"digit {c}" for c in range(NUM_CLASSES)])
 
 
 def prepare(cfg: Config, progress: bool = True) -> Workload:
     """The workload the config names: the embedded digits default, or a diffusers DiT with its data folder."""
-    state = PartialState()
+    state = processes()
     with state.main_process_first():  # the main process trains / encodes and caches; the others then read
         w = prepare_digits(cfg, progress and state.is_main_process) if cfg.model.source == "digits" else \
             prepare_diffusers(cfg, progress and state.is_main_process)
@@ -88,7 +94,7 @@ def prepare_diffusers(cfg: Config, progress: bool = True) -> Workload:
         if classifier.num_classes != len(classes):
             raise UsageError(f"eval.fa_classifier {cfg.eval.fa_classifier} has {classifier.num_classes} classes but "
                              f"the model has {len(classes)}: give a classifier of the model's classes")
-        scorer = ImageNetScorer(classifier.to(PartialState().device), size=cfg.eval.fa_size,
+        scorer = ImageNetScorer(classifier.to(processes().device), size=cfg.eval.fa_size,
                                 reference=Path(cfg.eval.fid_reference).expanduser(), extractor=cfg.eval.fid_extractor,
                                 extractor_weights=cfg.eval.fid_weights, cache_root=cache_root() / "fid",
                                 name=cfg.eval.fa_classifier)
@@ -101,7 +107,7 @@ def prepare_diffusers(cfg: Config, progress: bool = True) -> Workload:
         images, kept = load_images(files, pre.image_size, channels, what, progress)
         if vae is None:
             return with_flips(images), kept
-        return encode(images, vae.to(PartialState().device), seed=cfg.seed, progress=progress, what=what), kept
+        return encode(images, vae.to(processes().device), seed=cfg.seed, progress=progress, what=what), kept
 
     def real_data(forget_class, cfg, progress=True):
         forget = forget_files(files, forget_class, cfg.data.forget_images, classes, root)

@@ -1,0 +1,196 @@
+"""The ImageNet workload on tiny stand-ins: hub-style pipeline folder, ImageNet-style data, the published protocol."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import DiTPipeline
+from safetensors.torch import load_file
+
+from pipelines import erase_class, fid_reference
+from pipelines.classes import imagenet, resolve_class
+from pipelines.config import UsageError
+from pipelines.sampling import sample
+from pipelines.dit import build_dit, make_scheduler
+from tiny_imagenet import SYNSETS, build_classifier, build_data, build_inception, build_pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    base = tmp_path_factory.mktemp("imagenet")
+    w = {"model": build_pipeline(base / "tiny-dit"), "data": build_data(base / "train"),
+         "classifier": build_classifier(base / "classifier.safetensors"),
+         "inception": build_inception(base / "inception.pth"), "reference": base / "reference"}
+    assert fid_reference.main(["--data", str(w["data"]), "--output", str(w["reference"]), "--exclude",
+                               "golden retriever", "--quiet"]) == 0
+    return w
+
+
+def args(w, out, *extra):
+    sets = ["eval.fa_classifier=test_resnet", f"eval.fa_weights={w['classifier']}", "eval.fa_size=32",
+            f"eval.fid_reference={w['reference']}", f"eval.fid_weights={w['inception']}", "eval.forget_samples=4",
+            "eval.retain_samples=6", "eval.grid_per_class=2", "eval.grid_classes=3", "sample.steps=3",
+            "sample.batch_size=4", "erase.outer_steps=4", "erase.batch_size=2", "erase.checkpoint_every=2",
+            "method.grad_samples=4", "data.retain_images=10"]
+    return ["golden retriever", "--model", str(w["model"]), "--data", str(w["data"]), "--output", str(out),
+            "--quiet", *[x for s in sets for x in ("--set", s)], *extra]
+
+
+def test_classes_resolve_by_id_synset_and_name():
+    classes = imagenet()
+    assert resolve_class("207", classes) == 207
+    assert resolve_class("n02099601", classes) == 207
+    assert resolve_class("Golden Retriever", classes) == 207
+    assert resolve_class("Tinca tinca", classes) == 0  # any synonym
+    with pytest.raises(UsageError, match="did you mean 'golden retriever'"):
+        resolve_class("golden retreiver", classes)
+    with pytest.raises(UsageError, match="out of range"):
+        resolve_class("1000", classes)
+    with pytest.raises(UsageError, match="unknown synset"):
+        resolve_class("n99999999", classes)
+
+
+def test_erase_class_end_to_end_and_pipeline_output(world, tmp_path):
+    out = tmp_path / "run"
+    assert erase_class.main(args(world, out)) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["forget_class"] == 207 and m["class_name"] == "golden retriever"
+    assert 0 < m["mask_kept_fraction"] < 1  # SFRon's Fisher mask
+    for side in ("before", "after"):
+        assert 0 <= m[side]["forget_accuracy"] <= 1 and m[side]["fid"] > 0
+    assert "torch-fidelity inception-v3-compat" in m["protocol"]["feature_extractor"]
+    assert "test_resnet at 32 px" in m["protocol"]["classifier"]
+    assert m["protocol"]["retain_samples"] == 6 and "WARNING" not in m["protocol"]["reference"]
+    assert len(list((out / "samples-after").glob("batch-*.pt"))) == 3  # 10 samples in batches of 4
+    pipe = DiTPipeline.from_pretrained(out / "model")
+    assert pipe.get_label_ids(["golden retriever"]) == [207]
+    images = pipe(class_labels=[207], num_inference_steps=2, output_type="np").images
+    assert images.shape == (1, 16, 16, 3)
+    erased = load_file(str(out / "model" / "transformer" / "diffusion_pytorch_model.safetensors"))
+    base = load_file(str(world["model"] / "transformer" / "diffusion_pytorch_model.safetensors"))
+    assert any(not torch.equal(erased[k], base[k]) for k in base)
+    assert (out / "model" / "vae" / "diffusion_pytorch_model.safetensors").exists()  # the VAE is saved with it
+
+
+def test_latent_cache_is_reused_and_runs_are_deterministic(world, tmp_path):
+    runs = [tmp_path / name for name in "abc"]
+    assert erase_class.main(args(world, runs[0])) == 0
+    cache = Path(os.environ["DUALERASE_HOME"]) / "latents"
+    files = {p: p.stat().st_mtime_ns for p in cache.glob("*.safetensors")}
+    assert len(files) >= 2  # the forget set and the retain subset
+    for out in runs[1:]:
+        assert erase_class.main(args(world, out)) == 0
+    assert {p: p.stat().st_mtime_ns for p in cache.glob("*.safetensors")} == files  # read, not re-encoded
+    a, b, c = (load_file(str(out / "model" / "transformer" / "diffusion_pytorch_model.safetensors")) for out in runs)
+    assert all(torch.equal(b[k], c[k]) for k in b)  # same command, same machine, same cache: the same bits
+    # The run that encoded (fresh tensors, not read back) may round differently in weights whose gradient is 0 in exact
+    # arithmetic (attention key biases), which the gamma = 1 Fisher-ratio mask then keeps or drops by chance.
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_sampling_shards_cover_every_batch_once(tiny_dit):
+    labels = torch.arange(5).repeat(3)
+    kw = dict(num_steps=2, guidance=1.5, seed=1, batch_size=4, progress=False)
+    whole = sample(tiny_dit, make_scheduler(), labels, **kw)
+    parts = [sample(tiny_dit, make_scheduler(), labels, shard=(r, 3), **kw) for r in range(3)]
+    assert [len(p) for p in parts] == [7, 4, 4]  # batches 0 and 3 (of 4 and 3 samples), 1, 2
+    assert torch.equal(torch.cat([parts[0][:4], parts[1], parts[2], parts[0][4:]]), whole)
+
+
+@pytest.fixture(scope="module")
+def broken(world, tmp_path_factory):
+    """Bad inputs of every kind, next to the good ones."""
+    base = tmp_path_factory.mktemp("broken")
+    (base / "empty").mkdir()
+    no_forget = base / "no-forget"
+    shutil.copytree(world["data"], no_forget)
+    shutil.rmtree(no_forget / SYNSETS[0])
+    undecodable = base / "undecodable"
+    shutil.copytree(world["data"], undecodable)
+    for f in (undecodable / SYNSETS[0]).iterdir():
+        f.write_bytes(b"not an image")
+    (undecodable / SYNSETS[1] / "broken.JPEG").write_bytes(b"\x00" * 10)
+    not_dit = base / "not-dit"
+    shutil.copytree(world["model"] / "vae", not_dit)
+    five = base / "five-classes"
+    build_dit(num_classes=5, sample_size=8, in_channels=3, patch_size=2, layers=1, heads=2, head_dim=8).save_pretrained(five)
+    corrupt = base / "corrupt"
+    shutil.copytree(world["model"], corrupt)
+    (corrupt / "transformer" / "diffusion_pytorch_model.safetensors").write_bytes(b"truncated")
+    return {"empty": base / "empty", "no-forget": no_forget, "undecodable": undecodable, "not-dit": not_dit,
+            "five": five, "corrupt": corrupt}
+
+
+BAD = [
+    (lambda w, b: ["--data", "/nonexistent/folder"], "is not a folder"),
+    (lambda w, b: ["--data", str(b["empty"])], "holds no class sub-folders"),
+    (lambda w, b: ["--data", str(b["no-forget"])], "no images of class 207 (golden retriever)"),
+    (lambda w, b: ["--data", str(b["undecodable"])], "no decodable images in the forget set"),
+    (lambda w, b: ["--model", "/nonexistent/dit"], "no such folder"),
+    (lambda w, b: ["--model", "someone/missing-dit"], "huggingface-cli download"),
+    (lambda w, b: ["--model", str(b["not-dit"])], "is not a class-conditional DiT"),
+    (lambda w, b: ["--model", str(b["corrupt"])], "cannot load the weights"),
+    (lambda w, b: ["--set", "eval.fid_reference=/nonexistent"], "is not a reference folder"),
+    (lambda w, b: ["--set", "eval.fa_classifier=resnet35"], "is not a timm model name"),
+    (lambda w, b: ["--set", "eval.fa_weights=/nonexistent.safetensors"], "does not exist"),
+]
+
+
+@pytest.fixture(scope="module")
+def finished(world, tmp_path_factory):
+    """A finished run, to check that bad input leaves it byte for byte as it was."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert erase_class.main(args(world, out)) == 0
+    return out
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("bad, message", BAD)
+def test_bad_model_and_data_inputs(world, broken, finished, capsys, bad, message):
+    before = snapshot(finished)
+    assert erase_class.main(args(world, finished, "--overwrite") + bad(world, broken)) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert snapshot(finished) == before
+
+
+def test_a_class_count_that_does_not_match_the_data(world, broken, tmp_path, capsys):
+    code = erase_class.main(["3", "--model", str(broken["five"]), "--data", str(world["data"]), "--output",
+                             str(tmp_path / "o"), "--set", f"eval.fid_reference={world['reference']}", "--quiet"])
+    assert code == 2 and "has 4 class folders but the model has 5 classes" in capsys.readouterr().err
+
+
+def test_undecodable_retain_images_are_skipped_with_a_warning(world, broken, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(world["data"], data)
+    (data / SYNSETS[1] / "broken.JPEG").write_bytes(b"\x00" * 10)
+    assert erase_class.main(args(world, tmp_path / "o", "--data", str(data), "--set", "data.retain_images=0")) == 0
+    err = capsys.readouterr().err
+    assert "skipped 1 undecodable image(s) of the retain set" in err and "broken.JPEG" in err
+
+
+def test_two_processes_give_the_weights_of_one(world, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert erase_class.main(args(world, one)) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT / 'tests'}:{ROOT}"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "pipelines.erase_class", *args(world, two)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = load_file(str(one / "model" / "transformer" / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(two / "model" / "transformer" / "diffusion_pytorch_model.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4) for k in a)
+    ma, mb = (json.loads((o / "metrics.json").read_text()) for o in (one, two))
+    assert mb["timings"]["processes"] == 2 and ma["timings"]["processes"] == 1
+    starts = sorted(int(p.name.split("-")[1]) for p in (two / "samples-after").glob("batch-*.pt"))
+    assert starts == [0, 4, 8]  # every batch once, none missing
+    assert ma["after"]["forget_accuracy"] == mb["after"]["forget_accuracy"]

@@ -1,0 +1,65 @@
+"""Offline stand-ins for the ImageNet workload: a tiny 1000-class latent DiT pipeline with a tiny VAE, a small
+ImageNet-style folder, a tiny timm classifier and random Inception weights. Same code paths, seconds instead of hours."""
+import json
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import timm
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, DiTPipeline, DiTTransformer2DModel
+from PIL import Image
+from safetensors.torch import save_file
+from timm.data import ImageNetInfo
+
+SYNSETS = ["n02099601", "n01440764", "n01443537", "n02085620"]  # golden retriever, tench, goldfish, Chihuahua
+
+
+def build_pipeline(folder: Path) -> Path:
+    """A DiTPipeline folder as the hub holds it: transformer, vae, scheduler and id2label in model_index.json."""
+    torch.manual_seed(0)
+    transformer = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
+                                        num_layers=2, sample_size=8, patch_size=2, num_embeds_ada_norm=1000)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
+                        up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[32, 32], latent_channels=4,
+                        layers_per_block=1, norm_num_groups=32, sample_size=16)
+    DiTPipeline(transformer=transformer, vae=vae, scheduler=DDPMScheduler()).save_pretrained(folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    info = ImageNetInfo()
+    index["id2label"] = {str(i): info.index_to_description(i) for i in range(1000)}
+    (folder / "model_index.json").write_text(json.dumps(index))
+    return folder
+
+
+def build_data(folder: Path, per_class: int = 6) -> Path:
+    """Synthetic JPEGs, one colour per class with noise, non-square so that the center crop matters."""
+    rng = np.random.default_rng(0)
+    for k, synset in enumerate(SYNSETS):
+        (folder / synset).mkdir(parents=True)
+        for i in range(per_class):
+            base = np.array([60 * k + 40, 255 - 50 * k, 120], dtype=np.float64)
+            arr = np.clip(base + rng.normal(0, 30, (24, 20, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(folder / synset / f"{synset}_{i}.JPEG")
+    return folder
+
+
+def build_classifier(path: Path) -> Path:
+    """Random weights for timm's tiny `test_resnet` (1000 classes), as a local weights file."""
+    torch.manual_seed(0)
+    save_file(timm.create_model("test_resnet", num_classes=1000).state_dict(), str(path))
+    return path
+
+
+def build_inception(path: Path) -> Path:
+    """torch-fidelity's InceptionV3 with random weights (the real ones cannot be downloaded here)."""
+    import torch_fidelity.feature_extractor_inceptionv3 as inception
+
+    with mock.patch.object(inception, "load_state_dict_from_url", lambda *a, **k: {}), \
+            mock.patch.object(inception.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None):
+        torch.manual_seed(0)
+        net = inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    for m in net.modules():  # variance-preserving init, so that random features still tell images apart
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+    torch.save(net.state_dict(), path)
+    return path
