@@ -74,7 +74,8 @@ class ImageNetScorer:
             metrics = torch_fidelity.calculate_metrics(
                 input1=ImageTensors(samples), input2=str(self.reference), samples_find_deep=True,
                 input2_cache_name=f"dualerase-ref-{self.reference.name}-{key}-{self.extractor}", fid=True,
-                cuda=torch.cuda.is_available(), verbose=False, batch_size=100, save_cpu_ram=True, feature_extractor=self.extractor,
+                cuda=torch.cuda.is_available(), verbose=False, batch_size=100, save_cpu_ram=True,
+                feature_extractor=self.extractor,
                 feature_extractor_weights_path=self.extractor_weights, cache_root=str(self.cache_root))
         except Exception as e:
             if self.extractor_weights is None:

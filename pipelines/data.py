@@ -102,7 +102,8 @@ def retain_files(files: dict[int, list[Path]], forget_class: int, count: int, se
 
 
 @torch.no_grad()
-def encode(images: torch.Tensor, vae, seed: int, batch_size: int = 32, progress: bool = True, what: str = "") -> torch.Tensor:
+def encode(images: torch.Tensor, vae, seed: int, batch_size: int = 32, progress: bool = True,
+           what: str = "") -> torch.Tensor:
     """Latents of the images, then of their mirror images (DiT's random flip), scaled as DiT trains on."""
     gen = torch.Generator(vae.device).manual_seed(seed)
     out = []

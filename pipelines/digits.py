@@ -61,8 +61,13 @@ def train_test_split(labels: torch.Tensor, test_fraction: float = 0.2, seed: int
     return torch.tensor(sorted(train)), torch.tensor(sorted(test))
 
 
-def train_digits_dit(recipe: DigitsRecipe, progress: bool = True):
-    """Train the tiny DiT on every digit with DiT's loss and label dropout; return its EMA weights."""
+def train_digits_dit(recipe: DigitsRecipe, progress: bool = True, checkpoint: Path | None = None,
+                     checkpoint_every: int = 500):
+    """Train the tiny DiT on every digit with DiT's loss and label dropout; return its EMA weights.
+
+    With `checkpoint`, the whole training state (weights, EMA, optimizer, RNGs, step) is saved there every
+    `checkpoint_every` steps, and a call that finds one continues from it: a killed training loses at most that many
+    steps and ends with the weights of an uninterrupted one."""
     torch.manual_seed(recipe.seed)
     x, y = load_digits()
     model = build_dit(num_classes=NUM_CLASSES, sample_size=SIZE, in_channels=1, patch_size=recipe.patch_size,
@@ -71,8 +76,18 @@ def train_digits_dit(recipe: DigitsRecipe, progress: bool = True):
     loss_fn = DiTLoss(make_scheduler())
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(recipe.seed)
+    start = 0
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"])
+        torch.set_rng_state(state["rng"])
+        start = state["step"]
     model.train()
-    bar = tqdm(range(recipe.steps), desc="train digits DiT", disable=not progress)
+    bar = tqdm(range(start, recipe.steps), desc="train digits DiT", disable=not progress, initial=start,
+               total=recipe.steps)
     for step in bar:
         idx = torch.randint(0, len(x), (recipe.batch_size,), generator=gen)
         batch = x[idx]  # no random flip (DiT flips ImageNet images): digits are not mirror-symmetric
@@ -85,6 +100,11 @@ def train_digits_dit(recipe: DigitsRecipe, progress: bool = True):
                 pe.lerp_(p, 1 - recipe.ema_decay)
         if step % 100 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
+        if checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < recipe.steps:
+            tmp = checkpoint.with_name(f".{checkpoint.name}.tmp")
+            torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                        "gen": gen.get_state(), "rng": torch.get_rng_state(), "step": step + 1}, tmp)
+            os.replace(tmp, checkpoint)
     return ema.eval()
 
 
@@ -92,11 +112,14 @@ def prepare_digits_dit(recipe: DigitsRecipe, progress: bool = True) -> Path:
     """The cached digits DiT folder for `recipe`, trained once on first use."""
     folder = cache_root() / "digits" / f"dit-{fingerprint(asdict(recipe))}"
     if not (folder / "config.json").exists():
-        model = train_digits_dit(recipe, progress)
+        partial = folder.with_name(f"{folder.name}.partial.pt")
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        model = train_digits_dit(recipe, progress, checkpoint=partial)
         tmp = folder.with_name(folder.name + ".tmp")
         model.save_pretrained(tmp)
         (tmp / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
-        tmp.rename(folder)
+        os.replace(tmp, folder)
+        partial.unlink(missing_ok=True)
     return folder
 
 

@@ -203,7 +203,16 @@ def erase(w: Workload, cfg: Config, forget_class: int, output: Path, *, resume: 
     t0 = time.perf_counter()
     xf, yf, xr, yr = method_data(method, w, cfg, forget_class, progress, cache_dir=output / "replay", real=real)
     prepared = output / "prepared.safetensors"
-    if resume and prepared.exists():
+    # The method's preparation depends on the model, class, data, method config and seed only: it is cached (Fisher
+    # diagonals and mask, safetensors) and linked into every run that needs the same, e.g. both optimizer modes.
+    key = fingerprint({"model": w.model_id, "class": forget_class, "seed": cfg.seed,
+                       "precision": cfg.compute.mixed_precision,
+                       **{k: dataclasses.asdict(getattr(cfg, k)) for k in ("method", "data", "sample")}})
+    shared = cache_root() / "prepared" / f"{key}.safetensors"
+    if main and not prepared.exists() and shared.exists():
+        link(shared, prepared)
+    state.wait_for_everyone()
+    if prepared.exists():
         tensors = load_file(str(prepared))
         mask = {k[5:]: v for k, v in tensors.items() if k.startswith("mask.")} or None
         method.load_state({k[6:]: v.to(state.device) for k, v in tensors.items() if k.startswith("state.")}, w.model)
@@ -214,8 +223,10 @@ def erase(w: Workload, cfg: Config, forget_class: int, output: Path, *, resume: 
         if main:
             tensors = {f"mask.{k}": v.to(torch.uint8).cpu() for k, v in (mask or {}).items()}
             tensors.update({f"state.{k}": v.contiguous().cpu() for k, v in method.state().items()})
-            save_file(tensors, str(output / ".prepared.tmp"))
-            os.replace(output / ".prepared.tmp", prepared)
+            shared.parent.mkdir(parents=True, exist_ok=True)
+            save_file(tensors, str(shared.with_name(f".{shared.name}.tmp")))
+            os.replace(shared.with_name(f".{shared.name}.tmp"), shared)
+            link(shared, prepared)
     if mask is not None:
         mask = {k: v.bool() for k, v in mask.items()}
     t1 = time.perf_counter()
@@ -259,6 +270,17 @@ def erase(w: Workload, cfg: Config, forget_class: int, output: Path, *, resume: 
     return model.eval(), log, timings, None if mask is None else mask_fraction(mask)
 
 
+def link(source: Path, target: Path) -> None:
+    """`target` becomes a hard link to `source` (no second copy on disk), or a copy across file systems."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
 def save_model(model, w: Workload, folder: Path) -> None:
     """A latent model: a complete DiTPipeline folder with class names. Otherwise the transformer's save_pretrained.
     Both are written into a temporary folder, then swapped in: never a half-written model folder."""
@@ -275,7 +297,8 @@ def save_model(model, w: Workload, folder: Path) -> None:
 def check_pseudo_class(cfg: Config, forget_class: int, num_classes: int) -> None:
     pseudo = cfg.method.pseudo_class
     if pseudo is not None and not (0 <= pseudo < num_classes and pseudo != forget_class):
-        raise UsageError(f"method.pseudo_class {pseudo} must be a class other than {forget_class} in 0..{num_classes - 1}")
+        raise UsageError(f"method.pseudo_class {pseudo} must be a class other than {forget_class} in "
+                         f"0..{num_classes - 1}")
 
 
 def check_output(output: Path, cfg: Config, overwrite: bool, resume: str | None) -> bool:

@@ -58,7 +58,8 @@ def build(data: Path, output: Path, *, count: int, exclude: list[int], size: int
 
 def main(argv: list[str] | None = None) -> int:
     parser = CommandParser(prog="fid-reference", description=__doc__)
-    parser.add_argument("--data", type=Path, required=True, help="ImageNet-style train folder (one sub-folder per class)")
+    parser.add_argument("--data", type=Path, required=True,
+                        help="ImageNet-style train folder (one sub-folder per class)")
     parser.add_argument("--output", type=Path, required=True, help="reference folder to write")
     parser.add_argument("--count", type=int, default=10000, help="images to draw (default: 10000, as the paper)")
     parser.add_argument("--exclude", nargs="*", default=[], help="classes left out (the forget class): ids, synsets or "

@@ -126,5 +126,7 @@ def prepare_diffusers(cfg: Config, progress: bool = True) -> Workload:
                    lambda: make([p for _, p in retain], [c for c, _ in retain], "retain set"))
         return f["x"], f["y"], r["x"], r["y"]
 
-    return Workload(model=transformer, model_id=cfg.model.path, classes=classes, scorer=scorer, real_data=real_data,
-                    vae=vae, pretrained=pre)
+    weights = sorted((str(f.relative_to(pre.root)), f.stat().st_size, f.stat().st_mtime_ns)
+                     for f in pre.root.rglob("*") if f.is_file())
+    return Workload(model=transformer, model_id=f"{cfg.model.path}#{fingerprint(weights)}", classes=classes,
+                    scorer=scorer, real_data=real_data, vae=vae, pretrained=pre)

@@ -1,8 +1,10 @@
 """The commands end to end on the embedded digits default, shrunk to seconds, and their bad-input errors."""
 import json
+import os
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from pipelines import erase_class, fid_bench, sample_grid
 from pipelines.workload import prepare_digits
@@ -164,3 +166,27 @@ def test_trials_report_mean_and_std_and_keep_each_run(tmp_path, capsys):
     assert m["trials"][0]["after"]["fid"] != m["trials"][1]["after"]["fid"]  # the seed changes the run
     assert (out / "trial-s5" / "model" / "config.json").exists()
     assert "+-" in capsys.readouterr().out
+
+
+def test_fisher_and_mask_are_saved_once_and_shared_by_both_optimizer_modes(tmp_path):
+    runs = {opt: tmp_path / opt for opt in ("dual", "shared")}
+    for opt, out in runs.items():
+        assert erase_class.main(["3", "--optimizer", opt, "--output", str(out), *TINY]) == 0
+    dual, shared = (runs[o] / "prepared.safetensors" for o in ("dual", "shared"))
+    assert os.stat(dual).st_ino == os.stat(shared).st_ino  # one file in the cache, linked into both runs
+    tensors = load_file(str(dual))
+    assert any(k.startswith("state.fisher_forget.") for k in tensors)
+    assert any(k.startswith("state.fisher_retain.") for k in tensors) and any(k.startswith("mask.") for k in tensors)
+
+
+def test_bf16_and_gradient_checkpointing_run(tmp_path):
+    plain, other = tmp_path / "plain", tmp_path / "ckpt"
+    assert erase_class.main(["3", "--output", str(plain), *TINY]) == 0
+    assert erase_class.main(["3", "--output", str(other), *TINY, "--set", "compute.gradient_checkpointing=true"]) == 0
+    a, b = (load_file(str(o / "model" / "diffusion_pytorch_model.safetensors")) for o in (plain, other))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)  # recomputation changes memory, not the result
+    bf16 = tmp_path / "bf16"
+    assert erase_class.main(["3", "--output", str(bf16), *TINY, "--set", "compute.mixed_precision=bf16"]) == 0
+    c = load_file(str(bf16 / "model" / "diffusion_pytorch_model.safetensors"))
+    assert all(c[k].dtype == torch.float32 and torch.isfinite(c[k]).all() for k in c)  # weights stay float32
+    assert any(not torch.equal(a[k], c[k]) for k in a)

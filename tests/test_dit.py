@@ -121,3 +121,27 @@ def test_sampler_decodes_latents_through_a_vae():
     images = sample(latent, make_scheduler(), class_labels(5, 1), num_steps=2, guidance=1.5, seed=0, vae=vae,
                     progress=False)
     assert images.shape == (5, 3, 8, 8) and torch.all(torch.isfinite(images))
+
+
+def test_digits_training_killed_midway_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    from pipelines import digits
+
+    recipe = digits.DigitsRecipe(steps=25, batch_size=16)
+    whole = digits.train_digits_dit(recipe, progress=False)
+    checkpoint = tmp_path / "partial.pt"
+    calls = {"n": 0}
+    real_step = torch.optim.AdamW.step
+
+    def dying_step(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 18:
+            raise KeyboardInterrupt  # killed during step 18: checkpoints after steps 5, 10 and 15 exist
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        digits.train_digits_dit(recipe, progress=False, checkpoint=checkpoint, checkpoint_every=5)
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    assert torch.load(checkpoint, weights_only=False)["step"] == 15
+    resumed = digits.train_digits_dit(recipe, progress=False, checkpoint=checkpoint, checkpoint_every=5)
+    assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))

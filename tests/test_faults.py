@@ -72,7 +72,7 @@ def test_sigkill_during_erasure_then_resume_matches_uninterrupted(reference, tmp
     _run_until(["3", "--output", str(out), *LONG], lambda: _lines(out / "log.jsonl") >= 17)
     assert not (out / "metrics.json").exists()
     assert erase_class.main(["3", "--output", str(out), *LONG]) == 2  # unfinished: needs --resume
-    assert erase_class.main(["3", "--output", str(out), "--resume", *LONG]) == 0
+    assert erase_class.main(["3", "--output", str(out), "--resume", "latest", *LONG]) == 0
     assert _same_weights(out, reference[0])
     log = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
     assert log == list(range(40))
@@ -85,7 +85,7 @@ def test_sigkill_during_sampling_then_resume_has_every_sample_once(reference, tm
     samples = out / "samples-after"
     _run_until(["3", "--output", str(out), *LONG], lambda: len(list(samples.glob("batch-*.pt"))) >= 2)
     kept = {p.name: p.stat().st_mtime_ns for p in samples.glob("batch-*.pt")}
-    assert erase_class.main(["3", "--output", str(out), "--resume", *LONG]) == 0
+    assert erase_class.main(["3", "--output", str(out), "--resume", "latest", *LONG]) == 0
     for name, stamp in kept.items():  # finished sample batches were reused, not redrawn
         assert (samples / name).stat().st_mtime_ns == stamp
     spans = sorted((int(p.name.split("-")[1]), int(p.name.split("-")[2][:-3])) for p in samples.glob("batch-*.pt"))

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from diffusers import DiTPipeline
 from safetensors.torch import load_file
 
-from pipelines import erase_class, fid_reference
+from pipelines import erase_class, fid_reference, sample_grid
 from pipelines.classes import imagenet, resolve_class
 from pipelines.config import UsageError
 from pipelines.sampling import sample
@@ -119,7 +121,8 @@ def broken(world, tmp_path_factory):
     not_dit = base / "not-dit"
     shutil.copytree(world["model"] / "vae", not_dit)
     five = base / "five-classes"
-    build_dit(num_classes=5, sample_size=8, in_channels=3, patch_size=2, layers=1, heads=2, head_dim=8).save_pretrained(five)
+    tiny = build_dit(num_classes=5, sample_size=8, in_channels=3, patch_size=2, layers=1, heads=2, head_dim=8)
+    tiny.save_pretrained(five)
     corrupt = base / "corrupt"
     shutil.copytree(world["model"], corrupt)
     (corrupt / "transformer" / "diffusion_pytorch_model.safetensors").write_bytes(b"truncated")
@@ -194,3 +197,28 @@ def test_two_processes_give_the_weights_of_one(world, tmp_path):
     starts = sorted(int(p.name.split("-")[1]) for p in (two / "samples-after").glob("batch-*.pt"))
     assert starts == [0, 4, 8]  # every batch once, none missing
     assert ma["after"]["forget_accuracy"] == mb["after"]["forget_accuracy"]
+
+
+def test_sample_grid_of_a_hub_style_model_before_and_after(world, finished, tmp_path, capsys):
+    png = tmp_path / "grid.png"
+    assert sample_grid.main(["base", str(finished), "--model", str(world["model"]), "--classes", "golden retriever",
+                             "n01440764", "--mark", "207", "--per-class", "2", "--set", "sample.steps=2",
+                             "--output", str(png), "--quiet"]) == 0
+    assert png.exists() and "2 model(s) x 2 classes x 2" in capsys.readouterr().out
+    assert sample_grid.main(["--model", str(world["model"]), "--classes", "golden retreiver", "--output",
+                             str(png), "--quiet"]) == 2
+    assert "did you mean 'golden retriever'" in capsys.readouterr().err
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(max_size=30))
+def test_any_class_string_resolves_or_fails_with_a_usage_error(text):
+    try:
+        c = resolve_class(text, IMAGENET)
+    except UsageError as e:
+        assert "\n" not in str(e)
+    else:
+        assert 0 <= c < 1000
+
+
+IMAGENET = imagenet()

@@ -1,5 +1,5 @@
 """Offline stand-ins for the ImageNet workload: a tiny 1000-class latent DiT pipeline with a tiny VAE, a small
-ImageNet-style folder, a tiny timm classifier and random Inception weights. Same code paths, seconds instead of hours."""
+ImageNet-style folder, a tiny timm classifier and random Inception weights: the same code paths, in seconds."""
 import json
 from pathlib import Path
 from unittest import mock

@@ -4,12 +4,23 @@ from erase.saliency import fisher_diagonal, sfron_mask
 
 
 class SFRon(GradientAscent):
-    """GA forget loss with the Fisher-ratio mask (F_f + eps) / (F_r + eps) >= gamma on forget gradients."""
+    """GA forget loss with the Fisher-ratio mask (F_f + eps) / (F_r + eps) >= gamma on forget gradients. Its state is
+    the two Fisher diagonals, saved with the mask."""
 
     name = "sfron"
 
     def prepare(self, model, forget_samples, retain_samples, progress=True):
         n = self.cfg.grad_samples
-        f_forget = fisher_diagonal(model, self.loss, forget_samples, n, desc="fisher forget", progress=progress)
-        f_retain = fisher_diagonal(model, self.loss, retain_samples, n, desc="fisher retain", progress=progress)
-        return sfron_mask(f_forget, f_retain, self.cfg.gamma)
+        self.fisher_forget = fisher_diagonal(model, self.loss, forget_samples, n, desc="fisher forget",
+                                             progress=progress)
+        self.fisher_retain = fisher_diagonal(model, self.loss, retain_samples, n, desc="fisher retain",
+                                             progress=progress)
+        return sfron_mask(self.fisher_forget, self.fisher_retain, self.cfg.gamma)
+
+    def state(self):
+        return {**{f"fisher_forget.{n}": f for n, f in self.fisher_forget.items()},
+                **{f"fisher_retain.{n}": f for n, f in self.fisher_retain.items()}}
+
+    def load_state(self, tensors, original):
+        self.fisher_forget = {n.split(".", 1)[1]: f for n, f in tensors.items() if n.startswith("fisher_forget.")}
+        self.fisher_retain = {n.split(".", 1)[1]: f for n, f in tensors.items() if n.startswith("fisher_retain.")}
