@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from diffusers import DiTPipeline
 from safetensors.torch import load_file
 
-from pipelines import erase_class, fid_reference, sample_grid
+from pipelines import erase_class, fid_bench, fid_reference, sample_grid
 from pipelines.classes import imagenet, resolve_class
 from pipelines.config import UsageError
 from pipelines.sampling import sample
@@ -222,3 +222,9 @@ def test_any_class_string_resolves_or_fails_with_a_usage_error(text):
 
 
 IMAGENET = imagenet()
+
+
+def test_fid_bench_refuses_a_missing_model_before_running_any_cell(tmp_path, capsys):
+    code = fid_bench.main(["--set", "model.source=diffusers", "--set", "model.path=/nonexistent/dit", "--classes",
+                           "207", "--output", str(tmp_path / "b"), "--quiet"])
+    assert code == 2 and "no such folder" in capsys.readouterr().err and not (tmp_path / "b" / "cells").exists()
