@@ -10,24 +10,33 @@ from tqdm.auto import tqdm
 from erase.dualoptim import world
 
 
-def _per_sample_sum(model, loss, samples, num_samples, transform, desc, progress) -> dict[str, torch.Tensor]:
+def _per_sample_sum(model, loss, samples, num_samples, transform, desc, progress, partial=None):
     """Sum over `num_samples` single-sample batches of transform(gradient of the loss), per parameter.
 
-    Under torch.distributed each process takes every world-th sample of the same stream and the sums are added up."""
+    Under torch.distributed each process takes every world-th sample of the same stream and the sums are added up.
+    `partial` (optional) keeps running sums: `partial.load(desc)` gives (samples done, sums) saved by an earlier,
+    killed call, and `partial.save(desc, done, sums)` runs every `partial.every` samples."""
     model.eval()  # as in the public SFR-on code: no dropout while measuring
     rank, size = world()
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     total = {n: torch.zeros_like(p) for n, p in named}
+    start = 0
+    found = partial.load(desc) if partial is not None else None
+    if found is not None:
+        start, saved = found
+        total = {n: saved[n].to(p.device) for n, p in named}
     it = iter(samples)
     for i in tqdm(range(num_samples), desc=desc, disable=not progress or rank != 0):
-        batch = next(it)
-        if i % size != rank:
+        batch = next(it)  # drawn even when skipped, so the stream stays aligned
+        if i < start or i % size != rank:
             continue
         model.zero_grad(set_to_none=True)
         loss(model, batch).backward()
         for n, p in named:
             if p.grad is not None:
                 total[n] += transform(p.grad.detach())
+        if partial is not None and (i + 1) % partial.every == 0 and i + 1 < num_samples:
+            partial.save(desc, i + 1, total)
     model.zero_grad(set_to_none=True)
     if size > 1:
         for t in total.values():
@@ -36,18 +45,18 @@ def _per_sample_sum(model, loss, samples, num_samples, transform, desc, progress
 
 
 def fisher_diagonal(model: torch.nn.Module, loss: Callable[[torch.nn.Module, object], torch.Tensor],
-                    samples: Iterable, num_samples: int, *, desc: str = "fisher",
-                    progress: bool = True) -> dict[str, torch.Tensor]:
+                    samples: Iterable, num_samples: int, *, desc: str = "fisher", progress: bool = True,
+                    partial=None) -> dict[str, torch.Tensor]:
     """Mean over `num_samples` single-sample batches of the squared gradient of the (positive) loss, per parameter."""
-    total = _per_sample_sum(model, loss, samples, num_samples, torch.square, desc, progress)
+    total = _per_sample_sum(model, loss, samples, num_samples, torch.square, desc, progress, partial)
     return {n: f / num_samples for n, f in total.items()}
 
 
 def gradient_sum(model: torch.nn.Module, loss: Callable[[torch.nn.Module, object], torch.Tensor],
-                 samples: Iterable, num_samples: int, *, desc: str = "gradient",
-                 progress: bool = True) -> dict[str, torch.Tensor]:
+                 samples: Iterable, num_samples: int, *, desc: str = "gradient", progress: bool = True,
+                 partial=None) -> dict[str, torch.Tensor]:
     """Sum over `num_samples` single-sample batches of the gradient of the loss, per parameter (SalUn's saliency)."""
-    return _per_sample_sum(model, loss, samples, num_samples, lambda g: g, desc, progress)
+    return _per_sample_sum(model, loss, samples, num_samples, lambda g: g, desc, progress, partial)
 
 
 def top_fraction_mask(scores: dict[str, torch.Tensor], fraction: float) -> dict[str, torch.Tensor]:

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 PATTERN = re.compile(r"^checkpoint-(\d+)$")
@@ -54,3 +55,30 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizers) -> int:
     if state.get("cuda_rng") is not None:
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     return state["step"]
+
+
+class PartialSums:
+    """Running sums of a method's per-sample gradient loops (Fisher, saliency), saved every `every` samples as
+    `<folder>/<desc>-<rank>of<world>.safetensors` (each process sums its own share), so that a killed preparation
+    continues where it stopped, with the same number of processes."""
+
+    def __init__(self, folder: Path, rank: int = 0, world: int = 1, every: int = 100):
+        self.folder, self.rank, self.world, self.every = folder, rank, world, every
+
+    def _path(self, desc: str) -> Path:
+        return self.folder / f"{desc.replace(' ', '-')}-{self.rank}of{self.world}.safetensors"
+
+    def load(self, desc: str):
+        path = self._path(desc)
+        if not path.exists():
+            return None
+        with safe_open(str(path), "pt") as f:
+            done = int(f.metadata()["done"])
+        return done, load_file(str(path))
+
+    def save(self, desc: str, done: int, sums: dict[str, torch.Tensor]) -> None:
+        path = self._path(desc)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file({k: v.contiguous().cpu() for k, v in sums.items()}, str(tmp), metadata={"done": str(done)})
+        os.replace(tmp, path)

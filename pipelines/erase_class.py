@@ -24,7 +24,7 @@ from erase.dualoptim import batches_per_step
 from erase.saliency import mask_fraction
 from erase.methods import METHODS, make_method
 from eval.report import atomic_write_json, atomic_write_text, sample_grid, save_image, summary
-from pipelines.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from pipelines.checkpoint import PartialSums, latest_checkpoint, load_checkpoint, save_checkpoint
 from pipelines.classes import Classes, for_model, resolve_class
 from pipelines.config import CommandParser, Config, ConfigError, UsageError, load_config, to_dict
 from pipelines.data import encode
@@ -217,9 +217,10 @@ def erase(w: Workload, cfg: Config, forget_class: int, output: Path, *, resume: 
         mask = {k[5:]: v for k, v in tensors.items() if k.startswith("mask.")} or None
         method.load_state({k[6:]: v.to(state.device) for k, v in tensors.items() if k.startswith("state.")}, w.model)
     else:
+        partial = PartialSums(output / "prepare-partial", state.process_index, state.num_processes)
         with autocast(cfg):
             mask = method.prepare(model, batches(xf, yf, 1, cfg.seed + 1), batches(xr, yr, 1, cfg.seed + 2),
-                                  progress and main)
+                                  progress and main, partial=partial)
         if main:
             tensors = {f"mask.{k}": v.to(torch.uint8).cpu() for k, v in (mask or {}).items()}
             tensors.update({f"state.{k}": v.contiguous().cpu() for k, v in method.state().items()})
@@ -227,6 +228,8 @@ def erase(w: Workload, cfg: Config, forget_class: int, output: Path, *, resume: 
             save_file(tensors, str(shared.with_name(f".{shared.name}.tmp")))
             os.replace(shared.with_name(f".{shared.name}.tmp"), shared)
             link(shared, prepared)
+        state.wait_for_everyone()
+        shutil.rmtree(partial.folder, ignore_errors=True)
     if mask is not None:
         mask = {k: v.bool() for k, v in mask.items()}
     t1 = time.perf_counter()

@@ -1,4 +1,5 @@
 """Fisher diagonals and the SFR-on mask on hand-computable cases."""
+import pytest
 import torch
 
 from erase import fisher_diagonal, sfron_mask
@@ -24,3 +25,35 @@ def test_fisher_is_mean_squared_per_sample_gradient():
     fisher = fisher_diagonal(model, loss, iter(xs), num_samples=2, progress=False)
     assert torch.allclose(fisher["weight"], torch.tensor([[5.0, 2.0, 0.5]]))
     assert model.weight.grad is None
+
+
+def test_a_killed_fisher_loop_continues_from_its_saved_partial_sums(tiny_dit, tmp_path):
+    from pipelines.checkpoint import PartialSums
+    from pipelines.dit import DiTLoss, make_scheduler
+
+    x, y = torch.randn(12, 1, 4, 4), torch.arange(12) % 5
+    seeds = torch.arange(12)
+    samples = lambda: ((x[i:i + 1], y[i:i + 1], seeds[i:i + 1]) for i in range(12))  # noqa: E731
+    loss = DiTLoss(make_scheduler())
+    whole = fisher_diagonal(tiny_dit, loss, samples(), 12, progress=False)
+    calls = {"n": 0}
+
+    def dying(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt  # killed at the 8th sample: sums after 3 and 6 samples were saved
+        return loss(model, batch)
+
+    partial = PartialSums(tmp_path, every=3)
+    with pytest.raises(KeyboardInterrupt):
+        fisher_diagonal(tiny_dit, dying, samples(), 12, progress=False, partial=partial)
+    assert partial.load("fisher")[0] == 6
+    counted = {"n": 0}
+
+    def counting(model, batch):
+        counted["n"] += 1
+        return loss(model, batch)
+
+    resumed = fisher_diagonal(tiny_dit, counting, samples(), 12, progress=False, partial=partial)
+    assert counted["n"] == 6  # the first six samples were not redone
+    assert all(torch.allclose(whole[n], resumed[n], rtol=1e-6, atol=0) for n in whole)

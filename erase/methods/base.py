@@ -40,9 +40,10 @@ class Method:
         return self.loss(model, batch)
 
     def prepare(self, model: torch.nn.Module, forget_samples: Iterator, retain_samples: Iterator,
-                progress: bool = True) -> dict[str, torch.Tensor] | None:
+                progress: bool = True, partial=None) -> dict[str, torch.Tensor] | None:
         """Work done once before unlearning, on the original model, from single-sample iterators of the data the
-        method is fed. Returns which coordinates forget steps may change (name -> bool tensor), or None for all."""
+        method is fed. Returns which coordinates forget steps may change (name -> bool tensor), or None for all.
+        `partial` keeps running sums of long gradient loops so that a killed preparation continues (see saliency)."""
         return None
 
     def state(self) -> dict[str, torch.Tensor]:

@@ -15,9 +15,9 @@ class SelectiveAmnesia(Method):
     forget_data = "surrogate"
     retain_data = "replay"
 
-    def prepare(self, model, forget_samples, retain_samples, progress=True):
+    def prepare(self, model, forget_samples, retain_samples, progress=True, partial=None):
         self.fisher = fisher_diagonal(model, self.loss, retain_samples, self.cfg.grad_samples, desc="fisher replay",
-                                      progress=progress)
+                                      progress=progress, partial=partial)
         self.anchor = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         return None
 

@@ -24,7 +24,7 @@ class SalUn(Method):
     def forget_loss(self, model, batch):
         return self.loss.match(model, batch, self.pseudo_labels(batch[1]))
 
-    def prepare(self, model, forget_samples, retain_samples, progress=True):
+    def prepare(self, model, forget_samples, retain_samples, progress=True, partial=None):
         grads = gradient_sum(model, self.loss, forget_samples, self.cfg.grad_samples, desc="salun saliency",
-                             progress=progress)
+                             progress=progress, partial=partial)
         return top_fraction_mask({n: g.abs() for n, g in grads.items()}, self.cfg.top_p)
