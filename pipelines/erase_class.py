@@ -107,12 +107,15 @@ def evaluate(model, w: Workload, cfg: Config, forget_class: int, progress: bool 
              cache_dir: Path | None = None) -> dict:
     """Forget accuracy, retain accuracy (per class too) and FID of the retained classes' samples.
 
-    Samples are scored at 8-bit precision; with `cache_dir` finished sample batches survive a kill."""
+    Samples are scored at 8-bit precision; with `cache_dir` finished sample batches survive a kill. Every process
+    samples its share; the main process scores (the others get None)."""
     fl = class_labels(w.num_classes, cfg.eval.forget_samples, only=forget_class)
     rl = retain_labels(w, cfg, forget_class)
     labels = torch.cat([fl, rl])
     images = generate(model, w, cfg, labels, seed=cfg.seed, cache_dir=cache_dir, desc=f"sample {desc}",
                       progress=progress)
+    if not processes().is_main_process:
+        return None
     images = to_uint8(images)
     pred = w.scorer.predict(from_uint8(images))
     per_class = {str(c): (pred[labels == c] == c).float().mean().item() for c in labels.unique().tolist()}
@@ -192,9 +195,7 @@ def erase(w: Workload, cfg: Config, forget_class: int, output: Path, *, resume: 
     state = processes()
     main = state.is_main_process
     e = cfg.erase
-    if e.batch_size % state.num_processes:
-        raise UsageError(f"erase.batch_size {e.batch_size} does not split over {state.num_processes} processes: set "
-                         f"it to a multiple of {state.num_processes}")
+    check_processes(cfg)
     torch.manual_seed(cfg.seed)
     model = copy.deepcopy(w.model)
     if cfg.compute.gradient_checkpointing:
@@ -297,6 +298,14 @@ def save_model(model, w: Workload, folder: Path) -> None:
     os.replace(tmp, folder)
 
 
+def check_processes(cfg: Config) -> None:
+    """Data parallelism splits every erasure batch evenly over the processes."""
+    n = processes().num_processes
+    if cfg.erase.batch_size % n:
+        raise UsageError(f"erase.batch_size {cfg.erase.batch_size} does not split over {n} processes: set it to a "
+                         f"multiple of {n}")
+
+
 def check_pseudo_class(cfg: Config, forget_class: int, num_classes: int) -> None:
     pseudo = cfg.method.pseudo_class
     if pseudo is not None and not (0 <= pseudo < num_classes and pseudo != forget_class):
@@ -353,6 +362,7 @@ def run(cfg: Config, class_arg: str, output: Path, *, overwrite: bool = False, r
     classes = classes_of(cfg)
     forget_class = resolve_class(class_arg, classes)
     check_pseudo_class(cfg, forget_class, len(classes))
+    check_processes(cfg)
     if check_output(output, cfg, overwrite, resume):
         return json.loads((output / "metrics.json").read_text())
     t_start = time.perf_counter()
@@ -415,7 +425,7 @@ def run(cfg: Config, class_arg: str, output: Path, *, overwrite: bool = False, r
             shutil.rmtree(stale, ignore_errors=True)
         atomic_write_json(output / "metrics.json", metrics)
     state.wait_for_everyone()
-    return metrics
+    return metrics if main else json.loads((output / "metrics.json").read_text())
 
 
 SCORES = ("forget_accuracy", "retain_accuracy", "fid")
