@@ -1,7 +1,9 @@
 import os
 
-import pytest
-import torch
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")  # as pipelines/__init__.py: bitwise-reproducible CPU results
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
