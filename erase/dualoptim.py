@@ -88,12 +88,21 @@ def _average_gradients(params) -> None:
         offset += p.numel()
 
 
+def _finite_everywhere(loss: torch.Tensor) -> bool:
+    """Whether the loss is finite on every process (so that all of them stop together, none left in an all-reduce)."""
+    finite = torch.isfinite(loss.detach()).float()
+    if world()[1] > 1:
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    return bool(finite.item())
+
+
 def _update(params, masks, loss, optimizer, clip, keep_masked, what):
     """One optimizer step on `loss`: backward, average over processes, mask the gradients, clip, step.
 
     Returns the (masked) gradient norm."""
-    if not torch.isfinite(loss):
-        raise DivergenceError(f"{what}: loss is {loss.item()}")
+    if not _finite_everywhere(loss):
+        raise DivergenceError(f"{what}: loss is {loss.item()}" if not torch.isfinite(loss) else
+                              f"{what}: loss is not finite on another process")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if world()[1] > 1:

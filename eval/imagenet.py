@@ -2,7 +2,9 @@
 against a folder of real images of the retained classes, its statistics cached by name."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import timm
 import torch
 import torch.nn.functional as F
 import torch_fidelity
+import torch_fidelity.registry
 
 from eval.fid import ImageTensors
 
@@ -54,6 +57,19 @@ class ImageNetScorer:
         if extractor_weights is not None and not Path(extractor_weights).is_file():
             raise EvalError(f"eval.fid_weights {extractor_weights} does not exist: give torch-fidelity's Inception "
                             "weights file (pt_inception-2015-12-05-6726825d.pth) or null to download it")
+        try:  # fail now, not after hours of sampling
+            registry = torch_fidelity.registry.FEATURE_EXTRACTORS_REGISTRY
+            if extractor not in registry:
+                raise EvalError(f"eval.fid_extractor {extractor!r} is not a torch-fidelity feature extractor "
+                                f"(registered: {', '.join(sorted(registry))})")
+            with contextlib.redirect_stderr(io.StringIO()):  # torch.hub's download notice
+                registry[extractor](extractor, [registry[extractor].get_default_feature_layer_for_metric("fid")],
+                                    feature_extractor_weights_path=extractor_weights)
+        except EvalError:
+            raise
+        except Exception as e:
+            raise EvalError(f"cannot load the {extractor} weights ({type(e).__name__}): without network set "
+                            "eval.fid_weights to a local copy of pt_inception-2015-12-05-6726825d.pth") from None
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, batch_size: int = 100) -> torch.Tensor:
@@ -68,20 +84,15 @@ class ImageNetScorer:
         return torch.cat(preds)
 
     def fid(self, samples: torch.Tensor, forget_class: int) -> float:
-        """FID between uint8 samples and the reference folder; the folder's statistics are cached under its name."""
+        """FID between uint8 samples and the reference folder; the folder's statistics are cached under a name made
+        from its manifest (which records when it was built, so a rebuilt folder gets new statistics)."""
         key = hashlib.sha256(json.dumps(self.manifest, sort_keys=True).encode()).hexdigest()[:12]
-        try:
-            metrics = torch_fidelity.calculate_metrics(
-                input1=ImageTensors(samples), input2=str(self.reference), samples_find_deep=True,
-                input2_cache_name=f"dualerase-ref-{self.reference.name}-{key}-{self.extractor}", fid=True,
-                cuda=torch.cuda.is_available(), verbose=False, batch_size=100, save_cpu_ram=True,
-                feature_extractor=self.extractor,
-                feature_extractor_weights_path=self.extractor_weights, cache_root=str(self.cache_root))
-        except Exception as e:
-            if self.extractor_weights is None:
-                raise EvalError(f"FID failed ({type(e).__name__}); if the Inception weights could not be downloaded, "
-                                "set eval.fid_weights to a local copy of pt_inception-2015-12-05-6726825d.pth") from e
-            raise
+        metrics = torch_fidelity.calculate_metrics(
+            input1=ImageTensors(samples), input2=str(self.reference), samples_find_deep=True,
+            input2_cache_name=f"dualerase-ref-{self.reference.name}-{key}-{self.extractor}", fid=True,
+            cuda=torch.cuda.is_available(), verbose=False, batch_size=100, save_cpu_ram=True,
+            feature_extractor=self.extractor, feature_extractor_weights_path=self.extractor_weights,
+            cache_root=str(self.cache_root))
         return float(metrics[torch_fidelity.KEY_METRIC_FID])
 
     def describe(self, forget_class: int) -> dict:

@@ -3,10 +3,22 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw
+
+
+def replace_folder(tmp: Path, folder: Path) -> None:
+    """Swap a finished temporary folder in for `folder`: the old one is renamed aside before the new one is renamed
+    in, so `folder` is always either the old or the new complete version (or briefly absent), never half-written."""
+    old = folder.with_name(f".{folder.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -10,6 +10,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from eval.report import replace_folder
+
 PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -36,8 +38,7 @@ def save_checkpoint(output: Path, step: int, model: torch.nn.Module, optimizers,
                 "step": step, "rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}, tmp / "state.pt")
     (tmp / "done").write_text(str(step))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    replace_folder(tmp, final)
     for old in checkpoints(output)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -46,7 +47,7 @@ def save_checkpoint(output: Path, step: int, model: torch.nn.Module, optimizers,
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizers) -> int:
     """Restore weights, optimizer states and RNG from `path`; returns the number of outer steps finished."""
     model.load_state_dict(load_file(str(path / "model.safetensors")))
-    state = torch.load(path / "state.pt", weights_only=False)
+    state = torch.load(path / "state.pt", weights_only=False, map_location="cpu")  # states follow their params
     forget, retain = optimizers
     forget.load_state_dict(state["forget"])
     if retain is not forget:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 
 from timm.data import ImageNetInfo
@@ -48,19 +49,23 @@ def resolve_class(text: str, classes: Classes) -> int:
     """The class index named by `text`: an index, an ImageNet synset, or a name or synonym (any case)."""
     n = len(classes)
     key = text.strip().lower()
-    if key.lstrip("-").isdigit():
+    if re.fullmatch(r"-?[0-9]+", key):
         c = int(key)
         if 0 <= c < n:
             return c
         raise UsageError(f"class {c} is out of range: this model has classes 0..{n - 1}")
     if classes.synsets and key in (s.lower() for s in classes.synsets):
         return [s.lower() for s in classes.synsets].index(key)
-    synonyms = {}
+    synonyms: dict[str, list[int]] = {}
     for c, name in enumerate(classes.names):
-        for word in [name, *name.split(",")]:
-            synonyms.setdefault(word.strip().lower(), c)
+        for word in {name.strip().lower(), *(w.strip().lower() for w in name.split(","))}:
+            synonyms.setdefault(word, []).append(c)
     if key in synonyms:
-        return synonyms[key]
+        found = synonyms[key]
+        if len(found) > 1:  # ImageNet has a few: "crane" is a bird (134) and a machine (517)
+            options = ", ".join(f"{c} ({classes.names[c]})" for c in found)
+            raise UsageError(f"class name {text!r} is ambiguous: {options}; give the index or synset")
+        return found[0]
     if classes.synsets and key.startswith("n") and key[1:].isdigit():
         raise UsageError(f"unknown synset {text!r}: this model's classes are ImageNet's 1000 (e.g. n02099601)")
     close = difflib.get_close_matches(key, list(synonyms), n=3, cutoff=0.6)

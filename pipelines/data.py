@@ -111,7 +111,7 @@ def encode(images: torch.Tensor, vae, seed: int, batch_size: int = 32, progress:
         for i in tqdm(range(0, len(view), batch_size), desc=f"encode {what}", disable=not progress):
             x = view[i:i + batch_size].to(vae.device, vae.dtype)
             out.append((vae.encode(x).latent_dist.sample(gen) * vae.config.scaling_factor).float().cpu())
-    return torch.cat(out)
+    return torch.cat(out).contiguous()  # the VAE may return channels-last: store what a cache read gives back
 
 
 def with_flips(images: torch.Tensor) -> torch.Tensor:

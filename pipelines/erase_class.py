@@ -23,7 +23,8 @@ from erase import DivergenceError, make_optimizers, unlearn
 from erase.dualoptim import batches_per_step
 from erase.saliency import mask_fraction
 from erase.methods import METHODS, make_method
-from eval.report import atomic_write_json, atomic_write_text, sample_grid, save_image, summary
+from eval.imagenet import EvalError
+from eval.report import atomic_write_json, atomic_write_text, replace_folder, sample_grid, save_image, summary
 from pipelines.checkpoint import PartialSums, latest_checkpoint, load_checkpoint, save_checkpoint
 from pipelines.classes import Classes, for_model, resolve_class
 from pipelines.config import CommandParser, Config, ConfigError, UsageError, load_config, to_dict
@@ -84,6 +85,7 @@ def protocol(cfg: Config, w: Workload, forget_class: int) -> dict:
         "sampler": "DDPM (diffusers DDPMScheduler, learned variance)",
         "steps": cfg.sample.steps,
         "guidance": cfg.sample.guidance,
+        "precision": "bf16 autocast" if cfg.compute.mixed_precision == "bf16" else "float32",
         "forget_samples": cfg.eval.forget_samples,
         "retain_samples": len(retain_labels(w, cfg, forget_class)),
         "retain_labels": f"{cfg.eval.retain_samples_per_class} per retained class" if cfg.eval.retain_samples is None
@@ -127,14 +129,16 @@ def evaluate(model, w: Workload, cfg: Config, forget_class: int, progress: bool 
     }
 
 
-def evaluate_base(w: Workload, cfg: Config, forget_class: int, progress: bool = True) -> dict:
-    """The base model's scores, cached by model, protocol, seed and class: they do not change between erasures."""
+def evaluate_base(w: Workload, cfg: Config, forget_class: int, progress: bool = True,
+                  job: Path | None = None) -> dict:
+    """The base model's scores, cached by model, protocol, seed and class: they do not change between erasures.
+    Samples in progress are kept per `job` (the output folder), so that concurrent jobs never share a folder."""
     key = fingerprint({"model": w.model_id, "protocol": protocol(cfg, w, forget_class), "class": forget_class,
                        "sample": dataclasses.asdict(cfg.sample), "eval": dataclasses.asdict(cfg.eval),
                        "scored_at": "uint8"})
     path = cache_root() / "evals" / f"{key}.json"
     if not path.exists():
-        samples = path.with_suffix("")
+        samples = path.with_name(f"{key}-{fingerprint(str((job or Path()).resolve()))}")
         scores = evaluate(w.model, w, cfg, forget_class, progress, desc="before", cache_dir=samples)
         if processes().is_main_process:
             atomic_write_json(path, scores)
@@ -168,7 +172,7 @@ def real_data(w: Workload, cfg: Config, forget_class: int, progress: bool = True
 def method_data(method, w: Workload, cfg: Config, forget_class: int, progress: bool = True,
                 cache_dir: Path | None = None, real=None):
     """(forget images, forget labels, retain images, retain labels) as the method is fed (see `Method`)."""
-    xf, yf, xr, yr = real if real is not None else real_data(w, cfg, forget_class, progress)
+    xf, yf, xr, yr, _ = real if real is not None else real_data(w, cfg, forget_class, progress)
     if method.forget_data == "surrogate":  # SA: uniform-noise images in [-1, 1] (VAE-encoded for a latent model)
         gen = torch.Generator().manual_seed(cfg.seed + 5)
         if w.vae is None:
@@ -202,13 +206,14 @@ def erase(w: Workload, cfg: Config, forget_class: int, output: Path, *, resume: 
         model.enable_gradient_checkpointing()
     method = make_method(cfg.method, DiTLoss(make_scheduler()), forget_class=forget_class, num_classes=w.num_classes)
     t0 = time.perf_counter()
+    real = real if real is not None else real_data(w, cfg, forget_class, progress)
     xf, yf, xr, yr = method_data(method, w, cfg, forget_class, progress, cache_dir=output / "replay", real=real)
     prepared = output / "prepared.safetensors"
     # The method's preparation depends on the model, class, data, method config and seed only: it is cached (Fisher
     # diagonals and mask, safetensors) and linked into every run that needs the same, e.g. both optimizer modes.
-    key = fingerprint({"model": w.model_id, "class": forget_class, "seed": cfg.seed,
+    key = fingerprint({"model": w.model_id, "data": real.key, "class": forget_class, "seed": cfg.seed,
                        "precision": cfg.compute.mixed_precision,
-                       **{k: dataclasses.asdict(getattr(cfg, k)) for k in ("method", "data", "sample")}})
+                       **{k: dataclasses.asdict(getattr(cfg, k)) for k in ("method", "sample")}})
     shared = cache_root() / "prepared" / f"{key}.safetensors"
     if main and not prepared.exists() and shared.exists():
         link(shared, prepared)
@@ -226,8 +231,9 @@ def erase(w: Workload, cfg: Config, forget_class: int, output: Path, *, resume: 
             tensors = {f"mask.{k}": v.to(torch.uint8).cpu() for k, v in (mask or {}).items()}
             tensors.update({f"state.{k}": v.contiguous().cpu() for k, v in method.state().items()})
             shared.parent.mkdir(parents=True, exist_ok=True)
-            save_file(tensors, str(shared.with_name(f".{shared.name}.tmp")))
-            os.replace(shared.with_name(f".{shared.name}.tmp"), shared)
+            tmp = shared.with_name(f".{shared.name}.{os.getpid()}.tmp")  # concurrent runs may write the same entry
+            save_file(tensors, str(tmp))
+            os.replace(tmp, shared)
             link(shared, prepared)
         state.wait_for_everyone()
         shutil.rmtree(partial.folder, ignore_errors=True)
@@ -294,8 +300,7 @@ def save_model(model, w: Workload, folder: Path) -> None:
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+    replace_folder(tmp, folder)
 
 
 def check_processes(cfg: Config) -> None:
@@ -369,8 +374,9 @@ def run(cfg: Config, class_arg: str, output: Path, *, overwrite: bool = False, r
     w = prepare(cfg, progress)
     real = real_data(w, cfg, forget_class, progress)  # bad data fails here, before any output is touched
     t_prepared = time.perf_counter()
-    before = evaluate_base(w, cfg, forget_class, progress)
+    before = evaluate_base(w, cfg, forget_class, progress, job=output)
     t_before = time.perf_counter()
+    state.wait_for_everyone()  # every process has checked the folder before the main one writes to it
     if main:
         if overwrite and output.exists():
             shutil.rmtree(output)
@@ -456,17 +462,24 @@ def run_trials(cfg: Config, class_arg: str, output: Path, trials: int = 1, *, ov
     """K runs with seeds seed, seed+1, ..., each in `output/trial-s<seed>`; `output/metrics.json` aggregates them."""
     if trials == 1:
         return run(cfg, class_arg, output, overwrite=overwrite, resume=resume, progress=progress)
+    state = processes()
     resolve_class(class_arg, classes_of(cfg))
+    check_processes(cfg)
     if check_output(output, cfg, overwrite, resume):
         return json.loads((output / "metrics.json").read_text())
-    if overwrite and output.exists():
-        shutil.rmtree(output)
-    output.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(output / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    state.wait_for_everyone()  # every process has checked the folder before the main one writes to it
+    if state.is_main_process:
+        if overwrite and output.exists():
+            shutil.rmtree(output)
+        output.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(output / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    state.wait_for_everyone()
     runs = [run(dataclasses.replace(cfg, seed=seed), class_arg, output / f"trial-s{seed}", resume="latest",
                 progress=progress) for seed in range(cfg.seed, cfg.seed + trials)]
     metrics = aggregate_trials(runs)
-    atomic_write_json(output / "metrics.json", metrics)
+    if state.is_main_process:
+        atomic_write_json(output / "metrics.json", metrics)
+    state.wait_for_everyone()
     return metrics
 
 
@@ -524,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError("--overwrite and --resume contradict each other: pass one")
         metrics = run_trials(cfg, args.forget_class, output, args.trials, overwrite=args.overwrite,
                              resume=args.resume, progress=not args.quiet)
-    except (ConfigError, UsageError) as e:
+    except (ConfigError, UsageError, EvalError) as e:
         print(f"erase-class: error: {e}", file=sys.stderr)
         return 2
     except DivergenceError as e:

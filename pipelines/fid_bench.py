@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from configs import PRESETS_DIR
+from eval.imagenet import EvalError
 from eval.plots import plot_curves
 from eval.report import atomic_write_json, atomic_write_text, protocol_line
 from erase import DivergenceError
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             except DivergenceError as e:  # a result too: the cell is reported, the benchmark goes on
                 atomic_write_text(out / "diverged.txt", str(e))
                 diverged.append(f"{method} / {optimizer} / class {cls} / seed {seed}: {e}")
-    except (ConfigError, UsageError) as e:
+    except (ConfigError, UsageError, EvalError) as e:
         print(f"fid-bench: error: {e}", file=sys.stderr)
         return 2
     if not cells:

@@ -5,11 +5,13 @@ import json
 import random
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from PIL import Image
 from tqdm.auto import tqdm
 
+from eval.report import replace_folder
 from pipelines.classes import Classes, imagenet, resolve_class
 from pipelines.config import CommandParser, UsageError
 from pipelines.data import center_crop, scan
@@ -48,11 +50,10 @@ def build(data: Path, output: Path, *, count: int, exclude: list[int], size: int
         target.parent.mkdir(parents=True, exist_ok=True)
         image.save(target)
         written += 1
-    manifest = {"data": str(data), "count": written, "classes": len({c for c, _ in chosen}), "excluded": exclude,
+    manifest = {"data": str(data.resolve()), "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "count": written, "classes": len({c for c, _ in chosen}), "excluded": exclude,
                 "size": size, "seed": seed, "preprocessing": "DiT center crop (box halving, bicubic, central square)"}
     (tmp / "reference.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    shutil.rmtree(output, ignore_errors=True)
-    tmp.rename(output)
+    replace_folder(tmp, output)
     return manifest
 
 

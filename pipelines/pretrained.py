@@ -11,6 +11,8 @@ from diffusers import AutoencoderKL, DDPMScheduler, DiTPipeline
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HFValidationError
 
+from eval.report import replace_folder
+
 from pipelines.config import UsageError
 from pipelines.dit import DiTTransformer2DModel, disable_builtin_label_dropout
 
@@ -122,8 +124,7 @@ def save_pipeline(folder: Path, transformer, vae, scheduler_config: dict | None,
     index = json.loads((tmp / "model_index.json").read_text())
     index["id2label"] = {str(k): v for k, v in sorted(id2label.items())}
     (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+    replace_folder(tmp, folder)
 
 
 def load_model(folder: Path) -> DiTTransformer2DModel:

@@ -1,9 +1,10 @@
 """What an erasure works on: the base model, its real images per class, and the scorer of its samples."""
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from accelerate import PartialState
@@ -20,10 +21,20 @@ from pipelines.dit import num_classes
 from pipelines.pretrained import Pretrained, load_pretrained
 
 
+class RealData(NamedTuple):
+    """Real forget and retain images (in the model's input space) with labels; `key` identifies exactly this data."""
+
+    forget_x: torch.Tensor
+    forget_y: torch.Tensor
+    retain_x: torch.Tensor
+    retain_y: torch.Tensor
+    key: str
+
+
 @dataclass
 class Workload:
-    """A base model with its classes, real data and scorer. `real_data(forget_class, cfg, progress)` gives (forget
-    images, labels, retain images, labels) in the model's input space (latents for a latent model)."""
+    """A base model with its classes, real data and scorer. `real_data(forget_class, cfg, progress)` gives the
+    `RealData` of that class (latents for a latent model)."""
 
     model: torch.nn.Module
     model_id: str
@@ -45,7 +56,8 @@ class Workload:
 def processes() -> PartialState:
     """This process's place in the launch (accelerate launch / torchrun; one process without): rank, device, barriers.
     On machines without CUDA several processes talk over gloo."""
-    return PartialState(cpu=not torch.cuda.is_available())
+    # Other processes wait at barriers while the main one encodes the latent cache or computes FID: allow hours.
+    return PartialState(cpu=not torch.cuda.is_available(), timeout=datetime.timedelta(hours=3))
 
 
 DIGITS = Classes(names=[f"digit {c}" for c in range(NUM_CLASSES)])
@@ -71,7 +83,7 @@ def prepare_digits(cfg: Config, progress: bool = True) -> Workload:
 
     def real_data(forget_class, cfg, progress=True):
         is_forget = y == forget_class
-        return x[is_forget], y[is_forget], x[~is_forget], y[~is_forget]
+        return RealData(x[is_forget], y[is_forget], x[~is_forget], y[~is_forget], key="sklearn digits")
 
     return Workload(model=load_digits_dit(cfg.digits), model_id=f"digits/{folder.name}", classes=DIGITS,
                     scorer=DigitsScorer(load_classifier(clf_path), clf_path, clf_acc, x, y), real_data=real_data)
@@ -101,6 +113,9 @@ def prepare_diffusers(cfg: Config, progress: bool = True) -> Workload:
     except EvalError as e:
         raise UsageError(str(e)) from None
     transformer, vae = pre.transformer, pre.vae
+    weights = sorted((str(f.relative_to(pre.root)), f.stat().st_size, f.stat().st_mtime_ns)
+                     for f in pre.root.rglob("*") if f.is_file())
+    model_id = f"{cfg.model.path}#{fingerprint(weights)}"  # a re-saved model at the same path gets a new id
     channels = 3 if vae is not None else transformer.config.in_channels
 
     def load(files: list[Path], what: str, progress: bool) -> tuple[torch.Tensor, list[int]]:
@@ -112,21 +127,23 @@ def prepare_diffusers(cfg: Config, progress: bool = True) -> Workload:
     def real_data(forget_class, cfg, progress=True):
         forget = forget_files(files, forget_class, cfg.data.forget_images, classes, root)
         retain = retain_files(files, forget_class, cfg.data.retain_images, cfg.seed)
-        key = {"model": str(pre.root), "size": pre.image_size, "seed": cfg.seed}
+        # Keyed by the model's weights, the seed, and every file used with its size and time: changed files re-encode.
+        key = {"model": model_id, "size": pre.image_size, "seed": cfg.seed}
         where = cache_root() / "latents" if cfg.data.latent_cache and vae is not None else None
+        stamp = lambda paths: [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]  # noqa: E731
+        forget_key = fingerprint({**key, "files": stamp(forget)})
+        retain_key = fingerprint({**key, "files": stamp(p for _, p in retain)})
 
         def make(paths, labels, what):
             x, kept = load(paths, what, progress)
             y = torch.tensor([labels[i] for i in kept], dtype=torch.long)
             return {"x": x, "y": y.repeat(2)}  # the images, then their mirror images
 
-        f = cached(where and where / f"{fingerprint({**key, 'files': [str(p) for p in forget]})}.safetensors",
+        f = cached(where and where / f"{forget_key}.safetensors",
                    lambda: make(forget, [forget_class] * len(forget), "forget set"))
-        r = cached(where and where / f"{fingerprint({**key, 'files': [str(p) for _, p in retain]})}.safetensors",
+        r = cached(where and where / f"{retain_key}.safetensors",
                    lambda: make([p for _, p in retain], [c for c, _ in retain], "retain set"))
-        return f["x"], f["y"], r["x"], r["y"]
+        return RealData(f["x"], f["y"], r["x"], r["y"], key=f"{forget_key}-{retain_key}")
 
-    weights = sorted((str(f.relative_to(pre.root)), f.stat().st_size, f.stat().st_mtime_ns)
-                     for f in pre.root.rglob("*") if f.is_file())
-    return Workload(model=transformer, model_id=f"{cfg.model.path}#{fingerprint(weights)}", classes=classes,
-                    scorer=scorer, real_data=real_data, vae=vae, pretrained=pre)
+    return Workload(model=transformer, model_id=model_id, classes=classes, scorer=scorer, real_data=real_data,
+                    vae=vae, pretrained=pre)

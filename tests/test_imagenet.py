@@ -58,6 +58,11 @@ def test_classes_resolve_by_id_synset_and_name():
         resolve_class("1000", classes)
     with pytest.raises(UsageError, match="unknown synset"):
         resolve_class("n99999999", classes)
+    with pytest.raises(UsageError, match=r"ambiguous: 134 \(crane\), 517 \(crane\)"):
+        resolve_class("crane", classes)  # a bird and a machine: never guess
+    for odd in ("¹", "--3", "٣"):  # digits that int() refuses or reads differently
+        with pytest.raises(UsageError, match="unknown class"):
+            resolve_class(odd, classes)
 
 
 def test_erase_class_end_to_end_and_pipeline_output(world, tmp_path):
@@ -141,6 +146,9 @@ BAD = [
     (lambda w, b: ["--set", "eval.fid_reference=/nonexistent"], "is not a reference folder"),
     (lambda w, b: ["--set", "eval.fa_classifier=resnet35"], "is not a timm model name"),
     (lambda w, b: ["--set", "eval.fa_weights=/nonexistent.safetensors"], "does not exist"),
+    (lambda w, b: ["--set", "eval.fid_weights=/nonexistent.pth"], "does not exist"),
+    (lambda w, b: ["--set", "eval.fid_weights=null"], "eval.fid_weights to a local copy"),  # no network here
+    (lambda w, b: ["--set", "eval.fid_extractor=inception-v4"], "is not a torch-fidelity feature extractor"),
 ]
 
 
