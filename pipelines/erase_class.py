@@ -543,9 +543,10 @@ def main(argv: list[str] | None = None) -> int:
     except DivergenceError as e:
         print(f"erase-class: error: {e}", file=sys.stderr)
         return 1
-    print(summary(metrics))
-    where = "trial-s*/: " if args.trials > 1 else ""
-    print(f"wrote {output}/: metrics.json, {where}model/, grid.png, config.yaml, log.jsonl")
+    if processes().is_main_process:
+        print(summary(metrics))
+        where = "trial-s*/: " if args.trials > 1 else ""
+        print(f"wrote {output}/: metrics.json, {where}model/, grid.png, config.yaml, log.jsonl")
     return 0
 
 
