@@ -255,3 +255,20 @@ def test_sigkill_during_erasure_then_resume_latest_matches_uninterrupted(world, 
     a, b = (load_file(str(o / "model" / "transformer" / "diffusion_pytorch_model.safetensors")) for o in (reference, out))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == list(range(120))
+
+
+def test_a_hub_style_transformer2dmodel_folder_loads_as_the_same_dit(tmp_path):
+    from diffusers import Transformer2DModel
+
+    from pipelines.pretrained import load_model
+
+    torch.manual_seed(0)  # the hub's DiT folders were saved as Transformer2DModel with ada_norm_zero
+    legacy = Transformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
+                                num_layers=2, sample_size=8, patch_size=2, num_embeds_ada_norm=1000,
+                                norm_type="ada_norm_zero", norm_elementwise_affine=False)
+    legacy.save_pretrained(tmp_path / "transformer")
+    dit = load_model(tmp_path)
+    x, t, y = torch.randn(2, 4, 8, 8), torch.tensor([5, 700]), torch.tensor([3, 207])
+    with torch.no_grad():
+        assert torch.allclose(dit(x, t, class_labels=y).sample, legacy(x, timestep=t, class_labels=y).sample,
+                              atol=1e-5)
