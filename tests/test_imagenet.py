@@ -272,3 +272,10 @@ def test_a_hub_style_transformer2dmodel_folder_loads_as_the_same_dit(tmp_path):
     with torch.no_grad():
         assert torch.allclose(dit(x, t, class_labels=y).sample, legacy(x, timestep=t, class_labels=y).sample,
                               atol=1e-5)
+
+
+def test_the_table2_benchmark_spec_names_the_papers_classes():
+    spec = fid_bench.read_spec("imagenet")
+    names = [IMAGENET.short(resolve_class(c, IMAGENET)) for c in spec["classes"]]
+    assert names == ["sulphur-crested cockatoo", "golden retriever", "white wolf", "Arctic fox", "otter"]
+    assert spec["config"] == "imagenet" and set(spec["optimizers"]) == {"shared", "dual"}
