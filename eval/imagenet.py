@@ -85,8 +85,10 @@ class ImageNetScorer:
 
     def fid(self, samples: torch.Tensor, forget_class: int) -> float:
         """FID between uint8 samples and the reference folder; the folder's statistics are cached under a name made
-        from its manifest (which records when it was built, so a rebuilt folder gets new statistics)."""
-        key = hashlib.sha256(json.dumps(self.manifest, sort_keys=True).encode()).hexdigest()[:12]
+        from its manifest (which records when it was built, so a rebuilt folder gets new statistics) and the
+        extractor's weights."""
+        ident = {"manifest": self.manifest, "weights": str(self.extractor_weights)}  # other weights, other features
+        key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
         metrics = torch_fidelity.calculate_metrics(
             input1=ImageTensors(samples), input2=str(self.reference), samples_find_deep=True,
             input2_cache_name=f"dualerase-ref-{self.reference.name}-{key}-{self.extractor}", fid=True,
