@@ -6,6 +6,8 @@ FIDs; every report names the extractor.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch_fidelity
 from torch.utils.data import Dataset
@@ -82,6 +84,11 @@ class DigitsScorer:
     def __init__(self, classifier, weights_path, accuracy: float, images: torch.Tensor, labels: torch.Tensor):
         self.classifier, self.weights_path, self.accuracy = classifier, weights_path, accuracy
         self.images, self.labels = images, labels
+
+    @property
+    def key(self) -> str:
+        """Identifies the classifier (and so the feature extractor) the scores depend on."""
+        return Path(self.weights_path).name
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         return predict(self.classifier, images)

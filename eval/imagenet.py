@@ -43,8 +43,8 @@ class ImageNetScorer:
     FID of samples against the reference folder with torch-fidelity's feature extractor."""
 
     def __init__(self, classifier: torch.nn.Module, *, size: int, reference: Path, extractor: str,
-                 extractor_weights: str | None, cache_root: Path, name: str):
-        self.classifier, self.size, self.name = classifier, size, name
+                 extractor_weights: str | None, cache_root: Path, name: str, classifier_weights: str | None = None):
+        self.classifier, self.size, self.name, self.classifier_weights = classifier, size, name, classifier_weights
         cfg = classifier.pretrained_cfg
         self.mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1)
         self.std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1)
@@ -68,6 +68,10 @@ class ImageNetScorer:
         except EvalError:
             raise
         except Exception as e:
+            if extractor_weights is not None:
+                raise EvalError(f"eval.fid_weights {extractor_weights} cannot be loaded as {extractor} weights "
+                                f"({type(e).__name__}): give an intact copy of "
+                                "pt_inception-2015-12-05-6726825d.pth") from None
             raise EvalError(f"cannot load the {extractor} weights ({type(e).__name__}): without network set "
                             "eval.fid_weights to a local copy of pt_inception-2015-12-05-6726825d.pth") from None
 
@@ -82,6 +86,13 @@ class ImageNetScorer:
             x = ((x + 1) / 2 - self.mean) / self.std
             preds.append(self.classifier(x.to(device)).argmax(1).cpu())
         return torch.cat(preds)
+
+    @property
+    def key(self) -> str:
+        """Identifies everything the scores depend on besides the samples: reference build, extractor, classifier."""
+        ident = {"manifest": self.manifest, "weights": str(self.extractor_weights), "extractor": self.extractor,
+                 "classifier": self.name, "classifier_weights": self.classifier_weights, "size": self.size}
+        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
 
     def fid(self, samples: torch.Tensor, forget_class: int) -> float:
         """FID between uint8 samples and the reference folder; the folder's statistics are cached under a name made

@@ -82,7 +82,8 @@ def save_image(image: Image.Image, path: Path) -> None:
 
 def protocol_line(p: dict) -> str:
     """The protocol of a set of numbers, in one line."""
-    return (f"{p['sampler']}, {p['steps']} steps, guidance {p['guidance']}, {p['forget_samples']} forget / "
+    precision = f", {p['precision']}" if "precision" in p else ""
+    return (f"{p['sampler']}, {p['steps']} steps, guidance {p['guidance']}{precision}, {p['forget_samples']} forget / "
             f"{p['retain_samples']} retain samples, FID reference {p['reference']}, features {p['feature_extractor']}, "
             f"classifier {p['classifier']}, seed {p['seed']}")
 

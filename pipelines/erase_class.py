@@ -135,9 +135,9 @@ def evaluate_base(w: Workload, cfg: Config, forget_class: int, progress: bool = 
     Samples in progress are kept per `job` (the output folder), so that concurrent jobs never share a folder."""
     key = fingerprint({"model": w.model_id, "protocol": protocol(cfg, w, forget_class), "class": forget_class,
                        "sample": dataclasses.asdict(cfg.sample), "eval": dataclasses.asdict(cfg.eval),
-                       "scored_at": "uint8"})
+                       "scorer": w.scorer.key, "scored_at": "uint8"})
     path = cache_root() / "evals" / f"{key}.json"
-    if not path.exists():
+    if not main_decides(path.exists()):
         samples = path.with_name(f"{key}-{fingerprint(str((job or Path()).resolve()))}")
         scores = evaluate(w.model, w, cfg, forget_class, progress, desc="before", cache_dir=samples)
         if processes().is_main_process:
@@ -145,6 +145,15 @@ def evaluate_base(w: Workload, cfg: Config, forget_class: int, progress: bool = 
             shutil.rmtree(samples, ignore_errors=True)
         processes().wait_for_everyone()
     return json.loads(path.read_text())
+
+
+def main_decides(value):
+    """The main process's value on every process (so that all take the same branch, and meet at the same barriers)."""
+    if processes().num_processes == 1:
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def grid_classes(w: Workload, cfg: Config, forget_class: int) -> list[int]:

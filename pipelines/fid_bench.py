@@ -19,6 +19,7 @@ from erase import DivergenceError
 from pipelines.config import CommandParser, ConfigError, UsageError, load_config, to_dict
 from pipelines.classes import resolve_class
 from pipelines.erase_class import SCORES, classes_of, run
+from pipelines.workload import processes
 
 SPEC_KEYS = {"config": "digits", "methods": ["sfron"], "optimizers": ["dual", "shared"], "classes": ["3"],
              "seeds": [0], "set": []}
@@ -122,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="config override for every cell (after the spec's)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     cells, logs, diverged = [], {}, []
+    main = processes().is_main_process
     try:
         args = parser.parse_args(argv)
         spec = read_spec(args.spec)
@@ -148,12 +150,14 @@ def main(argv: list[str] | None = None) -> int:
             if (out / "diverged.txt").exists():
                 diverged.append(f"{method} / {optimizer} / class {cls} / seed {seed}: {(out / 'diverged.txt').read_text()}")
                 continue
-            print(f"fid-bench: cell {i + 1}/{len(grid)}: {method} / {optimizer} / class {cls} / seed {seed}",
-                  file=sys.stderr)
+            if main:
+                print(f"fid-bench: cell {i + 1}/{len(grid)}: {method} / {optimizer} / class {cls} / seed {seed}",
+                      file=sys.stderr)
             try:
                 cells.append(run(cfg, cls, out, resume="latest", progress=not args.quiet))  # a killed cell continues
             except DivergenceError as e:  # a result too: the cell is reported, the benchmark goes on
-                atomic_write_text(out / "diverged.txt", str(e))
+                if main:
+                    atomic_write_text(out / "diverged.txt", str(e))
                 diverged.append(f"{method} / {optimizer} / class {cls} / seed {seed}: {e}")
     except (ConfigError, UsageError, EvalError) as e:
         print(f"fid-bench: error: {e}", file=sys.stderr)
@@ -161,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     if not cells:
         print("fid-bench: error: every cell diverged: " + "; ".join(diverged), file=sys.stderr)
         return 1
+    if not main:  # under a multi-process launch the main process writes the tables
+        return 0
     rows = aggregate(cells)
     atomic_write_json(args.output / "results.json", {"spec": spec, "rows": rows, "cells": cells})
     buf = io.StringIO()

@@ -109,7 +109,7 @@ def prepare_diffusers(cfg: Config, progress: bool = True) -> Workload:
         scorer = ImageNetScorer(classifier.to(processes().device), size=cfg.eval.fa_size,
                                 reference=Path(cfg.eval.fid_reference).expanduser(), extractor=cfg.eval.fid_extractor,
                                 extractor_weights=cfg.eval.fid_weights, cache_root=cache_root() / "fid",
-                                name=cfg.eval.fa_classifier)
+                                name=cfg.eval.fa_classifier, classifier_weights=cfg.eval.fa_weights)
     except EvalError as e:
         raise UsageError(str(e)) from None
     transformer, vae = pre.transformer, pre.vae

@@ -279,3 +279,18 @@ def test_the_table2_benchmark_spec_names_the_papers_classes():
     names = [IMAGENET.short(resolve_class(c, IMAGENET)) for c in spec["classes"]]
     assert names == ["sulphur-crested cockatoo", "golden retriever", "white wolf", "Arctic fox", "otter"]
     assert spec["config"] == "imagenet" and set(spec["optimizers"]) == {"shared", "dual"}
+
+
+def test_a_rebuilt_reference_folder_is_never_scored_with_old_numbers(world, tmp_path):
+    ref = tmp_path / "ref"
+    evals = Path(os.environ["DUALERASE_HOME"]) / "evals"
+    scores = []
+    for seed in ("0", "1"):
+        assert fid_reference.main(["--data", str(world["data"]), "--output", str(ref), "--exclude", "207", "--count",
+                                   "9", "--seed", seed, "--overwrite", "--quiet"]) == 0
+        before = set(evals.glob("*.json")) if evals.exists() else set()
+        out = tmp_path / f"run-{seed}"
+        assert erase_class.main(args(world, out, "--set", f"eval.fid_reference={ref}")) == 0
+        assert len(set(evals.glob("*.json")) - before) == 1  # the base model was scored again, against this build
+        scores.append(json.loads((out / "metrics.json").read_text())["before"]["fid"])
+    assert scores[0] != scores[1]
