@@ -157,7 +157,8 @@ def unlearn(
     Data parallel: under torch.distributed every process feeds its own share of each batch and the gradients are
     averaged before masking and clipping, so all processes take the same step (losses in the log are process-local).
     A method whose original form is one joint step (`method.joint`, SalUn) gets, with a shared optimizer, ONE update on
-    the weighted sum of both losses per outer step. Returns one log record per outer step with both losses and the gradient norms.
+    the weighted sum of both losses per outer step. Returns one log record per outer step with both losses and the
+    gradient norms.
     """
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]

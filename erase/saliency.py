@@ -25,7 +25,7 @@ def _per_sample_sum(model, loss, samples, num_samples, transform, desc, progress
     if found is not None:
         start, saved = found
         total = {n: saved[n].to(p.device) for n, p in named}
-    next_save = start + partial.every if partial is not None else num_samples
+    next_save = start + (partial.every if partial is not None else 0)
     it = iter(samples)
     for i in tqdm(range(num_samples), desc=desc, disable=not progress or rank != 0):
         batch = next(it)  # drawn even when skipped, so the stream stays aligned
@@ -36,7 +36,7 @@ def _per_sample_sum(model, loss, samples, num_samples, transform, desc, progress
         for n, p in named:
             if p.grad is not None:
                 total[n] += transform(p.grad.detach())
-        if i + 1 >= next_save and i + 1 < num_samples:  # each process saves its own share's sums
+        if partial is not None and next_save <= i + 1 < num_samples:  # each process saves its own share's sums
             partial.save(desc, i + 1, total)
             next_save = i + 1 + partial.every
     model.zero_grad(set_to_none=True)

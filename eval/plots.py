@@ -3,7 +3,6 @@ retain gradient norms (Figure 2)."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import matplotlib
@@ -11,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from eval.report import atomic_path  # noqa: E402
 
 COLORS = {"dual": "tab:blue", "shared": "tab:orange"}
 
@@ -40,10 +41,9 @@ def _label(ax, title: str, ylabel: str) -> None:
 
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def plot_curves(logs: dict[tuple, Path], out: Path) -> None:

@@ -1,6 +1,7 @@
 """Reports: the before/after sample grid, the terminal summary, atomic file writes."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -21,11 +22,22 @@ def replace_folder(tmp: Path, folder: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def atomic_path(path: Path):
+    """A temporary name next to `path` to write to (unique per process, suffix kept for writers that read it); it is
+    renamed onto `path` when the block succeeds, so a reader never sees a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a reader never sees a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def atomic_write_json(path: Path, obj) -> None:
@@ -75,9 +87,8 @@ def sample_grid(panels: dict[str, torch.Tensor], labels: torch.Tensor, class_nam
 
 
 def save_image(image: Image.Image, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    image.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        image.save(tmp)
 
 
 def protocol_line(p: dict) -> str:

@@ -1,7 +1,6 @@
 """Erasure checkpoints: `checkpoint-<step>/` holds the weights, both optimizers and the RNG state, written atomically."""
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from pathlib import Path
@@ -10,7 +9,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from eval.report import replace_folder
+from eval.report import atomic_path, replace_folder
 
 PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
@@ -78,8 +77,5 @@ class PartialSums:
         return done, load_file(str(path))
 
     def save(self, desc: str, done: int, sums: dict[str, torch.Tensor]) -> None:
-        path = self._path(desc)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file({k: v.contiguous().cpu() for k, v in sums.items()}, str(tmp), metadata={"done": str(done)})
-        os.replace(tmp, path)
+        with atomic_path(self._path(desc)) as tmp:
+            save_file({k: v.contiguous().cpu() for k, v in sums.items()}, str(tmp), metadata={"done": str(done)})

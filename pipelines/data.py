@@ -1,7 +1,6 @@
 """ImageNet-style image folders: DiT's preprocessing, forget and retain sets, and the latent cache."""
 from __future__ import annotations
 
-import os
 import random
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from eval.report import atomic_path
 from pipelines.classes import Classes
 from pipelines.config import UsageError
 
@@ -125,8 +125,6 @@ def cached(path: Path | None, make) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     tensors = make()
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
     return tensors

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from eval.report import atomic_path
 from pipelines.dit import DiTLoss, build_dit, drop_labels, load_dit, make_scheduler
 
 NUM_CLASSES = 10
@@ -101,10 +102,9 @@ def train_digits_dit(recipe: DigitsRecipe, progress: bool = True, checkpoint: Pa
         if step % 100 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
         if checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < recipe.steps:
-            tmp = checkpoint.with_name(f".{checkpoint.name}.tmp")
-            torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                        "gen": gen.get_state(), "rng": torch.get_rng_state(), "step": step + 1}, tmp)
-            os.replace(tmp, checkpoint)
+            with atomic_path(checkpoint) as tmp:
+                torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                            "gen": gen.get_state(), "rng": torch.get_rng_state(), "step": step + 1}, tmp)
     return ema.eval()
 
 
@@ -139,9 +139,7 @@ def prepare_digits_classifier(recipe, progress: bool = True) -> tuple[Path, floa
         x, y = load_digits()
         train, test = train_test_split(y)
         net = train_classifier(x[train], y[train], recipe, progress)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        save_classifier(net, tmp, recipe, accuracy(net, x[test], y[test]))
-        tmp.rename(path)
+        with atomic_path(path) as tmp:
+            save_classifier(net, tmp, recipe, accuracy(net, x[test], y[test]))
     with safe_open(str(path), "pt") as f:
         return path, float(f.metadata()["test_accuracy"])

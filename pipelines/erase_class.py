@@ -24,16 +24,17 @@ from erase.dualoptim import batches_per_step
 from erase.saliency import mask_fraction
 from erase.methods import METHODS, make_method
 from eval.imagenet import EvalError
-from eval.report import atomic_write_json, atomic_write_text, replace_folder, sample_grid, save_image, summary
+from eval.report import (atomic_path, atomic_write_json, atomic_write_text, replace_folder, sample_grid, save_image,
+                         summary)
 from pipelines.checkpoint import PartialSums, latest_checkpoint, load_checkpoint, save_checkpoint
-from pipelines.classes import Classes, for_model, resolve_class
+from pipelines.classes import resolve_class
 from pipelines.config import CommandParser, Config, ConfigError, UsageError, load_config, to_dict
 from pipelines.data import encode
 from pipelines.digits import cache_root, fingerprint
 from pipelines.dit import DiTLoss, drop_labels, make_scheduler
-from pipelines.pretrained import dit_config, id2label, load_model, locate, save_pipeline
+from pipelines.pretrained import load_model, save_pipeline
 from pipelines.sampling import class_labels, from_uint8, sample, seeded_generator, to_uint8
-from pipelines.workload import DIGITS, Workload, prepare, processes
+from pipelines.workload import Workload, classes_of, prepare, processes
 
 
 def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, label_dropout: float = 0.0,
@@ -63,10 +64,10 @@ def autocast(cfg: Config):
 
 
 def generate(model, w: Workload, cfg: Config, labels: torch.Tensor, *, seed: int, cache_dir: Path | None,
-             desc: str, progress: bool, decode: bool = True) -> torch.Tensor:
+             desc: str, progress: bool, decode: bool = True, everywhere: bool = False) -> torch.Tensor | None:
     """Samples for `labels`, sharded across processes by batch: each process draws its batches into `cache_dir`, then
-    every process reads them all back. One process needs no cache_dir. Without `decode`, a latent model's samples stay
-    latents (kept as floats)."""
+    the main process (every process with `everywhere`) reads them all back; the others get None. One process needs no
+    cache_dir. Without `decode`, a latent model's samples stay latents (kept as floats)."""
     state = processes()
     kwargs = dict(num_steps=cfg.sample.steps, guidance=cfg.sample.guidance, seed=seed, batch_size=cfg.sample.batch_size,
                   vae=w.vae if decode else None, desc=desc, cache_dir=cache_dir, quantize=decode)
@@ -76,6 +77,8 @@ def generate(model, w: Workload, cfg: Config, labels: torch.Tensor, *, seed: int
     if state.num_processes == 1:
         return images
     state.wait_for_everyone()
+    if not (everywhere or state.is_main_process):
+        return None
     return sample(model, make_scheduler(), labels, progress=False, **kwargs)  # every batch is on disk: reads only
 
 
@@ -116,7 +119,7 @@ def evaluate(model, w: Workload, cfg: Config, forget_class: int, progress: bool 
     labels = torch.cat([fl, rl])
     images = generate(model, w, cfg, labels, seed=cfg.seed, cache_dir=cache_dir, desc=f"sample {desc}",
                       progress=progress)
-    if not processes().is_main_process:
+    if images is None:  # not the main process, which scores
         return None
     images = to_uint8(images)
     pred = w.scorer.predict(from_uint8(images))
@@ -164,12 +167,13 @@ def grid_classes(w: Workload, cfg: Config, forget_class: int) -> list[int]:
 
 
 def grid_images(model, w: Workload, cfg: Config, classes: list[int], progress: bool = True,
-                cache_dir: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """`grid_per_class` samples of each class, with the same noise for every model (so rows compare)."""
+                cache_dir: Path | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """`grid_per_class` samples of each class, with the same noise for every model (so rows compare); the images
+    only on the main process, which draws the grid."""
     labels = torch.tensor(classes).repeat_interleave(cfg.eval.grid_per_class)
     images = generate(model, w, cfg, labels, seed=cfg.seed, cache_dir=cache_dir, desc="sample grid",
                       progress=progress)
-    return to_uint8(images), labels
+    return (None if images is None else to_uint8(images)), labels
 
 
 def real_data(w: Workload, cfg: Config, forget_class: int, progress: bool = True):
@@ -193,7 +197,7 @@ def method_data(method, w: Workload, cfg: Config, forget_class: int, progress: b
     if method.retain_data == "replay":  # SA: what the original model generates for the other classes
         yr = class_labels(w.num_classes, cfg.method.replay_per_class, exclude=forget_class)
         xr = generate(w.model, w, cfg, yr, seed=cfg.seed + 6, cache_dir=cache_dir, desc="replay", progress=progress,
-                      decode=False)
+                      decode=False, everywhere=True)  # every process trains on the replay
     return xf, yf, xr, yr
 
 
@@ -239,10 +243,8 @@ def erase(w: Workload, cfg: Config, forget_class: int, output: Path, *, resume: 
         if main:
             tensors = {f"mask.{k}": v.to(torch.uint8).cpu() for k, v in (mask or {}).items()}
             tensors.update({f"state.{k}": v.contiguous().cpu() for k, v in method.state().items()})
-            shared.parent.mkdir(parents=True, exist_ok=True)
-            tmp = shared.with_name(f".{shared.name}.{os.getpid()}.tmp")  # concurrent runs may write the same entry
-            save_file(tensors, str(tmp))
-            os.replace(tmp, shared)
+            with atomic_path(shared) as tmp:
+                save_file(tensors, str(tmp))
             link(shared, prepared)
         state.wait_for_everyone()
         shutil.rmtree(partial.folder, ignore_errors=True)
@@ -291,13 +293,11 @@ def erase(w: Workload, cfg: Config, forget_class: int, output: Path, *, resume: 
 
 def link(source: Path, target: Path) -> None:
     """`target` becomes a hard link to `source` (no second copy on disk), or a copy across file systems."""
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+    with atomic_path(target) as tmp:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
 
 
 def save_model(model, w: Workload, folder: Path) -> None:
@@ -350,17 +350,6 @@ def check_output(output: Path, cfg: Config, overwrite: bool, resume: str | None)
                          "--output")
     raise UsageError(f"{output} holds an unfinished run: pass --resume latest to continue it, or --overwrite to start "
                      "over")
-
-
-def classes_of(cfg: Config) -> Classes:
-    """The base model's classes, read without loading its weights (so a bad class fails in a second)."""
-    if cfg.model.source == "digits":
-        return DIGITS
-    root = locate(cfg.model.path)
-    _, config = dit_config(root)
-    data = Path(cfg.data.path).expanduser() if cfg.data.path else None
-    folders = sorted(p.name for p in data.iterdir() if p.is_dir()) if data and data.is_dir() else None
-    return for_model(config["num_embeds_ada_norm"], id2label(root), folders)
 
 
 def run(cfg: Config, class_arg: str, output: Path, *, overwrite: bool = False, resume: str | None = None,

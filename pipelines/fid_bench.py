@@ -18,8 +18,8 @@ from eval.report import atomic_write_json, atomic_write_text, protocol_line
 from erase import DivergenceError
 from pipelines.config import CommandParser, ConfigError, UsageError, load_config, to_dict
 from pipelines.classes import resolve_class
-from pipelines.erase_class import SCORES, classes_of, run
-from pipelines.workload import processes
+from pipelines.erase_class import SCORES, run
+from pipelines.workload import classes_of, processes
 
 SPEC_KEYS = {"config": "digits", "methods": ["sfron"], "optimizers": ["dual", "shared"], "classes": ["3"],
              "seeds": [0], "set": []}

@@ -11,10 +11,9 @@ from pipelines.classes import resolve_class
 from pipelines.config import CommandParser, ConfigError, UsageError, load_config
 from pipelines.digits import load_digits_dit, prepare_digits_dit
 from pipelines.dit import make_scheduler
-from pipelines.erase_class import classes_of
 from pipelines.pretrained import load_model, load_pretrained
 from pipelines.sampling import sample, to_uint8
-from pipelines.workload import processes
+from pipelines.workload import classes_of, processes
 
 
 def load_models(specs: list[str], cfg, progress: bool):

@@ -1,13 +1,13 @@
 """Class-conditional sampling with classifier-free guidance, for any diffusers scheduler, class count and space."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from eval.report import atomic_path
 from pipelines.dit import num_classes
 
 
@@ -81,10 +81,8 @@ def sample(model, scheduler, labels: torch.Tensor, *, num_steps: int, guidance: 
             x = vae.decode(x / vae.config.scaling_factor).sample
         x = x.float().cpu()
         if stored is not None:
-            stored.parent.mkdir(parents=True, exist_ok=True)
-            tmp = stored.with_name(f".{stored.name}.tmp")
-            torch.save(to_uint8(x) if quantize else x, tmp)
-            os.replace(tmp, stored)
+            with atomic_path(stored) as tmp:
+                torch.save(to_uint8(x) if quantize else x, tmp)
             if quantize:
                 x = from_uint8(to_uint8(x))
         images.append(x)

@@ -17,8 +17,7 @@ from pipelines.config import Config, UsageError
 from pipelines.data import cached, encode, forget_files, load_images, retain_files, scan, with_flips
 from pipelines.digits import (NUM_CLASSES, cache_root, fingerprint, load_digits, load_digits_dit,
                               prepare_digits_classifier, prepare_digits_dit)
-from pipelines.dit import num_classes
-from pipelines.pretrained import Pretrained, load_pretrained
+from pipelines.pretrained import Pretrained, dit_config, id2label, load_pretrained, locate
 
 
 class RealData(NamedTuple):
@@ -63,6 +62,18 @@ def processes() -> PartialState:
 DIGITS = Classes(names=[f"digit {c}" for c in range(NUM_CLASSES)])
 
 
+def classes_of(cfg: Config) -> Classes:
+    """The base model's classes, read without loading its weights (so a bad class fails in a second)."""
+    if cfg.model.source == "digits":
+        return DIGITS
+    root = locate(cfg.model.path)
+    _, config = dit_config(root)
+    data = Path(cfg.data.path).expanduser() if cfg.data.path else None
+    folders = sorted(p.name for p in data.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+        if data and data.is_dir() else None  # as data.scan sees them
+    return for_model(config["num_embeds_ada_norm"], id2label(root), folders)
+
+
 def prepare(cfg: Config, progress: bool = True) -> Workload:
     """The workload the config names: the embedded digits default, or a diffusers DiT with its data folder."""
     state = processes()
@@ -98,8 +109,7 @@ def prepare_diffusers(cfg: Config, progress: bool = True) -> Workload:
                          "<folder>`, then pass --set eval.fid_reference=<folder>")
     pre = load_pretrained(cfg.model.path)
     root = Path(cfg.data.path).expanduser()
-    folders = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else None
-    classes = for_model(num_classes(pre.transformer), pre.id2label, folders)
+    classes = classes_of(cfg)
     files = scan(root, classes)
     try:
         classifier = load_timm_classifier(cfg.eval.fa_classifier, cfg.eval.fa_weights)
