@@ -96,10 +96,11 @@ def _finite_everywhere(loss: torch.Tensor) -> bool:
     return bool(finite.item())
 
 
-def _update(params, masks, loss, optimizer, clip, keep_masked, what):
-    """One optimizer step on `loss`: backward, average over processes, mask the gradients, clip, step.
+def _update(params, masks, loss, optimizer, clip, keep_masked, what, clip_then_mask=False):
+    """One optimizer step on `loss`: backward, average over processes, mask the gradients, clip, step (or clip, then
+    mask: `clip_then_mask`, SalUn's order).
 
-    Returns the (masked) gradient norm."""
+    Returns the gradient norm before clipping (of the masked gradient, unless `clip_then_mask`)."""
     if not _finite_everywhere(loss):
         raise DivergenceError(f"{what}: loss is {loss.item()}" if not torch.isfinite(loss) else
                               f"{what}: loss is not finite on another process")
@@ -107,11 +108,11 @@ def _update(params, masks, loss, optimizer, clip, keep_masked, what):
     loss.backward()
     if world()[1] > 1:
         _average_gradients(params)
-    if masks is not None:
-        for p, m in zip(params, masks):
-            if p.grad is not None:
-                p.grad.mul_(m)
+    if masks is not None and not clip_then_mask:
+        _mask(params, masks)
     norm = torch.nn.utils.clip_grad_norm_(params, clip if clip is not None else math.inf)
+    if masks is not None and clip_then_mask:
+        _mask(params, masks)
     if not torch.isfinite(norm):
         raise DivergenceError(f"{what}: gradient norm is {norm.item()}")
     # A separate forget optimizer has zero state at masked coordinates, so Adam moves them by exactly 0; decoupled
@@ -125,6 +126,13 @@ def _update(params, masks, loss, optimizer, clip, keep_masked, what):
     if not all(torch.isfinite(p).all() for p in params):
         raise DivergenceError(f"{what}: weights became non-finite")
     return norm.item()
+
+
+def _mask(params, masks) -> None:
+    """Zero the gradient of every masked-out coordinate."""
+    for p, m in zip(params, masks):
+        if p.grad is not None:
+            p.grad.mul_(m)
 
 
 def batches_per_step(method, cfg: EraseConfig) -> tuple[int, int]:
@@ -166,6 +174,7 @@ def unlearn(
     optim_f, optim_r = optimizers if optimizers is not None else make_optimizers(params, cfg)
     joint = optim_f is optim_r and getattr(method, "joint", False)  # see batches_per_step
     keep_masked = masks is not None and optim_f is not optim_r
+    order = getattr(method, "clip_then_mask", False)
     model.train()
     log = []
     for step in tqdm(range(start_step, cfg.outer_steps), desc="erase", disable=not progress or world()[0] != 0,
@@ -177,7 +186,7 @@ def unlearn(
             f_loss = method.forget_loss(model, next(forget_data))
             r_loss = method.retain_loss(model, next(retain_data))
             norm = _update(params, masks, w_f * f_loss + w_r * r_loss, optim_f, cfg.forget_clip, False,
-                           f"joint step at outer step {step}")
+                           f"joint step at outer step {step}", order)
             record.update(forget_loss=f_loss.item(), retain_loss=r_loss.item(), forget_grad_norm=None,
                           retain_grad_norm=None, joint_grad_norm=norm)
         else:
@@ -185,12 +194,13 @@ def unlearn(
             for _ in range(cfg.forget_steps):
                 loss = method.forget_loss(model, next(forget_data))
                 f_norm += _update(params, masks, w_f * loss, optim_f, cfg.forget_clip, keep_masked,
-                                  f"forget step at outer step {step}") / cfg.forget_steps
+                                  f"forget step at outer step {step}", order) / cfg.forget_steps
                 f_loss += loss.item() / cfg.forget_steps
             for _ in range(cfg.retain_steps):
                 loss = method.retain_loss(model, next(retain_data))
                 r_norm += _update(params, masks if cfg.mask_retain else None, w_r * loss, optim_r, cfg.retain_clip,
-                                  keep_masked and cfg.mask_retain, f"retain step at outer step {step}") / cfg.retain_steps
+                                  keep_masked and cfg.mask_retain, f"retain step at outer step {step}",
+                                  order) / cfg.retain_steps
                 r_loss += loss.item() / cfg.retain_steps
             record.update(forget_loss=f_loss, retain_loss=r_loss, forget_grad_norm=f_norm, retain_grad_norm=r_norm)
         log.append(record)

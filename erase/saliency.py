@@ -10,10 +10,13 @@ from tqdm.auto import tqdm
 from erase.dualoptim import world
 
 
-def _per_sample_sum(model, loss, samples, num_samples, transform, desc, progress, partial=None):
-    """Sum over `num_samples` single-sample batches of transform(gradient of the loss), per parameter.
+def _per_sample_sum(model, loss, samples, num_samples, transform, desc, progress, partial=None, clip=None):
+    """Sum over `num_samples` batches (single samples for a Fisher) of transform(gradient of the loss), per parameter.
 
-    Under torch.distributed each process takes every world-th sample of the same stream and the sums are added up.
+    `loss(model, batch)` is a tensor, or an iterable of tensors whose gradients add up (a loss back-propagated in
+    pieces, e.g. Selective Amnesia's sum over timesteps). With `clip`, each batch's whole gradient is first scaled
+    to norm at most `clip` (SalUn's saliency). Under torch.distributed each process takes every world-th batch of
+    the same stream and the sums are added up.
     `partial` (optional) keeps running sums: `partial.load(desc)` gives (samples done, sums) saved by an earlier,
     killed call, and `partial.save(desc, done, sums)` runs every `partial.every` samples."""
     model.eval()  # as in the public SFR-on code: no dropout while measuring
@@ -32,7 +35,11 @@ def _per_sample_sum(model, loss, samples, num_samples, transform, desc, progress
         if i < start or i % size != rank:
             continue
         model.zero_grad(set_to_none=True)
-        loss(model, batch).backward()
+        out = loss(model, batch)
+        for part in [out] if isinstance(out, torch.Tensor) else out:
+            part.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_([p for _, p in named], clip)
         for n, p in named:
             if p.grad is not None:
                 total[n] += transform(p.grad.detach())
@@ -55,10 +62,10 @@ def fisher_diagonal(model: torch.nn.Module, loss: Callable[[torch.nn.Module, obj
 
 
 def gradient_sum(model: torch.nn.Module, loss: Callable[[torch.nn.Module, object], torch.Tensor],
-                 samples: Iterable, num_samples: int, *, desc: str = "gradient", progress: bool = True,
-                 partial=None) -> dict[str, torch.Tensor]:
-    """Sum over `num_samples` single-sample batches of the gradient of the loss, per parameter (SalUn's saliency)."""
-    return _per_sample_sum(model, loss, samples, num_samples, lambda g: g, desc, progress, partial)
+                 batches: Iterable, num_batches: int, *, clip: float | None = None, desc: str = "gradient",
+                 progress: bool = True, partial=None) -> dict[str, torch.Tensor]:
+    """Sum over `num_batches` batches of the gradient of the loss, each clipped to norm `clip` (SalUn's saliency)."""
+    return _per_sample_sum(model, loss, batches, num_batches, lambda g: g, desc, progress, partial, clip)
 
 
 def top_fraction_mask(scores: dict[str, torch.Tensor], fraction: float) -> dict[str, torch.Tensor]:

@@ -66,6 +66,13 @@ def predict(net: nn.Module, images: torch.Tensor, batch_size: int = 1000) -> tor
     return torch.cat([net(images[i:i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)])
 
 
+@torch.no_grad()
+def probabilities(net: nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Softmax class probabilities of each image in [-1, 1]."""
+    net.eval()
+    return torch.cat([net(images[i:i + batch_size]).softmax(1) for i in range(0, len(images), batch_size)])
+
+
 def accuracy(net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
     """Share of images classified as their label."""
     return (predict(net, images) == labels).float().mean().item() if len(labels) else float("nan")

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import register_feature_extractor
 
-from eval.classifier import FEATURE_DIM, load_classifier, predict
+from eval.classifier import FEATURE_DIM, load_classifier, predict, probabilities
 
 DIGITS_EXTRACTOR = "digits-cnn"
 DIGITS_FEATURE = str(FEATURE_DIM)
@@ -92,6 +92,9 @@ class DigitsScorer:
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         return predict(self.classifier, images)
+
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        return probabilities(self.classifier, images)
 
     def fid(self, samples: torch.Tensor, forget_class: int) -> float:
         reference = ((self.images[self.labels != forget_class].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)

@@ -76,16 +76,20 @@ class ImageNetScorer:
                             "eval.fid_weights to a local copy of pt_inception-2015-12-05-6726825d.pth") from None
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, batch_size: int = 100) -> torch.Tensor:
-        """Predicted ImageNet class of each image in [-1, 1]."""
+    def probabilities(self, images: torch.Tensor, batch_size: int = 100) -> torch.Tensor:
+        """Softmax ImageNet class probabilities of each image in [-1, 1]."""
         device = next(self.classifier.parameters()).device
-        preds = []
+        probs = []
         for i in range(0, len(images), batch_size):
             x = F.interpolate(images[i:i + batch_size].float(), size=(self.size, self.size), mode="bilinear",
                               antialias=True, align_corners=False)
             x = ((x + 1) / 2 - self.mean) / self.std
-            preds.append(self.classifier(x.to(device)).argmax(1).cpu())
-        return torch.cat(preds)
+            probs.append(self.classifier(x.to(device)).float().softmax(1).cpu())
+        return torch.cat(probs)
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Predicted ImageNet class of each image in [-1, 1]."""
+        return self.probabilities(images).argmax(1)
 
     @property
     def key(self) -> str:

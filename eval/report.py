@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
@@ -91,6 +92,21 @@ def save_image(image: Image.Image, path: Path) -> None:
         image.save(tmp)
 
 
+def save_samples(folder: Path, sets: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Each named set of uint8 (N, C, H, W) samples with labels as `<name>/<index>.png` and as an ADM-style
+    `<name>.npz` (arr_0: uint8 NHWC images, arr_1: labels), the files reference evaluators read; written into a
+    temporary folder, then swapped in."""
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for name, (images, labels) in sets.items():
+        (tmp / name).mkdir(parents=True)
+        arr = images.permute(0, 2, 3, 1).numpy()
+        for i, image in enumerate(arr):
+            Image.fromarray(image[..., 0] if image.shape[2] == 1 else image).save(tmp / name / f"{i:06d}.png")
+        np.savez(tmp / f"{name}.npz", arr_0=arr, arr_1=labels.numpy())
+    replace_folder(tmp, folder)
+
+
 def protocol_line(p: dict) -> str:
     """The protocol of a set of numbers, in one line."""
     precision = f", {p['precision']}" if "precision" in p else ""
@@ -102,6 +118,8 @@ def protocol_line(p: dict) -> str:
 def summary(m: dict) -> str:
     """The terminal summary of one erasure."""
     rows = [("forget accuracy (lower is better)", "forget_accuracy", "{:.3f}"),
+            ("forget-class probability", "forget_probability", "{:.3f}"),
+            ("forget-class entropy (nats)", "forget_entropy", "{:.3f}"),
             ("retain accuracy", "retain_accuracy", "{:.3f}"),
             (f"FID ({m['protocol']['feature_extractor'].split(' ')[0]})", "fid", "{:.3f}")]
     t = m["timings"]

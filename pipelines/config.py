@@ -74,6 +74,7 @@ class EvalConfig:
     retain_samples: int | None = None  # instead: this many samples, labels drawn at random from the other classes
     grid_per_class: int = 8  # images per class row of grid.png
     grid_classes: int = 10  # classes shown in grid.png (the forget class first, then the lowest others)
+    save_samples: bool = True  # write the after-erasure samples as PNG folders and ADM-style .npz (samples/)
     # Diffusers models (the digits default uses its own classifier and feature extractor):
     fa_classifier: str = "resnet34.tv_in1k"  # timm ImageNet classifier of forget accuracy
     fa_weights: str | None = None  # its weights file (null: the Hugging Face cache)
@@ -106,13 +107,16 @@ CHOICES = {
     "model.source": ("digits", "diffusers"),
     "compute.mixed_precision": ("no", "bf16"),
     "sample.scheduler": ("ddpm",),
+    "method.forget_reduction": (None, "mean", "sum"),
+    "method.retain_reduction": (None, "mean", "sum"),
 }
 POSITIVE = {"erase.outer_steps", "erase.batch_size", "erase.forget_lr", "erase.retain_lr", "erase.shared_lr",
             "method.grad_samples", "method.replay_per_class", "sample.steps", "sample.batch_size", "eval.forget_samples",
             "eval.retain_samples_per_class", "eval.grid_per_class", "digits.steps", "digits.batch_size", "digits.lr",
             "digits.layers", "digits.heads", "digits.head_dim", "digits.patch_size", "classifier.epochs",
             "classifier.batch_size", "classifier.lr", "erase.forget_clip", "erase.retain_clip",
-            "eval.grid_classes", "eval.fa_size", "eval.retain_samples"}
+            "eval.grid_classes", "eval.fa_size", "eval.retain_samples", "method.saliency_batch",
+            "method.saliency_guidance", "method.fisher_timesteps", "method.fisher_chunk"}
 NON_NEGATIVE = {"seed", "data.forget_images", "data.retain_images", "erase.checkpoint_every", "erase.forget_steps", "erase.retain_steps", "erase.alpha", "method.gamma", "sample.guidance",
                 "method.replay_weight", "method.ewc_lambda",
                 "erase.forget_weight_decay", "erase.retain_weight_decay", "digits.ema_decay", "classifier.noise_augment"}
@@ -176,7 +180,7 @@ def _validate(cfg: Config) -> None:
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{key} must be a finite number, got {value!r}")
         if key in CHOICES and value not in CHOICES[key]:
-            raise ConfigError(f"{key} = {value!r} is not valid{_suggest(str(value), CHOICES[key])}")
+            raise ConfigError(f"{key} = {value!r} is not valid{_suggest(str(value), [str(c) for c in CHOICES[key]])}")
         if key in POSITIVE and value is not None and not value > 0:
             raise ConfigError(f"{key} must be > 0, got {value!r}")
         if key in NON_NEGATIVE and not value >= 0:
@@ -231,8 +235,9 @@ def _looks_numeric(text: str) -> bool:
 
 
 def load_config(name_or_path: str = "digits", overrides: list[str] = ()) -> Config:
-    """The schema defaults, updated by a preset (name or YAML path), then by the preset's `per_method` section for
-    the chosen method (a method's own published values), then by `key=value` overrides in order."""
+    """The schema defaults, updated by the chosen method's own published values (`Method.published`), then by a
+    preset (name or YAML path), then by the preset's `per_method` section for that method, then by `key=value`
+    overrides in order."""
     data = _read_preset(name_or_path)
     if not isinstance(data, dict):
         raise ConfigError(f"config {name_or_path!r} must be a YAML mapping of sections")
@@ -240,9 +245,14 @@ def load_config(name_or_path: str = "digits", overrides: list[str] = ()) -> Conf
     for name in per_method:
         if name not in METHODS:
             raise ConfigError(f"per_method names unknown method {name!r}{_suggest(name, METHODS)}")
-    cfg = Config()
-    _apply(cfg, data)
     parsed = [parse_set(item) for item in overrides]
+    chosen = Config()  # which method the preset and the command line choose
+    for item in [data, *parsed]:
+        _apply(chosen, item)
+    cfg = Config()
+    for key, value in METHODS[chosen.method.name].published.items() if chosen.method.name in METHODS else ():
+        _apply(cfg, parse_set(f"{key}={value}"))
+    _apply(cfg, data)
     for item in parsed:
         _apply(cfg, item)
     if cfg.method.name in per_method:

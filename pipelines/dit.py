@@ -72,6 +72,13 @@ def _discretized_gaussian_nll(x, mean, log_scale):
     return -torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_delta))
 
 
+def _pixels(x: torch.Tensor, reduction: str) -> int:
+    """The factor that turns a per-pixel mean into the `reduction` asked for: 1 for "mean", C*H*W for "sum"."""
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"unknown loss reduction {reduction!r}: use 'mean' or 'sum'")
+    return 1 if reduction == "mean" else x[0].numel()
+
+
 class DiTLoss:
     """DiT's training loss: epsilon MSE, plus the learned-variance VLB term (mean frozen) when the model predicts sigma.
 
@@ -112,7 +119,10 @@ class DiTLoss:
         xt = self._at(self.sqrt_ac, t, x0) * x0 + self._at(self.sqrt_1m_ac, t, x0) * noise
         return x0, labels.to(model.device), t, noise, xt
 
-    def __call__(self, model: DiTTransformer2DModel, batch, reduce: bool = True) -> torch.Tensor:
+    def __call__(self, model: DiTTransformer2DModel, batch, reduce: bool = True,
+                 reduction: str = "mean") -> torch.Tensor:
+        """DiT's loss per sample, averaged over the batch (`reduce`). `reduction` "mean": averaged over pixels, as DiT
+        trains; "sum": summed over pixels, as the DDPM code of SalUn and Selective Amnesia (a pixel-count larger)."""
         x0, labels, t, noise, xt = self._noised(model, batch)
         out = model(xt, t, class_labels=labels).sample
         channels = x0.shape[1]
@@ -120,9 +130,11 @@ class DiTLoss:
         loss = ((eps - noise) ** 2).flatten(1).mean(1)
         if out.shape[1] == 2 * channels:
             loss = loss + self._vb(eps.detach(), out[:, channels:], x0, xt, t)
+        loss = loss * _pixels(x0, reduction)
         return loss.mean() if reduce else loss
 
-    def match(self, model: DiTTransformer2DModel, batch, target_labels: torch.Tensor) -> torch.Tensor:
+    def match(self, model: DiTTransformer2DModel, batch, target_labels: torch.Tensor,
+              reduction: str = "mean") -> torch.Tensor:
         """MSE between the epsilon predicted for the batch's labels and the frozen epsilon predicted for
         `target_labels`, at the same x_t and t (SalUn's forget loss)."""
         x0, labels, t, _, xt = self._noised(model, batch)
@@ -130,7 +142,47 @@ class DiTLoss:
         with torch.no_grad():
             target = model(xt, t, class_labels=target_labels.to(model.device)).sample[:, :channels]
         pred = model(xt, t, class_labels=labels).sample[:, :channels]
-        return ((pred - target) ** 2).mean()
+        return (((pred - target) ** 2).flatten(1).mean(1) * _pixels(x0, reduction)).mean()
+
+    def guided(self, model: DiTTransformer2DModel, batch, guidance: float) -> torch.Tensor:
+        """SalUn's saliency loss: (eps - eps_guided)^2 summed over pixels, averaged over the batch, where eps_guided =
+        uncond + guidance * (cond - uncond) and timesteps are antithetic (t, then T - 1 - t for the second half)."""
+        x0, labels, t, noise, _ = self._noised(model, batch)
+        half = len(t) // 2 + 1
+        t = torch.cat([t[:half], self.num_timesteps - 1 - t[:len(t) - half]])
+        xt = self._at(self.sqrt_ac, t, x0) * x0 + self._at(self.sqrt_1m_ac, t, x0) * noise
+        channels = x0.shape[1]
+        null = torch.full_like(labels, model.config.num_embeds_ada_norm)
+        out = model(torch.cat([xt, xt]), torch.cat([t, t]), class_labels=torch.cat([labels, null])).sample
+        cond, uncond = out[:, :channels].chunk(2)
+        eps = uncond + guidance * (cond - uncond)
+        return ((eps - noise) ** 2).flatten(1).sum(1).mean()
+
+    def timestep_sum(self, model: DiTTransformer2DModel, batch, timesteps: int, chunk: int):
+        """Selective Amnesia's Fisher loss of one sample: the epsilon loss summed over pixels and over all T timesteps,
+        each with its own noise; yielded in chunks of timesteps, so that a caller back-propagates piece by piece.
+
+        With `timesteps` K < T, K stratified timesteps (one uniform draw in each of K equal strata) stand for all T,
+        each weighted T / K: the summed gradient is then unbiased (its square, the Fisher, gains the estimate's
+        variance)."""
+        x0, labels, *seeds = batch
+        if len(x0) != 1:
+            raise ValueError("timestep_sum takes one sample at a time")
+        gen = torch.Generator().manual_seed(int(seeds[0][0]) if seeds else 0)
+        if timesteps >= self.num_timesteps:
+            t, weight = torch.arange(self.num_timesteps), 1.0
+        else:
+            edges = torch.arange(timesteps) * self.num_timesteps / timesteps
+            t = (edges + torch.rand(timesteps, generator=gen) * self.num_timesteps / timesteps).long()
+            weight = self.num_timesteps / timesteps
+        noise = torch.randn((len(t), *x0.shape[1:]), generator=gen)
+        x0, labels = x0.to(model.device, model.dtype), labels.to(model.device)
+        channels = x0.shape[1]
+        for i in range(0, len(t), chunk):
+            tc, nc = t[i:i + chunk].to(x0.device), noise[i:i + chunk].to(x0.device, x0.dtype)
+            xt = self._at(self.sqrt_ac, tc, x0) * x0 + self._at(self.sqrt_1m_ac, tc, x0) * nc
+            eps = model(xt, tc, class_labels=labels.expand(len(tc))).sample[:, :channels]
+            yield weight * ((eps - nc) ** 2).sum()
 
     def _vb(self, eps, v, x0, xt, t):
         """Variational bound term in bits per dimension, with the predicted mean held fixed (DiT / improved DDPM)."""

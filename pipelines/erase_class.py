@@ -25,7 +25,7 @@ from erase.saliency import mask_fraction
 from erase.methods import METHODS, make_method
 from eval.imagenet import EvalError
 from eval.report import (atomic_path, atomic_write_json, atomic_write_text, replace_folder, sample_grid, save_image,
-                         summary)
+                         save_samples, summary)
 from pipelines.checkpoint import PartialSums, latest_checkpoint, load_checkpoint, save_checkpoint
 from pipelines.classes import resolve_class
 from pipelines.config import CommandParser, Config, ConfigError, UsageError, load_config, to_dict
@@ -109,11 +109,14 @@ def retain_labels(w: Workload, cfg: Config, forget_class: int) -> torch.Tensor:
 
 
 def evaluate(model, w: Workload, cfg: Config, forget_class: int, progress: bool = True, desc: str = "",
-             cache_dir: Path | None = None) -> dict:
-    """Forget accuracy, retain accuracy (per class too) and FID of the retained classes' samples.
+             cache_dir: Path | None = None, save_to: Path | None = None) -> dict:
+    """Forget accuracy, the forget class's mean probability and the entropy of the predicted distribution on its
+    samples (as the published evaluator reports), retain accuracy (per class too) and FID of the retained classes'
+    samples.
 
-    Samples are scored at 8-bit precision; with `cache_dir` finished sample batches survive a kill. Every process
-    samples its share; the main process scores (the others get None)."""
+    Samples are scored at 8-bit precision; with `cache_dir` finished sample batches survive a kill; with `save_to`
+    they are also written as PNG folders and ADM-style .npz files (`save_samples`). Every process samples its share;
+    the main process scores (the others get None)."""
     fl = class_labels(w.num_classes, cfg.eval.forget_samples, only=forget_class)
     rl = retain_labels(w, cfg, forget_class)
     labels = torch.cat([fl, rl])
@@ -122,10 +125,16 @@ def evaluate(model, w: Workload, cfg: Config, forget_class: int, progress: bool 
     if images is None:  # not the main process, which scores
         return None
     images = to_uint8(images)
-    pred = w.scorer.predict(from_uint8(images))
+    probs = w.scorer.probabilities(from_uint8(images))
+    pred = probs.argmax(1)
+    forget = probs[:len(fl)]
     per_class = {str(c): (pred[labels == c] == c).float().mean().item() for c in labels.unique().tolist()}
+    if save_to is not None:
+        save_samples(save_to, {"forget": (images[:len(fl)], fl), "retain": (images[len(fl):], rl)})
     return {
         "forget_accuracy": (pred[:len(fl)] == forget_class).float().mean().item(),
+        "forget_probability": forget[:, forget_class].mean().item(),
+        "forget_entropy": torch.special.entr(forget).sum(1).mean().item(),  # nats
         "retain_accuracy": (pred[len(fl):] == rl).float().mean().item(),
         "fid": w.scorer.fid(images[len(fl):], forget_class),
         "per_class_accuracy": per_class,
@@ -138,7 +147,7 @@ def evaluate_base(w: Workload, cfg: Config, forget_class: int, progress: bool = 
     Samples in progress are kept per `job` (the output folder), so that concurrent jobs never share a folder."""
     key = fingerprint({"model": w.model_id, "protocol": protocol(cfg, w, forget_class), "class": forget_class,
                        "sample": dataclasses.asdict(cfg.sample), "eval": dataclasses.asdict(cfg.eval),
-                       "scorer": w.scorer.key, "scored_at": "uint8"})
+                       "scorer": w.scorer.key, "scored_at": "uint8", "scores": SCORES})
     path = cache_root() / "evals" / f"{key}.json"
     if not main_decides(path.exists()):
         samples = path.with_name(f"{key}-{fingerprint(str((job or Path()).resolve()))}")
@@ -238,8 +247,8 @@ def erase(w: Workload, cfg: Config, forget_class: int, output: Path, *, resume: 
     else:
         partial = PartialSums(output / "prepare-partial", state.process_index, state.num_processes)
         with autocast(cfg):
-            mask = method.prepare(model, batches(xf, yf, 1, cfg.seed + 1), batches(xr, yr, 1, cfg.seed + 2),
-                                  progress and main, partial=partial)
+            mask = method.prepare(model, lambda size: batches(xf, yf, size, cfg.seed + 1),
+                                  lambda size: batches(xr, yr, size, cfg.seed + 2), progress and main, partial=partial)
         if main:
             tensors = {f"mask.{k}": v.to(torch.uint8).cpu() for k, v in (mask or {}).items()}
             tensors.update({f"state.{k}": v.contiguous().cpu() for k, v in method.state().items()})
@@ -401,7 +410,8 @@ def run(cfg: Config, class_arg: str, output: Path, *, overwrite: bool = False, r
             atomic_write_json(output / "erase.json", {"timings": erase_timings, "mask_kept_fraction": kept})
         state.wait_for_everyone()
     t_erased = time.perf_counter()
-    after = evaluate(model, w, cfg, forget_class, progress, desc="after", cache_dir=output / "samples-after")
+    after = evaluate(model, w, cfg, forget_class, progress, desc="after", cache_dir=output / "samples-after",
+                     save_to=output / "samples" if cfg.eval.save_samples else None)
     t_after = time.perf_counter()
     shown = grid_classes(w, cfg, forget_class)
     before_grid, grid_labels = grid_images(w.model, w, cfg, shown, progress, output / "samples-grid-before")
@@ -432,7 +442,7 @@ def run(cfg: Config, class_arg: str, output: Path, *, overwrite: bool = False, r
     return metrics if main else json.loads((output / "metrics.json").read_text())
 
 
-SCORES = ("forget_accuracy", "retain_accuracy", "fid")
+SCORES = ("forget_accuracy", "forget_probability", "forget_entropy", "retain_accuracy", "fid")
 
 
 def aggregate_trials(runs: list[dict]) -> dict:

@@ -38,7 +38,7 @@ class Workload:
     model: torch.nn.Module
     model_id: str
     classes: Classes
-    scorer: object  # predict(images) -> labels; fid(uint8 samples, forget_class) -> float; describe(forget_class)
+    scorer: object  # probabilities(images) -> (N, K); fid(uint8 samples, forget_class) -> float; describe(forget_class)
     real_data: Callable
     vae: torch.nn.Module | None = None
     pretrained: Pretrained | None = None

@@ -1,7 +1,7 @@
 """The interface every base method fills in."""
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -17,7 +17,12 @@ class Method:
     Class attributes say what the pipeline feeds it: `forget_data` is "real" (images of the forget class) or
     "surrogate" (noise images labelled with the forget class); `retain_data` is "real" or "replay" (samples the
     original model generates for the other classes). `alpha_weights` names the loss alpha_t weights, and `joint`
-    marks methods whose original update is one step on forget + retain loss (used with a shared optimizer).
+    marks methods whose original update is one step on forget + retain loss (used with a shared optimizer);
+    `clip_then_mask` clips the whole gradient before masking it (SalUn's order) instead of after.
+    `forget_reduction` / `retain_reduction` are the loss scales of the method's own paper ("mean" over pixels, as
+    DiT trains, or "sum" over pixels, as the DDPM code of SalUn and SA), so that a published alpha or lambda means
+    what it meant there; `method.forget_reduction` / `method.retain_reduction` override them. `published` holds the
+    method's own published values of other config keys (dotted key -> value), applied under presets and --set.
     """
 
     name = "base"
@@ -25,25 +30,32 @@ class Method:
     retain_data = "real"
     alpha_weights = "forget"
     joint = False
+    clip_then_mask = False
+    forget_reduction = "mean"
+    retain_reduction = "mean"
+    published: dict = {}
 
     def __init__(self, cfg, loss, *, forget_class: int, num_classes: int):
         self.cfg = cfg
         self.loss = loss
         self.forget_class = forget_class
         self.num_classes = num_classes
+        self.forget_reduction = cfg.forget_reduction or type(self).forget_reduction
+        self.retain_reduction = cfg.retain_reduction or type(self).retain_reduction
 
     def forget_loss(self, model: torch.nn.Module, batch) -> torch.Tensor:
         raise NotImplementedError
 
     def retain_loss(self, model: torch.nn.Module, batch) -> torch.Tensor:
         """Keep the other classes: the plain training loss on retain data."""
-        return self.loss(model, batch)
+        return self.loss(model, batch, reduction=self.retain_reduction)
 
-    def prepare(self, model: torch.nn.Module, forget_samples: Iterator, retain_samples: Iterator,
+    def prepare(self, model: torch.nn.Module, forget: Callable[[int], Iterator], retain: Callable[[int], Iterator],
                 progress: bool = True, partial=None) -> dict[str, torch.Tensor] | None:
-        """Work done once before unlearning, on the original model, from single-sample iterators of the data the
-        method is fed. Returns which coordinates forget steps may change (name -> bool tensor), or None for all.
-        `partial` keeps running sums of long gradient loops so that a killed preparation continues (see saliency)."""
+        """Work done once before unlearning, on the original model: `forget(b)` and `retain(b)` give endless batches of
+        b samples of the data the method is fed. Returns which coordinates forget steps may change (name -> bool
+        tensor), or None for all. `partial` keeps running sums of long gradient loops so that a killed preparation
+        continues (see saliency)."""
         return None
 
     def state(self) -> dict[str, torch.Tensor]:

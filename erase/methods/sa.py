@@ -8,15 +8,25 @@ from erase.saliency import fisher_diagonal
 class SelectiveAmnesia(Method):
     """Forget loss: the training loss on surrogate images (uniform noise) labelled c_f. Retain loss:
     replay_weight * training loss on samples the ORIGINAL model generated for other classes, plus the EWC penalty
-    ewc_lambda * sum_i F_i (theta_i - theta*_i)^2 with F the Fisher diagonal of the original model on those samples.
-    SA's single loss is split across the two steps: surrogate in the forget step, replay and EWC in the retain step."""
+    ewc_lambda * sum_i F_i (theta_i - theta*_i)^2. Both data losses are summed over pixels, as in SA's code.
+    F is SA's Fisher: per replay sample, the gradient of the pixel-summed epsilon loss summed over all timesteps,
+    squared, averaged over samples (`fisher_timesteps` < T: a stratified subsample, rescaled).
+    SA's single loss is one step (what the shared mode runs); the dual mode splits it: surrogate in the forget step,
+    replay and EWC in the retain step. Replay batches get no label dropout and the whole gradient is clipped to 1."""
 
     name = "sa"
     forget_data = "surrogate"
     retain_data = "replay"
+    joint = True
+    forget_reduction = "sum"
+    retain_reduction = "sum"
+    published = {"erase.alpha_schedule": "constant", "erase.retain_clip": 1.0, "erase.retain_label_dropout": 0.0}
 
-    def prepare(self, model, forget_samples, retain_samples, progress=True, partial=None):
-        self.fisher = fisher_diagonal(model, self.loss, retain_samples, self.cfg.grad_samples, desc="fisher replay",
+    def prepare(self, model, forget, retain, progress=True, partial=None):
+        def loss(m, batch):
+            return self.loss.timestep_sum(m, batch, self.cfg.fisher_timesteps, self.cfg.fisher_chunk)
+
+        self.fisher = fisher_diagonal(model, loss, retain(1), self.cfg.grad_samples, desc="fisher replay",
                                       progress=progress, partial=partial)
         self.anchor = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         return None
@@ -35,7 +45,8 @@ class SelectiveAmnesia(Method):
         return torch.stack(terms).sum()
 
     def forget_loss(self, model, batch):
-        return self.loss(model, batch)
+        return self.loss(model, batch, reduction=self.forget_reduction)
 
     def retain_loss(self, model, batch):
-        return self.cfg.replay_weight * self.loss(model, batch) + self.cfg.ewc_lambda * self.ewc_penalty(model)
+        return (self.cfg.replay_weight * self.loss(model, batch, reduction=self.retain_reduction)
+                + self.cfg.ewc_lambda * self.ewc_penalty(model))

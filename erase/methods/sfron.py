@@ -9,11 +9,11 @@ class SFRon(GradientAscent):
 
     name = "sfron"
 
-    def prepare(self, model, forget_samples, retain_samples, progress=True, partial=None):
+    def prepare(self, model, forget, retain, progress=True, partial=None):
         n = self.cfg.grad_samples
-        self.fisher_forget = fisher_diagonal(model, self.loss, forget_samples, n, desc="fisher forget",
+        self.fisher_forget = fisher_diagonal(model, self.loss, forget(1), n, desc="fisher forget",
                                              progress=progress, partial=partial)
-        self.fisher_retain = fisher_diagonal(model, self.loss, retain_samples, n, desc="fisher retain",
+        self.fisher_retain = fisher_diagonal(model, self.loss, retain(1), n, desc="fisher retain",
                                              progress=progress, partial=partial)
         return sfron_mask(self.fisher_forget, self.fisher_retain, self.cfg.gamma)
 
