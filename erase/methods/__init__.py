@@ -27,7 +27,7 @@ class MethodConfig:
     ewc_lambda: float = 10.0  # SA: lambda, weight of the EWC penalty
     replay_per_class: int = 100  # SA: replay samples generated per retained class
     fisher_timesteps: int = 1000  # SA: timesteps summed per Fisher sample (all T, as SA; fewer: stratified, rescaled)
-    fisher_chunk: int = 250  # SA: timesteps per forward/backward pass of that sum (memory, not results)
+    fisher_chunk: int = 100  # SA: timesteps per forward/backward pass of that sum (memory, not results)
 
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (GradientAscent, SFRon, SalUn, SelectiveAmnesia)}
