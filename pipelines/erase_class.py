@@ -430,6 +430,8 @@ def run(cfg: Config, class_arg: str, output: Path, *, overwrite: bool = False, r
         "timings": {"prepare_s": t_prepared - t_start, "before_eval_s": t_before - t_prepared, **erase_timings,
                     "after_eval_s": t_after - t_erased, "total_s": time.perf_counter() - t_start},
         "mask_kept_fraction": kept,
+        "loss_reductions": {side: getattr(cfg.method, f"{side}_reduction")  # over pixels: the published scale
+                            or getattr(METHODS[cfg.method.name], f"{side}_reduction") for side in ("forget", "retain")},
         "final_log": log[-1] if log else None,
     }
     if main:

@@ -46,6 +46,7 @@ def test_erase_class_writes_every_output(tiny_run):
     assert [r["step"] for r in log] == [0, 1, 2]
     assert {"forget_loss", "retain_loss", "forget_grad_norm", "retain_grad_norm", "alpha"} <= set(log[0])
     assert (out / "grid.png").stat().st_size > 0
+    assert m["loss_reductions"] == {"forget": "mean", "retain": "mean"}  # SFR-on: DiT's own loss scale
     assert load_config(str(out / "config.yaml")).erase.outer_steps == 3
 
 
@@ -57,6 +58,37 @@ def test_saved_model_is_the_erased_one(tiny_run):
 
     base = load_digits_dit(DigitsRecipe(steps=30), progress=False)
     assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), base.parameters()))
+
+
+def test_forget_probability_and_entropy_as_the_published_evaluator_reads_the_sample_files(tiny_run):
+    import numpy as np
+    from PIL import Image
+
+    from eval.classifier import load_classifier
+
+    _, out = tiny_run
+    m = json.loads((out / "metrics.json").read_text())
+    forget = np.load(out / "samples" / "forget.npz")
+    retain = np.load(out / "samples" / "retain.npz")
+    assert forget["arr_0"].shape == (10, 8, 8, 1) and forget["arr_0"].dtype == np.uint8
+    assert retain["arr_0"].shape == (90, 8, 8, 1) and sorted(set(retain["arr_1"].tolist())) == [0, 1, 2, 4, 5, 6, 7,
+                                                                                                 8, 9]
+    assert len(list((out / "samples" / "forget").glob("*.png"))) == 10
+    png = np.asarray(Image.open(out / "samples" / "forget" / "000003.png"))
+    assert np.array_equal(png, forget["arr_0"][3, ..., 0])
+    # Transcription of the published evaluator: softmax of the classifier, mean probability of the forget class,
+    # mean entropy -sum p log p of each sample's distribution, share classified as the forget class.
+    from eval.classifier import ClassifierRecipe
+    from pipelines.digits import prepare_digits_classifier
+
+    net = load_classifier(prepare_digits_classifier(ClassifierRecipe(epochs=3), progress=False)[0])  # TINY's
+    x = torch.from_numpy(forget["arr_0"]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        probs = torch.softmax(net(x), dim=-1)
+    entropy = -(probs * torch.log(probs)).nan_to_num().sum(1).mean().item()
+    assert m["after"]["forget_probability"] == pytest.approx(probs[:, 3].mean().item(), abs=1e-6)
+    assert m["after"]["forget_entropy"] == pytest.approx(entropy, abs=1e-5)
+    assert m["after"]["forget_accuracy"] == pytest.approx((probs.argmax(1) == 3).float().mean().item())
 
 
 def test_finished_output_is_not_overwritten(tiny_run, capsys):
