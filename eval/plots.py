@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import LogLocator, MaxNLocator, ScalarFormatter  # noqa: E402
 
 from eval.report import atomic_path  # noqa: E402
 
@@ -46,6 +47,33 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
+def _readable_axis(ax, curves: list[np.ndarray]) -> bool:
+    """Choose the panel's y scale from what it shows: log when every value has one sign and they span more than two
+    decades, else linear with a few plain ticks; limits from the 1st-99th percentiles (on a log scale at most four
+    decades from the median), so that one diverging run's spike does not flatten every other curve. Returns whether the curves are to be drawn negated (all negative on a
+    log scale: their magnitude is drawn)."""
+    values = np.concatenate([c[np.isfinite(c)] for c in curves]) if curves else np.array([])
+    if values.size == 0:
+        return False
+    flip = bool(np.all(values < 0))
+    shown = -values if flip else values
+    lo, hi = np.percentile(shown, 1), np.percentile(shown, 99)
+    if np.all(shown > 0) and hi / lo > 100:
+        middle = np.median(shown)  # at most 4 decades either side of the median: a diverged run runs off the top
+        lo, hi = max(lo, middle / 1e4), min(hi, middle * 1e4)
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(numticks=5))
+        ax.set_ylim(lo / 1.5, hi * 1.5)
+    else:
+        formatter = ScalarFormatter(useMathText=True)
+        formatter.set_powerlimits((-2, 3))
+        ax.yaxis.set_major_formatter(formatter)
+        ax.yaxis.set_major_locator(MaxNLocator(5))
+        pad = 0.05 * (hi - lo) or 0.05 * abs(hi) or 1.0
+        ax.set_ylim(lo - pad, hi + pad)
+    return flip
+
+
 def plot_curves(logs: dict[tuple, Path], out: Path) -> None:
     """`logs` maps (method, optimizer, class, seed) to a log.jsonl; writes forget_loss.png and grad_norms.png."""
     logs = {k: p for k, p in logs.items() if p.exists()}
@@ -56,17 +84,20 @@ def plot_curves(logs: dict[tuple, Path], out: Path) -> None:
     for i, cls in enumerate(classes):
         for j, method in enumerate(methods):
             ax = axes[i][j]
-            for optimizer, color in COLORS.items():
+            drawn = {}
+            for optimizer in COLORS:
                 runs = [_series(r, "forget_loss") for k, r in records.items() if k[:3] == (method, optimizer, cls)]
-                if not runs:
-                    continue
-                n = min(len(r) for r in runs)
-                stack = np.stack([r[:n] for r in runs])
+                if runs:
+                    n = min(len(r) for r in runs)
+                    drawn[optimizer] = np.stack([r[:n] for r in runs])
+            flip = _readable_axis(ax, [stack.mean(0) for stack in drawn.values()])
+            for optimizer, stack in drawn.items():
+                stack = -stack if flip else stack
                 mean, std = stack.mean(0), stack.std(0)
-                ax.plot(mean, color=color, label=f"{optimizer} ({len(runs)} seeds)")
-                ax.fill_between(np.arange(n), mean - std, mean + std, color=color, alpha=0.25)
-            ax.set_yscale("symlog", linthresh=0.1)
-            _label(ax, f"{method}, class {cls}", "forget loss")
+                color = COLORS[optimizer]
+                ax.plot(mean, color=color, label=f"{optimizer} ({len(stack)} seeds)")
+                ax.fill_between(np.arange(len(mean)), mean - std, mean + std, color=color, alpha=0.25)
+            _label(ax, f"{method}, class {cls}", "-forget loss (ascended loss)" if flip else "forget loss")
     fig.suptitle("Forget loss during unlearning: mean and +-1 std across seeds", fontsize=10)
     _save(fig, out / "forget_loss.png")
 
@@ -74,6 +105,7 @@ def plot_curves(logs: dict[tuple, Path], out: Path) -> None:
     for i, cls in enumerate(classes):
         for j, method in enumerate(methods):
             ax = axes[i][j]
+            shown = []
             for optimizer, color in COLORS.items():
                 runs = [r for k, r in records.items() if k[:3] == (method, optimizer, cls)]
                 if not runs:
@@ -83,9 +115,10 @@ def plot_curves(logs: dict[tuple, Path], out: Path) -> None:
                     n = min(len(s) for s in series)
                     stack = np.stack([s[:n] for s in series])
                     if n and np.isfinite(stack).any():
-                        ax.plot(np.nanmean(stack, 0), style, color=color, label=f"{optimizer} {key.split('_')[0]}",
-                                linewidth=1)
-            ax.set_yscale("log")
+                        curve = np.nanmean(stack, 0)
+                        shown.append(curve)
+                        ax.plot(curve, style, color=color, label=f"{optimizer} {key.split('_')[0]}", linewidth=1)
+            _readable_axis(ax, shown)
             _label(ax, f"{method}, class {cls}", "gradient norm")
     fig.suptitle("Gradient norms of forget and retain steps (mean across seeds)", fontsize=10)
     _save(fig, out / "grad_norms.png")
