@@ -3,7 +3,7 @@
 # env, gpu_check.py on DiT-XL/2 (bf16), the published settings (fp32 + TF32, batch 1), erase-class end to end on CUDA
 # on the tiny stand-ins, kill -9 mid-erasure + --resume latest, pytest -m cuda, summary.md.
 #
-# The device call (docs/gpu/README.md). Once, here, first: bash benchmarks/gpu_wheels.sh   (fills .whl/, ~4 MB)
+# The device call (docs/gpu/README.md). Once, here, first: bash benchmarks/gpu_wheels.sh   (fills .whl/, 9 MB)
 #   command:   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit; bash benchmarks/gpu_run.sh $OUT
 #   carry:     [".whl"]
 #   timeout_s: 480
@@ -20,7 +20,7 @@ while (($#)); do
     case $1 in
         --cpu-tiny) TINY=1 ;;
         --only) ONLY=$2; shift ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) OUT=$1 ;;
     esac
     shift
