@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import platform
 import resource
 import sys
@@ -52,12 +53,14 @@ def parse_args(argv=None):
     p.add_argument("--extrapolate-steps", type=int, default=250,
                    help="steps of the full sampling run that images/s is extrapolated to (DiT's 250-step DDPM)")
     p.add_argument("--guidance", type=float, default=1.5, help="classifier-free guidance scale (two forwards/step)")
-    p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16",
-                   help="bf16: torch.autocast bfloat16 around fp32 weights; fp32: no autocast")
+    p.add_argument("--dtype", choices=["bf16", "fp32", "fp32-tf32"], default="bf16",
+                   help="bf16: torch.autocast bfloat16 around fp32 weights; fp32: no autocast, TF32 matmuls off; "
+                        "fp32-tf32: no autocast, TF32 matmuls on (the published DiT code's setting)")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="dense peak TFLOP/s of the device for MFU (default: looked up from the device name)")
     p.add_argument("--no-vae", action="store_true", help="skip building and timing the VAE decoder")
     p.add_argument("--seed", type=int, default=0, help="seed of weights and data")
+    p.add_argument("--json", type=Path, default=None, help="also write the results as JSON to this file")
     args = p.parse_args(argv)
     tiny = args.cpu_tiny
     args.batch_size = args.batch_size or ([1, 4] if tiny else [1, 8, 32])
@@ -217,6 +220,22 @@ def fmt_mfu(tflops: float, peak: float | None) -> str:
     return f"{100 * tflops / peak:.1f}%" if peak else "n/a"
 
 
+def erase_record(r: dict, fwd_gflop: float, peak: float | None) -> dict:
+    """One erase configuration's numbers for --json."""
+    out = {"batch": r["batch"], "ckpt": r["ckpt"], "peak_gib": r["peak"]}
+    if "error" in r:
+        return {**out, "error": r["error"]}
+    tf = 2 * 3 * fwd_gflop * r["batch"] / r["seconds"] / 1e3
+    return {**out, "steps_per_s": 1 / r["seconds"], "img_per_s": 2 * r["batch"] / r["seconds"], "tflops": tf,
+            "mfu": tf / peak if peak else None}
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write `data` as indented JSON, creating the parent folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
 def main(argv=None) -> int:
     """Run every phase and print the protocol and the results table."""
     args = parse_args(argv)
@@ -229,6 +248,8 @@ def main(argv=None) -> int:
         return 2
     cfg, vae_cfg = (TINY, VAE_TINY) if args.cpu_tiny else (XL, VAE_XL)
     peak, peak_src = peak_tflops(device, args.peak_tflops)
+    if args.dtype != "bf16":  # float32 matmuls: TF32 tensor cores on or off (set_float32_matmul_precision)
+        torch.set_float32_matmul_precision("high" if args.dtype == "fp32-tf32" else "highest")
     wall = time.perf_counter()
     torch.manual_seed(args.seed)
 
@@ -285,7 +306,8 @@ def main(argv=None) -> int:
 
     # Protocol.
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    dtype_txt = "bf16 autocast, fp32 weights" if args.dtype == "bf16" else "fp32"
+    dtype_txt = {"bf16": "bf16 autocast, fp32 weights", "fp32": "fp32, TF32 matmuls off",
+                 "fp32-tf32": "fp32 weights and activations, TF32 matmuls on"}[args.dtype]
     print("## DiT erase / sampling GPU check" + (" (CPU TINY SMOKE TEST: numbers mean nothing)" if args.cpu_tiny else ""))
     print()
     print(f"- torch {torch.__version__}, CUDA {torch.version.cuda}, python {platform.python_version()}")
@@ -341,6 +363,16 @@ def main(argv=None) -> int:
               f"{b / (full + vs):.3f} img/s | {full + vs:.1f} s/batch | | | |")
     print()
     print(f"total wall time {time.perf_counter() - wall:.1f} s")
+    if args.json:
+        write_json(args.json, dict(
+            device=dev_name, torch=torch.__version__, cuda=torch.version.cuda, dtype=args.dtype, params=n_params,
+            fwd_gflop=fwd_gflop, peak_tflops=peak, build_peak_gib=build_peak, wall_s=time.perf_counter() - wall,
+            erase=[erase_record(r, fwd_gflop, peak) for r in erase],
+            sampling=dict(batch=b, guidance=args.guidance, seconds_per_step=step_s, img_steps_per_s=b / step_s,
+                          tflops=tf, mfu=tf / peak if peak else None, peak_gib=samp["peak"],
+                          extrapolated_steps=args.extrapolate_steps, img_per_s=b / full),
+            vae=None if not vae_res else dict(batch=b, seconds=vae_res["seconds"], img_per_s=b / vae_res["seconds"],
+                                               peak_gib=vae_res["peak"], img_per_s_with_sampling=b / (full + vs))))
     failed = [r for r in erase if "error" in r]
     return 1 if failed else 0
 

@@ -20,30 +20,17 @@ from pipelines.classes import imagenet, resolve_class
 from pipelines.config import UsageError
 from pipelines.sampling import sample
 from pipelines.dit import build_dit, make_scheduler
-from tiny_imagenet import SYNSETS, build_classifier, build_data, build_inception, build_pipeline
+from tiny_imagenet import SYNSETS, build_world, erase_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    base = tmp_path_factory.mktemp("imagenet")
-    w = {"model": build_pipeline(base / "tiny-dit"), "data": build_data(base / "train"),
-         "classifier": build_classifier(base / "classifier.safetensors"),
-         "inception": build_inception(base / "inception.pth"), "reference": base / "reference"}
-    assert fid_reference.main(["--data", str(w["data"]), "--output", str(w["reference"]), "--exclude",
-                               "golden retriever", "--quiet"]) == 0
-    return w
+    return build_world(tmp_path_factory.mktemp("imagenet"))
 
 
-def args(w, out, *extra):
-    sets = ["eval.fa_classifier=test_resnet", f"eval.fa_weights={w['classifier']}", "eval.fa_size=32",
-            f"eval.fid_reference={w['reference']}", f"eval.fid_weights={w['inception']}", "eval.forget_samples=4",
-            "eval.retain_samples=6", "eval.grid_per_class=2", "eval.grid_classes=3", "sample.steps=3",
-            "sample.batch_size=4", "erase.outer_steps=4", "erase.batch_size=2", "erase.checkpoint_every=2",
-            "method.grad_samples=4", "data.retain_images=10"]
-    return ["golden retriever", "--model", str(w["model"]), "--data", str(w["data"]), "--output", str(out),
-            "--quiet", *[x for s in sets for x in ("--set", s)], *extra]
+args = erase_args
 
 
 def test_classes_resolve_by_id_synset_and_name():

@@ -63,3 +63,26 @@ def build_inception(path: Path) -> Path:
             torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
     torch.save(net.state_dict(), path)
     return path
+
+
+def build_world(base: Path) -> dict:
+    """Every stand-in under `base`: pipeline, data, classifier, Inception and the FID reference without class 207."""
+    from pipelines import fid_reference
+
+    w = {"model": build_pipeline(base / "tiny-dit"), "data": build_data(base / "train"),
+         "classifier": build_classifier(base / "classifier.safetensors"),
+         "inception": build_inception(base / "inception.pth"), "reference": base / "reference"}
+    assert fid_reference.main(["--data", str(w["data"]), "--output", str(w["reference"]), "--exclude",
+                               "golden retriever", "--quiet"]) == 0
+    return w
+
+
+def erase_args(w: dict, out: Path, *extra: str) -> list[str]:
+    """erase-class arguments that erase golden retriever from the stand-ins in seconds (tiny evaluation, 4 steps)."""
+    sets = ["eval.fa_classifier=test_resnet", f"eval.fa_weights={w['classifier']}", "eval.fa_size=32",
+            f"eval.fid_reference={w['reference']}", f"eval.fid_weights={w['inception']}", "eval.forget_samples=4",
+            "eval.retain_samples=6", "eval.grid_per_class=2", "eval.grid_classes=3", "sample.steps=3",
+            "sample.batch_size=4", "erase.outer_steps=4", "erase.batch_size=2", "erase.checkpoint_every=2",
+            "method.grad_samples=4", "data.retain_images=10"]
+    return ["golden retriever", "--model", str(w["model"]), "--data", str(w["data"]), "--output", str(out),
+            "--quiet", *[x for s in sets for x in ("--set", s)], *extra]

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Download, here, the wheels the GPU machine lacks into .whl/ (carried to it; see benchmarks/gpu_run.sh's header).
+# The device image (/work/.library/device/KINDS.md, Python 3.12) has torch, torchvision, accelerate, huggingface-hub
+# 1.33, safetensors 0.8, numpy, scipy, pillow, pyyaml, scikit-learn, matplotlib, tqdm, pytest, hypothesis, but no
+# diffusers and no torch-fidelity. timm is there in an unknown version: we carry the one the tests run with here.
+# The wheels' own needs (diffusers: huggingface-hub>=1.32, safetensors>=0.8, regex, requests, filelock; torch-fidelity:
+# torch, torchvision, numpy, pillow, tqdm, scipy; timm: torch, torchvision, pyyaml, huggingface_hub, safetensors) are
+# all on the image, so they are downloaded with --no-deps. Usage: bash benchmarks/gpu_wheels.sh (from any folder).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PACKAGES=(diffusers==0.42.1 torch-fidelity==0.4.0 timm==1.0.31)
+rm -rf .whl
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl "${PACKAGES[@]}"
+for w in .whl/*.whl; do
+    echo "$w: $(du -k "$w" | cut -f1) KiB; needs: $(unzip -p "$w" '*/METADATA' | grep '^Requires-Dist' | grep -v extra \
+        | sed 's/Requires-Dist: //' | tr '\n' ' ')"
+done
+echo "total $(du -sh .whl | cut -f1) in .whl/ (carry it: .whl is ignored by git)"
