@@ -57,6 +57,15 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
+def to_mode(image: Image.Image, mode: str) -> Image.Image:
+    """`image` in `mode` ("L" or "RGB"). 16-bit greyscale (PNG "I;16", or "I") is scaled from 0..65535 to 0..255
+    first: PIL's convert clips it, so a mid-grey 16-bit PNG would decode as white."""
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        wide = np.asarray(image).astype(np.float64)
+        image = Image.fromarray(np.clip(np.round(wide / 257), 0, 255).astype(np.uint8), "L")
+    return image.convert(mode)
+
+
 def load_images(files: list[Path], size: int, channels: int, what: str,
                 progress: bool = True) -> tuple[torch.Tensor, list[int]]:
     """Decoded, center-cropped images in [-1, 1], (N, C, size, size), and the indices of the files they came from.
@@ -66,7 +75,7 @@ def load_images(files: list[Path], size: int, channels: int, what: str,
     for i, f in enumerate(tqdm(files, desc=f"load {what}", disable=not progress)):
         try:
             with Image.open(f) as im:
-                arr = np.asarray(center_crop(im.convert(mode), size), dtype=np.uint8)
+                arr = np.asarray(center_crop(to_mode(im, mode), size), dtype=np.uint8)
         except (OSError, ValueError, Image.DecompressionBombError):
             bad.append(f)
             continue

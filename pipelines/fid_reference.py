@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from eval.report import replace_folder
 from pipelines.classes import Classes, imagenet, resolve_class
 from pipelines.config import CommandParser, UsageError
-from pipelines.data import center_crop, scan
+from pipelines.data import center_crop, scan, to_mode
 
 
 def folder_classes(root: Path) -> Classes:
@@ -42,7 +42,7 @@ def build(data: Path, output: Path, *, count: int, exclude: list[int], size: int
     for c, f in tqdm(chosen, desc="fid reference", disable=not progress):
         try:
             with Image.open(f) as im:
-                image = center_crop(im.convert("RGB"), size)
+                image = center_crop(to_mode(im, "RGB"), size)
         except (OSError, ValueError):
             print(f"fid-reference: warning: skipped undecodable {f}", file=sys.stderr)
             continue
