@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -66,8 +67,12 @@ def sample_grid(panels: dict[str, torch.Tensor], labels: torch.Tensor, class_nam
     scale = scale or max(1, 32 // first.shape[-1])
     per_class = int((labels == classes[0]).sum())
     cell = first.shape[-1] * scale
-    label_w, gap, head_h, pad = 110, 16, 22, 3
-    panel_w = per_class * (cell + 2) - 2
+    names = {c: class_names[c] + ("  (erased)" if c == marked else "") for c in classes}
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength  # the font the text is drawn in
+    gap, head_h, pad = 16, 22, 3
+    label_w = 4 + math.ceil(max(measure(n) for n in names.values())) + gap  # the longest label fits
+    tiles_w = per_class * (cell + 2) - 2
+    panel_w = max([tiles_w] + [math.ceil(measure(title)) for title in panels])  # and the longest title
     width = label_w + len(panels) * (panel_w + gap)
     height = head_h + len(classes) * (cell + 2 * pad)
     canvas = Image.new("RGB", (width, height), "white")
@@ -76,13 +81,12 @@ def sample_grid(panels: dict[str, torch.Tensor], labels: torch.Tensor, class_nam
         draw.text((label_w + j * (panel_w + gap), 4), title, fill="black")
     for i, c in enumerate(classes):
         y = head_h + i * (cell + 2 * pad) + pad
-        name = class_names[c] + ("  (erased)" if c == marked else "")
-        draw.text((4, y + cell // 2 - 6), name, fill="red" if c == marked else "black")
+        draw.text((4, y + cell // 2 - 6), names[c], fill="red" if c == marked else "black")
         for j, images in enumerate(panels.values()):
             x = label_w + j * (panel_w + gap)
             canvas.paste(_tile(images[labels == c], scale), (x, y))
             if c == marked:
-                draw.rectangle([x - 2, y - 2, x + panel_w + 1, y + cell + 1], outline="red", width=2)
+                draw.rectangle([x - 2, y - 2, x + tiles_w + 1, y + cell + 1], outline="red", width=2)
     return canvas
 
 

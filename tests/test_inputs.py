@@ -1,11 +1,13 @@
-"""Inputs that used to give wrong numbers silently: odd image formats, stray folders, caches keyed by path."""
+"""Inputs and outputs that used to go wrong silently: odd image formats, stray folders, stale caches, cut-off labels."""
 import json
 
 import numpy as np
 import pytest
-from PIL import Image
+import torch
+from PIL import Image, ImageDraw
 
 from pipelines import fid_reference
+from eval.report import sample_grid
 from pipelines.data import load_images
 
 
@@ -32,3 +34,20 @@ def test_fid_reference_writes_16_bit_pngs_at_their_grey_level(tmp_path):
                                "--quiet"]) == 0
     out = np.asarray(Image.open(tmp_path / "ref" / "n01440764" / "a.png"))
     assert out.shape == (8, 8, 3) and abs(int(out.max()) - 64) <= 1 and abs(int(out.min()) - 64) <= 1
+
+
+def test_grid_labels_and_panel_titles_fit_their_columns(tmp_path):
+    names = ["golden retriever, Canis familiaris, a long name", "tench"]
+    titles = ["runs/golden_retriever-sfron-dual-s0/model/transformer", "base"]
+    blue = torch.tensor([0, 0, 255], dtype=torch.uint8).view(1, 3, 1, 1).expand(4, 3, 8, 8)
+    labels = torch.tensor([0, 0, 1, 1])
+    grid = sample_grid({t: blue for t in titles}, labels, names, marked=0)
+    grid.save(tmp_path / "grid.png")
+    arr = np.asarray(grid)
+    is_blue = (arr == [0, 0, 255]).all(-1).any(0)
+    starts = [x for x in range(arr.shape[1]) if is_blue[x] and not is_blue[x - 1]]
+    panels = [starts[0], starts[len(starts) // 2]]  # 2 images per panel: each panel starts with a run of blue
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength
+    assert 4 + measure(names[0] + "  (erased)") < panels[0]  # the longest label ends before the first image
+    assert panels[0] + measure(titles[0]) < panels[1]  # each title ends before the next panel
+    assert panels[1] + measure(titles[1]) <= grid.width
