@@ -42,7 +42,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+    """Strict JSON: a NaN or infinity raises instead of writing `NaN`/`Infinity`, which JSON readers refuse."""
+    atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
 def _tile(images: torch.Tensor, scale: int, gap: int = 2) -> Image.Image:
@@ -113,13 +114,17 @@ def summary(m: dict) -> str:
     seeds = f"seeds {', '.join(map(str, m['seeds']))} (mean +- std)" if std else f"seed {m['seed']}"
 
     def cell(side, key, fmt):
+        if m[side][key] is None:  # a non-finite FID: its reason is printed below the table
+            return "n/a"
         return fmt.format(m[side][key]) + (" +- " + fmt.format(std[side][key]) if std else "")
 
-    width = 20 if std else 10
+    width = max([20 if std else 10] + [len(cell(side, key, fmt)) + 2 for side in ("before", "after")
+                                       for _, key, fmt in rows])  # a huge number never runs into its neighbour
     lines = [f"Erased class {m['forget_class']} ({m['class_name']}) with {m['method']}, {m['optimizer']} optimizer(s), "
              f"{seeds}: {m['outer_steps']} outer steps in {t['erase_s']:.1f} s ({t['erase_steps_per_s']:.1f} steps/s)",
              f"{'':36s}{'before':>{width}s}{'after':>{width}s}"]
     lines += [f"{title:36s}{cell('before', key, fmt):>{width}s}{cell('after', key, fmt):>{width}s}"
               for title, key, fmt in rows]
+    lines += [f"FID {side}: {m[side]['fid_error']}" for side in ("before", "after") if m[side].get("fid_error")]
     lines.append("protocol: " + protocol_line(m["protocol"]))
     return "\n".join(lines)

@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import itertools
 import json
+import math
 import os
 import shutil
 import statistics
@@ -124,12 +125,17 @@ def evaluate(model, w: Workload, cfg: Config, forget_class: int, progress: bool 
     images = to_uint8(images)
     pred = w.scorer.predict(from_uint8(images))
     per_class = {str(c): (pred[labels == c] == c).float().mean().item() for c in labels.unique().tolist()}
-    return {
+    fid = w.scorer.fid(images[len(fl):], forget_class)
+    scores = {
         "forget_accuracy": (pred[:len(fl)] == forget_class).float().mean().item(),
         "retain_accuracy": (pred[len(fl):] == rl).float().mean().item(),
-        "fid": w.scorer.fid(images[len(fl):], forget_class),
+        "fid": fid if math.isfinite(fid) else None,  # JSON has no inf or nan: null, and the reason next to it
         "per_class_accuracy": per_class,
     }
+    if not math.isfinite(fid):
+        scores["fid_error"] = (f"not finite (torch-fidelity gave {fid}): the features of the samples or of the "
+                               "reference are degenerate, e.g. NaN or constant images, or too few distinct samples")
+    return scores
 
 
 def evaluate_base(w: Workload, cfg: Config, forget_class: int, progress: bool = True,
@@ -445,9 +451,12 @@ def aggregate_trials(runs: list[dict]) -> dict:
     for side in ("before", "after"):
         metrics[side], metrics["std"][side] = {}, {}
         for key in SCORES:
-            values = [r[side][key] for r in runs]
-            metrics[side][key] = statistics.fmean(values)
-            metrics["std"][side][key] = statistics.stdev(values) if len(values) > 1 else 0.0
+            values = [r[side][key] for r in runs if r[side][key] is not None]  # a non-finite FID is null
+            metrics[side][key] = statistics.fmean(values) if values else None
+            metrics["std"][side][key] = statistics.stdev(values) if len(values) > 1 else 0.0 if values else None
+            if len(values) < len(runs):
+                metrics[side][f"{key}_error"] = (f"not finite in {len(runs) - len(values)} of {len(runs)} trials "
+                                                 "(see trials); the mean and std are over the others")
     metrics["protocol"] = {**first["protocol"], "seed": metrics["seeds"]}
     metrics["timings"] = {k: sum(r["timings"][k] for r in runs) for k in first["timings"]}
     metrics["timings"]["erase_steps_per_s"] = statistics.fmean(r["timings"]["erase_steps_per_s"] for r in runs)

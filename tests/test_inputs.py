@@ -1,5 +1,8 @@
 """Inputs and outputs that used to go wrong silently: odd image formats, stray folders, stale caches, cut-off labels."""
+import copy
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,8 +10,11 @@ import torch
 from PIL import Image, ImageDraw
 
 from pipelines import fid_reference
-from eval.report import sample_grid
+from eval.fid import DigitsScorer
+from eval.report import atomic_write_json, sample_grid, summary
+from pipelines import erase_class, fid_bench
 from pipelines.data import load_images
+from test_cli import TINY
 
 
 def _png16(path, value):
@@ -51,3 +57,34 @@ def test_grid_labels_and_panel_titles_fit_their_columns(tmp_path):
     assert 4 + measure(names[0] + "  (erased)") < panels[0]  # the longest label ends before the first image
     assert panels[0] + measure(titles[0]) < panels[1]  # each title ends before the next panel
     assert panels[1] + measure(titles[1]) <= grid.width
+
+
+def test_a_non_finite_fid_is_written_as_null_with_its_reason(tmp_path, monkeypatch, capsys):
+    own = tmp_path / "cache"  # these scores must not land in the shared cache; the trained digits models may
+    shared = Path(os.environ["DUALERASE_HOME"]) / "digits"
+    shared.mkdir(parents=True, exist_ok=True)
+    own.mkdir()
+    (own / "digits").symlink_to(shared)
+    monkeypatch.setenv("DUALERASE_HOME", str(own))
+    monkeypatch.setattr(DigitsScorer, "fid", lambda self, samples, forget_class: float("inf"))
+    out = tmp_path / "run"
+    assert erase_class.main(["3", "--output", str(out), *TINY]) == 0
+    m = json.loads((out / "metrics.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    for side in ("before", "after"):
+        assert m[side]["fid"] is None and m[side]["fid_error"].startswith("not finite (torch-fidelity gave inf)")
+        assert 0 <= m[side]["forget_accuracy"] <= 1
+    printed = capsys.readouterr().out
+    assert "FID before: not finite" in printed and "FID after: not finite" in printed
+    fid_row = next(line for line in printed.splitlines() if line.startswith("FID ("))
+    assert fid_row.split()[-2:] == ["n/a", "n/a"]
+    other = copy.deepcopy(m)  # a second trial whose FID was finite
+    other["seed"], other["before"]["fid"], other["after"]["fid"] = 1, 2.0, 3.0
+    trials = erase_class.aggregate_trials([m, other])
+    assert trials["after"]["fid"] == 3.0 and "1 of 2 trials" in trials["after"]["fid_error"]
+    assert "FID after: not finite in 1 of 2 trials" in summary(trials)
+    table = fid_bench.markdown(fid_bench.aggregate([m]), [m], "fid-bench")
+    assert "| n/a +- n/a |" in table and "FID was not finite in 2 evaluation(s)" in table
+    assert "| 3 | " in table.split("Base model")[1] and "n/a |" in table.split("Base model")[1]
+    with pytest.raises(ValueError):  # so that Infinity can never reach a JSON file again
+        atomic_write_json(tmp_path / "bad.json", {"fid": float("nan")})
+    assert not (tmp_path / "bad.json").exists()
