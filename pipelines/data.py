@@ -32,8 +32,9 @@ def scan(root: Path, classes: Classes) -> dict[int, list[Path]]:
         index = {s: i for i, s in enumerate(classes.synsets)}
         unknown = [p.name for p in folders if p.name not in index]
         if unknown:
-            raise UsageError(f"--data {root}: sub-folder {unknown[0]!r} is not an ImageNet synset (and "
-                             f"{len(unknown) - 1} more): name class folders by synset, e.g. n02099601")
+            more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+            raise UsageError(f"--data {root}: sub-folder {unknown[0]!r}{more} is not an ImageNet synset: move it out "
+                             "of the data folder, or name class folders by synset, e.g. n02099601")
         numbered = {index[p.name]: p for p in folders}
     else:
         if len(folders) != len(classes):

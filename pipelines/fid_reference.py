@@ -23,7 +23,12 @@ def folder_classes(root: Path) -> Classes:
         raise UsageError(f"--data {root} is not a folder: give an ImageNet-style train folder")
     names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     classes = imagenet()
-    return classes if names and set(names) <= set(classes.synsets) else Classes(names=names)
+    stray = [n for n in names if n not in set(classes.synsets)]
+    if stray and len(stray) < len(names):  # synset folders and others (lost+found): never renumber the classes
+        more = f" (and {len(stray) - 1} more)" if len(stray) > 1 else ""
+        raise UsageError(f"--data {root}: sub-folder {stray[0]!r}{more} is not an ImageNet synset, but the others are: "
+                         "move it out of the data folder, or name every class folder by its synset")
+    return classes if names and not stray else Classes(names=names)
 
 
 def build(data: Path, output: Path, *, count: int, exclude: list[int], size: int, seed: int,

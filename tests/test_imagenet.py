@@ -130,8 +130,11 @@ def broken(world, tmp_path_factory):
     corrupt = base / "corrupt"
     shutil.copytree(world["model"], corrupt)
     (corrupt / "transformer" / "diffusion_pytorch_model.safetensors").write_bytes(b"truncated")
+    stray = base / "stray"  # a file system's own folder among the synsets
+    shutil.copytree(world["data"], stray)
+    (stray / "lost+found").mkdir()
     return {"empty": base / "empty", "no-forget": no_forget, "undecodable": undecodable, "not-dit": not_dit,
-            "five": five, "corrupt": corrupt}
+            "five": five, "corrupt": corrupt, "stray": stray}
 
 
 BAD = [
@@ -149,6 +152,7 @@ BAD = [
     (lambda w, b: ["--set", "eval.fid_weights=/nonexistent.pth"], "does not exist"),
     (lambda w, b: ["--set", "eval.fid_weights=null"], "eval.fid_weights to a local copy"),  # no network here
     (lambda w, b: ["--set", "eval.fid_extractor=inception-v4"], "is not a torch-fidelity feature extractor"),
+    (lambda w, b: ["--data", str(b["stray"])], "sub-folder 'lost+found' is not an ImageNet synset: move it out"),
 ]
 
 

@@ -88,3 +88,14 @@ def test_a_non_finite_fid_is_written_as_null_with_its_reason(tmp_path, monkeypat
     with pytest.raises(ValueError):  # so that Infinity can never reach a JSON file again
         atomic_write_json(tmp_path / "bad.json", {"fid": float("nan")})
     assert not (tmp_path / "bad.json").exists()
+
+
+def test_fid_reference_names_a_stray_folder_among_synsets(tmp_path, capsys):
+    for synset in ("n01440764", "n02099601", "lost+found"):
+        (tmp_path / "train" / synset).mkdir(parents=True)
+        Image.new("RGB", (12, 12), "gray").save(tmp_path / "train" / synset / "a.png")
+    code = fid_reference.main(["--data", str(tmp_path / "train"), "--output", str(tmp_path / "ref"), "--exclude",
+                               "golden retriever", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "sub-folder 'lost+found' is not an ImageNet synset" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "ref").exists()
