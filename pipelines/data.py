@@ -1,6 +1,7 @@
 """ImageNet-style image folders: DiT's preprocessing, forget and retain sets, and the latent cache."""
 from __future__ import annotations
 
+import os
 import random
 import sys
 from pathlib import Path
@@ -45,6 +46,36 @@ def scan(root: Path, classes: Classes) -> dict[int, list[Path]]:
     if not any(files.values()):
         raise UsageError(f"--data {root} holds no images (looked for {', '.join(sorted(EXTENSIONS))})")
     return files
+
+
+def check_writable(path: Path, option: str, *, in_parent: bool = False) -> None:
+    """Fail in one line, before any expensive work, when `path` (a folder to create or fill; with `in_parent`, a file
+    or folder written next to it and renamed onto it) cannot be written: a probe file is created, synced and removed
+    in the folder that will be written, or its nearest existing ancestor (no permission, a read-only or full file
+    system, a regular file on the way)."""
+    folder = path.parent if in_parent else path
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"{option} {path}: {folder} is a file, not a folder: choose another {option}")
+    try:
+        _probe(folder)
+    except OSError as e:
+        raise UsageError(f"{option} {path} cannot be written: creating a file in {folder} failed "
+                         f"({e.strerror or type(e).__name__}): choose a writable location, or free space or fix "
+                         "permissions there") from None
+
+
+def _probe(folder: Path) -> None:
+    """Create, write (4 KiB, synced, so that a full disk shows), and remove a file in `folder`."""
+    probe = folder / f".dualerase-probe-{os.getpid()}"
+    try:
+        with open(probe, "wb") as f:
+            f.write(bytes(4096))
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        probe.unlink(missing_ok=True)
 
 
 def center_crop(image: Image.Image, size: int) -> Image.Image:

@@ -30,12 +30,12 @@ from eval.report import (atomic_path, atomic_write_json, atomic_write_text, repl
 from pipelines.checkpoint import PartialSums, latest_checkpoint, load_checkpoint, save_checkpoint
 from pipelines.classes import resolve_class
 from pipelines.config import CommandParser, Config, ConfigError, UsageError, load_config, to_dict
-from pipelines.data import encode
+from pipelines.data import check_writable, encode
 from pipelines.digits import cache_root, fingerprint
 from pipelines.dit import DiTLoss, drop_labels, make_scheduler
 from pipelines.pretrained import load_model, save_pipeline
 from pipelines.sampling import class_labels, from_uint8, sample, seeded_generator, to_uint8
-from pipelines.workload import Workload, classes_of, prepare, processes
+from pipelines.workload import Workload, classes_of, is_main_process, prepare, processes
 
 
 def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, label_dropout: float = 0.0,
@@ -374,6 +374,7 @@ def run(cfg: Config, class_arg: str, output: Path, *, overwrite: bool = False, r
     check_processes(cfg)
     if check_output(output, cfg, overwrite, resume):
         return json.loads((output / "metrics.json").read_text())
+    check_writable(output, "--output")  # now, not after hours of evaluation
     t_start = time.perf_counter()
     w = prepare(cfg, progress)
     real = real_data(w, cfg, forget_class, progress)  # bad data fails here, before any output is touched
@@ -474,6 +475,7 @@ def run_trials(cfg: Config, class_arg: str, output: Path, trials: int = 1, *, ov
     check_processes(cfg)
     if check_output(output, cfg, overwrite, resume):
         return json.loads((output / "metrics.json").read_text())
+    check_writable(output, "--output")
     state.wait_for_everyone()  # every process has checked the folder before the main one writes to it
     if state.is_main_process:
         if overwrite and output.exists():
@@ -545,10 +547,12 @@ def main(argv: list[str] | None = None) -> int:
         metrics = run_trials(cfg, args.forget_class, output, args.trials, overwrite=args.overwrite,
                              resume=args.resume, progress=not args.quiet)
     except (ConfigError, UsageError, EvalError) as e:
-        print(f"erase-class: error: {e}", file=sys.stderr)
+        if is_main_process():  # under a launcher every process fails alike: one line, not one per process
+            print(f"erase-class: error: {e}", file=sys.stderr)
         return 2
     except DivergenceError as e:
-        print(f"erase-class: error: {e}", file=sys.stderr)
+        if is_main_process():
+            print(f"erase-class: error: {e}", file=sys.stderr)
         return 1
     if processes().is_main_process:
         print(summary(metrics))

@@ -18,8 +18,9 @@ from eval.report import atomic_write_json, atomic_write_text, protocol_line
 from erase import DivergenceError
 from pipelines.config import CommandParser, ConfigError, UsageError, load_config, to_dict
 from pipelines.classes import resolve_class
+from pipelines.data import check_writable
 from pipelines.erase_class import SCORES, run
-from pipelines.workload import classes_of, processes
+from pipelines.workload import classes_of, is_main_process, processes
 
 SPEC_KEYS = {"config": "digits", "methods": ["sfron"], "optimizers": ["dual", "shared"], "classes": ["3"],
              "seeds": [0], "set": []}
@@ -154,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         classes = classes_of(configs[0])
         for cls in spec["classes"]:
             resolve_class(str(cls), classes)
+        check_writable(args.output, "--output")  # before the first cell, not after it
         for i, ((method, optimizer, cls, seed), cfg) in enumerate(zip(grid, configs)):
             out = args.output / "cells" / f"{method}-{optimizer}-{cls.replace(' ', '_')}-s{seed}"
             logs[method, optimizer, cls, seed] = out / "log.jsonl"
@@ -177,10 +179,12 @@ def main(argv: list[str] | None = None) -> int:
                     atomic_write_text(out / "diverged.txt", str(e))
                 diverged.append(f"{method} / {optimizer} / class {cls} / seed {seed}: {e}")
     except (ConfigError, UsageError, EvalError) as e:
-        print(f"fid-bench: error: {e}", file=sys.stderr)
+        if is_main_process():  # under a launcher every process fails alike: one line, not one per process
+            print(f"fid-bench: error: {e}", file=sys.stderr)
         return 2
     if not cells:
-        print("fid-bench: error: every cell diverged: " + "; ".join(diverged), file=sys.stderr)
+        if is_main_process():
+            print("fid-bench: error: every cell diverged: " + "; ".join(diverged), file=sys.stderr)
         return 1
     if not main:  # under a multi-process launch the main process writes the tables
         return 0

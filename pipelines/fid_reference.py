@@ -14,7 +14,8 @@ from tqdm.auto import tqdm
 from eval.report import replace_folder
 from pipelines.classes import Classes, imagenet, resolve_class
 from pipelines.config import CommandParser, UsageError
-from pipelines.data import center_crop, scan, to_mode
+from pipelines.data import center_crop, check_writable, scan, to_mode
+from pipelines.workload import is_main_process
 
 
 def folder_classes(root: Path) -> Classes:
@@ -78,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.count < 1 or args.size < 1:
             raise UsageError("--count and --size must be >= 1")
+        if args.output.exists() and not args.output.is_dir():
+            raise UsageError(f"--output {args.output} is a file: give the reference folder to write")
+        check_writable(args.output, "--output", in_parent=True)  # built next to it, then renamed onto it
         if args.output.exists() and any(args.output.iterdir()) and not args.overwrite:
             raise UsageError(f"{args.output} is not empty: pass --overwrite to replace it, or choose another --output")
         classes = folder_classes(args.data)
@@ -85,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         manifest = build(args.data, args.output, count=args.count, exclude=exclude, size=args.size, seed=args.seed,
                          progress=not args.quiet)
     except UsageError as e:
-        print(f"fid-reference: error: {e}", file=sys.stderr)
+        if is_main_process():  # under a launcher every process fails alike: one line, not one per process
+            print(f"fid-reference: error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {args.output}: {manifest['count']} images of {manifest['classes']} classes at {args.size} px "
           f"(excluded: {', '.join(classes.short(c) for c in exclude) or 'none'}); use --set eval.fid_reference="

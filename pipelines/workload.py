@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -57,6 +58,12 @@ def processes() -> PartialState:
     On machines without CUDA several processes talk over gloo."""
     # Other processes wait at barriers while the main one encodes the latent cache or computes FID: allow hours.
     return PartialState(cpu=not torch.cuda.is_available(), timeout=datetime.timedelta(hours=3))
+
+
+def is_main_process() -> bool:
+    """Whether this process speaks for the launch: rank 0 under torchrun / accelerate launch (their RANK), or a lone
+    process. Read from the environment, so that reporting an error needs no process group."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 DIGITS = Classes(names=[f"digit {c}" for c in range(NUM_CLASSES)])

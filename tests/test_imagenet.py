@@ -153,6 +153,8 @@ BAD = [
     (lambda w, b: ["--set", "eval.fid_weights=null"], "eval.fid_weights to a local copy"),  # no network here
     (lambda w, b: ["--set", "eval.fid_extractor=inception-v4"], "is not a torch-fidelity feature extractor"),
     (lambda w, b: ["--data", str(b["stray"])], "sub-folder 'lost+found' is not an ImageNet synset: move it out"),
+    (lambda w, b: ["--output", "/sys/dualerase-run"], "cannot be written: creating a file in /sys failed"),
+    (lambda w, b: ["--output", f"{w['classifier']}/run"], "classifier.safetensors is a file, not a folder"),
 ]
 
 

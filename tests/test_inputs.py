@@ -1,5 +1,6 @@
 """Inputs and outputs that used to go wrong silently: odd image formats, stray folders, stale caches, cut-off labels."""
 import copy
+import errno
 import json
 import os
 from pathlib import Path
@@ -12,7 +13,8 @@ from PIL import Image, ImageDraw
 from pipelines import fid_reference
 from eval.fid import DigitsScorer
 from eval.report import atomic_write_json, sample_grid, summary
-from pipelines import erase_class, fid_bench
+from pipelines import erase_class, fid_bench, sample_grid
+from pipelines import data
 from pipelines.data import load_images
 from test_cli import TINY
 
@@ -99,3 +101,23 @@ def test_fid_reference_names_a_stray_folder_among_synsets(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "sub-folder 'lost+found' is not an ImageNet synset" in err and err.count("\n") == 1, err
     assert not (tmp_path / "ref").exists()
+
+
+def test_a_full_or_forbidden_output_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    # Tests run as root, whom permissions do not stop: simulate the probe failing as on a full disk. The real probe is
+    # exercised by the bad-input tables (a path under /sys, a path under a regular file).
+    def full(folder):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(data, "_probe", full)
+    monkeypatch.setattr(erase_class, "prepare", lambda *a, **k: pytest.fail("started work on an unwritable output"))
+    monkeypatch.setattr(sample_grid, "load_models", lambda *a, **k: pytest.fail("loaded models for nothing"))
+    (tmp_path / "train" / "n01440764").mkdir(parents=True)
+    commands = [(erase_class.main, ["3", "--output", str(tmp_path / "run"), *TINY]),
+                (sample_grid.main, ["--output", str(tmp_path / "grid.png"), "--quiet"]),
+                (fid_reference.main, ["--data", str(tmp_path / "train"), "--output", str(tmp_path / "ref")])]
+    for command, argv in commands:
+        assert command(argv) == 2
+        err = capsys.readouterr().err
+        assert "cannot be written" in err and "No space left on device" in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train"]
