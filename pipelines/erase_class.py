@@ -32,7 +32,7 @@ from pipelines.classes import resolve_class
 from pipelines.config import CommandParser, Config, ConfigError, UsageError, load_config, to_dict
 from pipelines.data import check_writable, encode
 from pipelines.digits import cache_root, fingerprint
-from pipelines.dit import DiTLoss, drop_labels, make_scheduler
+from pipelines.dit import DiTLoss, drop_labels, learns_sigma, make_scheduler
 from pipelines.pretrained import load_model, save_pipeline
 from pipelines.sampling import class_labels, from_uint8, sample, seeded_generator, to_uint8
 from pipelines.workload import Workload, classes_of, is_main_process, prepare, processes
@@ -86,7 +86,8 @@ def generate(model, w: Workload, cfg: Config, labels: torch.Tensor, *, seed: int
 def protocol(cfg: Config, w: Workload, forget_class: int) -> dict:
     """Everything needed to reproduce or compare the numbers."""
     return {
-        "sampler": "DDPM (diffusers DDPMScheduler, learned variance)",
+        "sampler": "DDPM (diffusers DDPMScheduler, "
+                   f"{'learned variance' if learns_sigma(w.model) else 'fixed variance: the model predicts none'})",
         "steps": cfg.sample.steps,
         "guidance": cfg.sample.guidance,
         "precision": "bf16 autocast" if cfg.compute.mixed_precision == "bf16" else "float32",

@@ -1,5 +1,6 @@
 """The ImageNet workload on tiny stand-ins: hub-style pipeline folder, ImageNet-style data, the published protocol."""
 import json
+import math
 import os
 import shutil
 import signal
@@ -12,9 +13,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from diffusers import DiTPipeline
+from diffusers import DiTPipeline, DiTTransformer2DModel
 from safetensors.torch import load_file
 
+from eval.imagenet import ImageNetScorer
 from pipelines import erase_class, fid_bench, fid_reference, sample_grid
 from pipelines.classes import imagenet, resolve_class
 from pipelines.config import UsageError
@@ -130,11 +132,15 @@ def broken(world, tmp_path_factory):
     corrupt = base / "corrupt"
     shutil.copytree(world["model"], corrupt)
     (corrupt / "transformer" / "diffusion_pytorch_model.safetensors").write_bytes(b"truncated")
+    odd = base / "odd-sigma"  # 6 output channels for 4 in: neither noise alone nor noise and sigma
+    shutil.copytree(world["model"], odd)
+    DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=6, num_layers=1,
+                          sample_size=8, patch_size=2, num_embeds_ada_norm=1000).save_pretrained(odd / "transformer")
     stray = base / "stray"  # a file system's own folder among the synsets
     shutil.copytree(world["data"], stray)
     (stray / "lost+found").mkdir()
     return {"empty": base / "empty", "no-forget": no_forget, "undecodable": undecodable, "not-dit": not_dit,
-            "five": five, "corrupt": corrupt, "stray": stray}
+            "five": five, "corrupt": corrupt, "stray": stray, "odd-sigma": odd}
 
 
 BAD = [
@@ -153,6 +159,7 @@ BAD = [
     (lambda w, b: ["--set", "eval.fid_weights=null"], "eval.fid_weights to a local copy"),  # no network here
     (lambda w, b: ["--set", "eval.fid_extractor=inception-v4"], "is not a torch-fidelity feature extractor"),
     (lambda w, b: ["--data", str(b["stray"])], "sub-folder 'lost+found' is not an ImageNet synset: move it out"),
+    (lambda w, b: ["--model", str(b["odd-sigma"])], "has 6 output channels for 4 input channels"),
     (lambda w, b: ["--output", "/sys/dualerase-run"], "cannot be written: creating a file in /sys failed"),
     (lambda w, b: ["--output", f"{w['classifier']}/run"], "classifier.safetensors is a file, not a folder"),
 ]
@@ -300,3 +307,15 @@ def test_a_rebuilt_reference_folder_is_never_scored_with_old_numbers(world, tmp_
         assert len(set(evals.glob("*.json")) - before) == 1  # the base model was scored again, against this build
         scores.append(json.loads((out / "metrics.json").read_text())["before"]["fid"])
     assert scores[0] != scores[1]
+
+
+def test_a_dit_without_learned_sigma_erases_end_to_end(world, tmp_path, monkeypatch):
+    model = build_pipeline(tmp_path / "fixed-dit", out_channels=4)  # out_channels == in_channels: no sigma
+    monkeypatch.setattr(ImageNetScorer, "fid", lambda self, samples, c: 1.0)  # the model's samples are not its concern
+    out = tmp_path / "run"
+    assert erase_class.main(args(world, out, "--model", str(model))) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert "fixed variance" in m["protocol"]["sampler"] and 0 <= m["after"]["forget_accuracy"] <= 1
+    assert all(math.isfinite(r["forget_loss"]) for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()))
+    pipe = DiTPipeline.from_pretrained(out / "model")
+    assert pipe(class_labels=[207], num_inference_steps=2, output_type="np").images.shape == (1, 16, 16, 3)
