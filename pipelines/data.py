@@ -13,15 +13,16 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from eval.report import atomic_path
-from pipelines.classes import Classes
+from pipelines.classes import Classes, imagenet
 from pipelines.config import UsageError
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
 def scan(root: Path, classes: Classes) -> dict[int, list[Path]]:
-    """Image files per class index. Sub-folders are synsets for ImageNet models (any subset of the 1000), else the
-    model's classes in sorted order (then there must be one per class)."""
+    """Image files per class index. Sub-folders are synsets when the model's classes are ImageNet's or a subset of
+    them (any subset of its classes), else named after the model's classes (its id2label); a model that names no
+    classes gets them in sorted order (then there must be one per class)."""
     if not root.is_dir():
         raise UsageError(f"--data {root} is not a folder: give an ImageNet-style train folder (one sub-folder of "
                          "images per class)")
@@ -32,11 +33,29 @@ def scan(root: Path, classes: Classes) -> dict[int, list[Path]]:
     if classes.synsets:
         index = {s: i for i, s in enumerate(classes.synsets)}
         unknown = [p.name for p in folders if p.name not in index]
-        if unknown:
-            more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+        more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+        if unknown and (len(classes) == 1000 or unknown[0] not in imagenet().synsets):
             raise UsageError(f"--data {root}: sub-folder {unknown[0]!r}{more} is not an ImageNet synset: move it out "
                              "of the data folder, or name class folders by synset, e.g. n02099601")
+        if unknown:
+            name = imagenet().names[imagenet().synsets.index(unknown[0])].split(",")[0]
+            raise UsageError(f"--data {root}: sub-folder {unknown[0]!r} ({name}){more} is not one of the model's "
+                             f"{len(classes)} classes ({listing(classes)}): give a data folder of the model's classes")
         numbered = {index[p.name]: p for p in folders}
+    elif classes.named:  # the model's own names (id2label), or the folders' when it has none
+        index = {}
+        for c, name in enumerate(classes.names):
+            for word in {name.strip().lower(), *(w.strip().lower() for w in name.split(","))}:
+                index.setdefault(word, set()).add(c)
+        numbered = {}
+        for p in folders:
+            found = index.get(p.name.strip().lower(), set())
+            if len(found) != 1 or min(found) in numbered:
+                why = ("is not one of" if not found else "names more than one of" if len(found) > 1 else
+                       f"names the same class as {numbered[min(found)].name!r}, of")
+                raise UsageError(f"--data {root}: sub-folder {p.name!r} {why} the model's {len(classes)} classes "
+                                 f"({listing(classes)}): name each class folder after its class, once")
+            numbered[min(found)] = p
     else:
         if len(folders) != len(classes):
             raise UsageError(f"--data {root} has {len(folders)} class folders but the model has {len(classes)} "
@@ -76,6 +95,13 @@ def _probe(folder: Path) -> None:
             os.fsync(f.fileno())
     finally:
         probe.unlink(missing_ok=True)
+
+
+def listing(classes: Classes, most: int = 6) -> str:
+    """The model's first classes, for a message: "0 golden retriever (n02099601), 1 tench, ..."."""
+    shown = [f"{c} {classes.short(c)}" + (f" ({classes.synsets[c]})" if classes.synsets else "")
+             for c in range(min(most, len(classes)))]
+    return ", ".join(shown) + (", ..." if len(classes) > most else "")
 
 
 def center_crop(image: Image.Image, size: int) -> Image.Image:

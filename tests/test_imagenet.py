@@ -19,12 +19,17 @@ from safetensors.torch import load_file
 from eval.imagenet import ImageNetScorer
 from pipelines import erase_class, fid_bench, fid_reference, sample_grid
 from pipelines.classes import imagenet, resolve_class
-from pipelines.config import UsageError
+from pipelines.config import UsageError, load_config
+from pipelines.data import scan
+from pipelines.workload import classes_of
 from pipelines.sampling import sample
 from pipelines.dit import build_dit, make_scheduler
 from tiny_imagenet import SYNSETS, build_classifier, build_data, build_inception, build_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
+# A 10-class model whose classes are ImageNet's in another order than the synsets' (goldfish before tench)
+LABELS_10 = ["goldfish, Carassius auratus", "golden retriever", "tench, Tinca tinca", "Chihuahua", "great white shark",
+             "tiger shark", "hammerhead", "electric ray", "stingray", "cock"]
 
 
 @pytest.fixture(scope="module")
@@ -136,11 +141,13 @@ def broken(world, tmp_path_factory):
     shutil.copytree(world["model"], odd)
     DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=6, num_layers=1,
                           sample_size=8, patch_size=2, num_embeds_ada_norm=1000).save_pretrained(odd / "transformer")
+    ten = build_pipeline(base / "ten", labels=LABELS_10)
+    ten_other = build_pipeline(base / "ten-other", labels=[n if n != "Chihuahua" else "Japanese spaniel" for n in LABELS_10])
     stray = base / "stray"  # a file system's own folder among the synsets
     shutil.copytree(world["data"], stray)
     (stray / "lost+found").mkdir()
     return {"empty": base / "empty", "no-forget": no_forget, "undecodable": undecodable, "not-dit": not_dit,
-            "five": five, "corrupt": corrupt, "stray": stray, "odd-sigma": odd}
+            "five": five, "corrupt": corrupt, "stray": stray, "odd-sigma": odd, "ten": ten, "ten-other": ten_other}
 
 
 BAD = [
@@ -161,6 +168,9 @@ BAD = [
     (lambda w, b: ["--data", str(b["stray"])], "sub-folder 'lost+found' is not an ImageNet synset: move it out"),
     (lambda w, b: ["--model", str(b["odd-sigma"])], "has 6 output channels for 4 input channels"),
     (lambda w, b: ["--output", "/sys/dualerase-run"], "cannot be written: creating a file in /sys failed"),
+    (lambda w, b: ["--model", str(b["ten"])], "test_resnet has 1000 classes (from the head of eval.fa_weights"),
+    (lambda w, b: ["--model", str(b["ten"]), "--set", "eval.fa_num_classes=10"], "size mismatch for fc.weight"),
+    (lambda w, b: ["--model", str(b["ten-other"])], "'n02085620' (Chihuahua) is not one of the model's 10 classes"),
     (lambda w, b: ["--output", f"{w['classifier']}/run"], "classifier.safetensors is a file, not a folder"),
 ]
 
@@ -319,3 +329,23 @@ def test_a_dit_without_learned_sigma_erases_end_to_end(world, tmp_path, monkeypa
     assert all(math.isfinite(r["forget_loss"]) for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()))
     pipe = DiTPipeline.from_pretrained(out / "model")
     assert pipe(class_labels=[207], num_inference_steps=2, output_type="np").images.shape == (1, 16, 16, 3)
+
+
+def test_a_10_class_model_maps_folders_through_its_labels_and_takes_its_own_classifier(world, tmp_path, monkeypatch):
+    model = build_pipeline(tmp_path / "dit-10", labels=LABELS_10)
+    cfg = load_config("imagenet", ["model.source=diffusers", f"model.path={model}", f"data.path={world['data']}"])
+    files = scan(world["data"], classes_of(cfg))
+    assert {c: fs[0].parent.name for c, fs in files.items()} == {  # not the sorted synsets' order
+        0: "n01443537", 1: "n02099601", 2: "n01440764", 3: "n02085620"}
+    classifier = build_classifier(tmp_path / "classifier-10.safetensors", num_classes=10, always=1)
+    reference = tmp_path / "reference"
+    assert fid_reference.main(["--data", str(world["data"]), "--output", str(reference), "--exclude",
+                               "golden retriever", "--quiet"]) == 0
+    monkeypatch.setattr(ImageNetScorer, "fid", lambda self, samples, c: 1.0)  # FID does not depend on class ids
+    out = tmp_path / "run"
+    assert erase_class.main(args(world, out, "--model", str(model), "--set", f"eval.fa_weights={classifier}",
+                                 "--set", f"eval.fid_reference={reference}")) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert (m["forget_class"], m["class_name"], m["before"]["forget_accuracy"]) == (1, "golden retriever", 1.0)
+    assert "WARNING" not in m["protocol"]["reference"]  # built without golden retriever: its folder, not index 1
+    assert DiTPipeline.from_pretrained(out / "model").get_label_ids(["golden retriever"]) == [1]
