@@ -16,6 +16,7 @@ import torch_fidelity.registry
 from timm.models import get_pretrained_cfg
 
 from eval.fid import ImageTensors
+from pipelines.digits import file_digest, file_stamp
 
 
 class EvalError(ValueError):
@@ -119,20 +120,28 @@ class ImageNetScorer:
 
     @property
     def key(self) -> str:
-        """Identifies everything the scores depend on besides the samples: reference build, extractor, classifier."""
-        ident = {"manifest": self.manifest, "weights": str(self.extractor_weights), "extractor": self.extractor,
-                 "classifier": self.name, "classifier_weights": self.classifier_weights, "size": self.size}
+        """Identifies everything the scores depend on besides the samples, by content: the reference statistics'
+        key, the classifier and its weights."""
+        ident = {"reference": self.reference_key, "classifier": self.name, "size": self.size,
+                 "classifier_weights": self.classifier_weights and file_digest(self.classifier_weights)}
+        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
+
+    @property
+    def reference_key(self) -> str:
+        """Identifies the reference folder's statistics: its manifest (which records when it was built) and files
+        (size and times), the extractor, and the content of the extractor's weights (other weights, other features)."""
+        files = sorted(file_stamp(p)[1:] + (str(p.relative_to(self.reference)),)
+                       for p in self.reference.rglob("*") if p.is_file())
+        ident = {"manifest": self.manifest, "files": files, "extractor": self.extractor,
+                 "weights": self.extractor_weights and file_digest(self.extractor_weights)}
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
 
     def fid(self, samples: torch.Tensor, forget_class: int) -> float:
         """FID between uint8 samples and the reference folder; the folder's statistics are cached under a name made
-        from its manifest (which records when it was built, so a rebuilt folder gets new statistics) and the
-        extractor's weights."""
-        ident = {"manifest": self.manifest, "weights": str(self.extractor_weights)}  # other weights, other features
-        key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
+        from `reference_key`, so rebuilt reference images or extractor weights get new statistics."""
         metrics = torch_fidelity.calculate_metrics(
             input1=ImageTensors(samples), input2=str(self.reference), samples_find_deep=True,
-            input2_cache_name=f"dualerase-ref-{self.reference.name}-{key}-{self.extractor}", fid=True,
+            input2_cache_name=f"dualerase-ref-{self.reference.name}-{self.reference_key}-{self.extractor}", fid=True,
             cuda=torch.cuda.is_available(), verbose=False, batch_size=100, save_cpu_ram=True,
             feature_extractor=self.extractor, feature_extractor_weights_path=self.extractor_weights,
             cache_root=str(self.cache_root))

@@ -16,8 +16,8 @@ from eval.imagenet import EvalError, ImageNetScorer, load_timm_classifier
 from pipelines.classes import Classes, for_model
 from pipelines.config import Config, UsageError
 from pipelines.data import cached, encode, forget_files, load_images, retain_files, scan, with_flips
-from pipelines.digits import (NUM_CLASSES, cache_root, fingerprint, load_digits, load_digits_dit,
-                              prepare_digits_classifier, prepare_digits_dit)
+from pipelines.digits import (NUM_CLASSES, cache_root, file_digest, file_stamp, fingerprint, load_digits,
+                              load_digits_dit, prepare_digits_classifier, prepare_digits_dit)
 from pipelines.pretrained import Pretrained, dit_config, id2label, load_pretrained, locate
 
 
@@ -103,7 +103,8 @@ def prepare_digits(cfg: Config, progress: bool = True) -> Workload:
         is_forget = y == forget_class
         return RealData(x[is_forget], y[is_forget], x[~is_forget], y[~is_forget], key="sklearn digits")
 
-    return Workload(model=load_digits_dit(cfg.digits), model_id=f"digits/{folder.name}", classes=DIGITS,
+    content = fingerprint(sorted((f.name, file_digest(f)) for f in folder.iterdir() if f.is_file()))
+    return Workload(model=load_digits_dit(cfg.digits), model_id=f"digits/{folder.name}#{content}", classes=DIGITS,
                     scorer=DigitsScorer(load_classifier(clf_path), clf_path, clf_acc, x, y), real_data=real_data)
 
 
@@ -135,9 +136,8 @@ def prepare_diffusers(cfg: Config, progress: bool = True) -> Workload:
     except EvalError as e:
         raise UsageError(str(e)) from None
     transformer, vae = pre.transformer, pre.vae
-    weights = sorted((str(f.relative_to(pre.root)), f.stat().st_size, f.stat().st_mtime_ns)
-                     for f in pre.root.rglob("*") if f.is_file())
-    model_id = f"{cfg.model.path}#{fingerprint(weights)}"  # a re-saved model at the same path gets a new id
+    weights = sorted((str(f.relative_to(pre.root)), file_digest(f)) for f in pre.root.rglob("*") if f.is_file())
+    model_id = f"{cfg.model.path}#{fingerprint(weights)}"  # by content: a model re-saved at the same path gets a new id
     channels = 3 if vae is not None else transformer.config.in_channels
 
     def load(files: list[Path], what: str, progress: bool) -> tuple[torch.Tensor, list[int]]:
@@ -149,10 +149,10 @@ def prepare_diffusers(cfg: Config, progress: bool = True) -> Workload:
     def real_data(forget_class, cfg, progress=True):
         forget = forget_files(files, forget_class, cfg.data.forget_images, classes, root)
         retain = retain_files(files, forget_class, cfg.data.retain_images, cfg.seed)
-        # Keyed by the model's weights, the seed, and every file used with its size and time: changed files re-encode.
+        # Keyed by the model's weights, the seed, and every file used with its size and times: changed files re-encode.
         key = {"model": model_id, "size": pre.image_size, "seed": cfg.seed}
         where = cache_root() / "latents" if cfg.data.latent_cache and vae is not None else None
-        stamp = lambda paths: [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]  # noqa: E731
+        stamp = lambda paths: [file_stamp(p) for p in paths]  # noqa: E731
         forget_key = fingerprint({**key, "files": stamp(forget)})
         retain_key = fingerprint({**key, "files": stamp(p for _, p in retain)})
 

@@ -1,4 +1,5 @@
 """The ImageNet workload on tiny stand-ins: hub-style pipeline folder, ImageNet-style data, the published protocol."""
+import functools
 import json
 import math
 import os
@@ -10,18 +11,21 @@ import time
 from pathlib import Path
 
 import pytest
+import timm
 import torch
+import torch_fidelity
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from diffusers import DiTPipeline, DiTTransformer2DModel
-from safetensors.torch import load_file
+from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from eval.imagenet import ImageNetScorer
 from pipelines import erase_class, fid_bench, fid_reference, sample_grid
 from pipelines.classes import imagenet, resolve_class
 from pipelines.config import UsageError, load_config
 from pipelines.data import scan
-from pipelines.workload import classes_of
+from pipelines.workload import classes_of, prepare
 from pipelines.sampling import sample
 from pipelines.dit import build_dit, make_scheduler
 from tiny_imagenet import SYNSETS, build_classifier, build_data, build_inception, build_pipeline
@@ -349,3 +353,66 @@ def test_a_10_class_model_maps_folders_through_its_labels_and_takes_its_own_clas
     assert (m["forget_class"], m["class_name"], m["before"]["forget_accuracy"]) == (1, "golden retriever", 1.0)
     assert "WARNING" not in m["protocol"]["reference"]  # built without golden retriever: its folder, not index 1
     assert DiTPipeline.from_pretrained(out / "model").get_label_ids(["golden retriever"]) == [1]
+
+
+def _rewrite_in_place(path: Path, write) -> None:
+    """Rewrite a file at the same path to the same size, then put its modification time back."""
+    st = path.stat()
+    write(path)
+    assert path.stat().st_size == st.st_size
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_cached_scores_latents_and_model_ids_follow_content_not_paths(world, tmp_path, monkeypatch):
+    monkeypatch.setattr(ImageNetScorer, "fid", lambda self, samples, c: 1.0)  # FID's own cache: the next test
+    model, data = tmp_path / "dit", tmp_path / "train"
+    shutil.copytree(world["model"], model)
+    shutil.copytree(world["data"], data)
+    classifier = build_classifier(tmp_path / "classifier.safetensors", always=207)
+    argv = args(world, tmp_path / "o")
+    sets = [argv[i + 1] for i, x in enumerate(argv) if x == "--set"]
+    cfg = load_config("imagenet", ["model.source=diffusers", f"model.path={model}", f"data.path={data}", *sets,
+                                   f"eval.fa_weights={classifier}"])
+    w = prepare(cfg, progress=False)
+    real = w.real_data(207, cfg, progress=False)
+    assert erase_class.evaluate_base(w, cfg, 207, progress=False, job=tmp_path)["forget_accuracy"] == 1.0
+    _rewrite_in_place(classifier, lambda p: build_classifier(p, always=0))  # now it never says golden retriever
+    w = prepare(cfg, progress=False)
+    assert erase_class.evaluate_base(w, cfg, 207, progress=False, job=tmp_path)["forget_accuracy"] == 0.0
+
+    image = sorted((data / SYNSETS[0]).iterdir())[0]  # a forget image replaced by a grey one of the same size
+
+    def grey(p):
+        size = p.stat().st_size
+        Image.new("RGB", (24, 20), "gray").save(p, format="JPEG")
+        p.write_bytes(p.read_bytes().ljust(size, b"\0"))  # JPEG readers stop at the end-of-image marker
+
+    _rewrite_in_place(image, grey)
+    again = prepare(cfg, progress=False).real_data(207, cfg, progress=False)
+    assert again.key != real.key and not torch.equal(again.forget_x, real.forget_x)
+
+    weights = model / "transformer" / "diffusion_pytorch_model.safetensors"
+    _rewrite_in_place(weights, lambda p: save_file({k: v * 2 for k, v in load_file(str(p)).items()}, str(p),
+                                                   metadata={"format": "pt"}))
+    assert prepare(cfg, progress=False).model_id != w.model_id
+
+
+def test_reference_statistics_follow_the_content_of_the_extractor_weights(world, tmp_path, monkeypatch):
+    # Inception's 64-d layer instead of the 2048-d one: the same code path and cache, without minutes of sqrtm on CPU
+    monkeypatch.setattr(torch_fidelity, "calculate_metrics",
+                        functools.partial(torch_fidelity.calculate_metrics, feature_layer_fid="64"))
+    cache = Path(os.environ["DUALERASE_HOME"]) / "fid"
+    inception = build_inception(tmp_path / "inception.pth", seed=1)
+    samples = torch.randint(0, 256, (6, 3, 16, 16), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+
+    def fid(cache_root):
+        return ImageNetScorer(timm.create_model("test_resnet"), size=32, reference=world["reference"],
+                              extractor="inception-v3-compat", extractor_weights=str(inception),
+                              cache_root=cache_root, name="test_resnet").fid(samples, 207)
+
+    first = fid(cache)
+    _rewrite_in_place(inception, lambda p: build_inception(p, seed=2))  # rebuilt in place: other features
+    kept = set(cache.iterdir())
+    second = fid(cache)
+    assert set(cache.iterdir()) - kept  # the reference statistics were computed again, with the new weights
+    assert second == fid(tmp_path / "fresh-cache") != first  # exactly what a fresh cache gives

@@ -121,3 +121,16 @@ def test_a_full_or_forbidden_output_is_refused_before_any_work(tmp_path, monkeyp
         err = capsys.readouterr().err
         assert "cannot be written" in err and "No space left on device" in err and err.count("\n") == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train"]
+
+
+def test_digits_scores_are_keyed_by_the_classifier_content(tmp_path):
+    from eval.classifier import ClassifierRecipe, DigitsNet, save_classifier
+
+    path = tmp_path / "classifier.safetensors"
+    torch.manual_seed(0)
+    save_classifier(DigitsNet(), path, ClassifierRecipe(), 0.9)
+    key, st = DigitsScorer(None, path, 0.9, None, None).key, path.stat()
+    torch.manual_seed(1)  # retrained in place: same size, the old modification time put back
+    save_classifier(DigitsNet(), path, ClassifierRecipe(), 0.9)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and DigitsScorer(None, path, 0.9, None, None).key != key

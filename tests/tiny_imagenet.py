@@ -57,13 +57,13 @@ def build_classifier(path: Path, num_classes: int = 1000, always: int | None = N
     return path
 
 
-def build_inception(path: Path) -> Path:
+def build_inception(path: Path, seed: int = 0) -> Path:
     """torch-fidelity's InceptionV3 with random weights (the real ones cannot be downloaded here)."""
     import torch_fidelity.feature_extractor_inceptionv3 as inception
 
     with mock.patch.object(inception, "load_state_dict_from_url", lambda *a, **k: {}), \
             mock.patch.object(inception.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None):
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         net = inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
     for m in net.modules():  # variance-preserving init, so that random features still tell images apart
         if isinstance(m, torch.nn.Conv2d):
