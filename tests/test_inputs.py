@@ -13,7 +13,8 @@ from PIL import Image, ImageDraw
 from pipelines import fid_reference
 from eval.fid import DigitsScorer
 from eval.report import atomic_write_json, sample_grid, summary
-from pipelines import erase_class, fid_bench, sample_grid
+from pipelines import erase_class, fid_bench
+from pipelines import sample_grid as grid_command
 from pipelines import data
 from pipelines.data import load_images
 from test_cli import TINY
@@ -111,10 +112,10 @@ def test_a_full_or_forbidden_output_is_refused_before_any_work(tmp_path, monkeyp
 
     monkeypatch.setattr(data, "_probe", full)
     monkeypatch.setattr(erase_class, "prepare", lambda *a, **k: pytest.fail("started work on an unwritable output"))
-    monkeypatch.setattr(sample_grid, "load_models", lambda *a, **k: pytest.fail("loaded models for nothing"))
+    monkeypatch.setattr(grid_command, "load_models", lambda *a, **k: pytest.fail("loaded models for nothing"))
     (tmp_path / "train" / "n01440764").mkdir(parents=True)
     commands = [(erase_class.main, ["3", "--output", str(tmp_path / "run"), *TINY]),
-                (sample_grid.main, ["--output", str(tmp_path / "grid.png"), "--quiet"]),
+                (grid_command.main, ["--output", str(tmp_path / "grid.png"), "--quiet"]),
                 (fid_reference.main, ["--data", str(tmp_path / "train"), "--output", str(tmp_path / "ref")])]
     for command, argv in commands:
         assert command(argv) == 2
