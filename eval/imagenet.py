@@ -46,7 +46,8 @@ def load_timm_classifier(name: str, weights: str | None = None, num_classes: int
         if weights is not None:
             raise EvalError(f"eval.fa_weights {weights} does not load into timm {name} with "
                             f"{num_classes or 'its'} classes ({type(e).__name__}: {why[:240]}): give weights of that "
-                            "architecture, with eval.fa_num_classes their class count (null: read from the file)") from None
+                            "architecture, with eval.fa_num_classes their class count (null: read from the file)"
+                            ) from None
         raise EvalError(
             f"cannot load the {name} classifier ({type(e).__name__}: {why[:160]})"
             f": on a machine with network run `huggingface-cli download timm/{name}` once, or set eval.fa_weights to a "

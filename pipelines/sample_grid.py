@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.per_class < 1:
             raise UsageError(f"--per-class must be >= 1, got {args.per_class}")
         if args.output.is_dir():
-            raise UsageError(f"--output {args.output} is a folder: give the PNG file to write, e.g. {args.output}/grid.png")
+            raise UsageError(f"--output {args.output} is a folder: give the PNG file to write, e.g. "
+                             f"{args.output}/grid.png")
         check_writable(args.output, "--output", in_parent=True)  # before any sampling
         model_args = ["model.source=diffusers", f"model.path={args.model}"] if args.model else []
         cfg = load_config(args.config or ("imagenet" if args.model else "digits"), model_args + args.overrides)

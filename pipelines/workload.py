@@ -122,12 +122,12 @@ def prepare_diffusers(cfg: Config, progress: bool = True) -> Workload:
     try:
         classifier = load_timm_classifier(cfg.eval.fa_classifier, cfg.eval.fa_weights, cfg.eval.fa_num_classes)
         if classifier.num_classes != len(classes):
-            source = ("eval.fa_num_classes" if cfg.eval.fa_num_classes else
-                      f"the head of eval.fa_weights {cfg.eval.fa_weights}" if cfg.eval.fa_weights else "its pretrained head")
+            source = ("eval.fa_num_classes" if cfg.eval.fa_num_classes else f"the head of eval.fa_weights "
+                      f"{cfg.eval.fa_weights}" if cfg.eval.fa_weights else "its pretrained head")
             raise UsageError(f"eval.fa_classifier {cfg.eval.fa_classifier} has {classifier.num_classes} classes (from "
-                             f"{source}) but the model {cfg.model.path} has {len(classes)}: give a classifier trained on "
-                             f"the model's {len(classes)} classes, in its class order: --set eval.fa_classifier=<timm "
-                             "name> --set eval.fa_weights=<its weights file>")
+                             f"{source}) but the model {cfg.model.path} has {len(classes)}: give a classifier trained "
+                             f"on the model's {len(classes)} classes, in its class order: --set eval.fa_classifier="
+                             "<timm name> --set eval.fa_weights=<its weights file>")
         scorer = ImageNetScorer(classifier.to(processes().device), size=cfg.eval.fa_size,
                                 reference=Path(cfg.eval.fid_reference).expanduser(), extractor=cfg.eval.fid_extractor,
                                 extractor_weights=cfg.eval.fid_weights, cache_root=cache_root() / "fid",

@@ -159,7 +159,8 @@ def test_a_dit_without_learned_sigma_samples_with_the_fixed_variance_and_trains_
     images = sample(fixed, make_scheduler(), labels, **kw)  # the evaluation's scheduler: learned variance asked
     assert images.shape == (10, 1, 4, 4) and torch.all(torch.isfinite(images))
     assert torch.equal(images, sample(fixed, fixed_variance(make_scheduler()), labels, **kw))
-    loss, batch = DiTLoss(make_scheduler()), (torch.rand(4, 1, 4, 4) * 2 - 1, torch.tensor([0, 1, 2, 3]), torch.arange(4))
+    loss = DiTLoss(make_scheduler())
+    batch = (torch.rand(4, 1, 4, 4) * 2 - 1, torch.tensor([0, 1, 2, 3]), torch.arange(4))
     x0, _, t, noise, xt = loss._noised(fixed, batch)
     with torch.no_grad():
         mse = ((fixed(xt, t, class_labels=batch[1]).sample - noise) ** 2).flatten(1).mean(1)

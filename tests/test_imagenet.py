@@ -146,7 +146,8 @@ def broken(world, tmp_path_factory):
     DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=6, num_layers=1,
                           sample_size=8, patch_size=2, num_embeds_ada_norm=1000).save_pretrained(odd / "transformer")
     ten = build_pipeline(base / "ten", labels=LABELS_10)
-    ten_other = build_pipeline(base / "ten-other", labels=[n if n != "Chihuahua" else "Japanese spaniel" for n in LABELS_10])
+    ten_other = build_pipeline(base / "ten-other",  # Chihuahua's folder is none of its classes
+                               labels=[n if n != "Chihuahua" else "Japanese spaniel" for n in LABELS_10])
     stray = base / "stray"  # a file system's own folder among the synsets
     shutil.copytree(world["data"], stray)
     (stray / "lost+found").mkdir()

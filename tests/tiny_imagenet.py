@@ -17,7 +17,7 @@ SYNSETS = ["n02099601", "n01440764", "n01443537", "n02085620"]  # golden retriev
 
 def build_pipeline(folder: Path, *, out_channels: int = 8, labels: list[str] | None = None) -> Path:
     """A DiTPipeline folder as the hub holds it: transformer, vae, scheduler and id2label in model_index.json.
-    `out_channels` 4: a DiT without learned sigma; `labels`: the class names of a model of other than ImageNet's 1000."""
+    `out_channels` 4: a DiT without learned sigma; `labels`: the class names of a model of other than 1000 classes."""
     torch.manual_seed(0)
     transformer = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4,
                                         out_channels=out_channels, num_layers=2, sample_size=8, patch_size=2,
