@@ -69,11 +69,21 @@ def gradient_sum(model: torch.nn.Module, loss: Callable[[torch.nn.Module, object
 
 
 def top_fraction_mask(scores: dict[str, torch.Tensor], fraction: float) -> dict[str, torch.Tensor]:
-    """Keep the global top `fraction` of coordinates by score (ties at the threshold kept)."""
+    """Keep exactly the global top `fraction` of coordinates by score; ties at the threshold go by rank (parameter
+    order, then position), so a mask never keeps more than asked when many scores are equal (e.g. zero gradients)."""
     flat = torch.cat([s.flatten() for s in scores.values()])
     k = max(1, int(round(fraction * flat.numel())))
-    threshold = torch.topk(flat, k, sorted=True).values[-1]
-    return {n: s >= threshold for n, s in scores.items()}
+    threshold = torch.kthvalue(flat, flat.numel() - k + 1).values.item()  # the k-th largest score
+    ties = k - int((flat > threshold).sum())  # coordinates at the threshold still to keep
+    mask = {}
+    for n, s in scores.items():
+        keep = s > threshold
+        if ties > 0:
+            at = (s == threshold).flatten().nonzero().flatten()[:ties]
+            keep.view(-1)[at] = True
+            ties -= len(at)
+        mask[n] = keep
+    return mask
 
 
 def sfron_mask(

@@ -15,6 +15,7 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import register_feature_extractor
 
 from eval.classifier import FEATURE_DIM, load_classifier, predict, probabilities
+from pipelines.digits import file_digest
 
 DIGITS_EXTRACTOR = "digits-cnn"
 DIGITS_FEATURE = str(FEATURE_DIM)
@@ -87,8 +88,8 @@ class DigitsScorer:
 
     @property
     def key(self) -> str:
-        """Identifies the classifier (and so the feature extractor) the scores depend on."""
-        return Path(self.weights_path).name
+        """Identifies the classifier (and so the feature extractor) the scores depend on, by its content."""
+        return f"{Path(self.weights_path).name}#{file_digest(self.weights_path)[:12]}"
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         return predict(self.classifier, images)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -42,7 +43,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+    """Strict JSON: a NaN or infinity raises instead of writing `NaN`/`Infinity`, which JSON readers refuse."""
+    atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
 def _tile(images: torch.Tensor, scale: int, gap: int = 2) -> Image.Image:
@@ -67,8 +69,12 @@ def sample_grid(panels: dict[str, torch.Tensor], labels: torch.Tensor, class_nam
     scale = scale or max(1, 32 // first.shape[-1])
     per_class = int((labels == classes[0]).sum())
     cell = first.shape[-1] * scale
-    label_w, gap, head_h, pad = 110, 16, 22, 3
-    panel_w = per_class * (cell + 2) - 2
+    names = {c: class_names[c] + ("  (erased)" if c == marked else "") for c in classes}
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength  # the font the text is drawn in
+    gap, head_h, pad = 16, 22, 3
+    label_w = 4 + math.ceil(max(measure(n) for n in names.values())) + gap  # the longest label fits
+    tiles_w = per_class * (cell + 2) - 2
+    panel_w = max([tiles_w] + [math.ceil(measure(title)) for title in panels])  # and the longest title
     width = label_w + len(panels) * (panel_w + gap)
     height = head_h + len(classes) * (cell + 2 * pad)
     canvas = Image.new("RGB", (width, height), "white")
@@ -77,13 +83,12 @@ def sample_grid(panels: dict[str, torch.Tensor], labels: torch.Tensor, class_nam
         draw.text((label_w + j * (panel_w + gap), 4), title, fill="black")
     for i, c in enumerate(classes):
         y = head_h + i * (cell + 2 * pad) + pad
-        name = class_names[c] + ("  (erased)" if c == marked else "")
-        draw.text((4, y + cell // 2 - 6), name, fill="red" if c == marked else "black")
+        draw.text((4, y + cell // 2 - 6), names[c], fill="red" if c == marked else "black")
         for j, images in enumerate(panels.values()):
             x = label_w + j * (panel_w + gap)
             canvas.paste(_tile(images[labels == c], scale), (x, y))
             if c == marked:
-                draw.rectangle([x - 2, y - 2, x + panel_w + 1, y + cell + 1], outline="red", width=2)
+                draw.rectangle([x - 2, y - 2, x + tiles_w + 1, y + cell + 1], outline="red", width=2)
     return canvas
 
 
@@ -127,13 +132,17 @@ def summary(m: dict) -> str:
     seeds = f"seeds {', '.join(map(str, m['seeds']))} (mean +- std)" if std else f"seed {m['seed']}"
 
     def cell(side, key, fmt):
+        if m[side][key] is None:  # a non-finite FID: its reason is printed below the table
+            return "n/a"
         return fmt.format(m[side][key]) + (" +- " + fmt.format(std[side][key]) if std else "")
 
-    width = 20 if std else 10
+    width = max([20 if std else 10] + [len(cell(side, key, fmt)) + 2 for side in ("before", "after")
+                                       for _, key, fmt in rows])  # a huge number never runs into its neighbour
     lines = [f"Erased class {m['forget_class']} ({m['class_name']}) with {m['method']}, {m['optimizer']} optimizer(s), "
              f"{seeds}: {m['outer_steps']} outer steps in {t['erase_s']:.1f} s ({t['erase_steps_per_s']:.1f} steps/s)",
              f"{'':36s}{'before':>{width}s}{'after':>{width}s}"]
     lines += [f"{title:36s}{cell('before', key, fmt):>{width}s}{cell('after', key, fmt):>{width}s}"
               for title, key, fmt in rows]
+    lines += [f"FID {side}: {m[side]['fid_error']}" for side in ("before", "after") if m[side].get("fid_error")]
     lines.append("protocol: " + protocol_line(m["protocol"]))
     return "\n".join(lines)

@@ -16,6 +16,7 @@ class Classes:
 
     names: list[str]  # a name may list synonyms separated by commas, as ImageNet's do ("tench, Tinca tinca")
     synsets: list[str] | None = None
+    named: bool = True  # False: ids only ("class 3"), so data folders can map to classes only in sorted order
 
     def __len__(self) -> int:
         return len(self.names)
@@ -39,10 +40,25 @@ def for_model(num_classes: int, id2label: dict[int, str] | None = None, folders:
             classes.names = [id2label.get(i, classes.names[i]) for i in range(1000)]
         return classes
     if id2label and len(id2label) == num_classes:
-        return Classes(names=[id2label[i] for i in range(num_classes)])
+        names = [id2label[i] for i in range(num_classes)]
+        return Classes(names=names, synsets=imagenet_synsets(names))  # a subset of ImageNet: folders by synset
     if folders and len(folders) == num_classes:
         return Classes(names=list(folders))
-    return Classes(names=[f"class {i}" for i in range(num_classes)])
+    return Classes(names=[f"class {i}" for i in range(num_classes)], named=False)
+
+
+def imagenet_synsets(names: list[str]) -> list[str] | None:
+    """The ImageNet synset each name stands for (a synset, a full description or an unambiguous synonym), or None
+    unless every name has its own: then the model's classes are a subset of ImageNet's, in the model's order."""
+    info = imagenet()
+    lookup: dict[str, set[int]] = {}
+    for i, (name, synset) in enumerate(zip(info.names, info.synsets)):
+        for word in {synset.lower(), name.strip().lower(), *(w.strip().lower() for w in name.split(","))}:
+            lookup.setdefault(word, set()).add(i)
+    found = [lookup.get(name.strip().lower(), set()) for name in names]
+    if any(len(hits) != 1 for hits in found) or len(set(map(min, found))) < len(found):
+        return None
+    return [info.synsets[min(hits)] for hits in found]
 
 
 def resolve_class(text: str, classes: Classes) -> int:
@@ -67,7 +83,8 @@ def resolve_class(text: str, classes: Classes) -> int:
             raise UsageError(f"class name {text!r} is ambiguous: {options}; give the index or synset")
         return found[0]
     if classes.synsets and key.startswith("n") and key[1:].isdigit():
-        raise UsageError(f"unknown synset {text!r}: this model's classes are ImageNet's 1000 (e.g. n02099601)")
+        which = "ImageNet's 1000" if n == 1000 else f"{n} ImageNet synsets"
+        raise UsageError(f"unknown synset {text!r}: this model's classes are {which} (e.g. {classes.synsets[0]})")
     close = difflib.get_close_matches(key, list(synonyms), n=3, cutoff=0.6)
     hint = f"did you mean {', '.join(repr(w) for w in close)}?" if close else f"give a class index 0..{n - 1}"
     raise UsageError(f"unknown class {text!r}: {hint}")

@@ -79,6 +79,7 @@ class EvalConfig:
     fa_classifier: str = "resnet34.tv_in1k"  # timm ImageNet classifier of forget accuracy
     fa_weights: str | None = None  # its weights file (null: the Hugging Face cache)
     fa_size: int = 224  # samples are resized to this before classification
+    fa_num_classes: int | None = None  # the classifier's class count (null: read from fa_weights, else ImageNet's 1000)
     fid_reference: str | None = None  # folder of real retained-class images, built by `fid-reference`
     fid_extractor: str = "inception-v3-compat"  # torch-fidelity feature extractor
     fid_weights: str | None = None  # its weights file (null: torch-fidelity downloads them once)
@@ -115,7 +116,7 @@ POSITIVE = {"erase.outer_steps", "erase.batch_size", "erase.forget_lr", "erase.r
             "eval.retain_samples_per_class", "eval.grid_per_class", "digits.steps", "digits.batch_size", "digits.lr",
             "digits.layers", "digits.heads", "digits.head_dim", "digits.patch_size", "classifier.epochs",
             "classifier.batch_size", "classifier.lr", "erase.forget_clip", "erase.retain_clip",
-            "eval.grid_classes", "eval.fa_size", "eval.retain_samples", "method.saliency_batch",
+            "eval.grid_classes", "eval.fa_size", "eval.retain_samples", "eval.fa_num_classes", "method.saliency_batch",
             "method.saliency_guidance", "method.fisher_timesteps", "method.fisher_chunk"}
 NON_NEGATIVE = {"seed", "data.forget_images", "data.retain_images", "erase.checkpoint_every", "erase.forget_steps", "erase.retain_steps", "erase.alpha", "method.gamma", "sample.guidance",
                 "method.replay_weight", "method.ewc_lambda",

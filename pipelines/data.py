@@ -1,6 +1,7 @@
 """ImageNet-style image folders: DiT's preprocessing, forget and retain sets, and the latent cache."""
 from __future__ import annotations
 
+import os
 import random
 import sys
 from pathlib import Path
@@ -12,15 +13,16 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from eval.report import atomic_path
-from pipelines.classes import Classes
+from pipelines.classes import Classes, imagenet
 from pipelines.config import UsageError
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
 def scan(root: Path, classes: Classes) -> dict[int, list[Path]]:
-    """Image files per class index. Sub-folders are synsets for ImageNet models (any subset of the 1000), else the
-    model's classes in sorted order (then there must be one per class)."""
+    """Image files per class index. Sub-folders are synsets when the model's classes are ImageNet's or a subset of
+    them (any subset of its classes), else named after the model's classes (its id2label); a model that names no
+    classes gets them in sorted order (then there must be one per class)."""
     if not root.is_dir():
         raise UsageError(f"--data {root} is not a folder: give an ImageNet-style train folder (one sub-folder of "
                          "images per class)")
@@ -31,10 +33,29 @@ def scan(root: Path, classes: Classes) -> dict[int, list[Path]]:
     if classes.synsets:
         index = {s: i for i, s in enumerate(classes.synsets)}
         unknown = [p.name for p in folders if p.name not in index]
+        more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+        if unknown and (len(classes) == 1000 or unknown[0] not in imagenet().synsets):
+            raise UsageError(f"--data {root}: sub-folder {unknown[0]!r}{more} is not an ImageNet synset: move it out "
+                             "of the data folder, or name class folders by synset, e.g. n02099601")
         if unknown:
-            raise UsageError(f"--data {root}: sub-folder {unknown[0]!r} is not an ImageNet synset (and "
-                             f"{len(unknown) - 1} more): name class folders by synset, e.g. n02099601")
+            name = imagenet().names[imagenet().synsets.index(unknown[0])].split(",")[0]
+            raise UsageError(f"--data {root}: sub-folder {unknown[0]!r} ({name}){more} is not one of the model's "
+                             f"{len(classes)} classes ({listing(classes)}): give a data folder of the model's classes")
         numbered = {index[p.name]: p for p in folders}
+    elif classes.named:  # the model's own names (id2label), or the folders' when it has none
+        index = {}
+        for c, name in enumerate(classes.names):
+            for word in {name.strip().lower(), *(w.strip().lower() for w in name.split(","))}:
+                index.setdefault(word, set()).add(c)
+        numbered = {}
+        for p in folders:
+            found = index.get(p.name.strip().lower(), set())
+            if len(found) != 1 or min(found) in numbered:
+                why = ("is not one of" if not found else "names more than one of" if len(found) > 1 else
+                       f"names the same class as {numbered[min(found)].name!r}, of")
+                raise UsageError(f"--data {root}: sub-folder {p.name!r} {why} the model's {len(classes)} classes "
+                                 f"({listing(classes)}): name each class folder after its class, once")
+            numbered[min(found)] = p
     else:
         if len(folders) != len(classes):
             raise UsageError(f"--data {root} has {len(folders)} class folders but the model has {len(classes)} "
@@ -44,6 +65,43 @@ def scan(root: Path, classes: Classes) -> dict[int, list[Path]]:
     if not any(files.values()):
         raise UsageError(f"--data {root} holds no images (looked for {', '.join(sorted(EXTENSIONS))})")
     return files
+
+
+def check_writable(path: Path, option: str, *, in_parent: bool = False) -> None:
+    """Fail in one line, before any expensive work, when `path` (a folder to create or fill; with `in_parent`, a file
+    or folder written next to it and renamed onto it) cannot be written: a probe file is created, synced and removed
+    in the folder that will be written, or its nearest existing ancestor (no permission, a read-only or full file
+    system, a regular file on the way)."""
+    folder = path.parent if in_parent else path
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"{option} {path}: {folder} is a file, not a folder: choose another {option}")
+    try:
+        _probe(folder)
+    except OSError as e:
+        raise UsageError(f"{option} {path} cannot be written: creating a file in {folder} failed "
+                         f"({e.strerror or type(e).__name__}): choose a writable location, or free space or fix "
+                         "permissions there") from None
+
+
+def _probe(folder: Path) -> None:
+    """Create, write (4 KiB, synced, so that a full disk shows), and remove a file in `folder`."""
+    probe = folder / f".dualerase-probe-{os.getpid()}"
+    try:
+        with open(probe, "wb") as f:
+            f.write(bytes(4096))
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+def listing(classes: Classes, most: int = 6) -> str:
+    """The model's first classes, for a message: "0 golden retriever (n02099601), 1 tench, ..."."""
+    shown = [f"{c} {classes.short(c)}" + (f" ({classes.synsets[c]})" if classes.synsets else "")
+             for c in range(min(most, len(classes)))]
+    return ", ".join(shown) + (", ..." if len(classes) > most else "")
 
 
 def center_crop(image: Image.Image, size: int) -> Image.Image:
@@ -57,6 +115,15 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
+def to_mode(image: Image.Image, mode: str) -> Image.Image:
+    """`image` in `mode` ("L" or "RGB"). 16-bit greyscale (PNG "I;16", or "I") is scaled from 0..65535 to 0..255
+    first: PIL's convert clips it, so a mid-grey 16-bit PNG would decode as white."""
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        wide = np.asarray(image).astype(np.float64)
+        image = Image.fromarray(np.clip(np.round(wide / 257), 0, 255).astype(np.uint8), "L")
+    return image.convert(mode)
+
+
 def load_images(files: list[Path], size: int, channels: int, what: str,
                 progress: bool = True) -> tuple[torch.Tensor, list[int]]:
     """Decoded, center-cropped images in [-1, 1], (N, C, size, size), and the indices of the files they came from.
@@ -66,7 +133,7 @@ def load_images(files: list[Path], size: int, channels: int, what: str,
     for i, f in enumerate(tqdm(files, desc=f"load {what}", disable=not progress)):
         try:
             with Image.open(f) as im:
-                arr = np.asarray(center_crop(im.convert(mode), size), dtype=np.uint8)
+                arr = np.asarray(center_crop(to_mode(im, mode), size), dtype=np.uint8)
         except (OSError, ValueError, Image.DecompressionBombError):
             bad.append(f)
             continue

@@ -44,6 +44,32 @@ def fingerprint(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
 
 
+_DIGESTS: dict[tuple, str] = {}
+
+
+def file_digest(path) -> str:
+    """sha256 of a file's content, hashed once per process per version of the file: the memo is keyed by path, size,
+    times and inode, and rewriting a file changes its ctime even when its size is the same and its mtime is put back.
+    Caches keyed by it follow what a file holds, not where it is (a weights file rebuilt in place gets new entries)."""
+    path = Path(path).resolve()
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    if key not in _DIGESTS:
+        sha = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 24), b""):
+                sha.update(chunk)
+        _DIGESTS[key] = sha.hexdigest()
+    return _DIGESTS[key]
+
+
+def file_stamp(path: Path) -> tuple:
+    """(path, size, mtime, ctime) of a file: a cheap identity for the many images of a data or reference folder (a
+    file rewritten in place changes its ctime, even with its size and mtime kept)."""
+    st = path.stat()
+    return str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
 def load_digits() -> tuple[torch.Tensor, torch.Tensor]:
     """All 1,797 digits as (N, 1, 8, 8) floats in [-1, 1] (pixel values 0..16 rescaled) and their labels."""
     from sklearn.datasets import load_digits as sk_load_digits

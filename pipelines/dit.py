@@ -55,6 +55,17 @@ def make_scheduler(num_train_timesteps: int = 1000) -> DDPMScheduler:
                          beta_end=0.02, variance_type="learned_range", clip_sample=False)
 
 
+def learns_sigma(model: DiTTransformer2DModel) -> bool:
+    """Whether the model predicts its variance too (DiT's learn_sigma: twice its input channels out); without, it
+    samples with a fixed variance and trains on the epsilon MSE alone."""
+    return (model.config.out_channels or model.config.in_channels) == 2 * model.config.in_channels
+
+
+def fixed_variance(scheduler: DDPMScheduler) -> DDPMScheduler:
+    """The same schedule with the fixed posterior variance ("fixed_small"), for a model that predicts no variance."""
+    return DDPMScheduler.from_config({**scheduler.config, "variance_type": "fixed_small"})
+
+
 def _normal_kl(mean1, logvar1, mean2, logvar2):
     """KL(N(mean1, exp(logvar1)) || N(mean2, exp(logvar2))), elementwise."""
     return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))

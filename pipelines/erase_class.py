@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import itertools
 import json
+import math
 import os
 import shutil
 import statistics
@@ -29,12 +30,12 @@ from eval.report import (atomic_path, atomic_write_json, atomic_write_text, repl
 from pipelines.checkpoint import PartialSums, latest_checkpoint, load_checkpoint, save_checkpoint
 from pipelines.classes import resolve_class
 from pipelines.config import CommandParser, Config, ConfigError, UsageError, load_config, to_dict
-from pipelines.data import encode
+from pipelines.data import check_writable, encode
 from pipelines.digits import cache_root, fingerprint
-from pipelines.dit import DiTLoss, drop_labels, make_scheduler
+from pipelines.dit import DiTLoss, drop_labels, learns_sigma, make_scheduler
 from pipelines.pretrained import load_model, save_pipeline
 from pipelines.sampling import class_labels, from_uint8, sample, seeded_generator, to_uint8
-from pipelines.workload import Workload, classes_of, prepare, processes
+from pipelines.workload import Workload, classes_of, is_main_process, prepare, processes
 
 
 def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, label_dropout: float = 0.0,
@@ -85,7 +86,8 @@ def generate(model, w: Workload, cfg: Config, labels: torch.Tensor, *, seed: int
 def protocol(cfg: Config, w: Workload, forget_class: int) -> dict:
     """Everything needed to reproduce or compare the numbers."""
     return {
-        "sampler": "DDPM (diffusers DDPMScheduler, learned variance)",
+        "sampler": "DDPM (diffusers DDPMScheduler, "
+                   f"{'learned variance' if learns_sigma(w.model) else 'fixed variance: the model predicts none'})",
         "steps": cfg.sample.steps,
         "guidance": cfg.sample.guidance,
         "precision": "bf16 autocast" if cfg.compute.mixed_precision == "bf16" else "float32",
@@ -131,14 +133,19 @@ def evaluate(model, w: Workload, cfg: Config, forget_class: int, progress: bool 
     per_class = {str(c): (pred[labels == c] == c).float().mean().item() for c in labels.unique().tolist()}
     if save_to is not None:
         save_samples(save_to, {"forget": (images[:len(fl)], fl), "retain": (images[len(fl):], rl)})
-    return {
+    fid = w.scorer.fid(images[len(fl):], forget_class)
+    scores = {
         "forget_accuracy": (pred[:len(fl)] == forget_class).float().mean().item(),
         "forget_probability": forget[:, forget_class].mean().item(),
         "forget_entropy": torch.special.entr(forget).sum(1).mean().item(),  # nats
         "retain_accuracy": (pred[len(fl):] == rl).float().mean().item(),
-        "fid": w.scorer.fid(images[len(fl):], forget_class),
+        "fid": fid if math.isfinite(fid) else None,  # JSON has no inf or nan: null, and the reason next to it
         "per_class_accuracy": per_class,
     }
+    if not math.isfinite(fid):
+        scores["fid_error"] = (f"not finite (torch-fidelity gave {fid}): the features of the samples or of the "
+                               "reference are degenerate, e.g. NaN or constant images, or too few distinct samples")
+    return scores
 
 
 def evaluate_base(w: Workload, cfg: Config, forget_class: int, progress: bool = True,
@@ -377,6 +384,7 @@ def run(cfg: Config, class_arg: str, output: Path, *, overwrite: bool = False, r
     check_processes(cfg)
     if check_output(output, cfg, overwrite, resume):
         return json.loads((output / "metrics.json").read_text())
+    check_writable(output, "--output")  # now, not after hours of evaluation
     t_start = time.perf_counter()
     w = prepare(cfg, progress)
     real = real_data(w, cfg, forget_class, progress)  # bad data fails here, before any output is touched
@@ -457,9 +465,12 @@ def aggregate_trials(runs: list[dict]) -> dict:
     for side in ("before", "after"):
         metrics[side], metrics["std"][side] = {}, {}
         for key in SCORES:
-            values = [r[side][key] for r in runs]
-            metrics[side][key] = statistics.fmean(values)
-            metrics["std"][side][key] = statistics.stdev(values) if len(values) > 1 else 0.0
+            values = [r[side][key] for r in runs if r[side][key] is not None]  # a non-finite FID is null
+            metrics[side][key] = statistics.fmean(values) if values else None
+            metrics["std"][side][key] = statistics.stdev(values) if len(values) > 1 else 0.0 if values else None
+            if len(values) < len(runs):
+                metrics[side][f"{key}_error"] = (f"not finite in {len(runs) - len(values)} of {len(runs)} trials "
+                                                 "(see trials); the mean and std are over the others")
     metrics["protocol"] = {**first["protocol"], "seed": metrics["seeds"]}
     metrics["timings"] = {k: sum(r["timings"][k] for r in runs) for k in first["timings"]}
     metrics["timings"]["erase_steps_per_s"] = statistics.fmean(r["timings"]["erase_steps_per_s"] for r in runs)
@@ -477,6 +488,7 @@ def run_trials(cfg: Config, class_arg: str, output: Path, trials: int = 1, *, ov
     check_processes(cfg)
     if check_output(output, cfg, overwrite, resume):
         return json.loads((output / "metrics.json").read_text())
+    check_writable(output, "--output")
     state.wait_for_everyone()  # every process has checked the folder before the main one writes to it
     if state.is_main_process:
         if overwrite and output.exists():
@@ -548,10 +560,12 @@ def main(argv: list[str] | None = None) -> int:
         metrics = run_trials(cfg, args.forget_class, output, args.trials, overwrite=args.overwrite,
                              resume=args.resume, progress=not args.quiet)
     except (ConfigError, UsageError, EvalError) as e:
-        print(f"erase-class: error: {e}", file=sys.stderr)
+        if is_main_process():  # under a launcher every process fails alike: one line, not one per process
+            print(f"erase-class: error: {e}", file=sys.stderr)
         return 2
     except DivergenceError as e:
-        print(f"erase-class: error: {e}", file=sys.stderr)
+        if is_main_process():
+            print(f"erase-class: error: {e}", file=sys.stderr)
         return 1
     if processes().is_main_process:
         print(summary(metrics))

@@ -18,8 +18,9 @@ from eval.report import atomic_write_json, atomic_write_text, protocol_line
 from erase import DivergenceError
 from pipelines.config import CommandParser, ConfigError, UsageError, load_config, to_dict
 from pipelines.classes import resolve_class
+from pipelines.data import check_writable
 from pipelines.erase_class import SCORES, run
-from pipelines.workload import classes_of, processes
+from pipelines.workload import classes_of, is_main_process, processes
 
 SPEC_KEYS = {"config": "digits", "methods": ["sfron"], "optimizers": ["dual", "shared"], "classes": ["3"],
              "seeds": [0], "set": []}
@@ -49,8 +50,21 @@ def read_spec(name_or_path: str) -> dict:
     return spec
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample std of the values that are there (a non-finite FID is stored as null); None when none is."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _num(value: float | None, spec: str) -> str:
+    """A table number, or n/a for a score that could not be computed (a non-finite FID)."""
+    return "n/a" if value is None else format(value, spec)
+
+
+def _gap(after: float | None, before: float | None, spec: str) -> str:
+    return "n/a" if after is None or before is None else format(after - before, spec)
 
 
 def aggregate(cells: list[dict]) -> list[dict]:
@@ -67,7 +81,7 @@ def aggregate(cells: list[dict]) -> list[dict]:
         row = {"method": method, "optimizer": optimizer, "class": cls, "runs": len(group)}
         for score in SCORES:
             row[score], row[f"{score}_std"] = _mean_std([m["after"][score] for m in group])
-            row[f"base_{score}"] = statistics.fmean(m["before"][score] for m in group)
+            row[f"base_{score}"] = _mean_std([m["before"][score] for m in group])[0]
         per_class.append(row)
     overall = []
     for (method, optimizer), group in itertools.groupby(per_class, key=lambda r: (r["method"], r["optimizer"])):
@@ -75,7 +89,7 @@ def aggregate(cells: list[dict]) -> list[dict]:
         row = {"method": method, "optimizer": optimizer, "class": "all", "runs": sum(r["runs"] for r in group)}
         for score in SCORES:
             for col in (score, f"{score}_std", f"base_{score}"):
-                row[col] = statistics.fmean(r[col] for r in group)
+                row[col] = _mean_std([r[col] for r in group])[0]
         overall.append(row)
     return overall + per_class
 
@@ -87,23 +101,27 @@ def markdown(rows: list[dict], cells: list[dict], command: str, diverged: list[s
     lines = [head]
     for r in rows:
         lines.append(f"| {r['method']} | {r['optimizer']} | {r['class']} | {r['runs']} | "
-                     f"{r['forget_accuracy']:.3f} +- {r['forget_accuracy_std']:.3f} | "
-                     f"{r['retain_accuracy']:.3f} +- {r['retain_accuracy_std']:.3f} | "
-                     f"{r['fid']:.2f} +- {r['fid_std']:.2f} | "
-                     f"{r['forget_accuracy'] - r['base_forget_accuracy']:+.3f} | "
-                     f"{r['retain_accuracy'] - r['base_retain_accuracy']:+.3f} | {r['fid'] - r['base_fid']:+.2f} |")
+                     f"{_num(r['forget_accuracy'], '.3f')} +- {_num(r['forget_accuracy_std'], '.3f')} | "
+                     f"{_num(r['retain_accuracy'], '.3f')} +- {_num(r['retain_accuracy_std'], '.3f')} | "
+                     f"{_num(r['fid'], '.2f')} +- {_num(r['fid_std'], '.2f')} | "
+                     f"{_gap(r['forget_accuracy'], r['base_forget_accuracy'], '+.3f')} | "
+                     f"{_gap(r['retain_accuracy'], r['base_retain_accuracy'], '+.3f')} | "
+                     f"{_gap(r['fid'], r['base_fid'], '+.2f')} |")
     seeds = sorted({m["seed"] for m in cells})
     base = {}
     for m in cells:
         base.setdefault(str(m["forget_class"]), m["before"])
-    base_lines = [f"| {c} | {b['forget_accuracy']:.3f} | {b['retain_accuracy']:.3f} | {b['fid']:.2f} |"
-                  for c, b in sorted(base.items())]
+    base_lines = [f"| {c} | {_num(b['forget_accuracy'], '.3f')} | {_num(b['retain_accuracy'], '.3f')} | "
+                  f"{_num(b['fid'], '.2f')} |" for c, b in sorted(base.items())]
+    missing = sum(m[side]["fid"] is None for m in cells for side in ("before", "after"))
     proto = protocol_line({**cells[0]["protocol"], "seed": ", ".join(map(str, seeds))})
     return "\n".join([
         "# fid-bench results", "", f"Command: `{command}`", "",
         f"Protocol: {proto}.", "",
         "Each cell is one erasure. `+-` is the sample standard deviation across seeds; an `all` row averages the "
         "per-class means and the per-class standard deviations. Gaps are after minus before (the base model).", "",
+        *([f"FID was not finite in {missing} evaluation(s) (null in their metrics.json, with fid_error saying why): "
+           "means and stds are over the others, n/a where none is left.", ""] if missing else []),
         *lines, "", f"Base model (before erasure), scored with the noise of seed {cells[0]['seed']}:", "",
         "| class | FA | retain acc | FID |", "|---|---|---|---|", *base_lines, "",
         *([f"Diverged cells (no after metrics, left out of the table): {len(diverged)}", ""]
@@ -137,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         classes = classes_of(configs[0])
         for cls in spec["classes"]:
             resolve_class(str(cls), classes)
+        check_writable(args.output, "--output")  # before the first cell, not after it
         for i, ((method, optimizer, cls, seed), cfg) in enumerate(zip(grid, configs)):
             out = args.output / "cells" / f"{method}-{optimizer}-{cls.replace(' ', '_')}-s{seed}"
             logs[method, optimizer, cls, seed] = out / "log.jsonl"
@@ -160,10 +179,12 @@ def main(argv: list[str] | None = None) -> int:
                     atomic_write_text(out / "diverged.txt", str(e))
                 diverged.append(f"{method} / {optimizer} / class {cls} / seed {seed}: {e}")
     except (ConfigError, UsageError, EvalError) as e:
-        print(f"fid-bench: error: {e}", file=sys.stderr)
+        if is_main_process():  # under a launcher every process fails alike: one line, not one per process
+            print(f"fid-bench: error: {e}", file=sys.stderr)
         return 2
     if not cells:
-        print("fid-bench: error: every cell diverged: " + "; ".join(diverged), file=sys.stderr)
+        if is_main_process():
+            print("fid-bench: error: every cell diverged: " + "; ".join(diverged), file=sys.stderr)
         return 1
     if not main:  # under a multi-process launch the main process writes the tables
         return 0

@@ -14,7 +14,8 @@ from tqdm.auto import tqdm
 from eval.report import replace_folder
 from pipelines.classes import Classes, imagenet, resolve_class
 from pipelines.config import CommandParser, UsageError
-from pipelines.data import center_crop, scan
+from pipelines.data import center_crop, check_writable, scan, to_mode
+from pipelines.workload import is_main_process
 
 
 def folder_classes(root: Path) -> Classes:
@@ -23,7 +24,12 @@ def folder_classes(root: Path) -> Classes:
         raise UsageError(f"--data {root} is not a folder: give an ImageNet-style train folder")
     names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     classes = imagenet()
-    return classes if names and set(names) <= set(classes.synsets) else Classes(names=names)
+    stray = [n for n in names if n not in set(classes.synsets)]
+    if stray and len(stray) < len(names):  # synset folders and others (lost+found): never renumber the classes
+        more = f" (and {len(stray) - 1} more)" if len(stray) > 1 else ""
+        raise UsageError(f"--data {root}: sub-folder {stray[0]!r}{more} is not an ImageNet synset, but the others are: "
+                         "move it out of the data folder, or name every class folder by its synset")
+    return classes if names and not stray else Classes(names=names)
 
 
 def build(data: Path, output: Path, *, count: int, exclude: list[int], size: int, seed: int,
@@ -42,7 +48,7 @@ def build(data: Path, output: Path, *, count: int, exclude: list[int], size: int
     for c, f in tqdm(chosen, desc="fid reference", disable=not progress):
         try:
             with Image.open(f) as im:
-                image = center_crop(im.convert("RGB"), size)
+                image = center_crop(to_mode(im, "RGB"), size)
         except (OSError, ValueError):
             print(f"fid-reference: warning: skipped undecodable {f}", file=sys.stderr)
             continue
@@ -51,6 +57,7 @@ def build(data: Path, output: Path, *, count: int, exclude: list[int], size: int
         image.save(target)
         written += 1
     manifest = {"data": str(data.resolve()), "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "count": written, "classes": len({c for c, _ in chosen}), "excluded": exclude,
+                "excluded_folders": [(classes.synsets or classes.names)[c] for c in exclude],  # ids differ by model
                 "size": size, "seed": seed, "preprocessing": "DiT center crop (box halving, bicubic, central square)"}
     (tmp / "reference.json").write_text(json.dumps(manifest, indent=2) + "\n")
     replace_folder(tmp, output)
@@ -73,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.count < 1 or args.size < 1:
             raise UsageError("--count and --size must be >= 1")
+        if args.output.exists() and not args.output.is_dir():
+            raise UsageError(f"--output {args.output} is a file: give the reference folder to write")
+        check_writable(args.output, "--output", in_parent=True)  # built next to it, then renamed onto it
         if args.output.exists() and any(args.output.iterdir()) and not args.overwrite:
             raise UsageError(f"{args.output} is not empty: pass --overwrite to replace it, or choose another --output")
         classes = folder_classes(args.data)
@@ -80,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         manifest = build(args.data, args.output, count=args.count, exclude=exclude, size=args.size, seed=args.seed,
                          progress=not args.quiet)
     except UsageError as e:
-        print(f"fid-reference: error: {e}", file=sys.stderr)
+        if is_main_process():  # under a launcher every process fails alike: one line, not one per process
+            print(f"fid-reference: error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {args.output}: {manifest['count']} images of {manifest['classes']} classes at {args.size} px "
           f"(excluded: {', '.join(classes.short(c) for c in exclude) or 'none'}); use --set eval.fid_reference="

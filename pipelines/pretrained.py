@@ -80,6 +80,12 @@ def dit_config(root: Path) -> tuple[str | None, dict]:
         raise ModelError(f"{root} is not a class-conditional DiT (transformer class {config.get('_class_name')!r}, "
                          f"num_embeds_ada_norm {config.get('num_embeds_ada_norm')!r}): give a DiT such as "
                          "facebook/DiT-XL-2-256")
+    channels = config.get("in_channels") or 4  # diffusers' default
+    out = config.get("out_channels") or channels
+    if out not in (channels, 2 * channels):
+        raise ModelError(f"{root}: the DiT has {out} output channels for {channels} input channels: a DiT predicts "
+                         f"{channels} (noise, fixed variance) or {2 * channels} (noise and learned sigma); give such a "
+                         "model")
     return sub, config
 
 

@@ -8,12 +8,13 @@ import torch
 
 from eval.report import sample_grid, save_image
 from pipelines.classes import resolve_class
+from pipelines.data import check_writable
 from pipelines.config import CommandParser, ConfigError, UsageError, load_config
 from pipelines.digits import load_digits_dit, prepare_digits_dit
 from pipelines.dit import make_scheduler
 from pipelines.pretrained import load_model, load_pretrained
 from pipelines.sampling import sample, to_uint8
-from pipelines.workload import classes_of, processes
+from pipelines.workload import classes_of, is_main_process, processes
 
 
 def load_models(specs: list[str], cfg, progress: bool):
@@ -54,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.per_class < 1:
             raise UsageError(f"--per-class must be >= 1, got {args.per_class}")
+        if args.output.is_dir():
+            raise UsageError(f"--output {args.output} is a folder: give the PNG file to write, e.g. "
+                             f"{args.output}/grid.png")
+        check_writable(args.output, "--output", in_parent=True)  # before any sampling
         model_args = ["model.source=diffusers", f"model.path={args.model}"] if args.model else []
         cfg = load_config(args.config or ("imagenet" if args.model else "digits"), model_args + args.overrides)
         classes = classes_of(cfg)
@@ -62,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
             list(range(min(len(classes), cfg.eval.grid_classes)))
         models, vae = load_models(args.models, cfg, not args.quiet)
     except (ConfigError, UsageError) as e:
-        print(f"sample-grid: error: {e}", file=sys.stderr)
+        if is_main_process():  # under a launcher every process fails alike: one line, not one per process
+            print(f"sample-grid: error: {e}", file=sys.stderr)
         return 2
     device = processes().device
     labels = torch.tensor(shown).repeat_interleave(args.per_class)

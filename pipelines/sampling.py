@@ -8,7 +8,7 @@ import torch
 from tqdm.auto import tqdm
 
 from eval.report import atomic_path
-from pipelines.dit import num_classes
+from pipelines.dit import fixed_variance, learns_sigma, num_classes
 
 
 def class_labels(num_classes: int, per_class: int, *, only: int | None = None, exclude: int | None = None):
@@ -33,7 +33,8 @@ def sample(model, scheduler, labels: torch.Tensor, *, num_steps: int, guidance: 
     """Sample one image per label, in [-1, 1] (decoded through `vae` for latent models).
 
     Guidance mixes the conditional and null-class predictions on the epsilon channels; a learned variance is taken
-    from the conditional half and passed to schedulers that use it (variance_type "learned"/"learned_range").
+    from the conditional half and passed to schedulers that use it (variance_type "learned"/"learned_range"); a model
+    without one (out channels = in channels) samples with the fixed posterior variance instead.
     With `cache_dir`, every finished batch is stored there (as 8-bit images, the precision every evaluation reads; as
     floats with `quantize=False`, e.g. for latents) and a later call with the same arguments reuses it: a killed
     sampling run resumes where it stopped.
@@ -45,6 +46,8 @@ def sample(model, scheduler, labels: torch.Tensor, *, num_steps: int, guidance: 
     null = num_classes(model)
     channels, size = model.config.in_channels, model.config.sample_size
     learned = getattr(scheduler.config, "variance_type", None) in ("learned", "learned_range")
+    if learned and not learns_sigma(model):  # nothing to read a learned variance from
+        scheduler, learned = fixed_variance(scheduler), False
     scheduler.set_timesteps(num_steps)
     images = []
     rank, world = shard

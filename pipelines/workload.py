@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -15,8 +16,8 @@ from eval.imagenet import EvalError, ImageNetScorer, load_timm_classifier
 from pipelines.classes import Classes, for_model
 from pipelines.config import Config, UsageError
 from pipelines.data import cached, encode, forget_files, load_images, retain_files, scan, with_flips
-from pipelines.digits import (NUM_CLASSES, cache_root, fingerprint, load_digits, load_digits_dit,
-                              prepare_digits_classifier, prepare_digits_dit)
+from pipelines.digits import (NUM_CLASSES, cache_root, file_digest, file_stamp, fingerprint, load_digits,
+                              load_digits_dit, prepare_digits_classifier, prepare_digits_dit)
 from pipelines.pretrained import Pretrained, dit_config, id2label, load_pretrained, locate
 
 
@@ -59,6 +60,12 @@ def processes() -> PartialState:
     return PartialState(cpu=not torch.cuda.is_available(), timeout=datetime.timedelta(hours=3))
 
 
+def is_main_process() -> bool:
+    """Whether this process speaks for the launch: rank 0 under torchrun / accelerate launch (their RANK), or a lone
+    process. Read from the environment, so that reporting an error needs no process group."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 DIGITS = Classes(names=[f"digit {c}" for c in range(NUM_CLASSES)])
 
 
@@ -96,7 +103,8 @@ def prepare_digits(cfg: Config, progress: bool = True) -> Workload:
         is_forget = y == forget_class
         return RealData(x[is_forget], y[is_forget], x[~is_forget], y[~is_forget], key="sklearn digits")
 
-    return Workload(model=load_digits_dit(cfg.digits), model_id=f"digits/{folder.name}", classes=DIGITS,
+    content = fingerprint(sorted((f.name, file_digest(f)) for f in folder.iterdir() if f.is_file()))
+    return Workload(model=load_digits_dit(cfg.digits), model_id=f"digits/{folder.name}#{content}", classes=DIGITS,
                     scorer=DigitsScorer(load_classifier(clf_path), clf_path, clf_acc, x, y), real_data=real_data)
 
 
@@ -112,20 +120,24 @@ def prepare_diffusers(cfg: Config, progress: bool = True) -> Workload:
     classes = classes_of(cfg)
     files = scan(root, classes)
     try:
-        classifier = load_timm_classifier(cfg.eval.fa_classifier, cfg.eval.fa_weights)
+        classifier = load_timm_classifier(cfg.eval.fa_classifier, cfg.eval.fa_weights, cfg.eval.fa_num_classes)
         if classifier.num_classes != len(classes):
-            raise UsageError(f"eval.fa_classifier {cfg.eval.fa_classifier} has {classifier.num_classes} classes but "
-                             f"the model has {len(classes)}: give a classifier of the model's classes")
+            source = ("eval.fa_num_classes" if cfg.eval.fa_num_classes else f"the head of eval.fa_weights "
+                      f"{cfg.eval.fa_weights}" if cfg.eval.fa_weights else "its pretrained head")
+            raise UsageError(f"eval.fa_classifier {cfg.eval.fa_classifier} has {classifier.num_classes} classes (from "
+                             f"{source}) but the model {cfg.model.path} has {len(classes)}: give a classifier trained "
+                             f"on the model's {len(classes)} classes, in its class order: --set eval.fa_classifier="
+                             "<timm name> --set eval.fa_weights=<its weights file>")
         scorer = ImageNetScorer(classifier.to(processes().device), size=cfg.eval.fa_size,
                                 reference=Path(cfg.eval.fid_reference).expanduser(), extractor=cfg.eval.fid_extractor,
                                 extractor_weights=cfg.eval.fid_weights, cache_root=cache_root() / "fid",
-                                name=cfg.eval.fa_classifier, classifier_weights=cfg.eval.fa_weights)
+                                name=cfg.eval.fa_classifier, classifier_weights=cfg.eval.fa_weights,
+                                synsets=classes.synsets)
     except EvalError as e:
         raise UsageError(str(e)) from None
     transformer, vae = pre.transformer, pre.vae
-    weights = sorted((str(f.relative_to(pre.root)), f.stat().st_size, f.stat().st_mtime_ns)
-                     for f in pre.root.rglob("*") if f.is_file())
-    model_id = f"{cfg.model.path}#{fingerprint(weights)}"  # a re-saved model at the same path gets a new id
+    weights = sorted((str(f.relative_to(pre.root)), file_digest(f)) for f in pre.root.rglob("*") if f.is_file())
+    model_id = f"{cfg.model.path}#{fingerprint(weights)}"  # by content: a model re-saved at the same path gets a new id
     channels = 3 if vae is not None else transformer.config.in_channels
 
     def load(files: list[Path], what: str, progress: bool) -> tuple[torch.Tensor, list[int]]:
@@ -137,10 +149,10 @@ def prepare_diffusers(cfg: Config, progress: bool = True) -> Workload:
     def real_data(forget_class, cfg, progress=True):
         forget = forget_files(files, forget_class, cfg.data.forget_images, classes, root)
         retain = retain_files(files, forget_class, cfg.data.retain_images, cfg.seed)
-        # Keyed by the model's weights, the seed, and every file used with its size and time: changed files re-encode.
+        # Keyed by the model's weights, the seed, and every file used with its size and times: changed files re-encode.
         key = {"model": model_id, "size": pre.image_size, "seed": cfg.seed}
         where = cache_root() / "latents" if cfg.data.latent_cache and vae is not None else None
-        stamp = lambda paths: [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]  # noqa: E731
+        stamp = lambda paths: [file_stamp(p) for p in paths]  # noqa: E731
         forget_key = fingerprint({**key, "files": stamp(forget)})
         retain_key = fingerprint({**key, "files": stamp(p for _, p in retain)})
 

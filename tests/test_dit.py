@@ -145,3 +145,23 @@ def test_digits_training_killed_midway_resumes_to_the_same_weights(tmp_path, mon
     assert torch.load(checkpoint, weights_only=False)["step"] == 15
     resumed = digits.train_digits_dit(recipe, progress=False, checkpoint=checkpoint, checkpoint_every=5)
     assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
+
+
+def test_a_dit_without_learned_sigma_samples_with_the_fixed_variance_and_trains_on_the_mse():
+    from pipelines.dit import build_dit, fixed_variance, learns_sigma
+
+    torch.manual_seed(0)
+    fixed = build_dit(num_classes=5, sample_size=4, in_channels=1, patch_size=2, layers=2, heads=2, head_dim=8,
+                      learn_sigma=False)
+    assert not learns_sigma(fixed)
+    labels = class_labels(5, 2)
+    kw = dict(num_steps=3, guidance=1.5, seed=0, progress=False)
+    images = sample(fixed, make_scheduler(), labels, **kw)  # the evaluation's scheduler: learned variance asked
+    assert images.shape == (10, 1, 4, 4) and torch.all(torch.isfinite(images))
+    assert torch.equal(images, sample(fixed, fixed_variance(make_scheduler()), labels, **kw))
+    loss = DiTLoss(make_scheduler())
+    batch = (torch.rand(4, 1, 4, 4) * 2 - 1, torch.tensor([0, 1, 2, 3]), torch.arange(4))
+    x0, _, t, noise, xt = loss._noised(fixed, batch)
+    with torch.no_grad():
+        mse = ((fixed(xt, t, class_labels=batch[1]).sample - noise) ** 2).flatten(1).mean(1)
+        assert torch.allclose(loss(fixed, batch, reduce=False), mse)  # no VLB term: nothing predicts a variance

@@ -164,6 +164,10 @@ BAD = [
     (fid_bench.main, ["--methods", "salun", "sfrn"], "method.name = 'sfrn' is not valid"),
     (fid_bench.main, ["--classes", "10"], "out of range"),
     (fid_bench.main, ["nospec"], "unknown benchmark spec"),
+    # an output that cannot be written (sysfs refuses new files even to root, so this holds when tests run as root)
+    (erase_class.main, ["3", "--output", "/sys/dualerase-run"], "--output /sys/dualerase-run cannot be written"),
+    (sample_grid.main, ["--output", "/sys/grid.png"], "--output /sys/grid.png cannot be written"),
+    (fid_bench.main, ["--output", "/sys/bench"], "--output /sys/bench cannot be written"),
 ]
 
 
@@ -190,3 +194,14 @@ def test_random_overrides_and_classes_never_raise_a_traceback(key, value, cls, f
     assert code == 2  # a bad key or value, or else the finished run in --output: never a traceback
     err = capsys.readouterr().err.strip()
     assert err.startswith("erase-class: error:") and "\n" not in err
+
+
+def test_a_usage_error_under_a_launcher_is_printed_once(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{root / 'tests'}:{root}"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29523",
+           "-m", "pipelines.erase_class", "seven", "--output", str(tmp_path / "out"), "--quiet"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and not (tmp_path / "out").exists()
+    assert proc.stderr.count("erase-class: error: unknown class 'seven'") == 1, proc.stderr[-3000:]
+    assert "exitcode  : 2" in proc.stderr  # torchrun's own report: the silent process failed with the same status

@@ -1,5 +1,7 @@
 """The ImageNet workload on tiny stand-ins: hub-style pipeline folder, ImageNet-style data, the published protocol."""
+import functools
 import json
+import math
 import os
 import shutil
 import signal
@@ -9,20 +11,29 @@ import time
 from pathlib import Path
 
 import pytest
+import timm
 import torch
+import torch_fidelity
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from diffusers import DiTPipeline
-from safetensors.torch import load_file
+from diffusers import DiTPipeline, DiTTransformer2DModel
+from PIL import Image
+from safetensors.torch import load_file, save_file
 
+from eval.imagenet import ImageNetScorer
 from pipelines import erase_class, fid_bench, fid_reference, sample_grid
 from pipelines.classes import imagenet, resolve_class
-from pipelines.config import UsageError
+from pipelines.config import UsageError, load_config
+from pipelines.data import scan
+from pipelines.workload import classes_of, prepare
 from pipelines.sampling import sample
 from pipelines.dit import build_dit, make_scheduler
 from tiny_imagenet import SYNSETS, build_world, erase_args
 
 ROOT = Path(__file__).resolve().parents[1]
+# A 10-class model whose classes are ImageNet's in another order than the synsets' (goldfish before tench)
+LABELS_10 = ["goldfish, Carassius auratus", "golden retriever", "tench, Tinca tinca", "Chihuahua", "great white shark",
+             "tiger shark", "hammerhead", "electric ray", "stingray", "cock"]
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +128,18 @@ def broken(world, tmp_path_factory):
     corrupt = base / "corrupt"
     shutil.copytree(world["model"], corrupt)
     (corrupt / "transformer" / "diffusion_pytorch_model.safetensors").write_bytes(b"truncated")
+    odd = base / "odd-sigma"  # 6 output channels for 4 in: neither noise alone nor noise and sigma
+    shutil.copytree(world["model"], odd)
+    DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=6, num_layers=1,
+                          sample_size=8, patch_size=2, num_embeds_ada_norm=1000).save_pretrained(odd / "transformer")
+    ten = build_pipeline(base / "ten", labels=LABELS_10)
+    ten_other = build_pipeline(base / "ten-other",  # Chihuahua's folder is none of its classes
+                               labels=[n if n != "Chihuahua" else "Japanese spaniel" for n in LABELS_10])
+    stray = base / "stray"  # a file system's own folder among the synsets
+    shutil.copytree(world["data"], stray)
+    (stray / "lost+found").mkdir()
     return {"empty": base / "empty", "no-forget": no_forget, "undecodable": undecodable, "not-dit": not_dit,
-            "five": five, "corrupt": corrupt}
+            "five": five, "corrupt": corrupt, "stray": stray, "odd-sigma": odd, "ten": ten, "ten-other": ten_other}
 
 
 BAD = [
@@ -136,6 +157,13 @@ BAD = [
     (lambda w, b: ["--set", "eval.fid_weights=/nonexistent.pth"], "does not exist"),
     (lambda w, b: ["--set", "eval.fid_weights=null"], "eval.fid_weights to a local copy"),  # no network here
     (lambda w, b: ["--set", "eval.fid_extractor=inception-v4"], "is not a torch-fidelity feature extractor"),
+    (lambda w, b: ["--data", str(b["stray"])], "sub-folder 'lost+found' is not an ImageNet synset: move it out"),
+    (lambda w, b: ["--model", str(b["odd-sigma"])], "has 6 output channels for 4 input channels"),
+    (lambda w, b: ["--output", "/sys/dualerase-run"], "cannot be written: creating a file in /sys failed"),
+    (lambda w, b: ["--model", str(b["ten"])], "test_resnet has 1000 classes (from the head of eval.fa_weights"),
+    (lambda w, b: ["--model", str(b["ten"]), "--set", "eval.fa_num_classes=10"], "size mismatch for fc.weight"),
+    (lambda w, b: ["--model", str(b["ten-other"])], "'n02085620' (Chihuahua) is not one of the model's 10 classes"),
+    (lambda w, b: ["--output", f"{w['classifier']}/run"], "classifier.safetensors is a file, not a folder"),
 ]
 
 
@@ -281,3 +309,98 @@ def test_a_rebuilt_reference_folder_is_never_scored_with_old_numbers(world, tmp_
         assert len(set(evals.glob("*.json")) - before) == 1  # the base model was scored again, against this build
         scores.append(json.loads((out / "metrics.json").read_text())["before"]["fid"])
     assert scores[0] != scores[1]
+
+
+def test_a_dit_without_learned_sigma_erases_end_to_end(world, tmp_path, monkeypatch):
+    model = build_pipeline(tmp_path / "fixed-dit", out_channels=4)  # out_channels == in_channels: no sigma
+    monkeypatch.setattr(ImageNetScorer, "fid", lambda self, samples, c: 1.0)  # the model's samples are not its concern
+    out = tmp_path / "run"
+    assert erase_class.main(args(world, out, "--model", str(model))) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert "fixed variance" in m["protocol"]["sampler"] and 0 <= m["after"]["forget_accuracy"] <= 1
+    assert all(math.isfinite(r["forget_loss"]) for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()))
+    pipe = DiTPipeline.from_pretrained(out / "model")
+    assert pipe(class_labels=[207], num_inference_steps=2, output_type="np").images.shape == (1, 16, 16, 3)
+
+
+def test_a_10_class_model_maps_folders_through_its_labels_and_takes_its_own_classifier(world, tmp_path, monkeypatch):
+    model = build_pipeline(tmp_path / "dit-10", labels=LABELS_10)
+    cfg = load_config("imagenet", ["model.source=diffusers", f"model.path={model}", f"data.path={world['data']}"])
+    files = scan(world["data"], classes_of(cfg))
+    assert {c: fs[0].parent.name for c, fs in files.items()} == {  # not the sorted synsets' order
+        0: "n01443537", 1: "n02099601", 2: "n01440764", 3: "n02085620"}
+    classifier = build_classifier(tmp_path / "classifier-10.safetensors", num_classes=10, always=1)
+    reference = tmp_path / "reference"
+    assert fid_reference.main(["--data", str(world["data"]), "--output", str(reference), "--exclude",
+                               "golden retriever", "--quiet"]) == 0
+    monkeypatch.setattr(ImageNetScorer, "fid", lambda self, samples, c: 1.0)  # FID does not depend on class ids
+    out = tmp_path / "run"
+    assert erase_class.main(args(world, out, "--model", str(model), "--set", f"eval.fa_weights={classifier}",
+                                 "--set", f"eval.fid_reference={reference}")) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert (m["forget_class"], m["class_name"], m["before"]["forget_accuracy"]) == (1, "golden retriever", 1.0)
+    assert "WARNING" not in m["protocol"]["reference"]  # built without golden retriever: its folder, not index 1
+    assert DiTPipeline.from_pretrained(out / "model").get_label_ids(["golden retriever"]) == [1]
+
+
+def _rewrite_in_place(path: Path, write) -> None:
+    """Rewrite a file at the same path to the same size, then put its modification time back."""
+    st = path.stat()
+    write(path)
+    assert path.stat().st_size == st.st_size
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_cached_scores_latents_and_model_ids_follow_content_not_paths(world, tmp_path, monkeypatch):
+    monkeypatch.setattr(ImageNetScorer, "fid", lambda self, samples, c: 1.0)  # FID's own cache: the next test
+    model, data = tmp_path / "dit", tmp_path / "train"
+    shutil.copytree(world["model"], model)
+    shutil.copytree(world["data"], data)
+    classifier = build_classifier(tmp_path / "classifier.safetensors", always=207)
+    argv = args(world, tmp_path / "o")
+    sets = [argv[i + 1] for i, x in enumerate(argv) if x == "--set"]
+    cfg = load_config("imagenet", ["model.source=diffusers", f"model.path={model}", f"data.path={data}", *sets,
+                                   f"eval.fa_weights={classifier}"])
+    w = prepare(cfg, progress=False)
+    real = w.real_data(207, cfg, progress=False)
+    assert erase_class.evaluate_base(w, cfg, 207, progress=False, job=tmp_path)["forget_accuracy"] == 1.0
+    _rewrite_in_place(classifier, lambda p: build_classifier(p, always=0))  # now it never says golden retriever
+    w = prepare(cfg, progress=False)
+    assert erase_class.evaluate_base(w, cfg, 207, progress=False, job=tmp_path)["forget_accuracy"] == 0.0
+
+    image = sorted((data / SYNSETS[0]).iterdir())[0]  # a forget image replaced by a grey one of the same size
+
+    def grey(p):
+        size = p.stat().st_size
+        Image.new("RGB", (24, 20), "gray").save(p, format="JPEG")
+        p.write_bytes(p.read_bytes().ljust(size, b"\0"))  # JPEG readers stop at the end-of-image marker
+
+    _rewrite_in_place(image, grey)
+    again = prepare(cfg, progress=False).real_data(207, cfg, progress=False)
+    assert again.key != real.key and not torch.equal(again.forget_x, real.forget_x)
+
+    weights = model / "transformer" / "diffusion_pytorch_model.safetensors"
+    _rewrite_in_place(weights, lambda p: save_file({k: v * 2 for k, v in load_file(str(p)).items()}, str(p),
+                                                   metadata={"format": "pt"}))
+    assert prepare(cfg, progress=False).model_id != w.model_id
+
+
+def test_reference_statistics_follow_the_content_of_the_extractor_weights(world, tmp_path, monkeypatch):
+    # Inception's 64-d layer instead of the 2048-d one: the same code path and cache, without minutes of sqrtm on CPU
+    monkeypatch.setattr(torch_fidelity, "calculate_metrics",
+                        functools.partial(torch_fidelity.calculate_metrics, feature_layer_fid="64"))
+    cache = Path(os.environ["DUALERASE_HOME"]) / "fid"
+    inception = build_inception(tmp_path / "inception.pth", seed=1)
+    samples = torch.randint(0, 256, (6, 3, 16, 16), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+
+    def fid(cache_root):
+        return ImageNetScorer(timm.create_model("test_resnet"), size=32, reference=world["reference"],
+                              extractor="inception-v3-compat", extractor_weights=str(inception),
+                              cache_root=cache_root, name="test_resnet").fid(samples, 207)
+
+    first = fid(cache)
+    _rewrite_in_place(inception, lambda p: build_inception(p, seed=2))  # rebuilt in place: other features
+    kept = set(cache.iterdir())
+    second = fid(cache)
+    assert set(cache.iterdir()) - kept  # the reference statistics were computed again, with the new weights
+    assert second == fid(tmp_path / "fresh-cache") != first  # exactly what a fresh cache gives

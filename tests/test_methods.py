@@ -1,10 +1,12 @@
 """What each base method's loss and mask compute, on tiny hand-checkable cases."""
 import torch
 from diffusers.models.embeddings import LabelEmbedding
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from erase import EraseConfig, make_optimizers, unlearn
 from erase.methods import METHODS, MethodConfig, make_method
-from erase.saliency import gradient_sum, top_fraction_mask
+from erase.saliency import gradient_sum, mask_fraction, top_fraction_mask
 from pipelines.dit import DiTLoss, make_scheduler
 
 
@@ -104,3 +106,25 @@ def test_joint_methods_take_one_shared_step_per_outer_step():
     opts = make_optimizers(list(model.parameters()), dual)
     unlearn(model, _Sum("retain", joint=True), _ones(), _ones(), dual, optimizers=opts, progress=False)
     assert int(opts[0].state[model.weight]["step"]) == 3 and int(opts[1].state[model.weight]["step"]) == 3
+
+
+def test_salun_mask_keeps_exactly_the_share_asked_when_scores_tie():
+    # Most gradients of a DiT are exactly zero for a single class: a threshold test would keep every tied zero.
+    mask = top_fraction_mask({"a": torch.tensor([0.0, 0.0, 0.0, 1.0])}, 0.5)
+    assert mask["a"].tolist() == [True, False, False, True]  # the top score, then the first tie by rank
+    mask = top_fraction_mask({"a": torch.zeros(3), "b": torch.tensor([[0.0, 2.0], [0.0, 0.0]])}, 3 / 7)
+    assert mask["a"].tolist() == [True, True, False] and mask["b"].tolist() == [[False, True], [False, False]]
+    assert mask_fraction(top_fraction_mask({"a": torch.ones(10)}, 0.3)) == 0.3
+
+
+@settings(max_examples=100, deadline=None)
+@given(values=st.lists(st.integers(0, 3), min_size=1, max_size=40), split=st.integers(0, 40),
+       fraction=st.floats(0.01, 1.0))
+def test_salun_mask_count_is_exact_and_keeps_the_largest(values, split, fraction):
+    flat = torch.tensor(values, dtype=torch.float32)
+    split = min(split, len(values))
+    mask = top_fraction_mask({"a": flat[:split], "b": flat[split:]}, fraction)
+    kept = torch.cat([mask["a"], mask["b"]])
+    assert int(kept.sum()) == max(1, int(round(fraction * len(values))))
+    if not kept.all():
+        assert flat[kept].min() >= flat[~kept].max()

@@ -15,18 +15,21 @@ from timm.data import ImageNetInfo
 SYNSETS = ["n02099601", "n01440764", "n01443537", "n02085620"]  # golden retriever, tench, goldfish, Chihuahua
 
 
-def build_pipeline(folder: Path) -> Path:
-    """A DiTPipeline folder as the hub holds it: transformer, vae, scheduler and id2label in model_index.json."""
+def build_pipeline(folder: Path, *, out_channels: int = 8, labels: list[str] | None = None) -> Path:
+    """A DiTPipeline folder as the hub holds it: transformer, vae, scheduler and id2label in model_index.json.
+    `out_channels` 4: a DiT without learned sigma; `labels`: the class names of a model of other than 1000 classes."""
     torch.manual_seed(0)
-    transformer = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
-                                        num_layers=2, sample_size=8, patch_size=2, num_embeds_ada_norm=1000)
+    transformer = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4,
+                                        out_channels=out_channels, num_layers=2, sample_size=8, patch_size=2,
+                                        num_embeds_ada_norm=len(labels) if labels else 1000)
     vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
                         up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[32, 32], latent_channels=4,
                         layers_per_block=1, norm_num_groups=32, sample_size=16)
     DiTPipeline(transformer=transformer, vae=vae, scheduler=DDPMScheduler()).save_pretrained(folder)
     index = json.loads((folder / "model_index.json").read_text())
     info = ImageNetInfo()
-    index["id2label"] = {str(i): info.index_to_description(i) for i in range(1000)}
+    index["id2label"] = {str(i): name for i, name in
+                         enumerate(labels or [info.index_to_description(i) for i in range(1000)])}
     (folder / "model_index.json").write_text(json.dumps(index))
     return folder
 
@@ -43,20 +46,24 @@ def build_data(folder: Path, per_class: int = 6) -> Path:
     return folder
 
 
-def build_classifier(path: Path) -> Path:
-    """Random weights for timm's tiny `test_resnet` (1000 classes), as a local weights file."""
+def build_classifier(path: Path, num_classes: int = 1000, always: int | None = None) -> Path:
+    """Random weights for timm's tiny `test_resnet`, as a local weights file; `always`: it predicts that class."""
     torch.manual_seed(0)
-    save_file(timm.create_model("test_resnet", num_classes=1000).state_dict(), str(path))
+    net = timm.create_model("test_resnet", num_classes=num_classes)
+    if always is not None:
+        with torch.no_grad():
+            net.get_classifier().bias[always] = 1e6
+    save_file(net.state_dict(), str(path))
     return path
 
 
-def build_inception(path: Path) -> Path:
+def build_inception(path: Path, seed: int = 0) -> Path:
     """torch-fidelity's InceptionV3 with random weights (the real ones cannot be downloaded here)."""
     import torch_fidelity.feature_extractor_inceptionv3 as inception
 
     with mock.patch.object(inception, "load_state_dict_from_url", lambda *a, **k: {}), \
             mock.patch.object(inception.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None):
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         net = inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
     for m in net.modules():  # variance-preserving init, so that random features still tell images apart
         if isinstance(m, torch.nn.Conv2d):
