@@ -72,7 +72,7 @@ def top_fraction_mask(scores: dict[str, torch.Tensor], fraction: float) -> dict[
     """Keep exactly the global top `fraction` of coordinates by score; ties at the threshold go by rank (parameter
     order, then position), so a mask never keeps more than asked when many scores are equal (e.g. zero gradients)."""
     flat = torch.cat([s.flatten() for s in scores.values()])
-    k = max(1, int(round(fraction * flat.numel())))
+    k = max(1, int(fraction * flat.numel()))  # int(), as SalUn's threshold index
     threshold = torch.kthvalue(flat, flat.numel() - k + 1).values.item()  # the k-th largest score
     ties = k - int((flat > threshold).sum())  # coordinates at the threshold still to keep
     mask = {}
