@@ -125,6 +125,6 @@ def test_salun_mask_count_is_exact_and_keeps_the_largest(values, split, fraction
     split = min(split, len(values))
     mask = top_fraction_mask({"a": flat[:split], "b": flat[split:]}, fraction)
     kept = torch.cat([mask["a"], mask["b"]])
-    assert int(kept.sum()) == max(1, int(round(fraction * len(values))))
+    assert int(kept.sum()) == max(1, int(fraction * len(values)))  # as SalUn: int(top_p * N)
     if not kept.all():
         assert flat[kept].min() >= flat[~kept].max()
