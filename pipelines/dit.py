@@ -50,9 +50,9 @@ def embedders(model: DiTTransformer2DModel) -> list[torch.nn.Module]:
 
 
 def embedders_tied(model: DiTTransformer2DModel) -> bool:
-    """Whether every block uses block 0's embedder (one shared module, as the original DiT)."""
+    """Whether every block uses block 0's embedder (one shared module, as the original DiT); never with one block."""
     first, *rest = embedders(model)
-    return all(e is first for e in rest)
+    return bool(rest) and all(e is first for e in rest)
 
 
 def embedder_copies_equal(model: DiTTransformer2DModel) -> bool:

@@ -122,8 +122,9 @@ def match_training(model, folder: Path | str | None = None, *, tie: bool | str =
     `folder` by us (`dualerase.json`) take precedence over the guess; explicit arguments over both."""
     dit = getattr(model, "transformer", model)
     record = read_record(Path(folder)) if folder is not None else {}
-    original = embedder_copies_equal(dit)
-    if tie is True and not original:
+    equal = embedder_copies_equal(dit)
+    original = equal and len(dit.transformer_blocks) > 1  # one block has no copies to tell by: diffusers-trained
+    if tie is True and not equal:
         raise ModelError("model.tie_embedders=true, but the blocks' timestep/class embedders differ (a model trained "
                          "in diffusers layout): set model.tie_embedders to auto or false")
     if original if tie == "auto" else tie:

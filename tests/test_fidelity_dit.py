@@ -15,8 +15,8 @@ from erase.dualoptim import EraseConfig, unlearn
 from pipelines import erase_class, fid_reference
 from pipelines.checkpoint import load_checkpoint, save_checkpoint
 from pipelines.config import ConfigError, load_config
-from pipelines.dit import (describe_model, embedder_copies_equal, embedders_tied, make_scheduler, set_norm_eps,
-                           set_timestep_shift)
+from pipelines.dit import (build_dit, describe_model, embedder_copies_equal, embedders_tied, make_scheduler,
+                           set_norm_eps, set_timestep_shift)
 from pipelines.pretrained import ModelError, load_model, match_training, save_pipeline
 from pipelines.sampling import sample, seeded_generator
 from tiny_imagenet import build_classifier, build_data, build_inception, build_pipeline
@@ -216,6 +216,13 @@ def test_a_model_trained_in_diffusers_layout_keeps_its_settings(tiny_dit):
     with pytest.raises(ModelError, match="embedders differ") as e:
         match_training(tiny_dit, tie=True)
     assert "\n" not in str(e.value)
+
+
+def test_one_block_has_no_copies_to_tell_by():
+    model = match_training(build_dit(num_classes=5, sample_size=4, in_channels=1, patch_size=2, layers=1, heads=2,
+                                     head_dim=8))
+    assert describe_model(model)["embedders"] == "per block (as trained)"
+    assert describe_model(model)["timestep_shift"] == 1 and model.config.norm_eps == 1e-5
 
 
 @pytest.mark.parametrize("item, message", [
