@@ -115,7 +115,12 @@ def save_samples(folder: Path, sets: dict[str, tuple[torch.Tensor, torch.Tensor]
 def protocol_line(p: dict) -> str:
     """The protocol of a set of numbers, in one line."""
     precision = f", {p['precision']}" if "precision" in p else ""
-    return (f"{p['sampler']}, {p['steps']} steps, guidance {p['guidance']}{precision}, {p['forget_samples']} forget / "
+    spacing = f" ({p['timestep_spacing']} spacing)" if "timestep_spacing" in p else ""
+    channels = f" on {p['guidance_channels']} channel(s)" if p.get("guidance_channels", "all") != "all" else ""
+    model = (f", model: {p['embedders'].split(' (')[0]} embedders, timestep shift {p['timestep_shift']}, LayerNorm eps "
+             f"{p['norm_eps']:g}, {p['model_parameters'] / 1e6:.4g}M parameters" if "embedders" in p else "")
+    return (f"{p['sampler']}, {p['steps']} steps{spacing}, guidance {p['guidance']}{channels}{precision}{model}, "
+            f"{p['forget_samples']} forget / "
             f"{p['retain_samples']} retain samples, FID reference {p['reference']}, features {p['feature_extractor']}, "
             f"classifier {p['classifier']}, seed {p['seed']}")
 

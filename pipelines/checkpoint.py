@@ -31,7 +31,7 @@ def save_checkpoint(output: Path, step: int, model: torch.nn.Module, optimizers,
     tmp = output / f".checkpoint-{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    save_file(unshared(model.state_dict()), str(tmp / "model.safetensors"))
     forget, retain = optimizers
     torch.save({"forget": forget.state_dict(), "retain": None if retain is forget else retain.state_dict(),
                 "step": step, "rng": torch.get_rng_state(),
@@ -41,6 +41,17 @@ def save_checkpoint(output: Path, step: int, model: torch.nn.Module, optimizers,
     for old in checkpoints(output)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict safetensors accepts: a tied embedder is listed under every block's name with one storage, which
+    `save_file` refuses, so repeats are cloned. (Loading it into a tied model writes equal values into one tensor.)"""
+    seen, out = set(), {}
+    for name, value in state.items():
+        value = value.contiguous()
+        out[name] = value.clone() if value.data_ptr() in seen else value
+        seen.add(value.data_ptr())
+    return out
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizers) -> int:

@@ -37,6 +37,13 @@ class CommandParser(argparse.ArgumentParser):
 class ModelConfig:
     source: str = "digits"  # "digits": the embedded tiny DiT (section `digits`); "diffusers": `path` (--model)
     path: str = "facebook/DiT-XL-2-256"  # a hub id (read through the Hugging Face cache) or a local pipeline folder
+    # Run the model as it was trained (pipelines.pretrained.match_training). A checkpoint converted from the original
+    # DiT has equal timestep/class embedder copies in every block; one trained in diffusers layout has distinct ones.
+    # null / auto: the original's settings when the copies are equal at load, else diffusers', unless the model folder
+    # records values written by us (dualerase.json).
+    tie_embedders: bool | str = "auto"  # one embedder shared by all blocks (the original's); auto: iff copies equal
+    timestep_shift: int | None = None  # frequencies exp(-ln(1e4) i / (128 - shift)): 0 original, 1 diffusers
+    norm_eps: float | None = None  # eps of diffusers' config-driven LayerNorm: 1e-6 original, else the config's
 
 
 @dataclass
@@ -64,6 +71,8 @@ class SampleConfig:
     scheduler: str = "ddpm"  # diffusers DDPMScheduler with the learned variance (DiT's sampler)
     steps: int = 250  # DiT's default
     guidance: float = 1.5  # classifier-free guidance scale (1: no guidance)
+    guidance_channels: int | None = None  # guide only the first k epsilon channels (DiT's sampler: 3); null: all
+    timestep_spacing: str = "linspace"  # linspace: DiT's respacing (from t = 999); diffusers' leading, or trailing
     batch_size: int = 500
 
 
@@ -110,6 +119,7 @@ CHOICES = {
     "sample.scheduler": ("ddpm",),
     "method.forget_reduction": (None, "mean", "sum"),
     "method.retain_reduction": (None, "mean", "sum"),
+    "sample.timestep_spacing": ("linspace", "leading", "trailing"),
 }
 POSITIVE = {"erase.outer_steps", "erase.batch_size", "erase.forget_lr", "erase.retain_lr", "erase.shared_lr",
             "method.grad_samples", "method.replay_per_class", "sample.steps", "sample.batch_size", "eval.forget_samples",
@@ -117,7 +127,8 @@ POSITIVE = {"erase.outer_steps", "erase.batch_size", "erase.forget_lr", "erase.r
             "digits.layers", "digits.heads", "digits.head_dim", "digits.patch_size", "classifier.epochs",
             "classifier.batch_size", "classifier.lr", "erase.forget_clip", "erase.retain_clip",
             "eval.grid_classes", "eval.fa_size", "eval.retain_samples", "eval.fa_num_classes", "method.saliency_batch",
-            "method.saliency_guidance", "method.fisher_timesteps", "method.fisher_chunk"}
+            "method.saliency_guidance", "method.fisher_timesteps", "method.fisher_chunk", "sample.guidance_channels",
+            "model.norm_eps"}
 NON_NEGATIVE = {"seed", "data.forget_images", "data.retain_images", "erase.checkpoint_every", "erase.forget_steps", "erase.retain_steps", "erase.alpha", "method.gamma", "sample.guidance",
                 "method.replay_weight", "method.ewc_lambda",
                 "erase.forget_weight_decay", "erase.retain_weight_decay", "digits.ema_decay", "classifier.noise_augment"}
@@ -186,6 +197,11 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"{key} must be > 0, got {value!r}")
         if key in NON_NEGATIVE and not value >= 0:
             raise ConfigError(f"{key} must be >= 0, got {value!r}")
+    if cfg.model.tie_embedders not in ("auto", True, False):
+        raise ConfigError(f"model.tie_embedders must be auto, true or false, got {cfg.model.tie_embedders!r}")
+    if cfg.model.timestep_shift not in (None, 0, 1):
+        raise ConfigError(f"model.timestep_shift must be null, 0 (original DiT) or 1 (diffusers), got "
+                          f"{cfg.model.timestep_shift!r}")
     if 8 % cfg.digits.patch_size:
         raise ConfigError(f"digits.patch_size must divide the 8-pixel image size, got {cfg.digits.patch_size}")
     if not 0 < cfg.method.top_p <= 1:

@@ -1,6 +1,9 @@
-"""DiT as diffusers' DiTTransformer2DModel: construction, loading, label dropout, and DiT's training loss."""
+"""DiT as diffusers' DiTTransformer2DModel: construction, loading, label dropout, the original DiT's embedders,
+timestep frequencies and LayerNorm eps, and DiT's training loss."""
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 
 import torch
@@ -41,6 +44,98 @@ def load_dit(path: str) -> DiTTransformer2DModel:
     return disable_builtin_label_dropout(DiTTransformer2DModel.from_pretrained(path))
 
 
+def embedders(model: DiTTransformer2DModel) -> list[torch.nn.Module]:
+    """Each block's timestep + class embedder (`norm1.emb`); the final layer uses block 0's."""
+    return [block.norm1.emb for block in model.transformer_blocks]
+
+
+def embedders_tied(model: DiTTransformer2DModel) -> bool:
+    """Whether every block uses block 0's embedder (one shared module, as the original DiT); never with one block."""
+    first, *rest = embedders(model)
+    return bool(rest) and all(e is first for e in rest)
+
+
+def embedder_copies_equal(model: DiTTransformer2DModel) -> bool:
+    """Whether every block's embedder holds block 0's values: true of a checkpoint converted from the original DiT
+    (its one embedder copied into each block), false of a model trained in diffusers layout (blocks initialised
+    independently)."""
+    first, *rest = [e.state_dict() for e in embedders(model)]
+    return all(all(torch.equal(v, other[k]) for k, v in first.items()) for other in rest)
+
+
+def tie_embedders(model: DiTTransformer2DModel) -> DiTTransformer2DModel:
+    """Make every block use block 0's embedder: one parameter per weight, gradients summed over blocks (the original
+    DiT). `named_parameters()` then lists each shared weight once, so Fisher diagonals, masks and optimizer states
+    follow without change; `state_dict()` still lists it under every block's name."""
+    first = model.transformer_blocks[0].norm1.emb
+    for block in model.transformer_blocks[1:]:
+        block.norm1.emb = first
+    return model
+
+
+def untie_embedders(model: DiTTransformer2DModel) -> DiTTransformer2DModel:
+    """Give every block its own copy of a shared embedder (equal values, trained separately from now on)."""
+    if embedders_tied(model):
+        for block in model.transformer_blocks[1:]:
+            block.norm1.emb = copy.deepcopy(block.norm1.emb)
+    return model
+
+
+@contextlib.contextmanager
+def separate_copies(model: DiTTransformer2DModel):
+    """Within the block, a tied model holds equal but separate copies, for writers that refuse shared memory
+    (safetensors, `save_pretrained`): the files are diffusers' layout with equal copies. The tie is restored after."""
+    shared = embedders(model)
+    untie_embedders(model)
+    try:
+        yield model
+    finally:
+        for block, emb in zip(model.transformer_blocks, shared):
+            block.norm1.emb = emb
+
+
+def set_timestep_shift(model: DiTTransformer2DModel, shift: int) -> DiTTransformer2DModel:
+    """Timestep frequencies exp(-ln(10000) i / (128 - shift)): the original DiT divides by 128 (shift 0); diffusers'
+    `CombinedTimestepLabelEmbeddings` builds shift 1. A model samples well only with the frequencies it was trained
+    with."""
+    for emb in embedders(model):
+        emb.time_proj.downscale_freq_shift = shift
+    return model
+
+
+def timestep_shift(model: DiTTransformer2DModel) -> int:
+    return int(model.transformer_blocks[0].norm1.emb.time_proj.downscale_freq_shift)
+
+
+def set_norm_eps(model: DiTTransformer2DModel, eps: float) -> DiTTransformer2DModel:
+    """The eps of the one LayerNorm per block that diffusers builds from `config.norm_eps` (norm3, before the MLP;
+    the attention-side and final LayerNorms are hard-coded to 1e-6, as in the original, where every LayerNorm uses
+    1e-6). Written into the config too, so that `save_pretrained` records it."""
+    for block in model.transformer_blocks:
+        block.norm3.eps = eps
+    model.register_to_config(norm_eps=eps)
+    return model
+
+
+def norm_eps(model: DiTTransformer2DModel) -> float:
+    return float(model.transformer_blocks[0].norm3.eps)
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Unique parameters, as the original DiT counts them (DiT-XL/2: 674.8M tied, 749.8M with 28 embedder copies;
+    the fixed positional embedding is a buffer in diffusers, not counted)."""
+    return sum(p.numel() for p in model.parameters())  # parameters() lists a shared parameter once
+
+
+EMBEDDERS = {True: "tied (one shared, as the original DiT)", False: "per block (as trained)"}
+
+
+def describe_model(model: DiTTransformer2DModel) -> dict:
+    """The embedders, timestep frequencies and LayerNorm eps a model runs with, and its parameter count."""
+    return {"embedders": EMBEDDERS[embedders_tied(model)], "timestep_shift": timestep_shift(model),
+            "norm_eps": norm_eps(model), "model_parameters": count_parameters(model)}
+
+
 def drop_labels(labels: torch.Tensor, p: float, null_class: int, generator: torch.Generator | None = None):
     """Replace each label by the null class with probability p (DiT's classifier-free-guidance training)."""
     if p <= 0:
@@ -49,10 +144,15 @@ def drop_labels(labels: torch.Tensor, p: float, null_class: int, generator: torc
     return torch.where(drop, null_class, labels)
 
 
-def make_scheduler(num_train_timesteps: int = 1000) -> DDPMScheduler:
-    """DiT's diffusion: linear betas 1e-4..0.02, sampled with the model's learned variance."""
+def make_scheduler(num_train_timesteps: int = 1000, timestep_spacing: str = "linspace") -> DDPMScheduler:
+    """DiT's diffusion: linear betas 1e-4..0.02, sampled with the model's learned variance.
+
+    "linspace" spacing keeps round(i (T - 1) / (n - 1)), the steps of DiT's `space_timesteps(T, "n")` (from t = 999);
+    diffusers' default "leading" starts at 996 for 250 steps. The scheduler re-derives each step's beta from
+    alphas_cumprod at the kept steps, as DiT's respacing does."""
     return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="linear", beta_start=1e-4,
-                         beta_end=0.02, variance_type="learned_range", clip_sample=False)
+                         beta_end=0.02, variance_type="learned_range", clip_sample=False,
+                         timestep_spacing=timestep_spacing)
 
 
 def learns_sigma(model: DiTTransformer2DModel) -> bool:

@@ -32,10 +32,10 @@ from pipelines.classes import resolve_class
 from pipelines.config import CommandParser, Config, ConfigError, UsageError, load_config, to_dict
 from pipelines.data import check_writable, encode
 from pipelines.digits import cache_root, fingerprint
-from pipelines.dit import DiTLoss, drop_labels, learns_sigma, make_scheduler
-from pipelines.pretrained import load_model, save_pipeline
+from pipelines.dit import DiTLoss, describe_model, drop_labels, learns_sigma, make_scheduler, separate_copies
+from pipelines.pretrained import load_model, save_pipeline, write_record
 from pipelines.sampling import class_labels, from_uint8, sample, seeded_generator, to_uint8
-from pipelines.workload import Workload, classes_of, is_main_process, prepare, processes
+from pipelines.workload import Workload, classes_of, is_main_process, model_settings, prepare, processes
 
 
 def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, label_dropout: float = 0.0,
@@ -71,16 +71,18 @@ def generate(model, w: Workload, cfg: Config, labels: torch.Tensor, *, seed: int
     cache_dir. Without `decode`, a latent model's samples stay latents (kept as floats)."""
     state = processes()
     kwargs = dict(num_steps=cfg.sample.steps, guidance=cfg.sample.guidance, seed=seed, batch_size=cfg.sample.batch_size,
-                  vae=w.vae if decode else None, desc=desc, cache_dir=cache_dir, quantize=decode)
+                  vae=w.vae if decode else None, desc=desc, cache_dir=cache_dir, quantize=decode,
+                  guidance_channels=cfg.sample.guidance_channels)
+    scheduler = make_scheduler(timestep_spacing=cfg.sample.timestep_spacing)
     with autocast(cfg):
-        images = sample(model, make_scheduler(), labels, progress=progress, shard=(state.process_index,
+        images = sample(model, scheduler, labels, progress=progress, shard=(state.process_index,
                         state.num_processes), **kwargs)
     if state.num_processes == 1:
         return images
     state.wait_for_everyone()
     if not (everywhere or state.is_main_process):
         return None
-    return sample(model, make_scheduler(), labels, progress=False, **kwargs)  # every batch is on disk: reads only
+    return sample(model, scheduler, labels, progress=False, **kwargs)  # every batch is on disk: reads only
 
 
 def protocol(cfg: Config, w: Workload, forget_class: int) -> dict:
@@ -90,6 +92,9 @@ def protocol(cfg: Config, w: Workload, forget_class: int) -> dict:
                    f"{'learned variance' if learns_sigma(w.model) else 'fixed variance: the model predicts none'})",
         "steps": cfg.sample.steps,
         "guidance": cfg.sample.guidance,
+        "guidance_channels": cfg.sample.guidance_channels or "all",
+        "timestep_spacing": cfg.sample.timestep_spacing,
+        **describe_model(w.model),  # embedders, timestep_shift, norm_eps, model_parameters
         "precision": "bf16 autocast" if cfg.compute.mixed_precision == "bf16" else "float32",
         "forget_samples": cfg.eval.forget_samples,
         "retain_samples": len(retain_labels(w, cfg, forget_class)),
@@ -241,7 +246,7 @@ def erase(w: Workload, cfg: Config, forget_class: int, output: Path, *, resume: 
     # The method's preparation depends on the model, class, data, method config and seed only: it is cached (Fisher
     # diagonals and mask, safetensors) and linked into every run that needs the same, e.g. both optimizer modes.
     key = fingerprint({"model": w.model_id, "data": real.key, "class": forget_class, "seed": cfg.seed,
-                       "precision": cfg.compute.mixed_precision,
+                       "precision": cfg.compute.mixed_precision, "settings": describe_model(w.model),
                        **{k: dataclasses.asdict(getattr(cfg, k)) for k in ("method", "sample")}})
     shared = cache_root() / "prepared" / f"{key}.safetensors"
     if main and not prepared.exists() and shared.exists():
@@ -318,13 +323,16 @@ def link(source: Path, target: Path) -> None:
 
 def save_model(model, w: Workload, folder: Path) -> None:
     """A latent model: a complete DiTPipeline folder with class names. Otherwise the transformer's save_pretrained.
-    Both are written into a temporary folder, then swapped in: never a half-written model folder."""
+    Tied embedders are written as equal copies (diffusers' layout); `dualerase.json` records the settings. Both are
+    written into a temporary folder, then swapped in: never a half-written model folder."""
     if w.vae is not None:
         save_pipeline(folder, model, w.vae, w.pretrained.scheduler_config, dict(enumerate(w.classes.names)))
         return
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    with separate_copies(model):
+        model.save_pretrained(tmp)
+    write_record(tmp, model)
     replace_folder(tmp, folder)
 
 
@@ -399,7 +407,7 @@ def run(cfg: Config, class_arg: str, output: Path, *, overwrite: bool = False, r
         atomic_write_text(output / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     state.wait_for_everyone()
     if resume and (output / "erase.json").exists():  # erasure had finished before the kill
-        model = load_model(output / "model").to(state.device)
+        model = load_model(output / "model", **model_settings(cfg)).to(state.device)
         log = [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
         kept = json.loads((output / "erase.json").read_text())["mask_kept_fraction"]
         erase_timings = json.loads((output / "erase.json").read_text())["timings"]

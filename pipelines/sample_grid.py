@@ -12,19 +12,19 @@ from pipelines.data import check_writable
 from pipelines.config import CommandParser, ConfigError, UsageError, load_config
 from pipelines.digits import load_digits_dit, prepare_digits_dit
 from pipelines.dit import make_scheduler
-from pipelines.pretrained import load_model, load_pretrained
+from pipelines.pretrained import load_model, load_pretrained, match_training
 from pipelines.sampling import sample, to_uint8
-from pipelines.workload import classes_of, is_main_process, processes
+from pipelines.workload import check_sampler, classes_of, is_main_process, model_settings, processes
 
 
 def load_models(specs: list[str], cfg, progress: bool):
     """{spec: transformer} and the base model's VAE; `base` is the config's base model, anything else a model folder or
     an erase-class output folder."""
     if cfg.model.source == "digits":
-        prepare_digits_dit(cfg.digits, progress)
-        base, vae = load_digits_dit(cfg.digits), None
+        folder = prepare_digits_dit(cfg.digits, progress)
+        base, vae = match_training(load_digits_dit(cfg.digits), folder, **model_settings(cfg)), None
     else:
-        pretrained = load_pretrained(cfg.model.path)
+        pretrained = load_pretrained(cfg.model.path, **model_settings(cfg))
         base, vae = pretrained.transformer, pretrained.vae
     models = {}
     for spec in specs:
@@ -33,7 +33,7 @@ def load_models(specs: list[str], cfg, progress: bool):
             path = path / "model"
         if spec != "base" and not ((path / "config.json").exists() or (path / "transformer" / "config.json").exists()):
             raise UsageError(f"{spec!r} is neither 'base', a model folder nor an erase-class output folder")
-        models[spec] = base if spec == "base" else load_model(path)
+        models[spec] = base if spec == "base" else load_model(path)  # as recorded there
     return models, vae
 
 
@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         marked = resolve_class(args.mark, classes) if args.mark is not None else None
         shown = [resolve_class(c, classes) for c in args.classes] if args.classes else \
             list(range(min(len(classes), cfg.eval.grid_classes)))
+        check_sampler(cfg)
         models, vae = load_models(args.models, cfg, not args.quiet)
     except (ConfigError, UsageError) as e:
         if is_main_process():  # under a launcher every process fails alike: one line, not one per process
@@ -74,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     labels = torch.tensor(shown).repeat_interleave(args.per_class)
     panels = {}
     for spec, model in models.items():
-        images = sample(model.to(device), make_scheduler(), labels, num_steps=cfg.sample.steps,
-                        guidance=cfg.sample.guidance, seed=args.seed, batch_size=cfg.sample.batch_size,
+        images = sample(model.to(device), make_scheduler(timestep_spacing=cfg.sample.timestep_spacing), labels,
+                        num_steps=cfg.sample.steps, guidance=cfg.sample.guidance, seed=args.seed,
+                        guidance_channels=cfg.sample.guidance_channels, batch_size=cfg.sample.batch_size,
                         vae=vae.to(device) if vae is not None else None, progress=not args.quiet, desc=spec)
         panels[spec] = to_uint8(images)
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -29,12 +29,16 @@ def seeded_generator(seed: int, index: int) -> torch.Generator:
 @torch.no_grad()
 def sample(model, scheduler, labels: torch.Tensor, *, num_steps: int, guidance: float, seed: int,
            batch_size: int = 500, vae=None, progress: bool = True, desc: str = "sample",
-           cache_dir: Path | None = None, shard: tuple[int, int] = (0, 1), quantize: bool = True) -> torch.Tensor:
+           cache_dir: Path | None = None, shard: tuple[int, int] = (0, 1), quantize: bool = True,
+           guidance_channels: int | None = None) -> torch.Tensor:
     """Sample one image per label, in [-1, 1] (decoded through `vae` for latent models).
 
-    Guidance mixes the conditional and null-class predictions on the epsilon channels; a learned variance is taken
-    from the conditional half and passed to schedulers that use it (variance_type "learned"/"learned_range"); a model
-    without one (out channels = in channels) samples with the fixed posterior variance instead.
+    Guidance mixes the conditional and null-class predictions on the epsilon channels, or on the first
+    `guidance_channels` of them only (DiT's `forward_with_cfg` guides 3 of 4 latent channels "for exact
+    reproducibility"; the others come from the conditional half). A learned variance is taken from the conditional
+    half and passed to schedulers that use it (variance_type "learned"/"learned_range"); a model without one (out
+    channels = in channels) samples with the fixed posterior variance instead. The initial noise, then each step's
+    noise, are drawn from one CPU generator per batch.
     With `cache_dir`, every finished batch is stored there (as 8-bit images, the precision every evaluation reads; as
     floats with `quantize=False`, e.g. for latents) and a later call with the same arguments reuses it: a killed
     sampling run resumes where it stopped.
@@ -45,6 +49,7 @@ def sample(model, scheduler, labels: torch.Tensor, *, num_steps: int, guidance: 
     model.eval()
     null = num_classes(model)
     channels, size = model.config.in_channels, model.config.sample_size
+    guided = channels if guidance_channels is None else guidance_channels
     learned = getattr(scheduler.config, "variance_type", None) in ("learned", "learned_range")
     if learned and not learns_sigma(model):  # nothing to read a learned variance from
         scheduler, learned = fixed_variance(scheduler), False
@@ -74,8 +79,8 @@ def sample(model, scheduler, labels: torch.Tensor, *, num_steps: int, guidance: 
             out = model(inp, t.expand(len(inp)).to(model.device), class_labels=y).sample
             if guidance != 1.0:
                 cond, uncond = out.chunk(2)
-                eps = uncond[:, :channels] + guidance * (cond[:, :channels] - uncond[:, :channels])
-                out = torch.cat([eps, cond[:, channels:]], dim=1)
+                eps = uncond[:, :guided] + guidance * (cond[:, :guided] - uncond[:, :guided])
+                out = torch.cat([eps, cond[:, guided:]], dim=1)
             if not learned:
                 out = out[:, :channels]
             x = scheduler.step(out, t, x, generator=gen).prev_sample

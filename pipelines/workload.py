@@ -18,7 +18,7 @@ from pipelines.config import Config, UsageError
 from pipelines.data import cached, encode, forget_files, load_images, retain_files, scan, with_flips
 from pipelines.digits import (NUM_CLASSES, cache_root, file_digest, file_stamp, fingerprint, load_digits,
                               load_digits_dit, prepare_digits_classifier, prepare_digits_dit)
-from pipelines.pretrained import Pretrained, dit_config, id2label, load_pretrained, locate
+from pipelines.pretrained import Pretrained, dit_config, id2label, load_pretrained, locate, match_training
 
 
 class RealData(NamedTuple):
@@ -81,9 +81,25 @@ def classes_of(cfg: Config) -> Classes:
     return for_model(config["num_embeds_ada_norm"], id2label(root), folders)
 
 
+def model_settings(cfg: Config) -> dict:
+    """`match_training`'s arguments from the config: embedders, timestep frequencies, LayerNorm eps."""
+    return {"tie": cfg.model.tie_embedders, "timestep_shift": cfg.model.timestep_shift, "norm_eps": cfg.model.norm_eps}
+
+
+def check_sampler(cfg: Config) -> None:
+    """sample.guidance_channels must fit the base model's epsilon channels (read without loading its weights)."""
+    if cfg.sample.guidance_channels is None:
+        return
+    channels = 1 if cfg.model.source == "digits" else dit_config(locate(cfg.model.path))[1]["in_channels"]
+    if cfg.sample.guidance_channels > channels:
+        raise UsageError(f"sample.guidance_channels {cfg.sample.guidance_channels} exceeds the model's {channels} "
+                         "epsilon channels: set it to at most that, or null (all)")
+
+
 def prepare(cfg: Config, progress: bool = True) -> Workload:
     """The workload the config names: the embedded digits default, or a diffusers DiT with its data folder."""
     state = processes()
+    check_sampler(cfg)
     with state.main_process_first():  # the main process trains / encodes and caches; the others then read
         w = prepare_digits(cfg, progress and state.is_main_process) if cfg.model.source == "digits" else \
             prepare_diffusers(cfg, progress and state.is_main_process)
@@ -104,7 +120,8 @@ def prepare_digits(cfg: Config, progress: bool = True) -> Workload:
         return RealData(x[is_forget], y[is_forget], x[~is_forget], y[~is_forget], key="sklearn digits")
 
     content = fingerprint(sorted((f.name, file_digest(f)) for f in folder.iterdir() if f.is_file()))
-    return Workload(model=load_digits_dit(cfg.digits), model_id=f"digits/{folder.name}#{content}", classes=DIGITS,
+    model = match_training(load_digits_dit(cfg.digits), folder, **model_settings(cfg))
+    return Workload(model=model, model_id=f"digits/{folder.name}#{content}", classes=DIGITS,
                     scorer=DigitsScorer(load_classifier(clf_path), clf_path, clf_acc, x, y), real_data=real_data)
 
 
@@ -115,7 +132,7 @@ def prepare_diffusers(cfg: Config, progress: bool = True) -> Workload:
     if cfg.eval.fid_reference is None:
         raise UsageError("FID needs a reference folder: build one with `fid-reference --data <train folder> --output "
                          "<folder>`, then pass --set eval.fid_reference=<folder>")
-    pre = load_pretrained(cfg.model.path)
+    pre = load_pretrained(cfg.model.path, **model_settings(cfg))
     root = Path(cfg.data.path).expanduser()
     classes = classes_of(cfg)
     files = scan(root, classes)

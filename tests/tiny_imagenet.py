@@ -15,13 +15,17 @@ from timm.data import ImageNetInfo
 SYNSETS = ["n02099601", "n01440764", "n01443537", "n02085620"]  # golden retriever, tench, goldfish, Chihuahua
 
 
-def build_pipeline(folder: Path, *, out_channels: int = 8, labels: list[str] | None = None) -> Path:
+def build_pipeline(folder: Path, transformer: DiTTransformer2DModel | None = None, *, out_channels: int = 8,
+                   labels: list[str] | None = None) -> Path:
     """A DiTPipeline folder as the hub holds it: transformer, vae, scheduler and id2label in model_index.json.
-    `out_channels` 4: a DiT without learned sigma; `labels`: the class names of a model of other than 1000 classes."""
+
+    The default transformer is trained-in-diffusers style (each block's embedder initialised on its own); pass one
+    converted from an original-style DiT for equal copies, as in facebook/DiT-XL-2-256. `out_channels` 4: a DiT
+    without learned sigma; `labels`: the class names of a model of other than 1000 classes."""
     torch.manual_seed(0)
-    transformer = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4,
-                                        out_channels=out_channels, num_layers=2, sample_size=8, patch_size=2,
-                                        num_embeds_ada_norm=len(labels) if labels else 1000)
+    transformer = transformer or DiTTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=out_channels, num_layers=2,
+        sample_size=8, patch_size=2, num_embeds_ada_norm=len(labels) if labels else 1000)
     vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
                         up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[32, 32], latent_channels=4,
                         layers_per_block=1, norm_num_groups=32, sample_size=16)
