@@ -28,7 +28,7 @@ from pipelines.data import scan
 from pipelines.workload import classes_of, prepare
 from pipelines.sampling import sample
 from pipelines.dit import build_dit, make_scheduler
-from tiny_imagenet import SYNSETS, build_world, erase_args
+from tiny_imagenet import SYNSETS, build_classifier, build_inception, build_pipeline, build_world, erase_args
 
 ROOT = Path(__file__).resolve().parents[1]
 # A 10-class model whose classes are ImageNet's in another order than the synsets' (goldfish before tench)
