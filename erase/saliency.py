@@ -1,7 +1,7 @@
 """Saliency: Fisher diagonals on forget and retain data, and the SFR-on mask built from their ratio."""
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.distributed as dist

@@ -15,7 +15,7 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import register_feature_extractor
 
 from eval.classifier import FEATURE_DIM, load_classifier, predict, probabilities
-from pipelines.digits import file_digest
+from eval.storage import file_digest
 
 DIGITS_EXTRACTOR = "digits-cnn"
 DIGITS_FEATURE = str(FEATURE_DIM)

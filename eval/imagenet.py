@@ -16,7 +16,7 @@ import torch_fidelity.registry
 from timm.models import get_pretrained_cfg
 
 from eval.fid import ImageTensors
-from pipelines.digits import file_digest, file_stamp
+from eval.storage import file_digest, file_stamp
 
 
 class EvalError(ValueError):

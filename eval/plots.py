@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import LogLocator, MaxNLocator, ScalarFormatter  # noqa: E402
 
-from eval.report import atomic_path  # noqa: E402
+from eval.storage import atomic_path  # noqa: E402
 
 COLORS = {"dual": "tab:blue", "shared": "tab:orange"}
 

@@ -1,10 +1,7 @@
-"""Reports: the before/after sample grid, the terminal summary, atomic file writes."""
+"""Reports: the before/after sample grid, sample files, the terminal summary."""
 from __future__ import annotations
 
-import contextlib
-import json
 import math
-import os
 import shutil
 from pathlib import Path
 
@@ -12,39 +9,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-
-def replace_folder(tmp: Path, folder: Path) -> None:
-    """Swap a finished temporary folder in for `folder`: the old one is renamed aside before the new one is renamed
-    in, so `folder` is always either the old or the new complete version (or briefly absent), never half-written."""
-    old = folder.with_name(f".{folder.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path):
-    """A temporary name next to `path` to write to (unique per process, suffix kept for writers that read it); it is
-    renamed onto `path` when the block succeeds, so a reader never sees a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    """Strict JSON: a NaN or infinity raises instead of writing `NaN`/`Infinity`, which JSON readers refuse."""
-    atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+from eval.storage import atomic_path, replace_folder
 
 
 def _tile(images: torch.Tensor, scale: int, gap: int = 2) -> Image.Image:

@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from eval.report import atomic_path, replace_folder
+from eval.storage import atomic_path, replace_folder
 
 PATTERN = re.compile(r"^checkpoint-(\d+)$")
 

@@ -12,7 +12,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from eval.report import atomic_path
+from eval.storage import atomic_path
 from pipelines.classes import Classes, imagenet
 from pipelines.config import UsageError
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -11,7 +10,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from eval.report import atomic_path
+from eval.storage import atomic_path, cache_root, fingerprint
 from pipelines.dit import DiTLoss, build_dit, drop_labels, load_dit, make_scheduler
 
 NUM_CLASSES = 10
@@ -32,42 +31,6 @@ class DigitsRecipe:
     ema_decay: float = 0.999  # the released weights are the EMA, as for DiT
     label_dropout: float = 0.1  # classifier-free guidance training, as DiT
     seed: int = 0
-
-
-def cache_root() -> Path:
-    """Where prepared models live: $DUALERASE_HOME, else ~/.cache/dualerase."""
-    return Path(os.environ.get("DUALERASE_HOME", Path.home() / ".cache" / "dualerase"))
-
-
-def fingerprint(obj) -> str:
-    """Short stable hash of a JSON-able object (a recipe, a protocol)."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
-
-
-_DIGESTS: dict[tuple, str] = {}
-
-
-def file_digest(path) -> str:
-    """sha256 of a file's content, hashed once per process per version of the file: the memo is keyed by path, size,
-    times and inode, and rewriting a file changes its ctime even when its size is the same and its mtime is put back.
-    Caches keyed by it follow what a file holds, not where it is (a weights file rebuilt in place gets new entries)."""
-    path = Path(path).resolve()
-    st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-    if key not in _DIGESTS:
-        sha = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 24), b""):
-                sha.update(chunk)
-        _DIGESTS[key] = sha.hexdigest()
-    return _DIGESTS[key]
-
-
-def file_stamp(path: Path) -> tuple:
-    """(path, size, mtime, ctime) of a file: a cheap identity for the many images of a data or reference folder (a
-    file rewritten in place changes its ctime, even with its size and mtime kept)."""
-    st = path.stat()
-    return str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def load_digits() -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,16 +22,15 @@ from safetensors.torch import load_file, save_file
 from configs import preset_names
 from erase import DivergenceError, make_optimizers, unlearn
 from erase.dualoptim import batches_per_step
-from erase.saliency import mask_fraction
 from erase.methods import METHODS, make_method
+from erase.saliency import mask_fraction
 from eval.imagenet import EvalError
-from eval.report import (atomic_path, atomic_write_json, atomic_write_text, replace_folder, sample_grid, save_image,
-                         save_samples, summary)
+from eval.report import sample_grid, save_image, save_samples, summary
+from eval.storage import atomic_path, atomic_write_json, atomic_write_text, cache_root, fingerprint, replace_folder
 from pipelines.checkpoint import PartialSums, latest_checkpoint, load_checkpoint, save_checkpoint
 from pipelines.classes import resolve_class
 from pipelines.config import CommandParser, Config, ConfigError, UsageError, load_config, to_dict
 from pipelines.data import check_writable, encode
-from pipelines.digits import cache_root, fingerprint
 from pipelines.dit import DiTLoss, describe_model, drop_labels, learns_sigma, make_scheduler, separate_copies
 from pipelines.pretrained import load_model, save_pipeline, write_record
 from pipelines.sampling import class_labels, from_uint8, sample, seeded_generator, to_uint8

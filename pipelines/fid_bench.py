@@ -12,12 +12,13 @@ from pathlib import Path
 import yaml
 
 from configs import PRESETS_DIR
+from erase import DivergenceError
 from eval.imagenet import EvalError
 from eval.plots import plot_curves
-from eval.report import atomic_write_json, atomic_write_text, protocol_line
-from erase import DivergenceError
-from pipelines.config import CommandParser, ConfigError, UsageError, load_config, to_dict
+from eval.report import protocol_line
+from eval.storage import atomic_write_json, atomic_write_text
 from pipelines.classes import resolve_class
+from pipelines.config import CommandParser, ConfigError, UsageError, load_config, to_dict
 from pipelines.data import check_writable
 from pipelines.erase_class import SCORES, run
 from pipelines.workload import classes_of, is_main_process, processes

@@ -11,7 +11,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm.auto import tqdm
 
-from eval.report import replace_folder
+from eval.storage import replace_folder
 from pipelines.classes import Classes, imagenet, resolve_class
 from pipelines.config import CommandParser, UsageError
 from pipelines.data import center_crop, check_writable, scan, to_mode
@@ -45,7 +45,7 @@ def build(data: Path, output: Path, *, count: int, exclude: list[int], size: int
     tmp = output.with_name(f".{output.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     written = 0
-    for c, f in tqdm(chosen, desc="fid reference", disable=not progress):
+    for _, f in tqdm(chosen, desc="fid reference", disable=not progress):
         try:
             with Image.open(f) as im:
                 image = center_crop(to_mode(im, "RGB"), size)

@@ -10,12 +10,19 @@ from diffusers import AutoencoderKL, DDPMScheduler, DiTPipeline
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HFValidationError
 
-from eval.report import replace_folder
-
+from eval.storage import replace_folder
 from pipelines.config import UsageError
-from pipelines.dit import (DiTTransformer2DModel, describe_model, disable_builtin_label_dropout,
-                           embedder_copies_equal, separate_copies, set_norm_eps, set_timestep_shift, tie_embedders,
-                           untie_embedders)
+from pipelines.dit import (
+    DiTTransformer2DModel,
+    describe_model,
+    disable_builtin_label_dropout,
+    embedder_copies_equal,
+    separate_copies,
+    set_norm_eps,
+    set_timestep_shift,
+    tie_embedders,
+    untie_embedders,
+)
 
 DIT_CLASSES = ("DiTTransformer2DModel", "Transformer2DModel")  # the hub's DiT folders predate the dedicated class
 PATTERNS = ["model_index.json", "transformer/*", "vae/*", "scheduler/*"]

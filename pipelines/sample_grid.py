@@ -8,8 +8,8 @@ import torch
 
 from eval.report import sample_grid, save_image
 from pipelines.classes import resolve_class
-from pipelines.data import check_writable
 from pipelines.config import CommandParser, ConfigError, UsageError, load_config
+from pipelines.data import check_writable
 from pipelines.digits import load_digits_dit, prepare_digits_dit
 from pipelines.dit import make_scheduler
 from pipelines.pretrained import load_model, load_pretrained, match_training

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from eval.report import atomic_path
+from eval.storage import atomic_path
 from pipelines.dit import fixed_variance, learns_sigma, num_classes
 
 

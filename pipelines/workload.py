@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 from accelerate import PartialState
@@ -13,11 +14,11 @@ from accelerate import PartialState
 from eval.classifier import load_classifier
 from eval.fid import DigitsScorer
 from eval.imagenet import EvalError, ImageNetScorer, load_timm_classifier
+from eval.storage import cache_root, file_digest, file_stamp, fingerprint
 from pipelines.classes import Classes, for_model
 from pipelines.config import Config, UsageError
 from pipelines.data import cached, encode, forget_files, load_images, retain_files, scan, with_flips
-from pipelines.digits import (NUM_CLASSES, cache_root, file_digest, file_stamp, fingerprint, load_digits,
-                              load_digits_dit, prepare_digits_classifier, prepare_digits_dit)
+from pipelines.digits import NUM_CLASSES, load_digits, load_digits_dit, prepare_digits_classifier, prepare_digits_dit
 from pipelines.pretrained import Pretrained, dit_config, id2label, load_pretrained, locate, match_training
 
 

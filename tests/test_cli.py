@@ -6,12 +6,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipelines import erase_class, fid_bench, sample_grid
-from pipelines.workload import prepare_digits
-from pipelines.config import ConfigError, load_config, parse_set
 from erase.methods import make_method
+from pipelines import erase_class, fid_bench, sample_grid
+from pipelines.config import ConfigError, load_config, parse_set
 from pipelines.dit import DiTLoss, load_dit, make_scheduler
 from pipelines.sampling import sample
+from pipelines.workload import prepare_digits
 
 SETS = ["digits.steps=30", "classifier.epochs=3", "method.grad_samples=4", "erase.outer_steps=3",
         "erase.batch_size=8", "sample.steps=4", "eval.forget_samples=10", "eval.retain_samples_per_class=10",

@@ -9,17 +9,24 @@ import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel
+from tiny_imagenet import build_classifier, build_data, build_inception, build_pipeline
 from torch import nn
 
 from erase.dualoptim import EraseConfig, unlearn
 from pipelines import erase_class, fid_reference
 from pipelines.checkpoint import load_checkpoint, save_checkpoint
 from pipelines.config import ConfigError, load_config
-from pipelines.dit import (build_dit, describe_model, embedder_copies_equal, embedders_tied, make_scheduler,
-                           set_norm_eps, set_timestep_shift)
+from pipelines.dit import (
+    build_dit,
+    describe_model,
+    embedder_copies_equal,
+    embedders_tied,
+    make_scheduler,
+    set_norm_eps,
+    set_timestep_shift,
+)
 from pipelines.pretrained import ModelError, load_model, match_training, save_pipeline
 from pipelines.sampling import sample, seeded_generator
-from tiny_imagenet import build_classifier, build_data, build_inception, build_pipeline
 
 SIZE, PATCH, CHANNELS, HIDDEN, HEADS, DEPTH, CLASSES = 8, 2, 4, 16, 2, 2, 1000
 
@@ -253,7 +260,10 @@ def test_tying_counts_one_embedder_as_the_original_does(folder):
     assert describe_model(untied)["model_parameters"] == original + (DEPTH - 1) * per_block
 
 
-def eps_loss(forward, batch, scheduler=make_scheduler()):
+SCHEDULER = make_scheduler()
+
+
+def eps_loss(forward, batch, scheduler=SCHEDULER):
     """Epsilon MSE at a batch's own timesteps and noise (both given, so every model sees the same)."""
     x0, y, t, noise = batch
     ac = scheduler.alphas_cumprod.double()[t].view(-1, 1, 1, 1).to(x0.dtype)

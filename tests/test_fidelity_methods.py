@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from erase import EraseConfig, make_optimizers, unlearn
+from erase import EraseConfig, unlearn
 from erase.methods import MethodConfig, make_method
 from pipelines.config import load_config
 from pipelines.dit import DiTLoss, build_dit, make_scheduler

@@ -14,21 +14,21 @@ import pytest
 import timm
 import torch
 import torch_fidelity
+from diffusers import DiTPipeline, DiTTransformer2DModel
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from diffusers import DiTPipeline, DiTTransformer2DModel
 from PIL import Image
 from safetensors.torch import load_file, save_file
+from tiny_imagenet import SYNSETS, build_classifier, build_inception, build_pipeline, build_world, erase_args
 
 from eval.imagenet import ImageNetScorer
 from pipelines import erase_class, fid_bench, fid_reference, sample_grid
 from pipelines.classes import imagenet, resolve_class
 from pipelines.config import UsageError, load_config
 from pipelines.data import scan
-from pipelines.workload import classes_of, prepare
-from pipelines.sampling import sample
 from pipelines.dit import build_dit, make_scheduler
-from tiny_imagenet import SYNSETS, build_classifier, build_inception, build_pipeline, build_world, erase_args
+from pipelines.sampling import sample
+from pipelines.workload import classes_of, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 # A 10-class model whose classes are ImageNet's in another order than the synsets' (goldfish before tench)

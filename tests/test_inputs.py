@@ -9,15 +9,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
-
-from pipelines import fid_reference
-from eval.fid import DigitsScorer
-from eval.report import atomic_write_json, sample_grid, summary
-from pipelines import erase_class, fid_bench
-from pipelines import sample_grid as grid_command
-from pipelines import data
-from pipelines.data import load_images
 from test_cli import TINY
+
+from eval.fid import DigitsScorer
+from eval.report import sample_grid, summary
+from eval.storage import atomic_write_json
+from pipelines import data, erase_class, fid_bench, fid_reference
+from pipelines import sample_grid as grid_command
+from pipelines.data import load_images
 
 
 def _png16(path, value):

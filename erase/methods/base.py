@@ -1,7 +1,7 @@
 """The interface every base method fills in."""
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
