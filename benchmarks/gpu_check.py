@@ -19,7 +19,8 @@ from diffusers import AutoencoderKL  # noqa: E402
 
 from erase.dualoptim import DivergenceError, EraseConfig, make_optimizers, unlearn  # noqa: E402
 from erase.methods import MethodConfig, make_method  # noqa: E402
-from pipelines.dit import DiTLoss, build_dit, make_scheduler  # noqa: E402
+from pipelines.dit import build_dit, make_scheduler  # noqa: E402
+from pipelines.loss import DiTLoss
 from pipelines.sampling import sample  # noqa: E402
 
 REFERENCE_GFLOP = 237.0  # DiT paper: 118.6 GMAC per DiT-XL/2 forward at 256 px, i.e. ~237 GFLOP

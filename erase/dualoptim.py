@@ -42,7 +42,12 @@ class EraseConfig:
 
 
 class DivergenceError(RuntimeError):
-    """A loss or gradient became NaN or infinite during unlearning."""
+    """A loss or gradient became NaN or infinite during unlearning: at which `side` ("forget", "retain" or "joint")
+    step of which outer `step`, and why; `message` replaces the default one (e.g. with advice added)."""
+
+    def __init__(self, side: str, step: int, reason: str, message: str | None = None):
+        super().__init__(message or f"{side} step at outer step {step}: {reason}")
+        self.side, self.step, self.reason = side, step, reason
 
 
 def alpha_at(step: int, cfg: EraseConfig) -> float:
@@ -96,14 +101,14 @@ def _finite_everywhere(loss: torch.Tensor) -> bool:
     return bool(finite.item())
 
 
-def _update(params, masks, loss, optimizer, clip, keep_masked, what, clip_then_mask=False):
+def _update(params, masks, loss, optimizer, clip, keep_masked, where, clip_then_mask=False):
     """One optimizer step on `loss`: backward, average over processes, mask the gradients, clip, step (or clip, then
-    mask: `clip_then_mask`, SalUn's order).
+    mask: `clip_then_mask`, SalUn's order). `where` = (side, outer step) names the step if it diverges.
 
     Returns the gradient norm before clipping (of the masked gradient, unless `clip_then_mask`)."""
     if not _finite_everywhere(loss):
-        raise DivergenceError(f"{what}: loss is {loss.item()}" if not torch.isfinite(loss) else
-                              f"{what}: loss is not finite on another process")
+        raise DivergenceError(*where, f"loss is {loss.item()}" if not torch.isfinite(loss) else
+                              "loss is not finite on another process")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if world()[1] > 1:
@@ -114,7 +119,7 @@ def _update(params, masks, loss, optimizer, clip, keep_masked, what, clip_then_m
     if masks is not None and clip_then_mask:
         _mask(params, masks)
     if not torch.isfinite(norm):
-        raise DivergenceError(f"{what}: gradient norm is {norm.item()}")
+        raise DivergenceError(*where, f"gradient norm is {norm.item()}")
     # A separate forget optimizer has zero state at masked coordinates, so Adam moves them by exactly 0; decoupled
     # weight decay would still shrink them, so they are put back after the step.
     frozen = [p.detach()[~m].clone() for p, m in zip(params, masks)] if keep_masked else None
@@ -124,7 +129,7 @@ def _update(params, masks, loss, optimizer, clip, keep_masked, what, clip_then_m
             for p, m, v in zip(params, masks, frozen):
                 p[~m] = v
     if not all(torch.isfinite(p).all() for p in params):
-        raise DivergenceError(f"{what}: weights became non-finite")
+        raise DivergenceError(*where, "weights became non-finite")
     return norm.item()
 
 
@@ -186,7 +191,7 @@ def unlearn(
             f_loss = method.forget_loss(model, next(forget_data))
             r_loss = method.retain_loss(model, next(retain_data))
             norm = _update(params, masks, w_f * f_loss + w_r * r_loss, optim_f, cfg.forget_clip, False,
-                           f"joint step at outer step {step}", order)
+                           ("joint", step), order)
             record.update(forget_loss=f_loss.item(), retain_loss=r_loss.item(), forget_grad_norm=None,
                           retain_grad_norm=None, joint_grad_norm=norm)
         else:
@@ -194,12 +199,12 @@ def unlearn(
             for _ in range(cfg.forget_steps):
                 loss = method.forget_loss(model, next(forget_data))
                 f_norm += _update(params, masks, w_f * loss, optim_f, cfg.forget_clip, keep_masked,
-                                  f"forget step at outer step {step}", order) / cfg.forget_steps
+                                  ("forget", step), order) / cfg.forget_steps
                 f_loss += loss.item() / cfg.forget_steps
             for _ in range(cfg.retain_steps):
                 loss = method.retain_loss(model, next(retain_data))
                 r_norm += _update(params, masks if cfg.mask_retain else None, w_r * loss, optim_r, cfg.retain_clip,
-                                  keep_masked and cfg.mask_retain, f"retain step at outer step {step}",
+                                  keep_masked and cfg.mask_retain, ("retain", step),
                                   order) / cfg.retain_steps
                 r_loss += loss.item() / cfg.retain_steps
             record.update(forget_loss=f_loss, retain_loss=r_loss, forget_grad_norm=f_norm, retain_grad_norm=r_norm)

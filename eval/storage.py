@@ -79,3 +79,12 @@ def file_stamp(path: Path) -> tuple:
     file rewritten in place changes its ctime, even with its size and mtime kept)."""
     st = path.stat()
     return str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def link(source: Path, target: Path) -> None:
+    """`target` becomes a hard link to `source` (no second copy on disk), or a copy across file systems."""
+    with atomic_path(target) as tmp:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)

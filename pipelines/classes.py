@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from timm.data import ImageNetInfo
 
-from pipelines.config import UsageError
+from pipelines.errors import UsageError
 
 
 @dataclass

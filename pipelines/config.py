@@ -16,14 +16,7 @@ from erase.dualoptim import OPTIMIZERS, EraseConfig
 from erase.methods import METHODS, MethodConfig
 from eval.classifier import ClassifierRecipe
 from pipelines.digits import DigitsRecipe
-
-
-class UsageError(ValueError):
-    """Bad input from the command line; the message names the problem and the fix, in one line."""
-
-
-class ConfigError(UsageError):
-    """A preset, key or value that is not valid; the message says which and how to fix it."""
+from pipelines.errors import ConfigError, UsageError
 
 
 class CommandParser(argparse.ArgumentParser):

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from eval.storage import atomic_path
 from pipelines.classes import Classes, imagenet
-from pipelines.config import UsageError
+from pipelines.errors import UsageError
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 

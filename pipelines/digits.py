@@ -11,7 +11,8 @@ import torch
 from tqdm.auto import tqdm
 
 from eval.storage import atomic_path, cache_root, fingerprint
-from pipelines.dit import DiTLoss, build_dit, drop_labels, load_dit, make_scheduler
+from pipelines.dit import build_dit, drop_labels, load_dit, make_scheduler
+from pipelines.loss import DiTLoss
 
 NUM_CLASSES = 10
 SIZE = 8

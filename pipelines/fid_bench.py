@@ -18,9 +18,11 @@ from eval.plots import plot_curves
 from eval.report import protocol_line
 from eval.storage import atomic_write_json, atomic_write_text
 from pipelines.classes import resolve_class
-from pipelines.config import CommandParser, ConfigError, UsageError, load_config, to_dict
+from pipelines.config import CommandParser, load_config, to_dict
 from pipelines.data import check_writable
-from pipelines.erase_class import SCORES, run
+from pipelines.errors import ConfigError, UsageError
+from pipelines.evaluation import SCORES
+from pipelines.job import run
 from pipelines.workload import classes_of, is_main_process, processes
 
 SPEC_KEYS = {"config": "digits", "methods": ["sfron"], "optimizers": ["dual", "shared"], "classes": ["3"],

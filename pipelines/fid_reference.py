@@ -13,8 +13,9 @@ from tqdm.auto import tqdm
 
 from eval.storage import replace_folder
 from pipelines.classes import Classes, imagenet, resolve_class
-from pipelines.config import CommandParser, UsageError
+from pipelines.config import CommandParser
 from pipelines.data import center_crop, check_writable, scan, to_mode
+from pipelines.errors import UsageError
 from pipelines.workload import is_main_process
 
 

@@ -11,7 +11,6 @@ from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HFValidationError
 
 from eval.storage import replace_folder
-from pipelines.config import UsageError
 from pipelines.dit import (
     DiTTransformer2DModel,
     describe_model,
@@ -23,15 +22,12 @@ from pipelines.dit import (
     tie_embedders,
     untie_embedders,
 )
+from pipelines.errors import ModelError
 
 DIT_CLASSES = ("DiTTransformer2DModel", "Transformer2DModel")  # the hub's DiT folders predate the dedicated class
 PATTERNS = ["model_index.json", "transformer/*", "vae/*", "scheduler/*"]
 RECORD = "dualerase.json"  # next to the transformer's config.json: the settings a model we wrote was trained with
 ORIGINAL_EPS = 1e-6  # the original DiT's LayerNorm eps, everywhere
-
-
-class ModelError(UsageError):
-    """A model that cannot be used; the message says why and what to do, in one line."""
 
 
 @dataclass

@@ -8,10 +8,11 @@ import torch
 
 from eval.report import sample_grid, save_image
 from pipelines.classes import resolve_class
-from pipelines.config import CommandParser, ConfigError, UsageError, load_config
+from pipelines.config import CommandParser, load_config
 from pipelines.data import check_writable
 from pipelines.digits import load_digits_dit, prepare_digits_dit
 from pipelines.dit import make_scheduler
+from pipelines.errors import ConfigError, UsageError
 from pipelines.pretrained import load_model, load_pretrained, match_training
 from pipelines.sampling import sample, to_uint8
 from pipelines.workload import check_sampler, classes_of, is_main_process, model_settings, processes

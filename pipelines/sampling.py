@@ -1,6 +1,7 @@
 """Class-conditional sampling with classifier-free guidance, for any diffusers scheduler, class count and space."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +9,8 @@ import torch
 from tqdm.auto import tqdm
 
 from eval.storage import atomic_path
-from pipelines.dit import fixed_variance, learns_sigma, num_classes
+from pipelines.dit import fixed_variance, learns_sigma, make_scheduler, num_classes
+from pipelines.workload import Workload, processes
 
 
 def class_labels(num_classes: int, per_class: int, *, only: int | None = None, exclude: int | None = None):
@@ -107,3 +109,33 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 def from_uint8(images: torch.Tensor) -> torch.Tensor:
     """uint8 in [0, 255] back to floats in [-1, 1]."""
     return images.float() / 127.5 - 1.0
+
+
+def autocast(precision: str):
+    """bf16 autocast on the process's device when compute.mixed_precision is bf16 (weights stay float32)."""
+    if precision == "no":
+        return contextlib.nullcontext()
+    return torch.autocast(processes().device.type, dtype=torch.bfloat16)
+
+
+def generate(model, w: Workload, sampler, labels: torch.Tensor, *, precision: str, seed: int,
+             cache_dir: Path | None, desc: str, progress: bool, decode: bool = True,
+             everywhere: bool = False) -> torch.Tensor | None:
+    """Samples for `labels`, sharded across processes by batch: each process draws its batches into `cache_dir`, then
+    the main process (every process with `everywhere`) reads them all back; the others get None. One process needs no
+    cache_dir. Without `decode`, a latent model's samples stay latents (kept as floats). `sampler` is the config's
+    `sample` section; `precision` its `compute.mixed_precision`."""
+    state = processes()
+    kwargs = dict(num_steps=sampler.steps, guidance=sampler.guidance, seed=seed, batch_size=sampler.batch_size,
+                  vae=w.vae if decode else None, desc=desc, cache_dir=cache_dir, quantize=decode,
+                  guidance_channels=sampler.guidance_channels)
+    scheduler = make_scheduler(timestep_spacing=sampler.timestep_spacing)
+    with autocast(precision):
+        images = sample(model, scheduler, labels, progress=progress, shard=(state.process_index,
+                        state.num_processes), **kwargs)
+    if state.num_processes == 1:
+        return images
+    state.wait_for_everyone()
+    if not (everywhere or state.is_main_process):
+        return None
+    return sample(model, scheduler, labels, progress=False, **kwargs)  # every batch is on disk: reads only

@@ -14,11 +14,13 @@ from accelerate import PartialState
 from eval.classifier import load_classifier
 from eval.fid import DigitsScorer
 from eval.imagenet import EvalError, ImageNetScorer, load_timm_classifier
+from eval.scorer import Scorer
 from eval.storage import cache_root, file_digest, file_stamp, fingerprint
 from pipelines.classes import Classes, for_model
-from pipelines.config import Config, UsageError
+from pipelines.config import Config
 from pipelines.data import cached, encode, forget_files, load_images, retain_files, scan, with_flips
 from pipelines.digits import NUM_CLASSES, load_digits, load_digits_dit, prepare_digits_classifier, prepare_digits_dit
+from pipelines.errors import UsageError
 from pipelines.pretrained import Pretrained, dit_config, id2label, load_pretrained, locate, match_training
 
 
@@ -40,7 +42,7 @@ class Workload:
     model: torch.nn.Module
     model_id: str
     classes: Classes
-    scorer: object  # probabilities(images) -> (N, K); fid(uint8 samples, forget_class) -> float; describe(forget_class)
+    scorer: Scorer
     real_data: Callable
     vae: torch.nn.Module | None = None
     pretrained: Pretrained | None = None

@@ -8,9 +8,13 @@ from safetensors.torch import load_file
 
 from erase.methods import make_method
 from pipelines import erase_class, fid_bench, sample_grid
-from pipelines.config import ConfigError, load_config, parse_set
-from pipelines.dit import DiTLoss, load_dit, make_scheduler
+from pipelines.config import load_config, parse_set
+from pipelines.dit import load_dit, make_scheduler
+from pipelines.erasure import erase
+from pipelines.errors import ConfigError
+from pipelines.loss import DiTLoss
 from pipelines.sampling import sample
+from pipelines.streams import Source, real_data
 from pipelines.workload import prepare_digits
 
 SETS = ["digits.steps=30", "classifier.epochs=3", "method.grad_samples=4", "erase.outer_steps=3",
@@ -165,7 +169,8 @@ def test_sa_is_fed_surrogate_noise_and_replay_from_the_frozen_original(tmp_path)
     w = prepare_digits(cfg, progress=False)
     original = [p.detach().clone() for p in w.model.parameters()]
     method = make_method(cfg.method, DiTLoss(make_scheduler()), forget_class=3, num_classes=10)
-    xf, yf, xr, yr = erase_class.method_data(method, w, cfg, 3, progress=False)
+    real_set = real_data(w, cfg, 3, progress=False)
+    xf, yf, xr, yr = method.data(Source(w, cfg, real_set, progress=False, replay_dir=None))
     real = w.real_data(3, cfg)[0]
     assert xf.shape == real.shape and torch.all(yf == 3) and not torch.equal(xf, real)
     assert -1 <= xf.min() and xf.max() <= 1 and xf.std() > 0.5  # uniform noise, not digits
@@ -173,7 +178,7 @@ def test_sa_is_fed_surrogate_noise_and_replay_from_the_frozen_original(tmp_path)
     expected = sample(w.model, make_scheduler(), yr, num_steps=cfg.sample.steps, guidance=cfg.sample.guidance,
                       seed=cfg.seed + 6, progress=False)
     assert torch.equal(xr, expected)
-    erase_class.erase(w, cfg, 3, tmp_path, progress=False)
+    erase(w, cfg, 3, real_set, tmp_path, progress=False)
     assert all(torch.equal(a, p) for a, p in zip(original, w.model.parameters()))  # the original stays frozen
 
 

@@ -5,7 +5,8 @@ import torch
 from erase import EraseConfig, make_optimizers, unlearn
 from erase.methods import MethodConfig, make_method
 from pipelines.checkpoint import load_checkpoint, save_checkpoint
-from pipelines.dit import DiTLoss, build_dit, make_scheduler
+from pipelines.dit import build_dit, make_scheduler
+from pipelines.loss import DiTLoss
 from pipelines.sampling import sample
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

@@ -3,7 +3,8 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from pipelines.dit import DiTLoss, drop_labels, load_dit, make_scheduler, num_classes
+from pipelines.dit import drop_labels, load_dit, make_scheduler, num_classes
+from pipelines.loss import DiTLoss
 from pipelines.sampling import class_labels, sample
 
 

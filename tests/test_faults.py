@@ -15,7 +15,8 @@ from test_cli import TINY
 
 from erase.methods.ga import GradientAscent
 from pipelines import erase_class, fid_bench, sample_grid
-from pipelines.config import ConfigError, load_config
+from pipelines.config import load_config
+from pipelines.errors import ConfigError
 
 LONG = TINY + ["--set", "erase.outer_steps=40", "--set", "erase.checkpoint_every=5", "--set", "sample.batch_size=20",
                "--set", "eval.forget_samples=60", "--set", "sample.steps=20"]

@@ -15,7 +15,7 @@ from torch import nn
 from erase.dualoptim import EraseConfig, unlearn
 from pipelines import erase_class, fid_reference
 from pipelines.checkpoint import load_checkpoint, save_checkpoint
-from pipelines.config import ConfigError, load_config
+from pipelines.config import load_config
 from pipelines.dit import (
     build_dit,
     describe_model,
@@ -25,7 +25,8 @@ from pipelines.dit import (
     set_norm_eps,
     set_timestep_shift,
 )
-from pipelines.pretrained import ModelError, load_model, match_training, save_pipeline
+from pipelines.errors import ConfigError, ModelError
+from pipelines.pretrained import load_model, match_training, save_pipeline
 from pipelines.sampling import sample, seeded_generator
 
 SIZE, PATCH, CHANNELS, HIDDEN, HEADS, DEPTH, CLASSES = 8, 2, 4, 16, 2, 2, 1000

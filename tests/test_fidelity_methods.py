@@ -9,7 +9,8 @@ import torch
 from erase import EraseConfig, unlearn
 from erase.methods import MethodConfig, make_method
 from pipelines.config import load_config
-from pipelines.dit import DiTLoss, build_dit, make_scheduler
+from pipelines.dit import build_dit, make_scheduler
+from pipelines.loss import DiTLoss
 
 T = 1000
 

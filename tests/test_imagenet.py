@@ -22,11 +22,12 @@ from safetensors.torch import load_file, save_file
 from tiny_imagenet import SYNSETS, build_classifier, build_inception, build_pipeline, build_world, erase_args
 
 from eval.imagenet import ImageNetScorer
-from pipelines import erase_class, fid_bench, fid_reference, sample_grid
+from pipelines import erase_class, evaluation, fid_bench, fid_reference, sample_grid
 from pipelines.classes import imagenet, resolve_class
-from pipelines.config import UsageError, load_config
+from pipelines.config import load_config
 from pipelines.data import scan
 from pipelines.dit import build_dit, make_scheduler
+from pipelines.errors import UsageError
 from pipelines.sampling import sample
 from pipelines.workload import classes_of, prepare
 
@@ -363,10 +364,10 @@ def test_cached_scores_latents_and_model_ids_follow_content_not_paths(world, tmp
                                    f"eval.fa_weights={classifier}"])
     w = prepare(cfg, progress=False)
     real = w.real_data(207, cfg, progress=False)
-    assert erase_class.evaluate_base(w, cfg, 207, progress=False, job=tmp_path)["forget_accuracy"] == 1.0
+    assert evaluation.evaluate_base(w, cfg, 207, progress=False, job=tmp_path)["forget_accuracy"] == 1.0
     _rewrite_in_place(classifier, lambda p: build_classifier(p, always=0))  # now it never says golden retriever
     w = prepare(cfg, progress=False)
-    assert erase_class.evaluate_base(w, cfg, 207, progress=False, job=tmp_path)["forget_accuracy"] == 0.0
+    assert evaluation.evaluate_base(w, cfg, 207, progress=False, job=tmp_path)["forget_accuracy"] == 0.0
 
     image = sorted((data / SYNSETS[0]).iterdir())[0]  # a forget image replaced by a grey one of the same size
 

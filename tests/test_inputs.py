@@ -14,7 +14,7 @@ from test_cli import TINY
 from eval.fid import DigitsScorer
 from eval.report import sample_grid, summary
 from eval.storage import atomic_write_json
-from pipelines import data, erase_class, fid_bench, fid_reference
+from pipelines import data, erase_class, fid_bench, fid_reference, job
 from pipelines import sample_grid as grid_command
 from pipelines.data import load_images
 
@@ -81,7 +81,7 @@ def test_a_non_finite_fid_is_written_as_null_with_its_reason(tmp_path, monkeypat
     assert fid_row.split()[-2:] == ["n/a", "n/a"]
     other = copy.deepcopy(m)  # a second trial whose FID was finite
     other["seed"], other["before"]["fid"], other["after"]["fid"] = 1, 2.0, 3.0
-    trials = erase_class.aggregate_trials([m, other])
+    trials = job.aggregate_trials([m, other])
     assert trials["after"]["fid"] == 3.0 and "1 of 2 trials" in trials["after"]["fid_error"]
     assert "FID after: not finite in 1 of 2 trials" in summary(trials)
     table = fid_bench.markdown(fid_bench.aggregate([m]), [m], "fid-bench")
@@ -110,7 +110,7 @@ def test_a_full_or_forbidden_output_is_refused_before_any_work(tmp_path, monkeyp
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(data, "_probe", full)
-    monkeypatch.setattr(erase_class, "prepare", lambda *a, **k: pytest.fail("started work on an unwritable output"))
+    monkeypatch.setattr(job, "prepare", lambda *a, **k: pytest.fail("started work on an unwritable output"))
     monkeypatch.setattr(grid_command, "load_models", lambda *a, **k: pytest.fail("loaded models for nothing"))
     (tmp_path / "train" / "n01440764").mkdir(parents=True)
     commands = [(erase_class.main, ["3", "--output", str(tmp_path / "run"), *TINY]),

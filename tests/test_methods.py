@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 from erase import EraseConfig, make_optimizers, unlearn
 from erase.methods import METHODS, MethodConfig, make_method
 from erase.saliency import gradient_sum, mask_fraction, top_fraction_mask
-from pipelines.dit import DiTLoss, make_scheduler
+from pipelines.dit import make_scheduler
+from pipelines.loss import DiTLoss
 
 
 def _method(name, model=None, **cfg):

@@ -8,7 +8,8 @@ import torch
 
 from erase.dualoptim import EraseConfig, unlearn
 from erase.methods import MethodConfig, make_method
-from pipelines.dit import DiTLoss, build_dit, make_scheduler
+from pipelines.dit import build_dit, make_scheduler
+from pipelines.loss import DiTLoss
 from pipelines.sampling import sample
 
 XL = dict(num_classes=1000, sample_size=32, in_channels=4, patch_size=2, layers=28, heads=16, head_dim=72)

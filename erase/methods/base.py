@@ -2,8 +2,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 import torch
+
+
+class DataSource(Protocol):
+    """What a pipeline offers a method to build its data from, all in the model's input space."""
+
+    real: Any  # forget_x, forget_y, retain_x, retain_y: the real images of the forget class and of the others
+
+    def surrogate(self, like: torch.Tensor) -> torch.Tensor:
+        """As many uniform-noise images in [-1, 1] as `like` holds."""
+
+    def replay(self, labels: torch.Tensor) -> torch.Tensor:
+        """Samples the original model generates for `labels`."""
 
 
 class Method:
@@ -14,9 +27,8 @@ class Method:
     prediction for the batch's labels and the frozen prediction for `labels` at the same noisy input. A method combines
     them and never needs to know the model's kind.
 
-    Class attributes say what the pipeline feeds it: `forget_data` is "real" (images of the forget class) or
-    "surrogate" (noise images labelled with the forget class); `retain_data` is "real" or "replay" (samples the
-    original model generates for the other classes). `alpha_weights` names the loss alpha_t weights, and `joint`
+    `data(source)` says what the method is fed (real images by default; `DataSource` lists what else a pipeline
+    offers). `alpha_weights` names the loss alpha_t weights, and `joint`
     marks methods whose original update is one step on forget + retain loss (used with a shared optimizer);
     `clip_then_mask` clips the whole gradient before masking it (SalUn's order) instead of after.
     `forget_reduction` / `retain_reduction` are the loss scales of the method's own paper ("mean" over pixels, as
@@ -26,8 +38,6 @@ class Method:
     """
 
     name = "base"
-    forget_data = "real"
-    retain_data = "real"
     alpha_weights = "forget"
     joint = False
     clip_then_mask = False
@@ -42,6 +52,10 @@ class Method:
         self.num_classes = num_classes
         self.forget_reduction = cfg.forget_reduction or type(self).forget_reduction
         self.retain_reduction = cfg.retain_reduction or type(self).retain_reduction
+
+    def data(self, source: DataSource) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(forget images, forget labels, retain images, retain labels) the method trains on: the real ones."""
+        return source.real.forget_x, source.real.forget_y, source.real.retain_x, source.real.retain_y
 
     def forget_loss(self, model: torch.nn.Module, batch) -> torch.Tensor:
         raise NotImplementedError

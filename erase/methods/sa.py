@@ -15,12 +15,18 @@ class SelectiveAmnesia(Method):
     replay and EWC in the retain step. Replay batches get no label dropout and the whole gradient is clipped to 1."""
 
     name = "sa"
-    forget_data = "surrogate"
-    retain_data = "replay"
     joint = True
     forget_reduction = "sum"
     retain_reduction = "sum"
     published = {"erase.alpha_schedule": "constant", "erase.retain_clip": 1.0, "erase.retain_label_dropout": 0.0}
+
+    def data(self, source):
+        """Surrogate: uniform noise labelled c_f, as many as the real forget images. Replay: `replay_per_class`
+        samples of the original model for each other class."""
+        real = source.real
+        others = torch.tensor([c for c in range(self.num_classes) if c != self.forget_class])
+        replay_labels = others.repeat_interleave(self.cfg.replay_per_class)
+        return source.surrogate(real.forget_x), real.forget_y, source.replay(replay_labels), replay_labels
 
     def prepare(self, model, forget, retain, progress=True, partial=None):
         def loss(m, batch):

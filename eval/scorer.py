@@ -1,0 +1,25 @@
+"""What the pipeline asks of a scorer of samples (the digits scorer in eval/fid.py, the published ImageNet evaluation
+in eval/imagenet.py)."""
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+
+class Scorer(Protocol):
+    """Scores the samples of a model: class probabilities (for forget accuracy, the forget class's probability and
+    the entropy), FID of retained-class samples, and the protocol's description of both."""
+
+    @property
+    def key(self) -> str:
+        """Identifies everything the scores depend on besides the samples (weights by content, reference set)."""
+
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, K) class probabilities of images in [-1, 1]."""
+
+    def fid(self, samples: torch.Tensor, forget_class: int) -> float:
+        """FID of uint8 samples of the retained classes against the reference set without `forget_class`."""
+
+    def describe(self, forget_class: int) -> dict:
+        """The classifier, feature extractor and reference set, as the protocol records them."""

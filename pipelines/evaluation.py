@@ -1,0 +1,133 @@
+"""The evaluation protocol: what every number is measured with, the scores of a model, and the base model's cached
+scores."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+from pathlib import Path
+
+import torch
+
+from eval.report import save_samples
+from eval.storage import atomic_write_json, cache_root, fingerprint
+from pipelines.config import Config
+from pipelines.dit import describe_model, learns_sigma
+from pipelines.sampling import class_labels, from_uint8, generate, to_uint8
+from pipelines.streams import stream_seed
+from pipelines.workload import Workload, processes
+
+SCORES = ("forget_accuracy", "forget_probability", "forget_entropy", "retain_accuracy", "fid")
+
+
+def protocol(cfg: Config, w: Workload, forget_class: int) -> dict:
+    """Everything needed to reproduce or compare the numbers."""
+    return {
+        "sampler": "DDPM (diffusers DDPMScheduler, "
+                   f"{'learned variance' if learns_sigma(w.model) else 'fixed variance: the model predicts none'})",
+        "steps": cfg.sample.steps,
+        "guidance": cfg.sample.guidance,
+        "guidance_channels": cfg.sample.guidance_channels or "all",
+        "timestep_spacing": cfg.sample.timestep_spacing,
+        **describe_model(w.model),  # embedders, timestep_shift, norm_eps, model_parameters
+        "precision": "bf16 autocast" if cfg.compute.mixed_precision == "bf16" else "float32",
+        "forget_samples": cfg.eval.forget_samples,
+        "retain_samples": len(retain_labels(w, cfg, forget_class)),
+        "retain_labels": f"{cfg.eval.retain_samples_per_class} per retained class" if cfg.eval.retain_samples is None
+        else "drawn uniformly at random from the retained classes",
+        **w.scorer.describe(forget_class),
+        "seed": cfg.seed,
+    }
+
+
+def retain_labels(w: Workload, cfg: Config, forget_class: int) -> torch.Tensor:
+    """Labels of the retain samples: eval.retain_samples_per_class of each other class, or eval.retain_samples drawn
+    uniformly at random (seeded) from the other classes."""
+    if cfg.eval.retain_samples is None:
+        return class_labels(w.num_classes, cfg.eval.retain_samples_per_class, exclude=forget_class)
+    gen = torch.Generator().manual_seed(stream_seed(cfg.seed, "retain_labels"))
+    labels = torch.randint(0, w.num_classes - 1, (cfg.eval.retain_samples,), generator=gen)
+    return labels + (labels >= forget_class).long()  # skip the forget class
+
+
+def evaluate(model, w: Workload, cfg: Config, forget_class: int, progress: bool = True, desc: str = "",
+             cache_dir: Path | None = None, save_to: Path | None = None) -> dict:
+    """Forget accuracy, the forget class's mean probability and the entropy of the predicted distribution on its
+    samples (as the published evaluator reports), retain accuracy (per class too) and FID of the retained classes'
+    samples.
+
+    Samples are scored at 8-bit precision; with `cache_dir` finished sample batches survive a kill; with `save_to`
+    they are also written as PNG folders and ADM-style .npz files (`save_samples`). Every process samples its share;
+    the main process scores (the others get None)."""
+    fl = class_labels(w.num_classes, cfg.eval.forget_samples, only=forget_class)
+    rl = retain_labels(w, cfg, forget_class)
+    labels = torch.cat([fl, rl])
+    images = generate(model, w, cfg.sample, labels, precision=cfg.compute.mixed_precision, seed=cfg.seed,
+                      cache_dir=cache_dir, desc=f"sample {desc}", progress=progress)
+    if images is None:  # not the main process, which scores
+        return None
+    images = to_uint8(images)
+    probs = w.scorer.probabilities(from_uint8(images))
+    pred = probs.argmax(1)
+    forget = probs[:len(fl)]
+    per_class = {str(c): (pred[labels == c] == c).float().mean().item() for c in labels.unique().tolist()}
+    if save_to is not None:
+        save_samples(save_to, {"forget": (images[:len(fl)], fl), "retain": (images[len(fl):], rl)})
+    fid = w.scorer.fid(images[len(fl):], forget_class)
+    scores = {
+        "forget_accuracy": (pred[:len(fl)] == forget_class).float().mean().item(),
+        "forget_probability": forget[:, forget_class].mean().item(),
+        "forget_entropy": torch.special.entr(forget).sum(1).mean().item(),  # nats
+        "retain_accuracy": (pred[len(fl):] == rl).float().mean().item(),
+        "fid": fid if math.isfinite(fid) else None,  # JSON has no inf or nan: null, and the reason next to it
+        "per_class_accuracy": per_class,
+    }
+    if not math.isfinite(fid):
+        scores["fid_error"] = (f"not finite (torch-fidelity gave {fid}): the features of the samples or of the "
+                               "reference are degenerate, e.g. NaN or constant images, or too few distinct samples")
+    return scores
+
+
+def evaluate_base(w: Workload, cfg: Config, forget_class: int, progress: bool = True,
+                  job: Path | None = None) -> dict:
+    """The base model's scores, cached by model, protocol, seed and class: they do not change between erasures.
+    Samples in progress are kept per `job` (the output folder), so that concurrent jobs never share a folder."""
+    key = fingerprint({"model": w.model_id, "protocol": protocol(cfg, w, forget_class), "class": forget_class,
+                       "sample": dataclasses.asdict(cfg.sample), "eval": dataclasses.asdict(cfg.eval),
+                       "scorer": w.scorer.key, "scored_at": "uint8", "scores": SCORES})
+    path = cache_root() / "evals" / f"{key}.json"
+    if not main_decides(path.exists()):
+        samples = path.with_name(f"{key}-{fingerprint(str((job or Path()).resolve()))}")
+        scores = evaluate(w.model, w, cfg, forget_class, progress, desc="before", cache_dir=samples)
+        if processes().is_main_process:
+            atomic_write_json(path, scores)
+            shutil.rmtree(samples, ignore_errors=True)
+        processes().wait_for_everyone()
+    return json.loads(path.read_text())
+
+
+def main_decides(value):
+    """The main process's value on every process (so that all take the same branch, and meet at the same barriers)."""
+    if processes().num_processes == 1:
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def grid_classes(w: Workload, cfg: Config, forget_class: int) -> list[int]:
+    """The classes grid.png shows: all of them, or the forget class and the lowest others up to eval.grid_classes."""
+    if w.num_classes <= cfg.eval.grid_classes:
+        return list(range(w.num_classes))
+    return sorted([forget_class] + [c for c in range(w.num_classes) if c != forget_class][:cfg.eval.grid_classes - 1])
+
+
+def grid_images(model, w: Workload, cfg: Config, classes: list[int], progress: bool = True,
+                cache_dir: Path | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """`grid_per_class` samples of each class, with the same noise for every model (so rows compare); the images
+    only on the main process, which draws the grid."""
+    labels = torch.tensor(classes).repeat_interleave(cfg.eval.grid_per_class)
+    images = generate(model, w, cfg.sample, labels, precision=cfg.compute.mixed_precision, seed=cfg.seed,
+                      cache_dir=cache_dir, desc="sample grid", progress=progress)
+    return (None if images is None else to_uint8(images)), labels

@@ -1,0 +1,150 @@
+"""DiT's training loss (epsilon MSE plus the learned-variance VLB term), and the variants the base methods' papers use:
+pixel-summed reductions, SalUn's matched and guided losses, Selective Amnesia's sum over timesteps."""
+from __future__ import annotations
+
+import math
+
+import torch
+from diffusers import DDPMScheduler, DiTTransformer2DModel
+
+
+def _normal_kl(mean1, logvar1, mean2, logvar2):
+    """KL(N(mean1, exp(logvar1)) || N(mean2, exp(logvar2))), elementwise."""
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+
+
+def _discretized_gaussian_nll(x, mean, log_scale):
+    """-log p(x) for data in [-1, 1] quantised to 256 levels under N(mean, exp(log_scale)^2), elementwise."""
+    normal = torch.distributions.Normal(0.0, 1.0)
+    inv_std = torch.exp(-log_scale)
+    cdf_plus = normal.cdf(inv_std * (x - mean + 1 / 255))
+    cdf_min = normal.cdf(inv_std * (x - mean - 1 / 255))
+    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
+    log_one_minus_cdf_min = torch.log((1 - cdf_min).clamp(min=1e-12))
+    log_delta = torch.log((cdf_plus - cdf_min).clamp(min=1e-12))
+    return -torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_delta))
+
+
+def _pixels(x: torch.Tensor, reduction: str) -> int:
+    """The factor that turns a per-pixel mean into the `reduction` asked for: 1 for "mean", C*H*W for "sum"."""
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"unknown loss reduction {reduction!r}: use 'mean' or 'sum'")
+    return 1 if reduction == "mean" else x[0].numel()
+
+
+class DiTLoss:
+    """DiT's training loss: epsilon MSE, plus the learned-variance VLB term (mean frozen) when the model predicts sigma.
+
+    Called as `loss(model, (x0, labels))` or `loss(model, (x0, labels, seeds))`; with per-sample seeds a sample's
+    timestep and noise depend on its seed alone, so a batch split across processes is noised exactly as when whole.
+    Label dropout is applied to the batches beforehand (`drop_labels`).
+    """
+
+    def __init__(self, scheduler: DDPMScheduler):
+        betas = scheduler.betas.double()
+        alphas = 1.0 - betas
+        ac = torch.cumprod(alphas, 0)
+        ac_prev = torch.cat([torch.ones(1, dtype=ac.dtype), ac[:-1]])
+        post_var = betas * (1 - ac_prev) / (1 - ac)
+        self.num_timesteps = len(betas)
+        self.sqrt_ac = ac.sqrt().float()
+        self.sqrt_1m_ac = (1 - ac).sqrt().float()
+        self.log_betas = betas.log().float()
+        self.post_log_var = torch.log(torch.cat([post_var[1:2], post_var[1:]])).float()
+        self.coef_x0 = (betas * ac_prev.sqrt() / (1 - ac)).float()
+        self.coef_xt = ((1 - ac_prev) * alphas.sqrt() / (1 - ac)).float()
+
+    @staticmethod
+    def _at(values, t, like):
+        return values.to(like.device)[t].view(-1, *([1] * (like.dim() - 1)))
+
+    def _noised(self, model, batch):
+        """(x0, labels, t, noise, x_t) for a batch, with t uniform over the training timesteps."""
+        x0, labels, *seeds = batch
+        x0 = x0.to(model.device, model.dtype)
+        if seeds:
+            gens = [torch.Generator().manual_seed(int(s)) for s in seeds[0]]
+            t = torch.cat([torch.randint(0, self.num_timesteps, (1,), generator=g) for g in gens]).to(x0.device)
+            noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in gens]).to(x0.device, x0.dtype)
+        else:
+            t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device)
+            noise = torch.randn_like(x0)
+        xt = self._at(self.sqrt_ac, t, x0) * x0 + self._at(self.sqrt_1m_ac, t, x0) * noise
+        return x0, labels.to(model.device), t, noise, xt
+
+    def __call__(self, model: DiTTransformer2DModel, batch, reduce: bool = True,
+                 reduction: str = "mean") -> torch.Tensor:
+        """DiT's loss per sample, averaged over the batch (`reduce`). `reduction` "mean": averaged over pixels, as DiT
+        trains; "sum": summed over pixels, as the DDPM code of SalUn and Selective Amnesia (a pixel-count larger)."""
+        x0, labels, t, noise, xt = self._noised(model, batch)
+        out = model(xt, t, class_labels=labels).sample
+        channels = x0.shape[1]
+        eps = out[:, :channels]
+        loss = ((eps - noise) ** 2).flatten(1).mean(1)
+        if out.shape[1] == 2 * channels:
+            loss = loss + self._vb(eps.detach(), out[:, channels:], x0, xt, t)
+        loss = loss * _pixels(x0, reduction)
+        return loss.mean() if reduce else loss
+
+    def match(self, model: DiTTransformer2DModel, batch, target_labels: torch.Tensor,
+              reduction: str = "mean") -> torch.Tensor:
+        """MSE between the epsilon predicted for the batch's labels and the frozen epsilon predicted for
+        `target_labels`, at the same x_t and t (SalUn's forget loss)."""
+        x0, labels, t, _, xt = self._noised(model, batch)
+        channels = x0.shape[1]
+        with torch.no_grad():
+            target = model(xt, t, class_labels=target_labels.to(model.device)).sample[:, :channels]
+        pred = model(xt, t, class_labels=labels).sample[:, :channels]
+        return (((pred - target) ** 2).flatten(1).mean(1) * _pixels(x0, reduction)).mean()
+
+    def guided(self, model: DiTTransformer2DModel, batch, guidance: float) -> torch.Tensor:
+        """SalUn's saliency loss: (eps - eps_guided)^2 summed over pixels, averaged over the batch, where eps_guided =
+        uncond + guidance * (cond - uncond) and timesteps are antithetic (t, then T - 1 - t for the second half)."""
+        x0, labels, t, noise, _ = self._noised(model, batch)
+        half = len(t) // 2 + 1
+        t = torch.cat([t[:half], self.num_timesteps - 1 - t[:len(t) - half]])
+        xt = self._at(self.sqrt_ac, t, x0) * x0 + self._at(self.sqrt_1m_ac, t, x0) * noise
+        channels = x0.shape[1]
+        null = torch.full_like(labels, model.config.num_embeds_ada_norm)
+        out = model(torch.cat([xt, xt]), torch.cat([t, t]), class_labels=torch.cat([labels, null])).sample
+        cond, uncond = out[:, :channels].chunk(2)
+        eps = uncond + guidance * (cond - uncond)
+        return ((eps - noise) ** 2).flatten(1).sum(1).mean()
+
+    def timestep_sum(self, model: DiTTransformer2DModel, batch, timesteps: int, chunk: int):
+        """Selective Amnesia's Fisher loss of one sample: the epsilon loss summed over pixels and over all T timesteps,
+        each with its own noise; yielded in chunks of timesteps, so that a caller back-propagates piece by piece.
+
+        With `timesteps` K < T, K stratified timesteps (one uniform draw in each of K equal strata) stand for all T,
+        each weighted T / K: the summed gradient is then unbiased (its square, the Fisher, gains the estimate's
+        variance)."""
+        x0, labels, *seeds = batch
+        if len(x0) != 1:
+            raise ValueError("timestep_sum takes one sample at a time")
+        gen = torch.Generator().manual_seed(int(seeds[0][0]) if seeds else 0)
+        if timesteps >= self.num_timesteps:
+            t, weight = torch.arange(self.num_timesteps), 1.0
+        else:
+            edges = torch.arange(timesteps) * self.num_timesteps / timesteps
+            t = (edges + torch.rand(timesteps, generator=gen) * self.num_timesteps / timesteps).long()
+            weight = self.num_timesteps / timesteps
+        noise = torch.randn((len(t), *x0.shape[1:]), generator=gen)
+        x0, labels = x0.to(model.device, model.dtype), labels.to(model.device)
+        channels = x0.shape[1]
+        for i in range(0, len(t), chunk):
+            tc, nc = t[i:i + chunk].to(x0.device), noise[i:i + chunk].to(x0.device, x0.dtype)
+            xt = self._at(self.sqrt_ac, tc, x0) * x0 + self._at(self.sqrt_1m_ac, tc, x0) * nc
+            eps = model(xt, tc, class_labels=labels.expand(len(tc))).sample[:, :channels]
+            yield weight * ((eps - nc) ** 2).sum()
+
+    def _vb(self, eps, v, x0, xt, t):
+        """Variational bound term in bits per dimension, with the predicted mean held fixed (DiT / improved DDPM)."""
+        pred_x0 = (xt - self._at(self.sqrt_1m_ac, t, xt) * eps) / self._at(self.sqrt_ac, t, xt)
+        c0, ct = self._at(self.coef_x0, t, xt), self._at(self.coef_xt, t, xt)
+        min_log, max_log = self._at(self.post_log_var, t, xt), self._at(self.log_betas, t, xt)
+        frac = (v + 1) / 2
+        model_log_var = frac * max_log + (1 - frac) * min_log
+        model_mean = c0 * pred_x0 + ct * xt
+        kl = _normal_kl(c0 * x0 + ct * xt, min_log, model_mean, model_log_var).flatten(1).mean(1)
+        nll = _discretized_gaussian_nll(x0, model_mean, 0.5 * model_log_var).flatten(1).mean(1)
+        return torch.where(t == 0, nll, kl) / math.log(2.0)
