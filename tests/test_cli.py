@@ -13,20 +13,7 @@ from erase.methods import make_method
 from pipelines.dit import DiTLoss, load_dit, make_scheduler
 from pipelines.sampling import sample
 
-SETS = ["digits.steps=30", "classifier.epochs=3", "method.grad_samples=4", "erase.outer_steps=3",
-        "erase.batch_size=8", "sample.steps=4", "eval.forget_samples=10", "eval.retain_samples_per_class=10",
-        "eval.grid_per_class=2", "method.replay_per_class=2"]
-TINY = [arg for item in SETS for arg in ("--set", item)] + ["--quiet"]
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run") / "out"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("DUALERASE_HOME", str(tmp_path_factory.getbasetemp() / "dualerase-cache"))
-    code = erase_class.main(["3", "--output", str(out), *TINY])
-    mp.undo()
-    return code, out
+from conftest import SETS, TINY
 
 
 def test_erase_class_writes_every_output(tiny_run):

@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 from erase.methods.ga import GradientAscent
 from pipelines import erase_class, fid_bench, sample_grid
 from pipelines.config import ConfigError, load_config
-from test_cli import TINY
+
+from conftest import TINY, changed, folder_snapshot, mtimes, shared_cache
 
 LONG = TINY + ["--set", "erase.outer_steps=40", "--set", "erase.checkpoint_every=5", "--set", "sample.batch_size=20",
                "--set", "eval.forget_samples=60", "--set", "sample.steps=20"]
@@ -47,7 +48,7 @@ def reference(tmp_path_factory):
     outs = [tmp_path_factory.mktemp("ref") / "out", tmp_path_factory.mktemp("ref2") / "out"]
     for out in outs:
         subprocess.run(_cli("3", "--output", str(out), *LONG), check=True, stdout=subprocess.DEVNULL,
-                       env={**os.environ, "DUALERASE_HOME": str(tmp_path_factory.getbasetemp() / "dualerase-cache")})
+                       env={**os.environ, "DUALERASE_HOME": str(shared_cache(tmp_path_factory))})
     return outs
 
 
@@ -55,14 +56,15 @@ def _weights(out: Path):
     return load_file(str(out / "model" / "diffusion_pytorch_model.safetensors"))
 
 
-def _same_weights(a: Path, b: Path) -> bool:
+def _assert_same_weights(a: Path, b: Path) -> None:
     wa, wb = _weights(a), _weights(b)
-    return wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa)
+    assert wa.keys() == wb.keys()
+    assert not changed(wb, wa)
 
 
 def test_same_command_same_seed_same_weights_and_metrics(reference):
     a, b = reference
-    assert _same_weights(a, b)
+    _assert_same_weights(a, b)
     ma, mb = (json.loads((o / "metrics.json").read_text()) for o in (a, b))
     assert ma["after"] == mb["after"] and ma["before"] == mb["before"]
 
@@ -73,7 +75,7 @@ def test_sigkill_during_erasure_then_resume_matches_uninterrupted(reference, tmp
     assert not (out / "metrics.json").exists()
     assert erase_class.main(["3", "--output", str(out), *LONG]) == 2  # unfinished: needs --resume
     assert erase_class.main(["3", "--output", str(out), "--resume", "latest", *LONG]) == 0
-    assert _same_weights(out, reference[0])
+    _assert_same_weights(out, reference[0])
     log = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
     assert log == list(range(40))
     assert json.loads((out / "metrics.json").read_text())["after"] == \
@@ -84,14 +86,14 @@ def test_sigkill_during_sampling_then_resume_has_every_sample_once(reference, tm
     out = tmp_path / "out"
     samples = out / "samples-after"
     _run_until(["3", "--output", str(out), *LONG], lambda: len(list(samples.glob("batch-*.pt"))) >= 2)
-    kept = {p.name: p.stat().st_mtime_ns for p in samples.glob("batch-*.pt")}
+    kept = mtimes(samples, "batch-*.pt")
     assert erase_class.main(["3", "--output", str(out), "--resume", "latest", *LONG]) == 0
     for name, stamp in kept.items():  # finished sample batches were reused, not redrawn
         assert (samples / name).stat().st_mtime_ns == stamp
     spans = sorted((int(p.name.split("-")[1]), int(p.name.split("-")[2][:-3])) for p in samples.glob("batch-*.pt"))
     covered = [i for start, n in spans for i in range(start, start + n)]
     assert covered == list(range(60 + 90))  # forget samples then 10 per retained class: no gap, no duplicate
-    assert _same_weights(out, reference[0])
+    _assert_same_weights(out, reference[0])
     assert json.loads((out / "metrics.json").read_text())["after"] == \
         json.loads((reference[0] / "metrics.json").read_text())["after"]
 
@@ -122,17 +124,10 @@ def test_overwrite_never_deletes_a_folder_that_holds_no_run(tmp_path, capsys):
     assert (tmp_path / "precious.txt").read_text() == "keep me"
 
 
-def _snapshot(folder: Path) -> dict:
-    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    out = tmp_path_factory.mktemp("done") / "out"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("DUALERASE_HOME", str(tmp_path_factory.getbasetemp() / "dualerase-cache"))
-    assert erase_class.main(["3", "--output", str(out), *TINY]) == 0
-    mp.undo()
+def finished(tiny_run):
+    code, out = tiny_run
+    assert code == 0
     return out
 
 
@@ -174,12 +169,12 @@ BAD = [
 @pytest.mark.parametrize("command,args,needle", BAD, ids=[f"{c.__module__.split('.')[-1]}:{' '.join(a)}"
                                                           for c, a, _ in BAD])
 def test_bad_input_one_line_exit_2_output_untouched(command, args, needle, finished, capsys):
-    before = _snapshot(finished)
+    before = folder_snapshot(finished)
     target = ["--output", str(finished / "grid.png" if command is sample_grid.main else finished)]
     assert command(TINY + target + args) == 2  # the bad value comes last, so it wins
     err = capsys.readouterr().err.strip()
     assert needle in err and "\n" not in err and "Traceback" not in err
-    assert _snapshot(finished) == before
+    assert folder_snapshot(finished) == before
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -17,7 +17,8 @@ from pipelines import erase_class, fid_bench
 from pipelines import sample_grid as grid_command
 from pipelines import data
 from pipelines.data import load_images
-from test_cli import TINY
+
+from conftest import TINY
 
 
 def _png16(path, value):
