@@ -7,6 +7,8 @@ import torch
 from erase import EraseConfig, alpha_at, make_optimizers, unlearn
 from erase.dualoptim import DivergenceError
 
+from conftest import snapshot
+
 
 def _model():
     torch.manual_seed(0)
@@ -119,7 +121,7 @@ def _forget_after_retain(mode, weight_decay=0.0):
     opts = make_optimizers(list(model.parameters()), cfg)
     unlearn(model, ASCENT, _data(1), _data(2), _cfg(forget_steps=0), mask=mask, optimizers=opts,
             progress=False)
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    before = snapshot(model)
     unlearn(model, ASCENT, _data(3), _data(4), _cfg(retain_steps=0), mask=mask, optimizers=opts,
             progress=False)
     after = dict(model.named_parameters())
