@@ -66,7 +66,8 @@ def test_same_command_same_seed_same_weights_and_metrics(reference):
     a, b = reference
     _assert_same_weights(a, b)
     ma, mb = (json.loads((o / "metrics.json").read_text()) for o in (a, b))
-    assert ma["after"] == mb["after"] and ma["before"] == mb["before"]
+    assert ma["after"] == mb["after"]
+    assert ma["before"] == mb["before"]
 
 
 def test_sigkill_during_erasure_then_resume_matches_uninterrupted(reference, tmp_path):
@@ -111,8 +112,11 @@ def test_nan_forget_loss_stops_with_step_and_side_and_keeps_last_checkpoint(monk
     out = tmp_path / "out"
     assert erase_class.main(["3", "--output", str(out), *LONG]) == 1
     err = capsys.readouterr().err.strip()
-    assert "forget step at outer step 12" in err and "checkpoint-10" in err and "\n" not in err
-    assert not (out / "metrics.json").exists() and not (out / "model").exists()
+    assert "forget step at outer step 12" in err
+    assert "checkpoint-10" in err
+    assert "\n" not in err
+    assert not (out / "metrics.json").exists()
+    assert not (out / "model").exists()
     assert (out / "checkpoint-10" / "model.safetensors").exists()
     assert all(v.isfinite().all() for v in load_file(str(out / "checkpoint-10" / "model.safetensors")).values())
 
@@ -173,7 +177,9 @@ def test_bad_input_one_line_exit_2_output_untouched(command, args, needle, finis
     target = ["--output", str(finished / "grid.png" if command is sample_grid.main else finished)]
     assert command(TINY + target + args) == 2  # the bad value comes last, so it wins
     err = capsys.readouterr().err.strip()
-    assert needle in err and "\n" not in err and "Traceback" not in err
+    assert needle in err
+    assert "\n" not in err
+    assert "Traceback" not in err
     assert folder_snapshot(finished) == before
 
 
@@ -188,7 +194,8 @@ def test_random_overrides_and_classes_never_raise_a_traceback(key, value, cls, f
     code = erase_class.main([cls or "3", "--set", item, "--output", str(finished), "--quiet"])
     assert code == 2  # a bad key or value, or else the finished run in --output: never a traceback
     err = capsys.readouterr().err.strip()
-    assert err.startswith("erase-class: error:") and "\n" not in err
+    assert err.startswith("erase-class: error:")
+    assert "\n" not in err
 
 
 def test_a_usage_error_under_a_launcher_is_printed_once(tmp_path):
@@ -197,6 +204,7 @@ def test_a_usage_error_under_a_launcher_is_printed_once(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29523",
            "-m", "pipelines.erase_class", "seven", "--output", str(tmp_path / "out"), "--quiet"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0 and not (tmp_path / "out").exists()
+    assert proc.returncode != 0
+    assert not (tmp_path / "out").exists()
     assert proc.stderr.count("erase-class: error: unknown class 'seven'") == 1, proc.stderr[-3000:]
     assert "exitcode  : 2" in proc.stderr  # torchrun's own report: the silent process failed with the same status

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from erase import EraseConfig, make_optimizers, unlearn
+from erase import EraseConfig, unlearn
 from erase.methods import MethodConfig, make_method
 from pipelines.config import load_config
 from pipelines.dit import DiTLoss, build_dit, make_scheduler
@@ -97,7 +97,9 @@ def test_salun_joint_step_matches_the_published_update(fixed_dit):
     retain = [(_batch(3, 4, seed0=500 + 10 * i)) for i in range(3)]
     cfg = load_config("digits", ["method.name=salun", "erase.optimizer=shared", "erase.outer_steps=3",
                                  "erase.shared_lr=1e-3"])
-    assert (cfg.erase.alpha, cfg.erase.alpha_schedule, cfg.erase.forget_clip) == (1e-3, "constant", 1.0)
+    assert cfg.erase.alpha == 1e-3
+    assert cfg.erase.alpha_schedule == "constant"
+    assert cfg.erase.forget_clip == 1.0
     method = make_method(cfg.method, DiTLoss(make_scheduler()), forget_class=1, num_classes=5)
     erase_cfg = EraseConfig(**{**cfg.erase.__dict__, "retain_optimizer": "adam"})
     unlearn(fixed_dit, method, iter(forget), iter(retain), erase_cfg, mask=mask, progress=False)
@@ -152,7 +154,8 @@ def test_salun_saliency_mask_matches_the_published_generate_mask(fixed_dit):
     keep = torch.zeros_like(flat, dtype=torch.bool)
     keep[torch.argsort(-flat)[:int(len(flat) * 0.5)]] = True
     ours = torch.cat([m.flatten() for m in mask.values()])
-    assert ours.sum() == keep.sum() and torch.equal(ours, keep)
+    assert ours.sum() == keep.sum()
+    assert torch.equal(ours, keep)
 
 
 def _sa(**cfg):
@@ -203,8 +206,12 @@ def test_sa_timestep_subsample_is_stratified_and_rescaled(fixed_dit):
 
 def test_sa_published_values_and_joint_step():
     cfg = load_config("digits", ["method.name=sa"])
-    assert (cfg.erase.retain_clip, cfg.erase.retain_label_dropout, cfg.erase.alpha_schedule) == (1.0, 0.0, "constant")
+    assert cfg.erase.retain_clip == 1.0
+    assert cfg.erase.retain_label_dropout == 0.0
+    assert cfg.erase.alpha_schedule == "constant"
     assert load_config("digits", ["method.name=sa", "erase.retain_clip=5"]).erase.retain_clip == 5.0
     sa = _sa()
-    assert sa.joint and (sa.forget_reduction, sa.retain_reduction) == ("sum", "sum")
+    assert sa.joint
+    assert sa.forget_reduction == "sum"
+    assert sa.retain_reduction == "sum"
     assert _sa(forget_reduction="mean").forget_reduction == "mean"

@@ -48,7 +48,8 @@ def test_salun_loss_is_zero_when_pseudo_and_forget_predictions_agree(tiny_dit):
 def test_salun_mask_keeps_the_top_share_of_gradient_magnitude():
     scores = {"a": torch.tensor([0.1, 5.0, 0.3]), "b": torch.tensor([[2.0, 0.0], [4.0, 1.0]])}
     mask = top_fraction_mask(scores, 3 / 7)
-    assert mask["a"].tolist() == [False, True, False] and mask["b"].tolist() == [[True, False], [True, False]]
+    assert mask["a"].tolist() == [False, True, False]
+    assert mask["b"].tolist() == [[True, False], [True, False]]
     model = torch.nn.Linear(2, 1, bias=False)
     xs = iter([torch.tensor([[1.0, -2.0]]), torch.tensor([[3.0, 1.0]])])
     total = gradient_sum(model, lambda m, x: m(x).sum(), xs, 2, progress=False)
@@ -103,11 +104,13 @@ def test_joint_methods_take_one_shared_step_per_outer_step():
     shared = EraseConfig(outer_steps=3, optimizer="shared")
     opts = make_optimizers(list(model.parameters()), shared)
     log = unlearn(model, _Sum("retain", joint=True), _ones(), _ones(), shared, optimizers=opts, progress=False)
-    assert int(opts[0].state[model.weight]["step"]) == 3 and log[0]["joint_grad_norm"] is not None
+    assert int(opts[0].state[model.weight]["step"]) == 3
+    assert log[0]["joint_grad_norm"] is not None
     dual = EraseConfig(outer_steps=3, optimizer="dual")
     opts = make_optimizers(list(model.parameters()), dual)
     unlearn(model, _Sum("retain", joint=True), _ones(), _ones(), dual, optimizers=opts, progress=False)
-    assert int(opts[0].state[model.weight]["step"]) == 3 and int(opts[1].state[model.weight]["step"]) == 3
+    assert int(opts[0].state[model.weight]["step"]) == 3
+    assert int(opts[1].state[model.weight]["step"]) == 3
 
 
 def test_salun_mask_keeps_exactly_the_share_asked_when_scores_tie():
@@ -115,7 +118,8 @@ def test_salun_mask_keeps_exactly_the_share_asked_when_scores_tie():
     mask = top_fraction_mask({"a": torch.tensor([0.0, 0.0, 0.0, 1.0])}, 0.5)
     assert mask["a"].tolist() == [True, False, False, True]  # the top score, then the first tie by rank
     mask = top_fraction_mask({"a": torch.zeros(3), "b": torch.tensor([[0.0, 2.0], [0.0, 0.0]])}, 3 / 7)
-    assert mask["a"].tolist() == [True, True, False] and mask["b"].tolist() == [[False, True], [False, False]]
+    assert mask["a"].tolist() == [True, True, False]
+    assert mask["b"].tolist() == [[False, True], [False, False]]
     assert mask_fraction(top_fraction_mask({"a": torch.ones(10)}, 0.3)) == 0.3
 
 
