@@ -116,8 +116,7 @@ def _mask(model):
 
 
 def _forget_after_retain(mode, weight_decay=0.0):
-    """A retain step (building momentum), then a masked forget step; returns (before, after, mask) of the forget
-    step."""
+    """A retain step (building momentum), then a masked forget step; returns (before, after, mask) of that step."""
     model = _model()
     mask = _mask(model)
     cfg = _cfg(optimizer=mode, forget_weight_decay=weight_decay, retain_weight_decay=weight_decay)
