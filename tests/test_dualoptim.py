@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from conftest import snapshot
 
 from erase import EraseConfig, alpha_at, make_optimizers, unlearn
 from erase.dualoptim import DivergenceError
@@ -84,7 +85,8 @@ def test_dual_states_are_disjoint_and_forget_state_sees_only_forget_gradients():
     # A forget step alone leaves the retain optimizer without any state.
     unlearn(model, ASCENT, _data(1), _data(2), _cfg(retain_steps=0), optimizers=(optim_f, optim_r),
             progress=False)
-    assert len(optim_r.state) == 0 and len(optim_f.state) == 2
+    assert len(optim_r.state) == 0
+    assert len(optim_f.state) == 2
     # After Adam's first step exp_avg = (1 - beta1) * grad: the forget state holds the forget gradient alone.
     model2 = _model()
     x, y = next(_data(1))
@@ -95,7 +97,8 @@ def test_dual_states_are_disjoint_and_forget_state_sees_only_forget_gradients():
             progress=False)
     for p in model.parameters():
         assert optim_f.state[p]["exp_avg"] is not optim_r.state[p]["exp_avg"]
-        assert int(optim_f.state[p]["step"]) == 1 and int(optim_r.state[p]["step"]) == 1
+        assert int(optim_f.state[p]["step"]) == 1
+        assert int(optim_r.state[p]["step"]) == 1
 
 
 def test_shared_mode_uses_one_state():
@@ -112,14 +115,14 @@ def _mask(model):
 
 
 def _forget_after_retain(mode, weight_decay=0.0):
-    """A retain step (building momentum), then a masked forget step; returns (before, after, mask) of the forget step."""
+    """A retain step (building momentum), then a masked forget step; returns (before, after, mask) of that step."""
     model = _model()
     mask = _mask(model)
     cfg = _cfg(optimizer=mode, forget_weight_decay=weight_decay, retain_weight_decay=weight_decay)
     opts = make_optimizers(list(model.parameters()), cfg)
     unlearn(model, ASCENT, _data(1), _data(2), _cfg(forget_steps=0), mask=mask, optimizers=opts,
             progress=False)
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    before = snapshot(model)
     unlearn(model, ASCENT, _data(3), _data(4), _cfg(retain_steps=0), mask=mask, optimizers=opts,
             progress=False)
     after = dict(model.named_parameters())
@@ -146,7 +149,8 @@ def test_forget_gradients_are_masked_then_clipped():
     mask = _mask(model)
     before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
     cfg = _cfg(forget_optimizer="sgd", forget_lr=1.0, forget_clip=1.0, retain_steps=0)
-    log = unlearn(model, Fn(lambda m, b: 1000 * _ascent(m, b), _mse), _data(1), _data(2), cfg, mask=mask, progress=False)
+    log = unlearn(model, Fn(lambda m, b: 1000 * _ascent(m, b), _mse), _data(1), _data(2), cfg, mask=mask,
+                  progress=False)
     delta = torch.cat([p.detach().flatten() for p in model.parameters()]) - before
     keep = torch.cat([m.flatten() for m in mask.values()])
     assert log[0]["forget_grad_norm"] > 1.0  # logged before clipping

@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import TINY, changed, folder_snapshot, mtimes, shared_cache
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
-from test_cli import TINY
 
 from erase.methods.ga import GradientAscent
 from pipelines import erase_class, fid_bench, sample_grid
@@ -48,7 +48,7 @@ def reference(tmp_path_factory):
     outs = [tmp_path_factory.mktemp("ref") / "out", tmp_path_factory.mktemp("ref2") / "out"]
     for out in outs:
         subprocess.run(_cli("3", "--output", str(out), *LONG), check=True, stdout=subprocess.DEVNULL,
-                       env={**os.environ, "DUALERASE_HOME": str(tmp_path_factory.getbasetemp() / "dualerase-cache")})
+                       env={**os.environ, "DUALERASE_HOME": str(shared_cache(tmp_path_factory))})
     return outs
 
 
@@ -56,16 +56,18 @@ def _weights(out: Path):
     return load_file(str(out / "model" / "diffusion_pytorch_model.safetensors"))
 
 
-def _same_weights(a: Path, b: Path) -> bool:
+def _assert_same_weights(a: Path, b: Path) -> None:
     wa, wb = _weights(a), _weights(b)
-    return wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa)
+    assert wa.keys() == wb.keys()
+    assert not changed(wb, wa)
 
 
 def test_same_command_same_seed_same_weights_and_metrics(reference):
     a, b = reference
-    assert _same_weights(a, b)
+    _assert_same_weights(a, b)
     ma, mb = (json.loads((o / "metrics.json").read_text()) for o in (a, b))
-    assert ma["after"] == mb["after"] and ma["before"] == mb["before"]
+    assert ma["after"] == mb["after"]
+    assert ma["before"] == mb["before"]
 
 
 def test_sigkill_during_erasure_then_resume_matches_uninterrupted(reference, tmp_path):
@@ -74,7 +76,7 @@ def test_sigkill_during_erasure_then_resume_matches_uninterrupted(reference, tmp
     assert not (out / "metrics.json").exists()
     assert erase_class.main(["3", "--output", str(out), *LONG]) == 2  # unfinished: needs --resume
     assert erase_class.main(["3", "--output", str(out), "--resume", "latest", *LONG]) == 0
-    assert _same_weights(out, reference[0])
+    _assert_same_weights(out, reference[0])
     log = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
     assert log == list(range(40))
     assert json.loads((out / "metrics.json").read_text())["after"] == \
@@ -85,14 +87,14 @@ def test_sigkill_during_sampling_then_resume_has_every_sample_once(reference, tm
     out = tmp_path / "out"
     samples = out / "samples-after"
     _run_until(["3", "--output", str(out), *LONG], lambda: len(list(samples.glob("batch-*.pt"))) >= 2)
-    kept = {p.name: p.stat().st_mtime_ns for p in samples.glob("batch-*.pt")}
+    kept = mtimes(samples, "batch-*.pt")
     assert erase_class.main(["3", "--output", str(out), "--resume", "latest", *LONG]) == 0
     for name, stamp in kept.items():  # finished sample batches were reused, not redrawn
         assert (samples / name).stat().st_mtime_ns == stamp
     spans = sorted((int(p.name.split("-")[1]), int(p.name.split("-")[2][:-3])) for p in samples.glob("batch-*.pt"))
     covered = [i for start, n in spans for i in range(start, start + n)]
     assert covered == list(range(60 + 90))  # forget samples then 10 per retained class: no gap, no duplicate
-    assert _same_weights(out, reference[0])
+    _assert_same_weights(out, reference[0])
     assert json.loads((out / "metrics.json").read_text())["after"] == \
         json.loads((reference[0] / "metrics.json").read_text())["after"]
 
@@ -110,8 +112,11 @@ def test_nan_forget_loss_stops_with_step_and_side_and_keeps_last_checkpoint(monk
     out = tmp_path / "out"
     assert erase_class.main(["3", "--output", str(out), *LONG]) == 1
     err = capsys.readouterr().err.strip()
-    assert "forget step at outer step 12" in err and "checkpoint-10" in err and "\n" not in err
-    assert not (out / "metrics.json").exists() and not (out / "model").exists()
+    assert "forget step at outer step 12" in err
+    assert "checkpoint-10" in err
+    assert "\n" not in err
+    assert not (out / "metrics.json").exists()
+    assert not (out / "model").exists()
     assert (out / "checkpoint-10" / "model.safetensors").exists()
     assert all(v.isfinite().all() for v in load_file(str(out / "checkpoint-10" / "model.safetensors")).values())
 
@@ -123,17 +128,10 @@ def test_overwrite_never_deletes_a_folder_that_holds_no_run(tmp_path, capsys):
     assert (tmp_path / "precious.txt").read_text() == "keep me"
 
 
-def _snapshot(folder: Path) -> dict:
-    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    out = tmp_path_factory.mktemp("done") / "out"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("DUALERASE_HOME", str(tmp_path_factory.getbasetemp() / "dualerase-cache"))
-    assert erase_class.main(["3", "--output", str(out), *TINY]) == 0
-    mp.undo()
+def finished(tiny_run):
+    code, out = tiny_run
+    assert code == 0
     return out
 
 
@@ -175,12 +173,14 @@ BAD = [
 @pytest.mark.parametrize("command,args,needle", BAD, ids=[f"{c.__module__.split('.')[-1]}:{' '.join(a)}"
                                                           for c, a, _ in BAD])
 def test_bad_input_one_line_exit_2_output_untouched(command, args, needle, finished, capsys):
-    before = _snapshot(finished)
+    before = folder_snapshot(finished)
     target = ["--output", str(finished / "grid.png" if command is sample_grid.main else finished)]
     assert command(TINY + target + args) == 2  # the bad value comes last, so it wins
     err = capsys.readouterr().err.strip()
-    assert needle in err and "\n" not in err and "Traceback" not in err
-    assert _snapshot(finished) == before
+    assert needle in err
+    assert "\n" not in err
+    assert "Traceback" not in err
+    assert folder_snapshot(finished) == before
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -194,7 +194,8 @@ def test_random_overrides_and_classes_never_raise_a_traceback(key, value, cls, f
     code = erase_class.main([cls or "3", "--set", item, "--output", str(finished), "--quiet"])
     assert code == 2  # a bad key or value, or else the finished run in --output: never a traceback
     err = capsys.readouterr().err.strip()
-    assert err.startswith("erase-class: error:") and "\n" not in err
+    assert err.startswith("erase-class: error:")
+    assert "\n" not in err
 
 
 def test_a_usage_error_under_a_launcher_is_printed_once(tmp_path):
@@ -203,6 +204,7 @@ def test_a_usage_error_under_a_launcher_is_printed_once(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29523",
            "-m", "pipelines.erase_class", "seven", "--output", str(tmp_path / "out"), "--quiet"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0 and not (tmp_path / "out").exists()
+    assert proc.returncode != 0
+    assert not (tmp_path / "out").exists()
     assert proc.stderr.count("erase-class: error: unknown class 'seven'") == 1, proc.stderr[-3000:]
     assert "exitcode  : 2" in proc.stderr  # torchrun's own report: the silent process failed with the same status

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 from PIL import Image, ImageDraw
-from test_cli import TINY
 
 from eval.fid import DigitsScorer
 from eval.report import sample_grid, summary
@@ -31,8 +31,10 @@ def test_16_bit_pngs_decode_at_their_grey_level(tmp_path):
                                 np.full((9, 9), 32768))], 12, 3, "test", progress=False)
     assert kept == [0, 1]
     pixels = ((images + 1) * 127.5).round()
-    assert pixels[0, :, 6, :4].eq(0).all() and pixels[0, :, 6, 8:].eq(255).all()
-    assert pixels[0, :, 6, 5:7].sub(127.5).abs().max() <= 1 and pixels[1].sub(128).abs().max() <= 1
+    assert pixels[0, :, 6, :4].eq(0).all()
+    assert pixels[0, :, 6, 8:].eq(255).all()
+    assert pixels[0, :, 6, 5:7].sub(127.5).abs().max() <= 1
+    assert pixels[1].sub(128).abs().max() <= 1
 
 
 def test_fid_reference_writes_16_bit_pngs_at_their_grey_level(tmp_path):
@@ -41,7 +43,9 @@ def test_fid_reference_writes_16_bit_pngs_at_their_grey_level(tmp_path):
     assert fid_reference.main(["--data", str(tmp_path / "train"), "--output", str(tmp_path / "ref"), "--size", "8",
                                "--quiet"]) == 0
     out = np.asarray(Image.open(tmp_path / "ref" / "n01440764" / "a.png"))
-    assert out.shape == (8, 8, 3) and abs(int(out.max()) - 64) <= 1 and abs(int(out.min()) - 64) <= 1
+    assert out.shape == (8, 8, 3)
+    assert abs(int(out.max()) - 64) <= 1
+    assert abs(int(out.min()) - 64) <= 1
 
 
 def test_grid_labels_and_panel_titles_fit_their_columns(tmp_path):
@@ -73,20 +77,25 @@ def test_a_non_finite_fid_is_written_as_null_with_its_reason(tmp_path, monkeypat
     assert erase_class.main(["3", "--output", str(out), *TINY]) == 0
     m = json.loads((out / "metrics.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
     for side in ("before", "after"):
-        assert m[side]["fid"] is None and m[side]["fid_error"].startswith("not finite (torch-fidelity gave inf)")
+        assert m[side]["fid"] is None
+        assert m[side]["fid_error"].startswith("not finite (torch-fidelity gave inf)")
         assert 0 <= m[side]["forget_accuracy"] <= 1
     printed = capsys.readouterr().out
-    assert "FID before: not finite" in printed and "FID after: not finite" in printed
+    assert "FID before: not finite" in printed
+    assert "FID after: not finite" in printed
     fid_row = next(line for line in printed.splitlines() if line.startswith("FID ("))
     assert fid_row.split()[-2:] == ["n/a", "n/a"]
     other = copy.deepcopy(m)  # a second trial whose FID was finite
     other["seed"], other["before"]["fid"], other["after"]["fid"] = 1, 2.0, 3.0
     trials = job.aggregate_trials([m, other])
-    assert trials["after"]["fid"] == 3.0 and "1 of 2 trials" in trials["after"]["fid_error"]
+    assert trials["after"]["fid"] == 3.0
+    assert "1 of 2 trials" in trials["after"]["fid_error"]
     assert "FID after: not finite in 1 of 2 trials" in summary(trials)
     table = fid_bench.markdown(fid_bench.aggregate([m]), [m], "fid-bench")
-    assert "| n/a +- n/a |" in table and "FID was not finite in 2 evaluation(s)" in table
-    assert "| 3 | " in table.split("Base model")[1] and "n/a |" in table.split("Base model")[1]
+    assert "| n/a +- n/a |" in table
+    assert "FID was not finite in 2 evaluation(s)" in table
+    assert "| 3 | " in table.split("Base model")[1]
+    assert "n/a |" in table.split("Base model")[1]
     with pytest.raises(ValueError):  # so that Infinity can never reach a JSON file again
         atomic_write_json(tmp_path / "bad.json", {"fid": float("nan")})
     assert not (tmp_path / "bad.json").exists()
@@ -99,7 +108,9 @@ def test_fid_reference_names_a_stray_folder_among_synsets(tmp_path, capsys):
     code = fid_reference.main(["--data", str(tmp_path / "train"), "--output", str(tmp_path / "ref"), "--exclude",
                                "golden retriever", "--quiet"])
     err = capsys.readouterr().err
-    assert code == 2 and "sub-folder 'lost+found' is not an ImageNet synset" in err and err.count("\n") == 1, err
+    assert code == 2, err
+    assert "sub-folder 'lost+found' is not an ImageNet synset" in err, err
+    assert err.count("\n") == 1, err
     assert not (tmp_path / "ref").exists()
 
 
@@ -119,7 +130,9 @@ def test_a_full_or_forbidden_output_is_refused_before_any_work(tmp_path, monkeyp
     for command, argv in commands:
         assert command(argv) == 2
         err = capsys.readouterr().err
-        assert "cannot be written" in err and "No space left on device" in err and err.count("\n") == 1, err
+        assert "cannot be written" in err, err
+        assert "No space left on device" in err, err
+        assert err.count("\n") == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train"]
 
 
@@ -133,4 +146,5 @@ def test_digits_scores_are_keyed_by_the_classifier_content(tmp_path):
     torch.manual_seed(1)  # retrained in place: same size, the old modification time put back
     save_classifier(DigitsNet(), path, ClassifierRecipe(), 0.9)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert path.stat().st_size == st.st_size and DigitsScorer(None, path, 0.9, None, None).key != key
+    assert path.stat().st_size == st.st_size
+    assert DigitsScorer(None, path, 0.9, None, None).key != key

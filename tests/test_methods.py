@@ -1,5 +1,6 @@
 """What each base method's loss and mask compute, on tiny hand-checkable cases."""
 import torch
+from conftest import changed, snapshot
 from diffusers.models.embeddings import LabelEmbedding
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -47,7 +48,8 @@ def test_salun_loss_is_zero_when_pseudo_and_forget_predictions_agree(tiny_dit):
 def test_salun_mask_keeps_the_top_share_of_gradient_magnitude():
     scores = {"a": torch.tensor([0.1, 5.0, 0.3]), "b": torch.tensor([[2.0, 0.0], [4.0, 1.0]])}
     mask = top_fraction_mask(scores, 3 / 7)
-    assert mask["a"].tolist() == [False, True, False] and mask["b"].tolist() == [[True, False], [True, False]]
+    assert mask["a"].tolist() == [False, True, False]
+    assert mask["b"].tolist() == [[True, False], [True, False]]
     model = torch.nn.Linear(2, 1, bias=False)
     xs = iter([torch.tensor([[1.0, -2.0]]), torch.tensor([[3.0, 1.0]])])
     total = gradient_sum(model, lambda m, x: m(x).sum(), xs, 2, progress=False)
@@ -88,13 +90,13 @@ def _ones():
 
 def test_alpha_can_weight_the_retain_loss():
     model = torch.nn.Linear(2, 1)
-    before = [p.detach().clone() for p in model.parameters()]
+    before = snapshot(model)
     cfg = EraseConfig(outer_steps=1, alpha=0.0, alpha_schedule="constant", forget_steps=0, retain_optimizer="sgd",
                       retain_lr=1.0)
     unlearn(model, _Sum("retain"), _ones(), _ones(), cfg, progress=False)
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # alpha 0 on retain: no move
+    assert not changed(model, before)  # alpha 0 on retain: no move
     unlearn(model, _Sum("forget"), _ones(), _ones(), cfg, progress=False)
-    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert changed(model, before)
 
 
 def test_joint_methods_take_one_shared_step_per_outer_step():
@@ -102,11 +104,13 @@ def test_joint_methods_take_one_shared_step_per_outer_step():
     shared = EraseConfig(outer_steps=3, optimizer="shared")
     opts = make_optimizers(list(model.parameters()), shared)
     log = unlearn(model, _Sum("retain", joint=True), _ones(), _ones(), shared, optimizers=opts, progress=False)
-    assert int(opts[0].state[model.weight]["step"]) == 3 and log[0]["joint_grad_norm"] is not None
+    assert int(opts[0].state[model.weight]["step"]) == 3
+    assert log[0]["joint_grad_norm"] is not None
     dual = EraseConfig(outer_steps=3, optimizer="dual")
     opts = make_optimizers(list(model.parameters()), dual)
     unlearn(model, _Sum("retain", joint=True), _ones(), _ones(), dual, optimizers=opts, progress=False)
-    assert int(opts[0].state[model.weight]["step"]) == 3 and int(opts[1].state[model.weight]["step"]) == 3
+    assert int(opts[0].state[model.weight]["step"]) == 3
+    assert int(opts[1].state[model.weight]["step"]) == 3
 
 
 def test_salun_mask_keeps_exactly_the_share_asked_when_scores_tie():
@@ -114,7 +118,8 @@ def test_salun_mask_keeps_exactly_the_share_asked_when_scores_tie():
     mask = top_fraction_mask({"a": torch.tensor([0.0, 0.0, 0.0, 1.0])}, 0.5)
     assert mask["a"].tolist() == [True, False, False, True]  # the top score, then the first tie by rank
     mask = top_fraction_mask({"a": torch.zeros(3), "b": torch.tensor([[0.0, 2.0], [0.0, 0.0]])}, 3 / 7)
-    assert mask["a"].tolist() == [True, True, False] and mask["b"].tolist() == [[False, True], [False, False]]
+    assert mask["a"].tolist() == [True, True, False]
+    assert mask["b"].tolist() == [[False, True], [False, False]]
     assert mask_fraction(top_fraction_mask({"a": torch.ones(10)}, 0.3)) == 0.3
 
 
