@@ -306,10 +306,12 @@ def main(argv=None) -> int:
         vae_res = time_vae(vae, samp["latents"], args, device)
 
     # Protocol.
-    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    cpu = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
     dtype_txt = {"bf16": "bf16 autocast, fp32 weights", "fp32": "fp32, TF32 matmuls off",
                  "fp32-tf32": "fp32 weights and activations, TF32 matmuls on"}[args.dtype]
-    print("## DiT erase / sampling GPU check" + (" (CPU TINY SMOKE TEST: numbers mean nothing)" if args.cpu_tiny else ""))
+    smoke = " (CPU TINY SMOKE TEST: numbers mean nothing)" if args.cpu_tiny else ""
+    print("## DiT erase / sampling GPU check" + smoke)
     print()
     print(f"- torch {torch.__version__}, CUDA {torch.version.cuda}, python {platform.python_version()}")
     print(f"- device: {dev_name}; peak assumed: {f'{peak:.0f} TFLOP/s dense bf16' if peak else 'n/a'} ({peak_src})")
@@ -317,23 +319,30 @@ def main(argv=None) -> int:
           f"{n_params:,} params ({shared_params:,} with one shared timestep/class embedder as in the original DiT; "
           f"diffusers keeps one per block), random weights; built in {build_s:.1f} s, peak {build_peak:.2f} GiB")
     print(f"- precision: {dtype_txt}")
-    print(f"- FLOPs per forward image: reference {REFERENCE_GFLOP:.0f} GFLOP (DiT-XL/2); analytic {analytic:.4g} GFLOP; "
+    print(f"- FLOPs per forward image: reference {REFERENCE_GFLOP:.0f} GFLOP (DiT-XL/2); analytic "
+          f"{analytic:.4g} GFLOP; "
           f"FlopCounterMode {counted_fwd:.4g} GFLOP (forward), {counted_train:.4g} GFLOP forward+backward of the "
           f"training loss = {counted_train / counted_fwd:.2f}x forward. MFU uses {fwd_gflop:.4g} GFLOP/forward, "
           f"training step = 3x forward (checkpointing's recompute is not credited), guided sampling = 2 forwards "
           f"per image per step")
+    mask_txt = (f"random mask of density {args.mask_density} (SFR-on-style)" if args.mask_density > 0
+                else "no mask (GA)")
     print(f"- erase: project `unlearn` loop, 1 forget (GA, clip 1.0) + 1 retain step per outer step, dual AdamW "
-          f"(lr 5e-5), {'random mask of density ' + str(args.mask_density) + ' (SFR-on-style)' if args.mask_density > 0 else 'no mask (GA)'}; "
+          f"(lr 5e-5), "
+          f"{mask_txt}; "
           f"batch sizes {args.batch_size}; {args.warmup} warm-up + {args.erase_steps} timed outer steps per config; "
           f"includes the loop's per-update loss/grad-norm/finiteness syncs")
-    print(f"- sampling: project `sample`, DDPM learned-range, guidance {args.guidance}, batch {args.sample_batch} images "
+    print(f"- sampling: project `sample`, DDPM learned-range, guidance {args.guidance}, batch "
+          f"{args.sample_batch} images "
           f"({2 * args.sample_batch if args.guidance != 1 else args.sample_batch} per forward), {args.sample_steps} "
           f"timed steps after warm-up; {args.extrapolate_steps}-step images/s is EXTRAPOLATED from the per-step time")
     if vae_res:
         print(f"- VAE: AutoencoderKL (sd-vae-ft-ema architecture{' (tiny)' if args.cpu_tiny else ''}), random weights, "
               f"decode of the {args.sample_batch} sampled latents to {vae_res['shape']}; "
               f"FlopCounterMode {vae_gflop:.4g} GFLOP per decoded image")
-    print(f"- peak memory: {'torch.cuda.max_memory_allocated, reset before each phase' if device.type == 'cuda' else 'process peak RSS (ru_maxrss, not per phase)'}")
+    peak_txt = ("torch.cuda.max_memory_allocated, reset before each phase" if device.type == "cuda"
+                else "process peak RSS (ru_maxrss, not per phase)")
+    print(f"- peak memory: {peak_txt}")
     print()
 
     # Table.
@@ -350,15 +359,18 @@ def main(argv=None) -> int:
     step_s, b = samp["seconds_per_step"], args.sample_batch
     fwd_per_img = 2 if args.guidance != 1 else 1
     tf = fwd_per_img * fwd_gflop * b / step_s / 1e3
-    print(f"| sampling, per step (DiT only) | {b} img, guided | {b / step_s:.1f} img-steps/s | {1e3 * step_s:.1f} ms/step "
+    print(f"| sampling, per step (DiT only) | {b} img, guided | {b / step_s:.1f} img-steps/s | "
+          f"{1e3 * step_s:.1f} ms/step "
           f"| {tf:.4g} | {fmt_mfu(tf, peak)} | {samp['peak']:.2f} |")
     full = step_s * args.extrapolate_steps
-    print(f"| sampling, {args.extrapolate_steps} steps EXTRAPOLATED (DiT only) | {b} img, guided | {b / full:.3f} img/s "
+    print(f"| sampling, {args.extrapolate_steps} steps EXTRAPOLATED (DiT only) | {b} img, guided | "
+          f"{b / full:.3f} img/s "
           f"| {full:.1f} s/batch | | | |")
     if vae_res:
         vs = vae_res["seconds"]
         vtf = vae_gflop * b / vs / 1e3
-        print(f"| VAE decode | {b} img | {b / vs:.1f} img/s | {1e3 * vs:.1f} ms/batch | {vtf:.4g} | {fmt_mfu(vtf, peak)} "
+        print(f"| VAE decode | {b} img | {b / vs:.1f} img/s | {1e3 * vs:.1f} ms/batch | {vtf:.4g} | "
+              f"{fmt_mfu(vtf, peak)} "
               f"| {vae_res['peak']:.2f} |")
         print(f"| sampling, {args.extrapolate_steps} steps EXTRAPOLATED + VAE decode | {b} img, guided | "
               f"{b / (full + vs):.3f} img/s | {full + vs:.1f} s/batch | | | |")

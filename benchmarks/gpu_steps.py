@@ -171,12 +171,15 @@ def summary(work: Path, out: Path) -> str:
     md += [f"| {s[0]} | {s[1]} | {s[2]} |" for s in steps] + [""]
     if bf16:
         md += ["## Erase and sampling throughput (gpu_check.py, bf16 autocast)", "",
-               "| erase batch | grad ckpt | outer steps/s | img/s | TFLOP/s | MFU | peak GiB |", "|---|---|---|---|---|---|---|"]
+               "| erase batch | grad ckpt | outer steps/s | img/s | TFLOP/s | MFU | peak GiB |",
+               "|---|---|---|---|---|---|---|"]
         for r in bf16["erase"]:
             if "error" in r:
-                md.append(f"| {r['batch']} | {'on' if r['ckpt'] else 'off'} | {r['error']} | | | | {r['peak_gib']:.2f} |")
+                md.append(f"| {r['batch']} | {'on' if r['ckpt'] else 'off'} | {r['error']} | | | | "
+                          f"{r['peak_gib']:.2f} |")
                 continue
-            md.append(f"| {r['batch']} | {'on' if r['ckpt'] else 'off'} | {r['steps_per_s']:.3g} | {r['img_per_s']:.3g} "
+            md.append(f"| {r['batch']} | {'on' if r['ckpt'] else 'off'} | {r['steps_per_s']:.3g} | "
+                      f"{r['img_per_s']:.3g} "
                       f"| {r['tflops']:.3g} | {pct(r['mfu'])} | {r['peak_gib']:.2f} |")
         s, v = bf16["sampling"], bf16["vae"]
         md += ["", f"Sampling (guided, batch {s['batch']}, DiT only): {s['img_steps_per_s']:.4g} image-steps/s, "
@@ -185,7 +188,8 @@ def summary(work: Path, out: Path) -> str:
         if v:
             md.append(f"VAE decode: {v['img_per_s']:.4g} img/s (peak {v['peak_gib']:.2f} GiB); sampling + decode "
                       f"{v['img_per_s_with_sampling']:.4g} img/s.")
-        md.append(f"Peak memory over all phases: {max([r['peak_gib'] for r in bf16['erase']] + [s['peak_gib']]):.2f} GiB.")
+        md.append(f"Peak memory over all phases: "
+                  f"{max([r['peak_gib'] for r in bf16['erase']] + [s['peak_gib']]):.2f} GiB.")
         md.append("")
     if bf16 and tf32:
         ours = next((r for r in bf16["erase"] if r["batch"] == 1 and not r["ckpt"] and "steps_per_s" in r), None)
@@ -196,7 +200,8 @@ def summary(work: Path, out: Path) -> str:
                f"| erase outer steps/s, batch 1, no ckpt | {num(theirs and theirs['steps_per_s'])} | "
                f"{num(ours and ours['steps_per_s'])} | "
                f"{num(ratio(theirs and theirs['steps_per_s'], ours and ours['steps_per_s']))} |",
-               f"| sampling img/s (batch {tf32['sampling']['batch']}, {tf32['sampling']['extrapolated_steps']} steps) | "
+               f"| sampling img/s (batch {tf32['sampling']['batch']}, {tf32['sampling']['extrapolated_steps']} "
+               f"steps) | "
                f"{num(tf32['sampling']['img_per_s'])} | {num(bf16['sampling']['img_per_s'])} | "
                f"{num(ratio(tf32['sampling']['img_per_s'], bf16['sampling']['img_per_s']))} |", ""]
     if e2e_res:

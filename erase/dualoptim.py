@@ -1,12 +1,14 @@
-"""DualOptim (Zhong, Luo, Liu, 2025), Algorithm 1: alternate forget and retain steps, each side with its own optimizer."""
+"""DualOptim (Zhong, Luo, Liu, 2025), Algorithm 1: alternate forget and retain steps, each with its own optimizer."""
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Annotated, Literal
 
 import torch
 import torch.distributed as dist
+from annotated_types import Ge, Gt, Lt
 from tqdm.auto import tqdm
 
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
@@ -16,29 +18,34 @@ OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch
 class EraseConfig:
     """Knobs of the unlearning loop; names follow the paper (T_o, T_f, T_r, eta_f, eta_r, alpha)."""
 
-    outer_steps: int = 500  # T_o
-    forget_steps: int = 1  # T_f: forget updates per outer step
-    retain_steps: int = 1  # T_r: retain updates per outer step
-    optimizer: str = "dual"  # "dual": Optim_f and Optim_r with separate states; "shared": one optimizer for both
-    forget_optimizer: str = "adamw"  # Optim_f (dual mode)
-    forget_lr: float = 5e-5  # eta_f
-    forget_weight_decay: float = 0.0
-    retain_optimizer: str = "adamw"  # Optim_r: the pretraining optimizer (also the shared optimizer's kind)
-    retain_lr: float = 5e-5  # eta_r
-    retain_weight_decay: float = 0.0
-    shared_lr: float = 1e-4  # eta of the shared-optimizer baseline
-    alpha: float = 1.0  # forget-loss weight
-    alpha_schedule: str = "cosine"  # "cosine": alpha_t = alpha * (1 + cos(pi t / T_o)) / 2; "constant"
-    forget_clip: float | None = 1.0  # global grad-norm clip of forget steps (after the mask); null: none
-    retain_clip: float | None = None  # global grad-norm clip of retain steps
+    outer_steps: Annotated[int, Gt(0)] = 500  # T_o
+    forget_steps: Annotated[int, Ge(0)] = 1  # T_f: forget updates per outer step
+    retain_steps: Annotated[int, Ge(0)] = 1  # T_r: retain updates per outer step
+    # "dual": Optim_f and Optim_r with separate states; "shared": one optimizer for both
+    optimizer: Literal["dual", "shared"] = "dual"
+    forget_optimizer: Literal["adamw", "adam", "sgd"] = "adamw"  # Optim_f (dual mode)
+    forget_lr: Annotated[float, Gt(0)] = 5e-5  # eta_f
+    forget_weight_decay: Annotated[float, Ge(0)] = 0.0
+    # Optim_r: the pretraining optimizer (also the shared optimizer's kind)
+    retain_optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    retain_lr: Annotated[float, Gt(0)] = 5e-5  # eta_r
+    retain_weight_decay: Annotated[float, Ge(0)] = 0.0
+    shared_lr: Annotated[float, Gt(0)] = 1e-4  # eta of the shared-optimizer baseline
+    alpha: Annotated[float, Ge(0)] = 1.0  # forget-loss weight
+    # "cosine": alpha_t = alpha * (1 + cos(pi t / T_o)) / 2; "constant"
+    alpha_schedule: Literal["cosine", "constant"] = "cosine"
+    # global grad-norm clip of forget steps (after the mask); null: none
+    forget_clip: Annotated[float | None, Gt(0)] = 1.0
+    retain_clip: Annotated[float | None, Gt(0)] = None  # global grad-norm clip of retain steps
     mask_retain: bool = False  # also mask retain gradients ("SalUn with alternating updates")
-    batch_size: int = 1  # forget and retain batch size
-    checkpoint_every: int = 50  # save checkpoint-<step> (weights, both optimizers, RNG) every N outer steps; 0: never
+    batch_size: Annotated[int, Gt(0)] = 1  # forget and retain batch size
+    # save checkpoint-<step> (weights, both optimizers, RNG) every N outer steps; 0: never
+    checkpoint_every: Annotated[int, Ge(0)] = 50
     # Share of labels replaced by the null class, per kind of batch (applied by the pipeline's data). Forget batches:
     # 0, so gradient ascent never hits the unconditional branch that guidance uses for every class. Retain batches:
     # DiT's 0.1, so retain steps keep that branch trained. (The public code runs both at 0.1, in train mode.)
-    forget_label_dropout: float = 0.0
-    retain_label_dropout: float = 0.1
+    forget_label_dropout: Annotated[float, Ge(0), Lt(1)] = 0.0
+    retain_label_dropout: Annotated[float, Ge(0), Lt(1)] = 0.1
 
 
 class DivergenceError(RuntimeError):

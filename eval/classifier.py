@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Annotated
 
 import torch
+from annotated_types import Ge, Gt
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
@@ -34,10 +36,11 @@ class DigitsNet(nn.Module):
 class ClassifierRecipe:
     """How the digits classifier is trained (on the fixed train split; accuracy reported on the test split)."""
 
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 1e-3
-    noise_augment: float = 0.1  # std of Gaussian pixel noise added in training, for robustness to samples
+    epochs: Annotated[int, Gt(0)] = 30
+    batch_size: Annotated[int, Gt(0)] = 64
+    lr: Annotated[float, Gt(0)] = 1e-3
+    # std of Gaussian pixel noise added in training, for robustness to samples
+    noise_augment: Annotated[float, Ge(0)] = 0.1
     seed: int = 0
 
 
@@ -79,7 +82,8 @@ def accuracy(net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> floa
 
 
 def save_classifier(net: DigitsNet, path: Path, recipe: ClassifierRecipe, test_accuracy: float) -> None:
-    save_file(net.state_dict(), str(path), metadata={"recipe": str(asdict(recipe)), "test_accuracy": str(test_accuracy)})
+    metadata = {"recipe": str(asdict(recipe)), "test_accuracy": str(test_accuracy)}
+    save_file(net.state_dict(), str(path), metadata=metadata)
 
 
 def load_classifier(path: Path) -> DigitsNet:

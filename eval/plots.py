@@ -50,8 +50,8 @@ def _save(fig, path: Path) -> None:
 def _readable_axis(ax, curves: list[np.ndarray]) -> bool:
     """Choose the panel's y scale from what it shows: log when every value has one sign and they span more than two
     decades, else linear with a few plain ticks; limits from the 1st-99th percentiles (on a log scale at most four
-    decades from the median), so that one diverging run's spike does not flatten every other curve. Returns whether the curves are to be drawn negated (all negative on a
-    log scale: their magnitude is drawn)."""
+    decades from the median), so that one diverging run's spike does not flatten every other curve. Returns whether
+    the curves are to be drawn negated (all negative on a log scale: their magnitude is drawn)."""
     values = np.concatenate([c[np.isfinite(c)] for c in curves]) if curves else np.array([])
     if values.size == 0:
         return False

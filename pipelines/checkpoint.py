@@ -1,4 +1,4 @@
-"""Erasure checkpoints: `checkpoint-<step>/` holds the weights, both optimizers and the RNG state, written atomically."""
+"""Erasure checkpoints: `checkpoint-<step>/` holds the weights, both optimizers and the RNG state, atomically."""
 from __future__ import annotations
 
 import re

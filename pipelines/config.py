@@ -5,14 +5,17 @@ import argparse
 import dataclasses
 import difflib
 import math
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
 
 import yaml
+from annotated_types import Ge, Gt, Le, Lt
 
 from configs import PRESETS_DIR, preset_names
-from erase.dualoptim import OPTIMIZERS, EraseConfig
+from erase.dualoptim import EraseConfig
 from erase.methods import METHODS, MethodConfig
 from eval.classifier import ClassifierRecipe
 from pipelines.digits import DigitsRecipe
@@ -28,15 +31,18 @@ class CommandParser(argparse.ArgumentParser):
 
 @dataclass
 class ModelConfig:
-    source: str = "digits"  # "digits": the embedded tiny DiT (section `digits`); "diffusers": `path` (--model)
+    # "digits": the embedded tiny DiT (section `digits`); "diffusers": `path` (--model)
+    source: Literal["digits", "diffusers"] = "digits"
     path: str = "facebook/DiT-XL-2-256"  # a hub id (read through the Hugging Face cache) or a local pipeline folder
     # Run the model as it was trained (pipelines.pretrained.match_training). A checkpoint converted from the original
     # DiT has equal timestep/class embedder copies in every block; one trained in diffusers layout has distinct ones.
     # null / auto: the original's settings when the copies are equal at load, else diffusers', unless the model folder
     # records values written by us (dualerase.json).
-    tie_embedders: bool | str = "auto"  # one embedder shared by all blocks (the original's); auto: iff copies equal
-    timestep_shift: int | None = None  # frequencies exp(-ln(1e4) i / (128 - shift)): 0 original, 1 diffusers
-    norm_eps: float | None = None  # eps of diffusers' config-driven LayerNorm: 1e-6 original, else the config's
+    # one embedder shared by all blocks (the original's); auto: iff copies equal
+    tie_embedders: Literal["auto", True, False] = "auto"
+    timestep_shift: Literal[0, 1] | None = None  # frequencies exp(-ln(1e4) i / (128 - shift)): 0 original, 1 diffusers
+    # eps of diffusers' config-driven LayerNorm: 1e-6 original, else the config's
+    norm_eps: Annotated[float | None, Gt(0)] = None
 
 
 @dataclass
@@ -44,8 +50,8 @@ class DataConfig:
     """The real images of a diffusers model (--data): an ImageNet-style train folder, one sub-folder per class."""
 
     path: str | None = None
-    forget_images: int = 0  # images of the forget class used (its first N; 0: all)
-    retain_images: int = 5000  # retain subset drawn at random from the other classes (0: all)
+    forget_images: Annotated[int, Ge(0)] = 0  # images of the forget class used (its first N; 0: all)
+    retain_images: Annotated[int, Ge(0)] = 5000  # retain subset drawn at random from the other classes (0: all)
     latent_cache: bool = True  # encode both sets through the VAE once; later runs read the cached latents
 
 
@@ -53,7 +59,8 @@ class DataConfig:
 class ComputeConfig:
     """How the work runs; processes come from the launcher (accelerate launch / torchrun), one per device."""
 
-    mixed_precision: str = "no"  # "no" or "bf16" (autocast; weights and optimizer states stay float32)
+    # "no" or "bf16" (autocast; weights and optimizer states stay float32)
+    mixed_precision: Literal["no", "bf16"] = "no"
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower steps
 
 
@@ -61,27 +68,32 @@ class ComputeConfig:
 class SampleConfig:
     """The sampler of every evaluation and grid."""
 
-    scheduler: str = "ddpm"  # diffusers DDPMScheduler with the learned variance (DiT's sampler)
-    steps: int = 250  # DiT's default
-    guidance: float = 1.5  # classifier-free guidance scale (1: no guidance)
-    guidance_channels: int | None = None  # guide only the first k epsilon channels (DiT's sampler: 3); null: all
-    timestep_spacing: str = "linspace"  # linspace: DiT's respacing (from t = 999); diffusers' leading, or trailing
-    batch_size: int = 500
+    scheduler: Literal["ddpm"] = "ddpm"  # diffusers DDPMScheduler with the learned variance (DiT's sampler)
+    steps: Annotated[int, Gt(0)] = 250  # DiT's default
+    guidance: Annotated[float, Ge(0)] = 1.5  # classifier-free guidance scale (1: no guidance)
+    # guide only the first k epsilon channels (DiT's sampler: 3); null: all
+    guidance_channels: Annotated[int | None, Gt(0)] = None
+    # linspace: DiT's respacing (from t = 999); diffusers' leading, or trailing
+    timestep_spacing: Literal["linspace", "leading", "trailing"] = "linspace"
+    batch_size: Annotated[int, Gt(0)] = 500
 
 
 @dataclass
 class EvalConfig:
-    forget_samples: int = 200  # samples of the forget class, for forget accuracy
-    retain_samples_per_class: int = 100  # samples of each other class, for retain accuracy and FID
-    retain_samples: int | None = None  # instead: this many samples, labels drawn at random from the other classes
-    grid_per_class: int = 8  # images per class row of grid.png
-    grid_classes: int = 10  # classes shown in grid.png (the forget class first, then the lowest others)
+    forget_samples: Annotated[int, Gt(0)] = 200  # samples of the forget class, for forget accuracy
+    retain_samples_per_class: Annotated[int, Gt(0)] = 100  # samples of each other class, for retain accuracy and FID
+    # instead: this many samples, labels drawn at random from the other classes
+    retain_samples: Annotated[int | None, Gt(0)] = None
+    grid_per_class: Annotated[int, Gt(0)] = 8  # images per class row of grid.png
+    # classes shown in grid.png (the forget class first, then the lowest others)
+    grid_classes: Annotated[int, Gt(0)] = 10
     save_samples: bool = True  # write the after-erasure samples as PNG folders and ADM-style .npz (samples/)
     # Diffusers models (the digits default uses its own classifier and feature extractor):
     fa_classifier: str = "resnet34.tv_in1k"  # timm ImageNet classifier of forget accuracy
     fa_weights: str | None = None  # its weights file (null: the Hugging Face cache)
-    fa_size: int = 224  # samples are resized to this before classification
-    fa_num_classes: int | None = None  # the classifier's class count (null: read from fa_weights, else ImageNet's 1000)
+    fa_size: Annotated[int, Gt(0)] = 224  # samples are resized to this before classification
+    # the classifier's class count (null: read from fa_weights, else ImageNet's 1000)
+    fa_num_classes: Annotated[int | None, Gt(0)] = None
     fid_reference: str | None = None  # folder of real retained-class images, built by `fid-reference`
     fid_extractor: str = "inception-v3-compat"  # torch-fidelity feature extractor
     fid_weights: str | None = None  # its weights file (null: torch-fidelity downloads them once)
@@ -89,7 +101,7 @@ class EvalConfig:
 
 @dataclass
 class Config:
-    seed: int = 0  # erasure batches, Fisher samples and evaluation noise all follow it
+    seed: Annotated[int, Ge(0)] = 0  # erasure batches, Fisher samples and evaluation noise all follow it
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
@@ -99,32 +111,6 @@ class Config:
     erase: EraseConfig = field(default_factory=EraseConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-
-
-CHOICES = {
-    "erase.optimizer": ("dual", "shared"),
-    "erase.alpha_schedule": ("cosine", "constant"),
-    "erase.forget_optimizer": tuple(OPTIMIZERS),
-    "erase.retain_optimizer": tuple(OPTIMIZERS),
-    "method.name": tuple(METHODS),
-    "model.source": ("digits", "diffusers"),
-    "compute.mixed_precision": ("no", "bf16"),
-    "sample.scheduler": ("ddpm",),
-    "method.forget_reduction": (None, "mean", "sum"),
-    "method.retain_reduction": (None, "mean", "sum"),
-    "sample.timestep_spacing": ("linspace", "leading", "trailing"),
-}
-POSITIVE = {"erase.outer_steps", "erase.batch_size", "erase.forget_lr", "erase.retain_lr", "erase.shared_lr",
-            "method.grad_samples", "method.replay_per_class", "sample.steps", "sample.batch_size", "eval.forget_samples",
-            "eval.retain_samples_per_class", "eval.grid_per_class", "digits.steps", "digits.batch_size", "digits.lr",
-            "digits.layers", "digits.heads", "digits.head_dim", "digits.patch_size", "classifier.epochs",
-            "classifier.batch_size", "classifier.lr", "erase.forget_clip", "erase.retain_clip",
-            "eval.grid_classes", "eval.fa_size", "eval.retain_samples", "eval.fa_num_classes", "method.saliency_batch",
-            "method.saliency_guidance", "method.fisher_timesteps", "method.fisher_chunk", "sample.guidance_channels",
-            "model.norm_eps"}
-NON_NEGATIVE = {"seed", "data.forget_images", "data.retain_images", "erase.checkpoint_every", "erase.forget_steps", "erase.retain_steps", "erase.alpha", "method.gamma", "sample.guidance",
-                "method.replay_weight", "method.ewc_lambda",
-                "erase.forget_weight_decay", "erase.retain_weight_decay", "digits.ema_decay", "classifier.noise_augment"}
 
 
 def _suggest(word: str, options) -> str:
@@ -146,26 +132,56 @@ def all_keys(obj=None, prefix: str = "") -> list[str]:
 
 
 def _coerce(key: str, value, hint):
-    """Check `value` against the field's type; ints are accepted for floats."""
-    args = typing.get_args(hint)
+    """Check `value` against the field's type (its `Literal` choices too); ints are accepted for floats."""
+    if typing.get_origin(hint) is typing.Annotated:
+        hint = typing.get_args(hint)[0]
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
     if value is None and type(None) in args:
         return None
-    kinds = [a for a in args if a is not type(None)] or [hint]
-    for kind in kinds:
+    for kind in (a for a in args if a is not type(None)):
+        if typing.get_origin(kind) is typing.Literal:
+            choices = typing.get_args(kind)
+            if any(value == c and type(value) is type(c) for c in choices):
+                return value
+            raise ConfigError(f"{key} = {value!r} is not valid{_suggest(str(value), [str(c) for c in choices])}")
         if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         if kind is int and isinstance(value, int) and not isinstance(value, bool):
             return value
         if kind in (str, bool) and isinstance(value, kind):
             return value
-    names = " or ".join("null" if k is type(None) else k.__name__ for k in args or [hint])
+    names = " or ".join("null" if k is type(None) else k.__name__ for k in args)
     raise ConfigError(f"{key} must be {names}, got {value!r}: fix the value in the preset or --set")
+
+
+def _bounds(hint) -> list:
+    """The annotated-types bounds (Gt, Ge, Lt, Le) a field's type carries."""
+    return list(typing.get_args(hint)[1:]) if typing.get_origin(hint) is typing.Annotated else []
+
+
+def _check_bounds(key: str, value, bounds: list) -> None:
+    """A one-line error when `value` breaks a bound: "must be > 0", "must be in [0, 1)"..."""
+    if value is None or not bounds:
+        return
+    low = next((("(", b.gt) for b in bounds if isinstance(b, Gt)), None) or \
+        next((("[", b.ge) for b in bounds if isinstance(b, Ge)), None)
+    high = next(((")", b.lt) for b in bounds if isinstance(b, Lt)), None) or \
+        next((("]", b.le) for b in bounds if isinstance(b, Le)), None)
+    ok = (low is None or (value > low[1] if low[0] == "(" else value >= low[1])) and \
+        (high is None or (value < high[1] if high[0] == ")" else value <= high[1]))
+    if ok:
+        return
+    if high is None:
+        rule = f"{'>' if low[0] == '(' else '>='} {low[1]}"
+    else:
+        rule = f"in {low[0]}{low[1]}, {high[1]}{high[0]}"
+    raise ConfigError(f"{key} must be {rule}, got {value!r}")
 
 
 def _apply(obj, data: dict, prefix: str = "") -> None:
     if not isinstance(data, dict):
         raise ConfigError(f"section {prefix.rstrip('.') or 'top level'} must be a mapping of keys to values")
-    hints = typing.get_type_hints(type(obj))
+    hints = typing.get_type_hints(type(obj), include_extras=True)
     names = {f.name for f in dataclasses.fields(obj)}
     for name, value in data.items():
         key = f"{prefix}{name}"
@@ -179,29 +195,16 @@ def _apply(obj, data: dict, prefix: str = "") -> None:
 
 
 def _validate(cfg: Config) -> None:
+    """The rules each field's type carries (bounds), finite numbers, and the few rules that tie fields together."""
     for key in all_keys(cfg):
         section, _, name = key.rpartition(".")
-        value = getattr(getattr(cfg, section), name) if section else getattr(cfg, name)
+        owner = getattr(cfg, section) if section else cfg
+        value = getattr(owner, name)
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{key} must be a finite number, got {value!r}")
-        if key in CHOICES and value not in CHOICES[key]:
-            raise ConfigError(f"{key} = {value!r} is not valid{_suggest(str(value), [str(c) for c in CHOICES[key]])}")
-        if key in POSITIVE and value is not None and not value > 0:
-            raise ConfigError(f"{key} must be > 0, got {value!r}")
-        if key in NON_NEGATIVE and not value >= 0:
-            raise ConfigError(f"{key} must be >= 0, got {value!r}")
-    if cfg.model.tie_embedders not in ("auto", True, False):
-        raise ConfigError(f"model.tie_embedders must be auto, true or false, got {cfg.model.tie_embedders!r}")
-    if cfg.model.timestep_shift not in (None, 0, 1):
-        raise ConfigError(f"model.timestep_shift must be null, 0 (original DiT) or 1 (diffusers), got "
-                          f"{cfg.model.timestep_shift!r}")
+        _check_bounds(key, value, _bounds(typing.get_type_hints(type(owner), include_extras=True)[name]))
     if 8 % cfg.digits.patch_size:
         raise ConfigError(f"digits.patch_size must divide the 8-pixel image size, got {cfg.digits.patch_size}")
-    if not 0 < cfg.method.top_p <= 1:
-        raise ConfigError(f"method.top_p must be in (0, 1], got {cfg.method.top_p!r}")
-    for key in ("forget_label_dropout", "retain_label_dropout"):
-        if not 0 <= getattr(cfg.erase, key) < 1:
-            raise ConfigError(f"erase.{key} must be in [0, 1), got {getattr(cfg.erase, key)!r}")
 
 
 def _read_preset(name_or_path: str) -> dict:

@@ -6,8 +6,10 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Annotated
 
 import torch
+from annotated_types import Ge, Gt
 from tqdm.auto import tqdm
 
 from eval.storage import atomic_path, cache_root, fingerprint
@@ -22,14 +24,14 @@ SIZE = 8
 class DigitsRecipe:
     """How the embedded digits DiT is trained (our recipe; changing any value retrains it once)."""
 
-    layers: int = 4
-    heads: int = 4
-    head_dim: int = 16
-    patch_size: int = 2
-    steps: int = 3000
-    batch_size: int = 128
-    lr: float = 1e-3  # AdamW, weight decay 0: the pretraining optimizer that retain steps reuse
-    ema_decay: float = 0.999  # the released weights are the EMA, as for DiT
+    layers: Annotated[int, Gt(0)] = 4
+    heads: Annotated[int, Gt(0)] = 4
+    head_dim: Annotated[int, Gt(0)] = 16
+    patch_size: Annotated[int, Gt(0)] = 2
+    steps: Annotated[int, Gt(0)] = 3000
+    batch_size: Annotated[int, Gt(0)] = 128
+    lr: Annotated[float, Gt(0)] = 1e-3  # AdamW, weight decay 0: the pretraining optimizer that retain steps reuse
+    ema_decay: Annotated[float, Ge(0)] = 0.999  # the released weights are the EMA, as for DiT
     label_dropout: float = 0.1  # classifier-free guidance training, as DiT
     seed: int = 0
 

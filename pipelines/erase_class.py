@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--optimizer", choices=("dual", "shared"), help="dual or shared optimizers (erase.optimizer)")
     parser.add_argument("--seed", type=int, help="seed of erasure and evaluation (config seed)")
     parser.add_argument("--trials", type=int, default=1, help="run K seeds from --seed on; report mean and std")
-    parser.add_argument("--output", type=Path, help="output folder (default: runs/<class>-<method>-<optimizer>-s<seed>)")
+    parser.add_argument("--output", type=Path,
+                        help="output folder (default: runs/<class>-<method>-<optimizer>-s<seed>)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set erase.outer_steps=200 (repeatable)")
     parser.add_argument("--overwrite", action="store_true", help="replace whatever run is in --output")

@@ -140,9 +140,9 @@ def diverged(err: DivergenceError, output: Path) -> DivergenceError:
     last = latest_checkpoint(output)
     keep = f"the last good checkpoint is {last}" if last else "no checkpoint was reached"
     side = "retain" if err.side == "retain" else "forget"  # a joint step is clipped and stepped as a forget step
-    return DivergenceError(err.side, err.step, err.reason, f"erasure diverged at the {err}; {keep}; lower "
-                           f"erase.{side}_lr (or erase.shared_lr) or clip harder with a smaller erase.{side}_clip, then "
-                           "run again")
+    advice = (f"lower erase.{side}_lr (or erase.shared_lr) or clip harder with a smaller erase.{side}_clip, then "
+              "run again")
+    return DivergenceError(err.side, err.step, err.reason, f"erasure diverged at the {err}; {keep}; {advice}")
 
 
 def save_model(model, w: Workload, folder: Path) -> None:

@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
                 cells.append(json.loads((out / "metrics.json").read_text()))
                 continue
             if (out / "diverged.txt").exists():
-                diverged.append(f"{method} / {optimizer} / class {cls} / seed {seed}: {(out / 'diverged.txt').read_text()}")
+                reason = (out / "diverged.txt").read_text()
+                diverged.append(f"{method} / {optimizer} / class {cls} / seed {seed}: {reason}")
                 continue
             if main:
                 print(f"fid-bench: cell {i + 1}/{len(grid)}: {method} / {optimizer} / class {cls} / seed {seed}",

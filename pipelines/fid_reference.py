@@ -57,7 +57,8 @@ def build(data: Path, output: Path, *, count: int, exclude: list[int], size: int
         target.parent.mkdir(parents=True, exist_ok=True)
         image.save(target)
         written += 1
-    manifest = {"data": str(data.resolve()), "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "count": written, "classes": len({c for c, _ in chosen}), "excluded": exclude,
+    manifest = {"data": str(data.resolve()), "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "count": written,
+                "classes": len({c for c, _ in chosen}), "excluded": exclude,
                 "excluded_folders": [(classes.synsets or classes.names)[c] for c in exclude],  # ids differ by model
                 "size": size, "seed": seed, "preprocessing": "DiT center crop (box halving, bicubic, central square)"}
     (tmp / "reference.json").write_text(json.dumps(manifest, indent=2) + "\n")

@@ -141,7 +141,7 @@ def run(cfg: Config, class_arg: str, output: Path, *, overwrite: bool = False, r
 
 
 def aggregate_trials(runs: list[dict]) -> dict:
-    """One metrics record from several seeds: the single-run keys hold means, `std` the sample std, `trials` each run."""
+    """One metrics record from several seeds: the single-run keys hold means, `std` sample stds, `trials` each run."""
     first = runs[0]
     metrics = {k: first[k] for k in ("forget_class", "class_name", "method", "optimizer", "seed", "outer_steps",
                                       "model")}

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from annotated_types import Ge, Gt, Le
 
 from erase.methods.base import Method
 from erase.methods.ga import GradientAscent
@@ -14,20 +17,26 @@ from erase.methods.sfron import SFRon
 class MethodConfig:
     """Knobs of the base methods (each method reads the ones it needs)."""
 
-    name: str = "sfron"  # one of METHODS
-    grad_samples: int = 2000  # samples per Fisher diagonal (SFR-on, SA) or forget images of SalUn's saliency
-    forget_reduction: str | None = None  # loss scale: "mean" or "sum" over pixels; null: the method's paper's
-    retain_reduction: str | None = None  # (GA, SFR-on: mean as DiT; SalUn: mean / sum; SA: sum / sum)
-    gamma: float = 1.0  # SFR-on: mask threshold on the Fisher ratio F_f / F_r
-    top_p: float = 0.5  # SalUn: share of weights the mask keeps
+    name: Literal["ga", "sfron", "salun", "sa"] = "sfron"  # one of METHODS
+    # samples per Fisher diagonal (SFR-on, SA) or forget images of SalUn's saliency
+    grad_samples: Annotated[int, Gt(0)] = 2000
+    # loss scale: "mean" or "sum" over pixels; null: the method's paper's
+    forget_reduction: Literal["mean", "sum"] | None = None
+    # (GA, SFR-on: mean as DiT; SalUn: mean / sum; SA: sum / sum)
+    retain_reduction: Literal["mean", "sum"] | None = None
+    gamma: Annotated[float, Ge(0)] = 1.0  # SFR-on: mask threshold on the Fisher ratio F_f / F_r
+    top_p: Annotated[float, Gt(0), Le(1)] = 0.5  # SalUn: share of weights the mask keeps
     pseudo_class: int | None = None  # SalUn: class forget images are relabelled as (null: (c_f + 1) mod K)
-    saliency_batch: int = 128  # SalUn: forget images per clipped saliency gradient
-    saliency_guidance: float = 3.0  # SalUn: guidance scale of the saliency loss (DiT's convention; SalUn's w = 2)
-    replay_weight: float = 1.0  # SA: gamma, weight of the generative-replay loss
-    ewc_lambda: float = 10.0  # SA: lambda, weight of the EWC penalty
-    replay_per_class: int = 100  # SA: replay samples generated per retained class
-    fisher_timesteps: int = 1000  # SA: timesteps summed per Fisher sample (all T, as SA; fewer: stratified, rescaled)
-    fisher_chunk: int = 100  # SA: timesteps per forward/backward pass of that sum (memory, not results)
+    saliency_batch: Annotated[int, Gt(0)] = 128  # SalUn: forget images per clipped saliency gradient
+    # SalUn: guidance scale of the saliency loss (DiT's convention; SalUn's w = 2)
+    saliency_guidance: Annotated[float, Gt(0)] = 3.0
+    replay_weight: Annotated[float, Ge(0)] = 1.0  # SA: gamma, weight of the generative-replay loss
+    ewc_lambda: Annotated[float, Ge(0)] = 10.0  # SA: lambda, weight of the EWC penalty
+    replay_per_class: Annotated[int, Gt(0)] = 100  # SA: replay samples generated per retained class
+    # SA: timesteps summed per Fisher sample (all T, as SA; fewer: stratified, rescaled)
+    fisher_timesteps: Annotated[int, Gt(0)] = 1000
+    # SA: timesteps per forward/backward pass of that sum (memory, not results)
+    fisher_chunk: Annotated[int, Gt(0)] = 100
 
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (GradientAscent, SFRon, SalUn, SelectiveAmnesia)}
