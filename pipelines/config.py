@@ -39,8 +39,8 @@ class ModelConfig:
     # null / auto: the original's settings when the copies are equal at load, else diffusers', unless the model folder
     # records values written by us (dualerase.json).
     # one embedder shared by all blocks (the original's); auto: iff copies equal
-    tie_embedders: Literal["auto", True, False] = "auto"
-    timestep_shift: Literal[0, 1] | None = None  # frequencies exp(-ln(1e4) i / (128 - shift)): 0 original, 1 diffusers
+    tie_embedders: bool | str = "auto"
+    timestep_shift: int | None = None  # frequencies exp(-ln(1e4) i / (128 - shift)): 0 original, 1 diffusers
     # eps of diffusers' config-driven LayerNorm: 1e-6 original, else the config's
     norm_eps: Annotated[float | None, Gt(0)] = None
 
@@ -203,6 +203,11 @@ def _validate(cfg: Config) -> None:
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{key} must be a finite number, got {value!r}")
         _check_bounds(key, value, _bounds(typing.get_type_hints(type(owner), include_extras=True)[name]))
+    if cfg.model.tie_embedders not in ("auto", True, False):
+        raise ConfigError(f"model.tie_embedders must be auto, true or false, got {cfg.model.tie_embedders!r}")
+    if cfg.model.timestep_shift not in (None, 0, 1):
+        raise ConfigError(f"model.timestep_shift must be null, 0 (original DiT) or 1 (diffusers), got "
+                          f"{cfg.model.timestep_shift!r}")
     if 8 % cfg.digits.patch_size:
         raise ConfigError(f"digits.patch_size must divide the 8-pixel image size, got {cfg.digits.patch_size}")
 

@@ -29,7 +29,8 @@ def test_fisher_is_mean_squared_per_sample_gradient():
 
 def test_a_killed_fisher_loop_continues_from_its_saved_partial_sums(tiny_dit, tmp_path):
     from pipelines.checkpoint import PartialSums
-    from pipelines.dit import DiTLoss, make_scheduler
+    from pipelines.dit import make_scheduler
+    from pipelines.loss import DiTLoss
 
     x, y = torch.randn(12, 1, 4, 4), torch.arange(12) % 5
     seeds = torch.arange(12)
