@@ -50,7 +50,7 @@ def load_timm_classifier(name: str, weights: str | None = None, num_classes: int
                             ) from None
         raise EvalError(
             f"cannot load the {name} classifier ({type(e).__name__}: {why[:160]})"
-            f": on a machine with network run `huggingface-cli download timm/{name}` once, or set eval.fa_weights to a "
+            f": on a machine with network run `hf download timm/{name}` once, or set eval.fa_weights to a "
             "local weights file") from None
 
 

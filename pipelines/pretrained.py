@@ -63,7 +63,7 @@ def locate(path: str) -> Path:
     except Exception as e:  # offline, unknown repo, gated repo: all mean "the files are not here"
         raise ModelError(
             f"--model {path}: not a local folder, and its files are not in the Hugging Face cache "
-            f"({type(e).__name__}): on a machine with network run `huggingface-cli download {path}` once (the cache "
+            f"({type(e).__name__}): on a machine with network run `hf download {path}` once (the cache "
             "is $HF_HOME, default ~/.cache/huggingface; copy it over), or pass --model a local folder with "
             "transformer/, vae/ and scheduler/") from None
 

@@ -154,7 +154,7 @@ BAD = [
     (lambda w, b: ["--data", str(b["no-forget"])], "no images of class 207 (golden retriever)"),
     (lambda w, b: ["--data", str(b["undecodable"])], "no decodable images in the forget set"),
     (lambda w, b: ["--model", "/nonexistent/dit"], "no such folder"),
-    (lambda w, b: ["--model", "someone/missing-dit"], "huggingface-cli download"),
+    (lambda w, b: ["--model", "someone/missing-dit"], "hf download"),
     (lambda w, b: ["--model", str(b["not-dit"])], "is not a class-conditional DiT"),
     (lambda w, b: ["--model", str(b["corrupt"])], "cannot load the weights"),
     (lambda w, b: ["--set", "eval.fid_reference=/nonexistent"], "is not a reference folder"),
