@@ -126,8 +126,7 @@ def run(cfg: Config, class_arg: str, output: Path, *, overwrite: bool = False, r
         "timings": {"prepare_s": t_prepared - t_start, "before_eval_s": t_before - t_prepared, **erased.timings,
                     "after_eval_s": t_after - t_erased, "total_s": time.perf_counter() - t_start},
         "mask_kept_fraction": erased.mask_kept_fraction,
-        "loss_reductions": {side: getattr(cfg.method, f"{side}_reduction")  # over pixels: the published scale
-                            or getattr(METHODS[cfg.method.name], f"{side}_reduction") for side in ("forget", "retain")},
+        "loss_reductions": METHODS[cfg.method.name].reductions(cfg.method),  # over pixels: the published scale
         "final_log": erased.log[-1] if erased.log else None,
     }
     if main:

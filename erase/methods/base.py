@@ -50,8 +50,13 @@ class Method:
         self.loss = loss
         self.forget_class = forget_class
         self.num_classes = num_classes
-        self.forget_reduction = cfg.forget_reduction or type(self).forget_reduction
-        self.retain_reduction = cfg.retain_reduction or type(self).retain_reduction
+        self.forget_reduction, self.retain_reduction = self.reductions(cfg).values()
+
+    @classmethod
+    def reductions(cls, cfg) -> dict[str, str]:
+        """{"forget": ..., "retain": ...}: the loss scales in use, the config's or else the method's paper's."""
+        return {"forget": cfg.forget_reduction or cls.forget_reduction,
+                "retain": cfg.retain_reduction or cls.retain_reduction}
 
     def data(self, source: DataSource) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(forget images, forget labels, retain images, retain labels) the method trains on: the real ones."""
