@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 import torch
 import torch.distributed as dist
-from annotated_types import Ge, Gt, Lt
+from annotated_types import Ge, Gt, Le, Lt
 from tqdm.auto import tqdm
 
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
@@ -46,6 +46,13 @@ class EraseConfig:
     # DiT's 0.1, so retain steps keep that branch trained. (The public code runs both at 0.1, in train mode.)
     forget_label_dropout: Annotated[float, Ge(0), Lt(1)] = 0.0
     retain_label_dropout: Annotated[float, Ge(0), Lt(1)] = 0.1
+    # Stop when the class is gone (opt-in; the published recipes fix T_o): every `probe_every` outer steps a probe
+    # samples `probe_samples` images of the forget class with the evaluation sampler at `probe_steps` steps and scores
+    # them; erasure ends after two probes in a row at or below this forget accuracy, or at outer_steps. null: off
+    stop_at_forget_accuracy: Annotated[float | None, Ge(0), Le(1)] = None
+    probe_every: Annotated[int, Gt(0)] = 25
+    probe_samples: Annotated[int, Gt(0)] = 32
+    probe_steps: Annotated[int, Gt(0)] = 25
 
 
 class DivergenceError(RuntimeError):
@@ -163,7 +170,7 @@ def unlearn(
     *,
     mask: dict[str, torch.Tensor] | None = None,
     optimizers: tuple[torch.optim.Optimizer, torch.optim.Optimizer] | None = None,
-    on_step: Callable[[dict], None] | None = None,
+    on_step: Callable[[dict], bool | None] | None = None,
     start_step: int = 0,
     progress: bool = True,
 ) -> list[dict]:
@@ -173,7 +180,8 @@ def unlearn(
     gradient ascent), `retain_loss(model, batch)`, and `alpha_weights` ("forget" or "retain": which loss alpha_t
     weights). `mask` maps parameter names to 0/1 tensors; masked-out coordinates get no forget gradient.
     `optimizers` = (Optim_f, Optim_r) to continue with (default: fresh ones from `make_optimizers`); `start_step`
-    resumes the loop there (a restored checkpoint). `on_step(record)` runs after every outer step.
+    resumes the loop there (a restored checkpoint). `on_step(record)` runs after every outer step; when it returns True,
+    erasure ends there (an early stop).
     Data parallel: under torch.distributed every process feeds its own share of each batch and the gradients are
     averaged before masking and clipping, so all processes take the same step (losses in the log are process-local).
     A method whose original form is one joint step (`method.joint`, SalUn) gets, with a shared optimizer, ONE update on
@@ -216,6 +224,6 @@ def unlearn(
                 r_loss += loss.item() / cfg.retain_steps
             record.update(forget_loss=f_loss, retain_loss=r_loss, forget_grad_norm=f_norm, retain_grad_norm=r_norm)
         log.append(record)
-        if on_step is not None:
-            on_step(record)
+        if on_step is not None and on_step(record):
+            break
     return log

@@ -122,3 +122,20 @@ def plot_curves(logs: dict[tuple, Path], out: Path) -> None:
             _label(ax, f"{method}, class {cls}", "gradient norm")
     fig.suptitle("Gradient norms of forget and retain steps (mean across seeds)", fontsize=10)
     _save(fig, out / "grad_norms.png")
+
+
+def plot_forget_curve(log: list[dict], target: float, limit: int, path: Path) -> None:
+    """forget_curve.png of one run: the forget-accuracy probe over outer steps, with the stopping target (`limit`:
+    erase.outer_steps, so a run that ended before it was stopped by the probe)."""
+    probes = [(r["step"] + 1, r["probe_forget_accuracy"]) for r in log if "probe_forget_accuracy" in r]
+    fig, ax = plt.subplots(figsize=(4.8, 3.0))
+    if probes:
+        steps, fa = zip(*probes)
+        ax.plot(steps, fa, "o-", color=COLORS["dual"], label="probe forget accuracy")
+    ax.axhline(target, color="tab:red", linestyle="--", linewidth=1, label=f"target {target:g} (two probes in a row)")
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlim(0, limit)
+    ax.yaxis.set_major_locator(MaxNLocator(5))
+    stopped = f", stopped at step {len(log)}" if len(log) < limit else ""
+    _label(ax, f"Forget accuracy during erasure{stopped}", "forget accuracy")
+    _save(fig, path)

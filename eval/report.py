@@ -108,8 +108,11 @@ def summary(m: dict) -> str:
 
     width = max([20 if std else 10] + [len(cell(side, key, fmt)) + 2 for side in ("before", "after")
                                        for _, key, fmt in rows])  # a huge number never runs into its neighbour
+    limit = m.get("outer_steps_limit", m["outer_steps"])
+    stopped = f" (of {limit}: the forget-accuracy probe stopped it)" if m["outer_steps"] < limit else ""
     lines = [f"Erased class {m['forget_class']} ({m['class_name']}) with {m['method']}, {m['optimizer']} optimizer(s), "
-             f"{seeds}: {m['outer_steps']} outer steps in {t['erase_s']:.1f} s ({t['erase_steps_per_s']:.1f} steps/s)",
+             f"{seeds}: {m['outer_steps']} outer steps{stopped} in {t['erase_s']:.1f} s "
+             f"({t['erase_steps_per_s']:.1f} steps/s)",
              f"{'':36s}{'before':>{width}s}{'after':>{width}s}"]
     lines += [f"{title:36s}{cell('before', key, fmt):>{width}s}{cell('after', key, fmt):>{width}s}"
               for title, key, fmt in rows]

@@ -28,7 +28,9 @@ class DigitsRecipe:
     heads: Annotated[int, Gt(0)] = 4
     head_dim: Annotated[int, Gt(0)] = 16
     patch_size: Annotated[int, Gt(0)] = 2
-    steps: Annotated[int, Gt(0)] = 3000
+    # 6000: the EMA (0.999) of a 3000-step run lags its raw weights so much that a few retain steps alone improve it
+    # (FID 75 -> 15 unguided): erasure's FID change then measured the base's under-training, not the erasure
+    steps: Annotated[int, Gt(0)] = 6000
     batch_size: Annotated[int, Gt(0)] = 128
     lr: Annotated[float, Gt(0)] = 1e-3  # AdamW, weight decay 0: the pretraining optimizer that retain steps reuse
     ema_decay: Annotated[float, Ge(0)] = 0.999  # the released weights are the EMA, as for DiT

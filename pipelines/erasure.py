@@ -23,8 +23,10 @@ from pipelines.checkpoint import PartialSums, latest_checkpoint, load_checkpoint
 from pipelines.config import Config
 from pipelines.dit import describe_model, make_scheduler, separate_copies
 from pipelines.errors import UsageError
+from pipelines.evaluation import main_decides
 from pipelines.loss import DiTLoss
 from pipelines.pretrained import save_pipeline, write_record
+from pipelines.probe import ForgetProbe
 from pipelines.sampling import autocast
 from pipelines.streams import Source, batches, shard, stream_seed
 from pipelines.workload import RealData, Workload, processes
@@ -101,9 +103,10 @@ def erase(w: Workload, cfg: Config, forget_class: int, real: RealData, output: P
     else:
         torch.manual_seed(stream_seed(cfg.seed, "erasure"))
     log_path = output / "log.jsonl"
+    done = log_path.read_text().splitlines()[:start] if start and log_path.exists() else []
     if main:
-        done = log_path.read_text().splitlines()[:start] if start and log_path.exists() else []
         atomic_write_text(log_path, "".join(line + "\n" for line in done))
+    probe = ForgetProbe(w, cfg, forget_class, [json.loads(line) for line in done])
     per_f, per_r = batches_per_step(method, e)
     rank, world = state.process_index, state.num_processes
     forget_data = shard(batches(xf, yf, e.batch_size, stream_seed(cfg.seed, "forget_batches"), e.forget_label_dropout,
@@ -112,14 +115,19 @@ def erase(w: Workload, cfg: Config, forget_class: int, real: RealData, output: P
                                 w.num_classes, start=start * per_r), rank, world)
     precision = cfg.compute.mixed_precision
     with (open(log_path, "a") if main else contextlib.nullcontext()) as log_file, autocast(precision):
-        def on_step(record):
-            if not main:
-                return
-            log_file.write(json.dumps(record) + "\n")
-            log_file.flush()
+        def on_step(record) -> bool:
             finished = record["step"] + 1
-            if e.checkpoint_every and finished % e.checkpoint_every == 0 and finished < e.outer_steps:
-                save_checkpoint(output, finished, model, optimizers)
+            stop = False
+            if probe.due(finished):
+                if main:
+                    record["probe_forget_accuracy"] = probe(model)
+                stop = main_decides(main and probe.stop(record["probe_forget_accuracy"]))
+            if main:
+                log_file.write(json.dumps(record) + "\n")
+                log_file.flush()
+                if e.checkpoint_every and finished % e.checkpoint_every == 0 and finished < e.outer_steps and not stop:
+                    save_checkpoint(output, finished, model, optimizers)
+            return stop
 
         try:
             unlearn(model, method, forget_data, retain_data, e, mask=mask, optimizers=optimizers, on_step=on_step,
@@ -129,7 +137,7 @@ def erase(w: Workload, cfg: Config, forget_class: int, real: RealData, output: P
     t2 = time.perf_counter()
     state.wait_for_everyone()
     log = [json.loads(line) for line in log_path.read_text().splitlines()]
-    steps = e.outer_steps - start
+    steps = len(log) - start
     timings = {"prepare_method_s": t1 - t0, "erase_s": t2 - t1, "erase_steps_per_s": steps / max(t2 - t1, 1e-9),
                "processes": world}
     return Erased(model.eval(), log, timings, None if mask is None else mask_fraction(mask))

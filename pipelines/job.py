@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from erase.methods import METHODS
+from eval.plots import plot_forget_curve
 from eval.report import sample_grid, save_image
 from eval.storage import atomic_write_json, atomic_write_text
 from pipelines.classes import resolve_class
@@ -118,7 +119,8 @@ def run(cfg: Config, class_arg: str, output: Path, *, overwrite: bool = False, r
         "method": cfg.method.name,
         "optimizer": cfg.erase.optimizer,
         "seed": cfg.seed,
-        "outer_steps": cfg.erase.outer_steps,
+        "outer_steps": len(erased.log),  # fewer than erase.outer_steps when the forget-accuracy probe stopped it
+        "outer_steps_limit": cfg.erase.outer_steps,
         "model": w.model_id,
         "before": before,
         "after": after,
@@ -132,6 +134,9 @@ def run(cfg: Config, class_arg: str, output: Path, *, overwrite: bool = False, r
     if main:
         save_image(sample_grid({"before": before_grid, "after": after_grid}, grid_labels, w.class_names,
                                marked=forget_class), output / "grid.png")
+        if cfg.erase.stop_at_forget_accuracy is not None:
+            plot_forget_curve(erased.log, cfg.erase.stop_at_forget_accuracy, cfg.erase.outer_steps,
+                              output / "forget_curve.png")
         for stale in output.glob("checkpoint-*"):  # the finished model supersedes them
             shutil.rmtree(stale, ignore_errors=True)
         atomic_write_json(output / "metrics.json", metrics)

@@ -23,6 +23,7 @@ STREAMS = {
     "replay": 6,  # SA's samples of the original model
     "erasure": 7,  # torch's global generator during erasure
     "retain_labels": 8,  # labels of the evaluation's retain samples when drawn at random
+    "probe": 9,  # noise of the forget-accuracy probe (erase.stop_at_forget_accuracy)
 }
 
 
