@@ -82,12 +82,14 @@ def protocol_line(p: dict) -> str:
     precision = f", {p['precision']}" if "precision" in p else ""
     spacing = f" ({p['timestep_spacing']} spacing)" if "timestep_spacing" in p else ""
     channels = f" on {p['guidance_channels']} channel(s)" if p.get("guidance_channels", "all") != "all" else ""
+    software = ("; " + ", ".join(f"{k} {v}" for k, v in p["versions"].items()) + f", on {p['device']}"
+                if "versions" in p else "")
     model = (f", model: {p['embedders'].split(' (')[0]} embedders, timestep shift {p['timestep_shift']}, LayerNorm eps "
              f"{p['norm_eps']:g}, {p['model_parameters'] / 1e6:.4g}M parameters" if "embedders" in p else "")
     return (f"{p['sampler']}, {p['steps']} steps{spacing}, guidance {p['guidance']}{channels}{precision}{model}, "
             f"{p['forget_samples']} forget / "
             f"{p['retain_samples']} retain samples, FID reference {p['reference']}, features {p['feature_extractor']}, "
-            f"classifier {p['classifier']}, seed {p['seed']}")
+            f"classifier {p['classifier']}, seed {p['seed']}{software}")
 
 
 def summary(m: dict) -> str:

@@ -12,7 +12,8 @@ from eval.imagenet import EvalError
 from eval.report import summary
 from pipelines.config import CommandParser, load_config
 from pipelines.errors import ConfigError, UsageError
-from pipelines.job import run_trials
+from pipelines.job import dry_run, run_trials
+from pipelines.plan import config_text
 from pipelines.workload import is_main_process, processes
 
 
@@ -44,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="continue the unfinished run in --output from its latest (or the given) checkpoint-<step> "
                              "and the samples on disk")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (every key, defaults included) as YAML, and stop")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the class, config and output folder, print the network passes of each phase, "
+                             "and stop")
     return parser
 
 
@@ -69,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"--trials must be >= 1, got {args.trials}")
         if args.overwrite and args.resume:
             raise UsageError("--overwrite and --resume contradict each other: pass one")
+        if args.print_config:
+            print(config_text(cfg), end="")
+            return 0
+        if args.dry_run:
+            print(dry_run(cfg, args.forget_class, output, args.trials, args.overwrite, args.resume))
+            return 0
         metrics = run_trials(cfg, args.forget_class, output, args.trials, overwrite=args.overwrite,
                              resume=args.resume, progress=not args.quiet)
     except (ConfigError, UsageError, EvalError) as e:

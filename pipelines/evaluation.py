@@ -38,7 +38,35 @@ def protocol(cfg: Config, w: Workload, forget_class: int) -> dict:
         else "drawn uniformly at random from the retained classes",
         **w.scorer.describe(forget_class),
         "seed": cfg.seed,
+        "versions": versions(),
+        "device": device_name(),
     }
+
+
+VERSIONED = ("torch", "diffusers", "torch-fidelity", "timm")  # what a score can drift with between installs
+
+
+def versions() -> dict:
+    """The installed version of each library that numbers depend on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def one(name):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return {name: one(name) for name in VERSIONED}
+
+
+def device_name() -> str:
+    """The device this process computes on, by name (a GPU's model, or the CPU's)."""
+    import platform
+
+    device = processes().device
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({platform.processor() or platform.machine()})"
 
 
 def retain_labels(w: Workload, cfg: Config, forget_class: int) -> torch.Tensor:

@@ -23,6 +23,7 @@ from pipelines.data import check_writable
 from pipelines.errors import ConfigError, UsageError
 from pipelines.evaluation import SCORES
 from pipelines.job import run
+from pipelines.plan import config_text, passes
 from pipelines.workload import classes_of, is_main_process, processes
 
 SPEC_KEYS = {"config": "digits", "methods": ["sfron"], "optimizers": ["dual", "shared"], "classes": ["3"],
@@ -131,6 +132,10 @@ def markdown(rows: list[dict], cells: list[dict], command: str, diverged: list[s
           + [f"* {d}" for d in diverged] + [""] if diverged else [])])
 
 
+def cell_folder(output: Path, method: str, optimizer: str, cls: str, seed: int) -> Path:
+    return output / "cells" / f"{method}-{optimizer}-{cls.replace(' ', '_')}-s{seed}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = CommandParser(prog="fid-bench", description=__doc__)
     parser.add_argument("spec", nargs="?", default="digits", help="benchmark spec: a name in configs/bench/ or a "
@@ -143,6 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every cell (after the spec's)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config of every cell's settings as YAML (the first cell's, with the "
+                             "method, optimizer and seed of each cell listed), and stop")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the spec and every cell's config, print the cells to run and their network "
+                             "passes, and stop")
     cells, logs, diverged = [], {}, []
     main = processes().is_main_process
     try:
@@ -158,9 +169,25 @@ def main(argv: list[str] | None = None) -> int:
         classes = classes_of(configs[0])
         for cls in spec["classes"]:
             resolve_class(str(cls), classes)
+        if args.print_config:
+            print(f"# {len(grid)} cells: every (method, optimizer, class, seed) of methods {spec['methods']}, "
+                  f"optimizers {spec['optimizers']}, classes {spec['classes']}, seeds {spec['seeds']}; the config of "
+                  "the first:")
+            print(config_text(configs[0]), end="")
+            return 0
+        todo = [c for c, cfg in zip(grid, configs) if not (cell_folder(args.output, *c) / "metrics.json").exists()]
+        if args.dry_run:
+            shown = min(len(classes), configs[0].eval.grid_classes)
+            total = [sum(p[i] for cfg in configs for p in passes(cfg, len(classes), shown)) for i in (1, 2)]
+            print(f"dry run: {len(grid)} cells, {len(grid) - len(todo)} finished in {args.output}, {len(todo)} to run:")
+            print("\n".join(f"  {m} / {o} / class {c} / seed {s}" for m, o, c, s in todo))
+            print(f"network passes of all {len(grid)} cells (one pass = one image through the network; base "
+                  f"evaluations are shared across cells of one class and seed): {total[0]:,d} forward, "
+                  f"{total[1]:,d} backward")
+            return 0
         check_writable(args.output, "--output")  # before the first cell, not after it
         for i, ((method, optimizer, cls, seed), cfg) in enumerate(zip(grid, configs)):
-            out = args.output / "cells" / f"{method}-{optimizer}-{cls.replace(' ', '_')}-s{seed}"
+            out = cell_folder(args.output, method, optimizer, cls, seed)
             logs[method, optimizer, cls, seed] = out / "log.jsonl"
             saved = out / "config.yaml"
             if saved.exists() and yaml.safe_load(saved.read_text()) != to_dict(cfg):

@@ -21,6 +21,7 @@ from pipelines.data import check_writable
 from pipelines.erasure import Erased, check_processes, check_pseudo_class, erase, save_model
 from pipelines.errors import UsageError
 from pipelines.evaluation import SCORES, evaluate, evaluate_base, grid_classes, grid_images, protocol
+from pipelines.plan import passes, passes_table
 from pipelines.pretrained import load_model
 from pipelines.streams import real_data
 from pipelines.workload import classes_of, model_settings, prepare, processes
@@ -49,6 +50,23 @@ def check_output(output: Path, cfg: Config, overwrite: bool, resume: str | None)
                          "--output")
     raise UsageError(f"{output} holds an unfinished run: pass --resume latest to continue it, or --overwrite to start "
                      "over")
+
+
+def dry_run(cfg: Config, class_arg: str, output: Path, trials: int, overwrite: bool, resume: str | None) -> str:
+    """Every check `run` makes before work (class, settings, output folder), then what the run would do."""
+    classes = classes_of(cfg)
+    forget_class = resolve_class(class_arg, classes)
+    check_pseudo_class(cfg, forget_class, len(classes))
+    check_processes(cfg)
+    finished = check_output(output, cfg, overwrite, resume)
+    shown = min(len(classes), cfg.eval.grid_classes)
+    head = (f"dry run: erase class {forget_class} ({classes.short(forget_class)}) with {cfg.method.name}, "
+            f"{cfg.erase.optimizer} optimizer(s), seed {cfg.seed}" + (f", {trials} trials" if trials > 1 else "") +
+            f", into {output}" + (" (already finished: nothing would run)" if finished else ""))
+    return (f"{head}\nnetwork passes per run (one pass = one image through the network):\n"
+            f"{passes_table(passes(cfg, len(classes), shown))}\n"
+            "time: not estimated, no throughput has been measured for this model and device (after a run, "
+            "metrics.json `timings` has each phase's seconds)")
 
 
 def start_output(output: Path, cfg: Config, overwrite: bool) -> None:

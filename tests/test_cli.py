@@ -4,6 +4,7 @@ import os
 
 import pytest
 import torch
+import yaml
 from conftest import SETS, TINY, changed, snapshot
 from safetensors.torch import load_file
 
@@ -36,6 +37,11 @@ def test_erase_class_writes_every_output(tiny_run):
         assert key in m["protocol"]
     assert m["protocol"]["steps"] == 4
     assert m["protocol"]["forget_samples"] == 10
+    import diffusers
+    assert torch.__version__.startswith(m["protocol"]["versions"]["torch"])
+    assert m["protocol"]["versions"]["diffusers"] == diffusers.__version__
+    assert set(m["protocol"]["versions"]) == {"torch", "diffusers", "torch-fidelity", "timm"}
+    assert m["protocol"]["device"].startswith("cpu")
     assert m["timings"]["erase_s"] > 0
     assert m["timings"]["erase_steps_per_s"] > 0
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
@@ -236,3 +242,39 @@ def test_bf16_and_gradient_checkpointing_run(tmp_path):
     assert all(c[k].dtype == torch.float32 for k in c)  # weights stay float32
     assert all(torch.isfinite(c[k]).all() for k in c)
     assert changed(c, a)
+
+
+def test_print_config_prints_every_key_and_reads_back(tmp_path, capsys):
+    from pipelines.config import all_keys
+
+    assert erase_class.main(["7", "--set", "erase.outer_steps=17", "--print-config"]) == 0
+    text = capsys.readouterr().out
+    path = tmp_path / "printed.yaml"
+    path.write_text(text)
+    cfg = load_config(str(path))
+    assert cfg.erase.outer_steps == 17
+    printed = yaml.safe_load(text)
+    flat = {f"{section}.{key}" for section, body in printed.items() if isinstance(body, dict) for key in body}
+    flat |= {section for section, body in printed.items() if not isinstance(body, dict)}
+    assert flat == set(all_keys())
+
+
+def test_dry_run_checks_and_counts_without_running(tmp_path, capsys):
+    out = tmp_path / "never"
+    assert erase_class.main(["7", "--output", str(out), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert not out.exists()
+    # the digits preset by hand: 200 outer steps x (1 forget + 1 retain) x batch 64; SFR-on's two Fisher diagonals
+    # of 256 samples; (200 + 9 x 100) samples x 100 unguided steps per evaluation
+    assert "25,600" in text and "512" in text and "110,000" in text
+    assert erase_class.main(["seven", "--output", str(out), "--dry-run"]) == 2
+    assert "unknown class" in capsys.readouterr().err
+
+
+def test_fid_bench_dry_run_lists_the_cells_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert fid_bench.main(["--methods", "ga", "sa", "--optimizers", "dual", "--classes", "3", "--seeds", "0", "1",
+                           "--output", str(out), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "4 cells, 0 finished" in text and "sa / dual / class 3 / seed 1" in text
+    assert not out.exists()
