@@ -5,14 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure  # figures without pyplot: no backend is chosen, a notebook's stays as it is
+from matplotlib.ticker import LogLocator, MaxNLocator, ScalarFormatter
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import LogLocator, MaxNLocator, ScalarFormatter  # noqa: E402
-
-from eval.storage import atomic_path  # noqa: E402
+from eval.storage import atomic_path
 
 COLORS = {"dual": "tab:blue", "shared": "tab:orange"}
 
@@ -28,8 +25,8 @@ def _series(records: list[dict], key: str) -> np.ndarray:
 def _grid(logs: dict[tuple, Path]):
     methods = sorted({k[0] for k in logs})
     classes = list(dict.fromkeys(k[2] for k in logs))
-    fig, axes = plt.subplots(len(classes), len(methods), figsize=(3.6 * len(methods), 2.8 * len(classes)),
-                             squeeze=False)
+    fig = Figure(figsize=(3.6 * len(methods), 2.8 * len(classes)))
+    axes = fig.subplots(len(classes), len(methods), squeeze=False)
     return fig, axes, methods, classes
 
 
@@ -44,7 +41,6 @@ def _save(fig, path: Path) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110)
-    plt.close(fig)
 
 
 def _readable_axis(ax, curves: list[np.ndarray]) -> bool:
@@ -128,7 +124,8 @@ def plot_forget_curve(log: list[dict], target: float, limit: int, path: Path) ->
     """forget_curve.png of one run: the forget-accuracy probe over outer steps, with the stopping target (`limit`:
     erase.outer_steps, so a run that ended before it was stopped by the probe)."""
     probes = [(r["step"] + 1, r["probe_forget_accuracy"]) for r in log if "probe_forget_accuracy" in r]
-    fig, ax = plt.subplots(figsize=(4.8, 3.0))
+    fig = Figure(figsize=(4.8, 3.0))
+    ax = fig.subplots()
     if probes:
         steps, fa = zip(*probes)
         ax.plot(steps, fa, "o-", color=COLORS["dual"], label="probe forget accuracy")

@@ -1,0 +1,107 @@
+"""The Python API: erase a class from a notebook or script and get the scores, the output folder and the erased model.
+
+    from pipelines.api import erase_class
+    result = erase_class(3, overrides={"erase.outer_steps": 100})
+    result.metrics["after"]["forget_accuracy"], result.output, result.model
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import DiTPipeline, DiTTransformer2DModel
+
+from eval.storage import cache_root, fingerprint
+from pipelines.config import Config, load_config, to_dict
+from pipelines.dit import separate_copies
+from pipelines.errors import UsageError
+from pipelines.job import run_trials
+from pipelines.pretrained import load_model
+from pipelines.workload import model_settings, processes
+
+
+@dataclass
+class ErasureResult:
+    """What `erase_class` gives: metrics.json's content, the run folder, and the erased transformer in memory."""
+
+    metrics: dict
+    output: Path
+    model: DiTTransformer2DModel
+
+
+def erase_class(forget_class: int | str, *, config: str | Path | Config = "digits", overrides: dict | None = None,
+                model: str | Path | DiTTransformer2DModel | DiTPipeline | None = None,
+                output: str | Path | None = None, trials: int = 1, overwrite: bool = False,
+                resume: str | None = None, progress: bool = True) -> ErasureResult:
+    """Erase `forget_class` (an id, synset or name) and measure the model before and after, as `erase-class` does.
+
+    `config`: a preset name, a YAML path, or a Config; `overrides`: {"dotted.key": value}, as `--set`. `model`: a hub
+    id or folder (as `--model`), or a DiTTransformer2DModel / DiTPipeline in memory, which is saved once into the cache
+    (keyed by its weights) and run from there; a model other than the digits default needs data.path and
+    eval.fid_reference in `overrides`. `output` defaults to runs/<class>-<method>-<optimizer>-s<seed>. Raises
+    pipelines.errors.UsageError / ConfigError for bad input and erase.DivergenceError when erasure diverges."""
+    sets = [f"{key}={value}" for key, value in (overrides or {}).items()]
+    if model is not None:
+        sets = ["model.source=diffusers", f"model.path={_model_folder(model)}"] + sets
+    cfg = load_config(_written(to_dict(config)) if isinstance(config, Config) else str(config), sets)
+    cls = str(forget_class)
+    out = Path(output) if output is not None else Path("runs") / (
+        f"{cls.replace(' ', '_')}-{cfg.method.name}-{cfg.erase.optimizer}-s{cfg.seed}")
+    metrics = run_trials(cfg, cls, out, trials, overwrite=overwrite, resume=resume, progress=progress)
+    folder = out / "model" if trials == 1 else out / f"trial-s{cfg.seed}" / "model"
+    erased = load_model(folder, **model_settings(cfg)).to(processes().device)
+    return ErasureResult(metrics=metrics, output=out, model=erased)
+
+
+def _written(settings: dict) -> str:
+    """A Config given in memory, as the YAML file load_config reads (in the cache, by content)."""
+    import yaml
+
+    path = cache_root() / "configs" / f"{fingerprint(settings)}.yaml"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(settings, sort_keys=False))
+    return str(path)
+
+
+def _model_folder(model) -> str:
+    """A hub id or folder as given; an in-memory model saved once into the cache, in a folder named by its weights."""
+    if isinstance(model, (str, Path)):
+        return str(model)
+    if isinstance(model, DiTPipeline):
+        transformer = model.transformer
+    elif isinstance(model, DiTTransformer2DModel):
+        transformer = model
+    else:
+        raise UsageError(f"model must be a hub id, a folder, a DiTTransformer2DModel or a DiTPipeline, not "
+                         f"{type(model).__name__}")
+    digest = fingerprint([(name, _tensor_digest(t)) for name, t in transformer.state_dict().items()])
+    folder = cache_root() / "in-memory" / digest
+    if not (folder / "model_index.json").exists() and not (folder / "config.json").exists():
+        tmp = folder.with_name(folder.name + ".tmp")
+        with separate_copies(transformer):
+            model.save_pretrained(tmp)
+        if isinstance(model, DiTPipeline) and getattr(model, "labels", None):
+            _keep_labels(tmp, model.labels)
+        tmp.replace(folder)
+    return str(folder)
+
+
+def _tensor_digest(t: torch.Tensor) -> str:
+    import hashlib
+
+    return hashlib.sha256(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def _keep_labels(folder: Path, labels: dict[str, int]) -> None:
+    """DiTPipeline.save_pretrained drops the class names (the pipeline keeps them as name -> id, each synonym apart);
+    model_index.json's id2label gives them back to us and to diffusers."""
+    import json
+
+    names: dict[int, list[str]] = {}
+    for name, i in labels.items():
+        names.setdefault(int(i), []).append(name)
+    index = json.loads((folder / "model_index.json").read_text())
+    index["id2label"] = {str(i): ", ".join(names[i]) for i in sorted(names)}
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
