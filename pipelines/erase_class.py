@@ -10,6 +10,7 @@ from erase import DivergenceError
 from erase.methods import METHODS
 from eval.imagenet import EvalError
 from eval.report import summary
+from pipelines.card import push_to_hub
 from pipelines.config import CommandParser, load_config
 from pipelines.errors import ConfigError, UsageError
 from pipelines.job import dry_run, run_trials
@@ -45,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="continue the unfinished run in --output from its latest (or the given) checkpoint-<step> "
                              "and the samples on disk")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--push-to-hub", metavar="REPO",
+                        help="after the run, upload model/ (with its model card) to this Hugging Face Hub repository")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config (every key, defaults included) as YAML, and stop")
     parser.add_argument("--dry-run", action="store_true",
@@ -75,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"--trials must be >= 1, got {args.trials}")
         if args.overwrite and args.resume:
             raise UsageError("--overwrite and --resume contradict each other: pass one")
+        if args.push_to_hub and args.trials > 1:
+            raise UsageError("--push-to-hub uploads one model: run with --trials 1")
         if args.print_config:
             print(config_text(cfg), end="")
             return 0
@@ -83,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         metrics = run_trials(cfg, args.forget_class, output, args.trials, overwrite=args.overwrite,
                              resume=args.resume, progress=not args.quiet)
+        if args.push_to_hub and is_main_process():
+            print(f"pushed {output / 'model'} to {push_to_hub(output / 'model', args.push_to_hub)}")
     except (ConfigError, UsageError, EvalError) as e:
         if is_main_process():  # under a launcher every process fails alike: one line, not one per process
             print(f"erase-class: error: {e}", file=sys.stderr)

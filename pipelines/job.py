@@ -15,6 +15,7 @@ from erase.methods import METHODS
 from eval.plots import plot_forget_curve
 from eval.report import sample_grid, save_image
 from eval.storage import atomic_write_json, atomic_write_text
+from pipelines.card import model_card
 from pipelines.classes import resolve_class
 from pipelines.config import Config, to_dict
 from pipelines.data import check_writable
@@ -155,6 +156,7 @@ def run(cfg: Config, class_arg: str, output: Path, *, overwrite: bool = False, r
         if cfg.erase.stop_at_forget_accuracy is not None:
             plot_forget_curve(erased.log, cfg.erase.stop_at_forget_accuracy, cfg.erase.outer_steps,
                               output / "forget_curve.png")
+        model_card(metrics, pipeline=w.vae is not None).save(output / "model" / "README.md")
         for stale in output.glob("checkpoint-*"):  # the finished model supersedes them
             shutil.rmtree(stale, ignore_errors=True)
         atomic_write_json(output / "metrics.json", metrics)

@@ -278,3 +278,25 @@ def test_fid_bench_dry_run_lists_the_cells_and_writes_nothing(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "4 cells, 0 finished" in text and "sa / dual / class 3 / seed 1" in text
     assert not out.exists()
+
+
+def test_the_model_card_says_what_was_erased_how_well_and_how_to_load(tiny_run):
+    from huggingface_hub import ModelCard
+
+    _, out = tiny_run
+    m = json.loads((out / "metrics.json").read_text())
+    card = ModelCard.load(out / "model" / "README.md")
+    assert card.data.library_name == "diffusers" and "dualoptim" in card.data.tags
+    assert "class 3 (digit 3)" in card.text and "sfron with dual optimizer(s)" in card.text
+    assert f"| forget accuracy (lower is better) | {m['before']['forget_accuracy']:.3f} | " \
+           f"{m['after']['forget_accuracy']:.3f} |" in card.text
+    assert f"diffusers {m['protocol']['versions']['diffusers']}" in card.text
+    assert "DiTTransformer2DModel.from_pretrained" in card.text
+
+
+def test_push_to_hub_offline_fails_in_one_line_and_keeps_the_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert erase_class.main(["3", "--output", str(out), *TINY, "--push-to-hub", "someone/erased"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "could not push" in err and "hf auth login" in err
+    assert (out / "metrics.json").exists() and (out / "model" / "README.md").exists()
