@@ -33,14 +33,15 @@ class ErasureResult:
 def erase_class(forget_class: int | str, *, config: str | Path | Config = "digits", overrides: dict | None = None,
                 model: str | Path | DiTTransformer2DModel | DiTPipeline | None = None,
                 output: str | Path | None = None, trials: int = 1, overwrite: bool = False,
-                resume: str | None = None, progress: bool = True) -> ErasureResult:
+                resume: str | None = None, progress: bool = True, report_to: list[str] = ()) -> ErasureResult:
     """Erase `forget_class` (an id, synset or name) and measure the model before and after, as `erase-class` does.
 
     `config`: a preset name, a YAML path, or a Config; `overrides`: {"dotted.key": value}, as `--set`. `model`: a hub
     id or folder (as `--model`), or a DiTTransformer2DModel / DiTPipeline in memory, which is saved once into the cache
     (keyed by its weights) and run from there; a model other than the digits default needs data.path and
-    eval.fid_reference in `overrides`. `output` defaults to runs/<class>-<method>-<optimizer>-s<seed>. Raises
-    pipelines.errors.UsageError / ConfigError for bad input and erase.DivergenceError when erasure diverges."""
+    eval.fid_reference in `overrides`. `report_to`: trackers, as `--report-to`. `output` defaults to
+    runs/<class>-<method>-<optimizer>-s<seed>. Raises pipelines.errors.UsageError / ConfigError for bad input and
+    erase.DivergenceError when erasure diverges."""
     sets = [f"{key}={value}" for key, value in (overrides or {}).items()]
     if model is not None:
         sets = ["model.source=diffusers", f"model.path={_model_folder(model)}"] + sets
@@ -48,7 +49,8 @@ def erase_class(forget_class: int | str, *, config: str | Path | Config = "digit
     cls = str(forget_class)
     out = Path(output) if output is not None else Path("runs") / (
         f"{cls.replace(' ', '_')}-{cfg.method.name}-{cfg.erase.optimizer}-s{cfg.seed}")
-    metrics = run_trials(cfg, cls, out, trials, overwrite=overwrite, resume=resume, progress=progress)
+    metrics = run_trials(cfg, cls, out, trials, overwrite=overwrite, resume=resume, progress=progress,
+                         report_to=report_to)
     folder = out / "model" if trials == 1 else out / f"trial-s{cfg.seed}" / "model"
     erased = load_model(folder, **model_settings(cfg)).to(processes().device)
     return ErasureResult(metrics=metrics, output=out, model=erased)

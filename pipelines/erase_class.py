@@ -15,6 +15,7 @@ from pipelines.config import CommandParser, load_config
 from pipelines.errors import ConfigError, UsageError
 from pipelines.job import dry_run, run_trials
 from pipelines.plan import config_text
+from pipelines.tracking import TRACKERS
 from pipelines.workload import is_main_process, processes
 
 
@@ -46,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="continue the unfinished run in --output from its latest (or the given) checkpoint-<step> "
                              "and the samples on disk")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--report-to", nargs="+", choices=TRACKERS, default=[], metavar="TRACKER",
+                        help="log both losses, gradient norms and alpha every outer step, and the scores at the end, "
+                             "to tensorboard (under OUTPUT/logs/) and/or wandb")
     parser.add_argument("--push-to-hub", metavar="REPO",
                         help="after the run, upload model/ (with its model card) to this Hugging Face Hub repository")
     parser.add_argument("--print-config", action="store_true",
@@ -87,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             print(dry_run(cfg, args.forget_class, output, args.trials, args.overwrite, args.resume))
             return 0
         metrics = run_trials(cfg, args.forget_class, output, args.trials, overwrite=args.overwrite,
-                             resume=args.resume, progress=not args.quiet)
+                             resume=args.resume, progress=not args.quiet, report_to=args.report_to)
         if args.push_to_hub and is_main_process():
             print(f"pushed {output / 'model'} to {push_to_hub(output / 'model', args.push_to_hub)}")
     except (ConfigError, UsageError, EvalError) as e:

@@ -44,12 +44,13 @@ class Erased:
 
 
 def erase(w: Workload, cfg: Config, forget_class: int, real: RealData, output: Path, *, resume: str | None = None,
-          progress: bool = True) -> Erased:
+          progress: bool = True, trackers=None) -> Erased:
     """The method's preparation (mask, Fisher, replay) then Algorithm 1 on a copy of the base model.
 
     Writes output/prepared.safetensors (mask and method state, reused on resume), output/log.jsonl and
     checkpoint-<step> folders every `erase.checkpoint_every` outer steps. `real` is the base model's real data
-    (`streams.real_data`); `resume` is "latest" or a checkpoint folder. Every process runs this; only the main one
+    (`streams.real_data`); `resume` is "latest" or a checkpoint folder; `trackers` (tracking.Trackers) get every
+    step's record. Every process runs this; only the main one
     writes. A divergence raises DivergenceError with the advice of `diverged`."""
     state = processes()
     main = state.is_main_process
@@ -125,6 +126,8 @@ def erase(w: Workload, cfg: Config, forget_class: int, real: RealData, output: P
             if main:
                 log_file.write(json.dumps(record) + "\n")
                 log_file.flush()
+                if trackers is not None:
+                    trackers.log({k: v for k, v in record.items() if k != "step"}, step=finished)
                 if e.checkpoint_every and finished % e.checkpoint_every == 0 and finished < e.outer_steps and not stop:
                     save_checkpoint(output, finished, model, optimizers)
             return stop

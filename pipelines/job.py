@@ -25,6 +25,7 @@ from pipelines.evaluation import SCORES, evaluate, evaluate_base, grid_classes, 
 from pipelines.plan import passes, passes_table
 from pipelines.pretrained import load_model
 from pipelines.streams import real_data
+from pipelines.tracking import Trackers, check_trackers
 from pipelines.workload import classes_of, model_settings, prepare, processes
 
 
@@ -84,7 +85,7 @@ def start_output(output: Path, cfg: Config, overwrite: bool) -> None:
 
 
 def run(cfg: Config, class_arg: str, output: Path, *, overwrite: bool = False, resume: str | None = None,
-        progress: bool = True) -> dict:
+        progress: bool = True, report_to: list[str] = ()) -> dict:
     """The whole job: prepare, measure the base model, erase, measure again, write the outputs.
 
     Killed at any point, the same call with `resume` continues: the prepared mask, the latest erasure checkpoint and
@@ -98,6 +99,7 @@ def run(cfg: Config, class_arg: str, output: Path, *, overwrite: bool = False, r
     forget_class = resolve_class(class_arg, classes)
     check_pseudo_class(cfg, forget_class, len(classes))
     check_processes(cfg)
+    check_trackers(report_to)
     if check_output(output, cfg, overwrite, resume):
         return json.loads((output / "metrics.json").read_text())
     check_writable(output, "--output")  # now, not after hours of evaluation
@@ -110,6 +112,7 @@ def run(cfg: Config, class_arg: str, output: Path, *, overwrite: bool = False, r
     before = evaluate_base(w, cfg, forget_class, progress, job=output)
     t_before = time.perf_counter()
     start_output(output, cfg, overwrite)
+    trackers = Trackers(list(report_to) if main else [], output, cfg, run_name=output.name)
     # Erasure (or its result, when a resumed run had finished it).
     if resume and (output / "erase.json").exists():
         done = json.loads((output / "erase.json").read_text())
@@ -117,7 +120,7 @@ def run(cfg: Config, class_arg: str, output: Path, *, overwrite: bool = False, r
                         [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()],
                         done["timings"], done["mask_kept_fraction"])
     else:
-        erased = erase(w, cfg, forget_class, real, output, resume=resume, progress=progress)
+        erased = erase(w, cfg, forget_class, real, output, resume=resume, progress=progress, trackers=trackers)
         if main:
             save_model(erased.model, w, output / "model")
             atomic_write_json(output / "erase.json", {"timings": erased.timings,
@@ -160,6 +163,9 @@ def run(cfg: Config, class_arg: str, output: Path, *, overwrite: bool = False, r
         for stale in output.glob("checkpoint-*"):  # the finished model supersedes them
             shutil.rmtree(stale, ignore_errors=True)
         atomic_write_json(output / "metrics.json", metrics)
+        trackers.log({"before": {k: before[k] for k in SCORES}, "after": {k: after[k] for k in SCORES}},
+                     step=len(erased.log))
+        trackers.finish()
     state.wait_for_everyone()
     return metrics if main else json.loads((output / "metrics.json").read_text())
 
@@ -188,10 +194,11 @@ def aggregate_trials(runs: list[dict]) -> dict:
 
 
 def run_trials(cfg: Config, class_arg: str, output: Path, trials: int = 1, *, overwrite: bool = False,
-               resume: str | None = None, progress: bool = True) -> dict:
+               resume: str | None = None, progress: bool = True, report_to: list[str] = ()) -> dict:
     """K runs with seeds seed, seed+1, ..., each in `output/trial-s<seed>`; `output/metrics.json` aggregates them."""
     if trials == 1:
-        return run(cfg, class_arg, output, overwrite=overwrite, resume=resume, progress=progress)
+        return run(cfg, class_arg, output, overwrite=overwrite, resume=resume, progress=progress,
+                   report_to=report_to)
     state = processes()
     resolve_class(class_arg, classes_of(cfg))
     check_processes(cfg)
@@ -200,7 +207,7 @@ def run_trials(cfg: Config, class_arg: str, output: Path, trials: int = 1, *, ov
     check_writable(output, "--output")
     start_output(output, cfg, overwrite)
     runs = [run(dataclasses.replace(cfg, seed=seed), class_arg, output / f"trial-s{seed}", resume="latest",
-                progress=progress) for seed in range(cfg.seed, cfg.seed + trials)]
+                progress=progress, report_to=report_to) for seed in range(cfg.seed, cfg.seed + trials)]
     metrics = aggregate_trials(runs)
     if state.is_main_process:
         atomic_write_json(output / "metrics.json", metrics)

@@ -300,3 +300,19 @@ def test_push_to_hub_offline_fails_in_one_line_and_keeps_the_run(tmp_path, capsy
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "could not push" in err and "hf auth login" in err
     assert (out / "metrics.json").exists() and (out / "model" / "README.md").exists()
+
+
+def test_report_to_tensorboard_logs_every_step_and_the_scores(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tracked"
+    assert erase_class.main(["3", "--output", str(out), *TINY, "--report-to", "tensorboard"]) == 0
+    acc = EventAccumulator(str(out / "logs" / "tracked"))  # the run's scalars (its hparams sit in a sub-folder)
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    for tag in ("forget_loss", "retain_loss", "forget_grad_norm", "retain_grad_norm", "alpha"):
+        assert [e.step for e in acc.Scalars(tag)] == [1, 2, 3]
+    m = json.loads((out / "metrics.json").read_text())
+    (fid,) = acc.Scalars("after/fid")
+    assert fid.step == 3 and fid.value == pytest.approx(m["after"]["fid"], rel=1e-6)
+    assert {"before/forget_accuracy", "after/retain_accuracy"} <= tags
