@@ -6,6 +6,7 @@ import contextlib
 import copy
 import dataclasses
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -172,7 +173,15 @@ def save_model(model, w: Workload, folder: Path) -> None:
 
 
 def check_processes(cfg: Config) -> None:
-    """Data parallelism splits every erasure batch evenly over the processes."""
+    """The launch agrees with the config: data parallelism splits every erasure batch evenly over the processes, and
+    a mixed precision chosen by `accelerate launch` (its flag or `accelerate config`) is the config's."""
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if launched is not None and launched != cfg.compute.mixed_precision:
+        fix = (f"--set compute.mixed_precision={launched}" if launched in ("no", "bf16")
+               else "--set compute.mixed_precision=bf16 (fp16 is not supported: its loss scaling is not implemented)")
+        raise UsageError(f"accelerate launch asks for mixed precision {launched} but compute.mixed_precision is "
+                         f"{cfg.compute.mixed_precision}: make them agree, with {fix} or accelerate launch "
+                         f"--mixed_precision {cfg.compute.mixed_precision}")
     n = processes().num_processes
     if cfg.erase.batch_size % n:
         raise UsageError(f"erase.batch_size {cfg.erase.batch_size} does not split over {n} processes: set it to a "

@@ -316,3 +316,33 @@ def test_report_to_tensorboard_logs_every_step_and_the_scores(tmp_path):
     (fid,) = acc.Scalars("after/fid")
     assert fid.step == 3 and fid.value == pytest.approx(m["after"]["fid"], rel=1e-6)
     assert {"before/forget_accuracy", "after/retain_accuracy"} <= tags
+
+
+def test_accelerate_launch_with_two_processes_gives_the_weights_of_one(tiny_run, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _, one = tiny_run
+    two = tmp_path / "two"
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    # --multi_gpu on a machine without one launches processes that talk over gloo (accelerate's MULTI_CPU); --cpu
+    # would launch one process
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29519",
+           "-m", "pipelines.erase_class", "3", "--output", str(two), *TINY]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = load_file(str(one / "model" / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(two / "model" / "diffusion_pytorch_model.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4) for k in a)
+    assert json.loads((two / "metrics.json").read_text())["timings"]["processes"] == 2
+
+
+def test_a_launch_precision_other_than_the_configs_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    out = tmp_path / "never"
+    assert erase_class.main(["3", "--output", str(out), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "compute.mixed_precision=bf16" in err and not out.exists()
