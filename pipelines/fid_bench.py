@@ -1,12 +1,16 @@
 """fid-bench: the method x optimizer x class x seed table (forget accuracy, retain accuracy, FID, spread over seeds)."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import itertools
 import json
+import os
+import socket
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -21,7 +25,7 @@ from pipelines.classes import resolve_class
 from pipelines.config import CommandParser, load_config, to_dict
 from pipelines.data import check_writable
 from pipelines.errors import ConfigError, UsageError
-from pipelines.evaluation import SCORES
+from pipelines.evaluation import SCORES, main_decides
 from pipelines.job import run
 from pipelines.plan import config_text, passes
 from pipelines.workload import classes_of, is_main_process, processes
@@ -136,6 +140,56 @@ def cell_folder(output: Path, method: str, optimizer: str, cls: str, seed: int) 
     return output / "cells" / f"{method}-{optimizer}-{cls.replace(' ', '_')}-s{seed}"
 
 
+def claim(cell: Path, stale_after: float) -> bool:
+    """Whether this job runs the cell: it takes the cell's claim file (claims/<cell>), or one that a dead job left (on
+    this host: its process is gone; on another: nothing in the claim or the cell folder changed for `stale_after`
+    seconds). Several jobs over one output folder (a job array, several machines) thus never run a cell twice. Two
+    jobs that find the same dead claim at the same instant may both take it; the cell's result is the same either
+    way."""
+    path = cell.parent.parent / "claims" / cell.name  # beside the cells: a cell folder holds a run and nothing else
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if not _abandoned(path, cell, stale_after):
+                return False
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(path, path.with_name(f"{path.name}.abandoned-{os.getpid()}"))
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{socket.gethostname()} {os.getpid()}")
+        return True
+    return False
+
+
+def _abandoned(path: Path, cell: Path, stale_after: float) -> bool:
+    try:
+        host, pid = path.read_text().split()
+    except (FileNotFoundError, ValueError):
+        return False  # being written or just released: look again next time
+    if host == socket.gethostname():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+    newest = max([path.stat().st_mtime] + [p.stat().st_mtime for p in cell.rglob("*")])  # a running cell writes
+    return time.time() - newest > stale_after
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard {text}: give i/N, e.g. 0/4") from None
+    if not 0 <= i < n:
+        raise UsageError(f"--shard {text}: i must be in 0..N-1")
+    return i, n
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = CommandParser(prog="fid-bench", description=__doc__)
     parser.add_argument("spec", nargs="?", default="digits", help="benchmark spec: a name in configs/bench/ or a "
@@ -154,6 +208,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true",
                         help="check the spec and every cell's config, print the cells to run and their network "
                              "passes, and stop")
+    parser.add_argument("--shard", metavar="i/N",
+                        help="run only cells i, i + N, i + 2N, ... of the grid (e.g. a job array's index); claims keep "
+                             "jobs apart in any case")
+    parser.add_argument("--claim-timeout", type=float, default=6.0, metavar="HOURS",
+                        help="a cell claimed by a job on another machine is taken over when nothing in its folder "
+                             "changed for this long (default 6)")
+    parser.add_argument("--aggregate", action="store_true",
+                        help="run nothing: write the tables from the cells finished so far")
     cells, logs, diverged = [], {}, []
     main = processes().is_main_process
     try:
@@ -186,33 +248,48 @@ def main(argv: list[str] | None = None) -> int:
                   f"{total[1]:,d} backward")
             return 0
         check_writable(args.output, "--output")  # before the first cell, not after it
+        shard = _shard(args.shard) if args.shard else (0, 1)
         for i, ((method, optimizer, cls, seed), cfg) in enumerate(zip(grid, configs)):
             out = cell_folder(args.output, method, optimizer, cls, seed)
-            logs[method, optimizer, cls, seed] = out / "log.jsonl"
             saved = out / "config.yaml"
             if saved.exists() and yaml.safe_load(saved.read_text()) != to_dict(cfg):
                 raise UsageError(f"cell {out} was run with another config: give a new --output for a changed "
                                  "benchmark")
-            if (out / "metrics.json").exists():  # finished earlier: an interrupted benchmark resumes here
-                cells.append(json.loads((out / "metrics.json").read_text()))
+            if (out / "metrics.json").exists() or (out / "diverged.txt").exists():  # an interrupted run resumes here
                 continue
-            if (out / "diverged.txt").exists():
-                reason = (out / "diverged.txt").read_text()
-                diverged.append(f"{method} / {optimizer} / class {cls} / seed {seed}: {reason}")
-                continue
+            if args.aggregate or i % shard[1] != shard[0] or not main_decides(
+                    main and claim(out, args.claim_timeout * 3600)):
+                continue  # another shard's, or another job's (claimed)
             if main:
                 print(f"fid-bench: cell {i + 1}/{len(grid)}: {method} / {optimizer} / class {cls} / seed {seed}",
                       file=sys.stderr)
             try:
-                cells.append(run(cfg, cls, out, resume="latest", progress=not args.quiet))  # a killed cell continues
+                run(cfg, cls, out, resume="latest", progress=not args.quiet)  # a killed cell continues
             except DivergenceError as e:  # a result too: the cell is reported, the benchmark goes on
                 if main:
                     atomic_write_text(out / "diverged.txt", str(e))
-                diverged.append(f"{method} / {optimizer} / class {cls} / seed {seed}: {e}")
     except (ConfigError, UsageError, EvalError) as e:
         if is_main_process():  # under a launcher every process fails alike: one line, not one per process
             print(f"fid-bench: error: {e}", file=sys.stderr)
         return 2
+    processes().wait_for_everyone()
+    pending = []
+    for method, optimizer, cls, seed in grid:  # every finished cell, in the grid's order, whichever job ran it
+        out = cell_folder(args.output, method, optimizer, cls, seed)
+        name = f"{method} / {optimizer} / class {cls} / seed {seed}"
+        logs[method, optimizer, cls, seed] = out / "log.jsonl"
+        if (out / "metrics.json").exists():
+            cells.append(json.loads((out / "metrics.json").read_text()))
+        elif (out / "diverged.txt").exists():
+            diverged.append(f"{name}: {(out / 'diverged.txt').read_text()}")
+        else:
+            pending.append(name)
+    if pending and not args.aggregate:  # other jobs (or shards) run these: the last job to finish writes the tables
+        if is_main_process():
+            print(f"fid-bench: {len(pending)} of {len(grid)} cells are left to other jobs (--shard, or claimed in "
+                  f"their folders); the job that finishes last writes the tables, or run this command with "
+                  "--aggregate", file=sys.stderr)
+        return 0
     if not cells:
         if is_main_process():
             print("fid-bench: error: every cell diverged: " + "; ".join(diverged), file=sys.stderr)
@@ -228,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(args.output / "results.csv", buf.getvalue())
     command = "fid-bench " + " ".join(argv if argv is not None else sys.argv[1:])
     table = markdown(rows, cells, command, diverged)
+    if pending:
+        table += "\n".join([f"Not finished when these tables were written: {len(pending)} cell(s)", ""] +
+                            [f"* {name}" for name in pending]) + "\n"
     atomic_write_text(args.output / "results.md", table)
     plot_curves(logs, args.output)
     print(table)
