@@ -1,16 +1,12 @@
 """fid-bench: the method x optimizer x class x seed table (forget accuracy, retain accuracy, FID, spread over seeds)."""
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import itertools
 import json
-import os
-import socket
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import yaml
@@ -21,6 +17,7 @@ from eval.imagenet import EvalError
 from eval.plots import plot_curves
 from eval.report import protocol_line
 from eval.storage import atomic_write_json, atomic_write_text
+from pipelines.claims import claim, shard_of
 from pipelines.classes import resolve_class
 from pipelines.config import CommandParser, load_config, to_dict
 from pipelines.data import check_writable
@@ -140,56 +137,6 @@ def cell_folder(output: Path, method: str, optimizer: str, cls: str, seed: int) 
     return output / "cells" / f"{method}-{optimizer}-{cls.replace(' ', '_')}-s{seed}"
 
 
-def claim(cell: Path, stale_after: float) -> bool:
-    """Whether this job runs the cell: it takes the cell's claim file (claims/<cell>), or one that a dead job left (on
-    this host: its process is gone; on another: nothing in the claim or the cell folder changed for `stale_after`
-    seconds). Several jobs over one output folder (a job array, several machines) thus never run a cell twice. Two
-    jobs that find the same dead claim at the same instant may both take it; the cell's result is the same either
-    way."""
-    path = cell.parent.parent / "claims" / cell.name  # beside the cells: a cell folder holds a run and nothing else
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            if not _abandoned(path, cell, stale_after):
-                return False
-            with contextlib.suppress(FileNotFoundError):
-                os.replace(path, path.with_name(f"{path.name}.abandoned-{os.getpid()}"))
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{socket.gethostname()} {os.getpid()}")
-        return True
-    return False
-
-
-def _abandoned(path: Path, cell: Path, stale_after: float) -> bool:
-    try:
-        host, pid = path.read_text().split()
-    except (FileNotFoundError, ValueError):
-        return False  # being written or just released: look again next time
-    if host == socket.gethostname():
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
-    newest = max([path.stat().st_mtime] + [p.stat().st_mtime for p in cell.rglob("*")])  # a running cell writes
-    return time.time() - newest > stale_after
-
-
-def _shard(text: str) -> tuple[int, int]:
-    try:
-        i, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise UsageError(f"--shard {text}: give i/N, e.g. 0/4") from None
-    if not 0 <= i < n:
-        raise UsageError(f"--shard {text}: i must be in 0..N-1")
-    return i, n
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = CommandParser(prog="fid-bench", description=__doc__)
     parser.add_argument("spec", nargs="?", default="digits", help="benchmark spec: a name in configs/bench/ or a "
@@ -248,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{total[1]:,d} backward")
             return 0
         check_writable(args.output, "--output")  # before the first cell, not after it
-        shard = _shard(args.shard) if args.shard else (0, 1)
+        shard = shard_of(args.shard) if args.shard else (0, 1)
         for i, ((method, optimizer, cls, seed), cfg) in enumerate(zip(grid, configs)):
             out = cell_folder(args.output, method, optimizer, cls, seed)
             saved = out / "config.yaml"

@@ -8,7 +8,7 @@ from pathlib import Path
 from conftest import TINY
 
 from pipelines import fid_bench
-from pipelines.fid_bench import claim
+from pipelines.claims import claim
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = ["--methods", "ga", "--optimizers", "dual", "--classes", "3", "0", "--seeds", "0", "1", *TINY]
