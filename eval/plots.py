@@ -23,11 +23,20 @@ def _series(records: list[dict], key: str) -> np.ndarray:
 
 
 def _grid(logs: dict[tuple, Path]):
+    """A panel per (class, method): rows of classes, columns of methods; with one method the classes wrap into rows
+    of up to 5 panels (a single column of ten would be a strip). axes[i][j] is class i, method j either way."""
     methods = sorted({k[0] for k in logs})
     classes = list(dict.fromkeys(k[2] for k in logs))
-    fig = Figure(figsize=(3.6 * len(methods), 2.8 * len(classes)))
-    axes = fig.subplots(len(classes), len(methods), squeeze=False)
-    return fig, axes, methods, classes
+    cols = min(len(classes), 5) if len(methods) == 1 else len(methods)
+    rows = -(-len(classes) // cols) if len(methods) == 1 else len(classes)
+    fig = Figure(figsize=(3.6 * cols, 2.8 * rows))
+    grid = fig.subplots(rows, cols, squeeze=False)
+    if len(methods) > 1:
+        return fig, grid, methods, classes
+    flat = list(grid.flat)
+    for ax in flat[len(classes):]:
+        ax.set_visible(False)
+    return fig, [[ax] for ax in flat[:len(classes)]], methods, classes
 
 
 def _label(ax, title: str, ylabel: str) -> None:

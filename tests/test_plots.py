@@ -29,3 +29,13 @@ def test_each_panel_has_few_short_tick_labels(name):
     assert 2 <= len(labels) <= 6, labels
     assert all(len(label) <= 16 for label in labels), labels  # no "6.18782 x 10^-2"-style labels
     assert hi / max(lo, 1e-300) < 1e10 or lo < 0  # a diverging seed does not stretch the axis over 30 decades
+
+
+def test_one_method_over_many_classes_wraps_into_rows(tmp_path):
+    from eval.plots import _grid
+
+    logs = {("sfron", "dual", str(c), 0): tmp_path / f"{c}.jsonl" for c in range(10)}
+    fig, axes, methods, classes = _grid(logs)
+    assert methods == ["sfron"] and len(axes) == 10 and all(len(row) == 1 for row in axes)
+    width, height = fig.get_size_inches()
+    assert width > height  # 2 rows of 5, not a column of 10
