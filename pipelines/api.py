@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from diffusers import DiTPipeline, DiTTransformer2DModel
 
-from eval.storage import cache_root, fingerprint
+from eval.storage import atomic_write_text, cache_root, fingerprint, replace_folder
 from pipelines.config import Config, load_config, to_dict
 from pipelines.dit import separate_copies
 from pipelines.errors import UsageError
@@ -62,8 +62,7 @@ def _written(settings: dict) -> str:
 
     path = cache_root() / "configs" / f"{fingerprint(settings)}.yaml"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(settings, sort_keys=False))
+        atomic_write_text(path, yaml.safe_dump(settings, sort_keys=False))
     return str(path)
 
 
@@ -86,7 +85,7 @@ def _model_folder(model) -> str:
             model.save_pretrained(tmp)
         if isinstance(model, DiTPipeline) and getattr(model, "labels", None):
             _keep_labels(tmp, model.labels)
-        tmp.replace(folder)
+        replace_folder(tmp, folder)
     return str(folder)
 
 

@@ -184,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
                   "the first:")
             print(config_text(configs[0]), end="")
             return 0
-        todo = [c for c, cfg in zip(grid, configs) if not (cell_folder(args.output, *c) / "metrics.json").exists()]
         if args.dry_run:
+            todo = [c for c in grid if not (cell_folder(args.output, *c) / "metrics.json").exists()]
             shown = min(len(classes), configs[0].eval.grid_classes)
             total = [sum(p[i] for cfg in configs for p in passes(cfg, len(classes), shown)) for i in (1, 2)]
             print(f"dry run: {len(grid)} cells, {len(grid) - len(todo)} finished in {args.output}, {len(todo)} to run:")

@@ -44,8 +44,8 @@ class Trackers:
     def __init__(self, names: list[str], output: Path, cfg: Config, run_name: str):
         from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 
-        check_trackers(names)
-        self.trackers = []
+        self.trackers = []  # names were checked before any work (check_trackers, in job.run)
+        settings = {k.replace("/", "."): v for k, v in _flat(to_dict(cfg), numbers_only=False).items()}
         for name in names:
             cls = LOGGER_TYPE_TO_CLASS[name]
             # W&B: accelerate's first argument is the project
@@ -53,8 +53,7 @@ class Trackers:
                        else cls("dualerase", name=run_name))
             if hasattr(tracker, "start"):
                 tracker.start()
-            settings = _flat(to_dict(cfg), numbers_only=False)
-            tracker.store_init_configuration({k.replace("/", "."): v for k, v in settings.items()})
+            tracker.store_init_configuration(settings)
             self.trackers.append(tracker)
 
     def log(self, values: dict, step: int) -> None:
