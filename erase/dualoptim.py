@@ -76,13 +76,14 @@ def alpha_at(step: int, cfg: EraseConfig) -> float:
 def make_optimizers(params: list[torch.nn.Parameter], cfg: EraseConfig):
     """(Optim_f, Optim_r): two optimizers with separate states in dual mode, the same object in shared mode."""
     retain_cls = OPTIMIZERS[cfg.retain_optimizer]
+    fused = {"fused": True} if params and all(p.is_cuda for p in params) else {}  # one kernel per step on CUDA
     if cfg.optimizer == "shared":
-        shared = retain_cls(params, lr=cfg.shared_lr, weight_decay=cfg.retain_weight_decay)
+        shared = retain_cls(params, lr=cfg.shared_lr, weight_decay=cfg.retain_weight_decay, **fused)
         return shared, shared
     if cfg.optimizer != "dual":
         raise ValueError(f"unknown optimizer mode {cfg.optimizer!r}: use 'dual' or 'shared'")
-    forget = OPTIMIZERS[cfg.forget_optimizer](params, lr=cfg.forget_lr, weight_decay=cfg.forget_weight_decay)
-    retain = retain_cls(params, lr=cfg.retain_lr, weight_decay=cfg.retain_weight_decay)
+    forget = OPTIMIZERS[cfg.forget_optimizer](params, lr=cfg.forget_lr, weight_decay=cfg.forget_weight_decay, **fused)
+    retain = retain_cls(params, lr=cfg.retain_lr, weight_decay=cfg.retain_weight_decay, **fused)
     return forget, retain
 
 
@@ -107,24 +108,35 @@ def _average_gradients(params) -> None:
         offset += p.numel()
 
 
-def _finite_everywhere(loss: torch.Tensor) -> bool:
-    """Whether the loss is finite on every process (so that all of them stop together, none left in an all-reduce)."""
-    finite = torch.isfinite(loss.detach()).float()
+def _check(where, losses: list[torch.Tensor], norm: torch.Tensor, params) -> tuple[list[float], float]:
+    """(losses, gradient norm) as floats, read in ONE host sync per update: raise DivergenceError if a loss, the
+    gradient norm or any weight is not finite, here or (under torch.distributed) on another process, so that all
+    processes stop together and none is left waiting in an all-reduce."""
+    weights = torch.nn.utils.get_total_norm(params, math.inf)  # max |w|, one fused pass: non-finite iff a weight is
+    stats = torch.stack([*(loss.detach().float() for loss in losses), norm.detach().float(), weights.float()])
     if world()[1] > 1:
+        finite = torch.isfinite(stats).all().float()
         dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-    return bool(finite.item())
+        stats = torch.cat([stats, finite.view(1)])
+    *values, ok = stats.tolist() if world()[1] > 1 else [*stats.tolist(), 1.0]
+    *loss_values, norm_v, weights_v = values
+    bad = [v for v in loss_values if not math.isfinite(v)]
+    reason = (f"loss is {bad[0]}" if bad else f"gradient norm is {norm_v}" if not math.isfinite(norm_v) else
+              "weights became non-finite" if not math.isfinite(weights_v) else
+              None if ok else "loss is not finite on another process")
+    if reason is not None:
+        raise DivergenceError(*where, reason)
+    return loss_values, norm_v
 
 
-def _update(params, masks, loss, optimizer, clip, keep_masked, where, clip_then_mask=False):
-    """One optimizer step on `loss`: backward, average over processes, mask the gradients, clip, step (or clip, then
-    mask: `clip_then_mask`, SalUn's order). `where` = (side, outer step) names the step if it diverges.
+def _update(params, masks, weighted, optimizer, clip, keep_masked, where, clip_then_mask=False):
+    """One optimizer step on the sum of w * loss over `weighted` [(w, loss), ...]: backward, average over processes,
+    mask the gradients, clip, step (or clip, then mask: `clip_then_mask`, SalUn's order). `where` = (side, outer
+    step) names the step if it diverges. A diverged step has been taken when it raises: its weights are discarded.
 
-    Returns the gradient norm before clipping (of the masked gradient, unless `clip_then_mask`)."""
-    if not _finite_everywhere(loss):
-        raise DivergenceError(*where, f"loss is {loss.item()}" if not torch.isfinite(loss) else
-                              "loss is not finite on another process")
+    Returns ([each loss], the gradient norm before clipping (of the masked gradient, unless `clip_then_mask`))."""
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    sum(w * loss for w, loss in weighted).backward()
     if world()[1] > 1:
         _average_gradients(params)
     if masks is not None and not clip_then_mask:
@@ -132,19 +144,17 @@ def _update(params, masks, loss, optimizer, clip, keep_masked, where, clip_then_
     norm = torch.nn.utils.clip_grad_norm_(params, clip if clip is not None else math.inf)
     if masks is not None and clip_then_mask:
         _mask(params, masks)
-    if not torch.isfinite(norm):
-        raise DivergenceError(*where, f"gradient norm is {norm.item()}")
-    # A separate forget optimizer has zero state at masked coordinates, so Adam moves them by exactly 0; decoupled
-    # weight decay would still shrink them, so they are put back after the step.
-    frozen = [p.detach()[~m].clone() for p, m in zip(params, masks)] if keep_masked else None
+    # A separate optimizer that only ever sees masked gradients has zero state at masked coordinates, so Adam (or SGD)
+    # moves them by exactly 0; decoupled weight decay would still shrink them, so then they are put back after the step
+    # (a copy of every masked value: only paid when that optimizer decays weights).
+    decays = keep_masked and any(g.get("weight_decay", 0) for g in optimizer.param_groups)
+    frozen = [p.detach()[~m].clone() for p, m in zip(params, masks)] if decays else None
     optimizer.step()
     if frozen is not None:
         with torch.no_grad():
             for p, m, v in zip(params, masks, frozen):
                 p[~m] = v
-    if not all(torch.isfinite(p).all() for p in params):
-        raise DivergenceError(*where, "weights became non-finite")
-    return norm.item()
+    return _check(where, [loss for _, loss in weighted], norm, params)
 
 
 def _mask(params, masks) -> None:
@@ -203,25 +213,23 @@ def unlearn(
         w_f, w_r = (alpha, 1.0) if method.alpha_weights == "forget" else (1.0, alpha)
         record = {"step": step, "alpha": alpha}
         if joint:
-            f_loss = method.forget_loss(model, next(forget_data))
-            r_loss = method.retain_loss(model, next(retain_data))
-            norm = _update(params, masks, w_f * f_loss + w_r * r_loss, optim_f, cfg.forget_clip, False,
-                           ("joint", step), order)
-            record.update(forget_loss=f_loss.item(), retain_loss=r_loss.item(), forget_grad_norm=None,
-                          retain_grad_norm=None, joint_grad_norm=norm)
+            f, r = method.forget_loss(model, next(forget_data)), method.retain_loss(model, next(retain_data))
+            (f_loss, r_loss), norm = _update(params, masks, [(w_f, f), (w_r, r)], optim_f, cfg.forget_clip, False,
+                                             ("joint", step), order)
+            record.update(forget_loss=f_loss, retain_loss=r_loss, forget_grad_norm=None, retain_grad_norm=None,
+                          joint_grad_norm=norm)
         else:
             f_loss = f_norm = r_loss = r_norm = 0.0
             for _ in range(cfg.forget_steps):
                 loss = method.forget_loss(model, next(forget_data))
-                f_norm += _update(params, masks, w_f * loss, optim_f, cfg.forget_clip, keep_masked,
-                                  ("forget", step), order) / cfg.forget_steps
-                f_loss += loss.item() / cfg.forget_steps
+                (value,), norm = _update(params, masks, [(w_f, loss)], optim_f, cfg.forget_clip, keep_masked,
+                                         ("forget", step), order)
+                f_loss, f_norm = f_loss + value / cfg.forget_steps, f_norm + norm / cfg.forget_steps
             for _ in range(cfg.retain_steps):
                 loss = method.retain_loss(model, next(retain_data))
-                r_norm += _update(params, masks if cfg.mask_retain else None, w_r * loss, optim_r, cfg.retain_clip,
-                                  keep_masked and cfg.mask_retain, ("retain", step),
-                                  order) / cfg.retain_steps
-                r_loss += loss.item() / cfg.retain_steps
+                (value,), norm = _update(params, masks if cfg.mask_retain else None, [(w_r, loss)], optim_r,
+                                         cfg.retain_clip, keep_masked and cfg.mask_retain, ("retain", step), order)
+                r_loss, r_norm = r_loss + value / cfg.retain_steps, r_norm + norm / cfg.retain_steps
             record.update(forget_loss=f_loss, retain_loss=r_loss, forget_grad_norm=f_norm, retain_grad_norm=r_norm)
         log.append(record)
         if on_step is not None and on_step(record):

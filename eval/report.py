@@ -86,7 +86,9 @@ def protocol_line(p: dict) -> str:
                 if "versions" in p else "")
     model = (f", model: {p['embedders'].split(' (')[0]} embedders, timestep shift {p['timestep_shift']}, LayerNorm eps "
              f"{p['norm_eps']:g}, {p['model_parameters'] / 1e6:.4g}M parameters" if "embedders" in p else "")
-    return (f"{p['sampler']}, {p['steps']} steps{spacing}, guidance {p['guidance']}{channels}{precision}{model}, "
+    fast = "PROTOCOL: FAST (for quick looks only; published comparisons need the full protocol), " \
+        if p.get("protocol", "full") != "full" else ""
+    return (f"{fast}{p['sampler']}, {p['steps']} steps{spacing}, guidance {p['guidance']}{channels}{precision}{model}, "
             f"{p['forget_samples']} forget / "
             f"{p['retain_samples']} retain samples, FID reference {p['reference']}, features {p['feature_extractor']}, "
             f"classifier {p['classifier']}, seed {p['seed']}{software}")

@@ -6,7 +6,7 @@ import contextlib
 import copy
 
 import torch
-from diffusers import DDPMScheduler, DiTTransformer2DModel
+from diffusers import DDIMScheduler, DDPMScheduler, DiTTransformer2DModel, DPMSolverMultistepScheduler
 from diffusers.models.embeddings import LabelEmbedding
 
 
@@ -152,6 +152,24 @@ def make_scheduler(num_train_timesteps: int = 1000, timestep_spacing: str = "lin
     return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="linear", beta_start=1e-4,
                          beta_end=0.02, variance_type="learned_range", clip_sample=False,
                          timestep_spacing=timestep_spacing)
+
+
+SCHEDULER_NAMES = {"ddpm": "DDPM", "ddim": "DDIM (eta 0)", "dpm-solver++": "DPM-Solver++ (2nd order)"}
+
+
+def sampler_scheduler(kind: str = "ddpm", timestep_spacing: str = "linspace"):
+    """The scheduler of sample.scheduler on DiT's diffusion: "ddpm" (DiT's sampler, learned variance), "ddim" (eta 0,
+    deterministic), or "dpm-solver++" (2nd-order multistep); the last two read epsilon only (fixed variance)."""
+    ddpm = make_scheduler(timestep_spacing=timestep_spacing)
+    if kind == "ddpm":
+        return ddpm
+    common = {k: ddpm.config[k] for k in ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end",
+                                          "timestep_spacing")}
+    if kind == "ddim":
+        return DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=True)
+    if kind == "dpm-solver++":
+        return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2)
+    raise ValueError(f"unknown sample.scheduler {kind!r}: use ddpm, ddim or dpm-solver++")
 
 
 def learns_sigma(model: DiTTransformer2DModel) -> bool:

@@ -13,7 +13,7 @@ import torch
 from eval.report import save_samples
 from eval.storage import atomic_write_json, cache_root, fingerprint
 from pipelines.config import Config
-from pipelines.dit import describe_model, learns_sigma
+from pipelines.dit import SCHEDULER_NAMES, describe_model, learns_sigma
 from pipelines.sampling import class_labels, from_uint8, generate, to_uint8
 from pipelines.streams import stream_seed
 from pipelines.workload import Workload, processes
@@ -24,14 +24,17 @@ SCORES = ("forget_accuracy", "forget_probability", "forget_entropy", "retain_acc
 def protocol(cfg: Config, w: Workload, forget_class: int) -> dict:
     """Everything needed to reproduce or compare the numbers."""
     return {
-        "sampler": "DDPM (diffusers DDPMScheduler, "
-                   f"{'learned variance' if learns_sigma(w.model) else 'fixed variance: the model predicts none'})",
+        "protocol": "full" if cfg.eval.protocol == "full" else "fast: for quick looks only; published comparisons need "
+                    "the full protocol",
+        "sampler": f"{SCHEDULER_NAMES[cfg.sample.scheduler]} (diffusers, " + (
+            "learned variance" if cfg.sample.scheduler == "ddpm" and learns_sigma(w.model) else "fixed variance") + ")",
         "steps": cfg.sample.steps,
         "guidance": cfg.sample.guidance,
         "guidance_channels": cfg.sample.guidance_channels or "all",
         "timestep_spacing": cfg.sample.timestep_spacing,
         **describe_model(w.model),  # embedders, timestep_shift, norm_eps, model_parameters
-        "precision": "bf16 autocast" if cfg.compute.mixed_precision == "bf16" else "float32",
+        "precision": "bf16 autocast" if cfg.compute.mixed_precision == "bf16" else
+                     "float32, TF32 matmuls" if cfg.compute.tf32 and processes().device.type == "cuda" else "float32",
         "forget_samples": cfg.eval.forget_samples,
         "retain_samples": len(retain_labels(w, cfg, forget_class)),
         "retain_labels": f"{cfg.eval.retain_samples_per_class} per retained class" if cfg.eval.retain_samples is None
@@ -149,6 +152,15 @@ def grid_classes(w: Workload, cfg: Config, forget_class: int) -> list[int]:
     if w.num_classes <= cfg.eval.grid_classes:
         return list(range(w.num_classes))
     return sorted([forget_class] + [c for c in range(w.num_classes) if c != forget_class][:cfg.eval.grid_classes - 1])
+
+
+def base_grid_cache(w: Workload, cfg: Config, classes: list[int]) -> Path:
+    """Where the base model's grid samples are kept across runs (same model, sampler, seed and classes): a benchmark
+    samples them once, not once per method, mode and class."""
+    key = fingerprint({"model": w.model_id, "sample": dataclasses.asdict(cfg.sample), "seed": cfg.seed,
+                       "classes": classes, "per_class": cfg.eval.grid_per_class,
+                       "precision": cfg.compute.mixed_precision})
+    return cache_root() / "evals" / f"base-grid-{key}"
 
 
 def grid_images(model, w: Workload, cfg: Config, classes: list[int], progress: bool = True,

@@ -17,11 +17,11 @@ from eval.report import sample_grid, save_image
 from eval.storage import atomic_write_json, atomic_write_text
 from pipelines.card import model_card
 from pipelines.classes import resolve_class
-from pipelines.config import Config, to_dict
+from pipelines.config import Config, evaluation_config, to_dict
 from pipelines.data import check_writable
 from pipelines.erasure import Erased, check_processes, check_pseudo_class, erase, save_model
 from pipelines.errors import UsageError
-from pipelines.evaluation import SCORES, evaluate, evaluate_base, grid_classes, grid_images, protocol
+from pipelines.evaluation import SCORES, base_grid_cache, evaluate, evaluate_base, grid_classes, grid_images, protocol
 from pipelines.plan import passes, passes_table
 from pipelines.pretrained import load_model
 from pipelines.streams import real_data
@@ -103,13 +103,14 @@ def run(cfg: Config, class_arg: str, output: Path, *, overwrite: bool = False, r
     if check_output(output, cfg, overwrite, resume):
         return json.loads((output / "metrics.json").read_text())
     check_writable(output, "--output")  # now, not after hours of evaluation
+    ecfg = evaluation_config(cfg)  # the evaluation's sampler and sample counts (eval.protocol)
     # The workload: base model, scorer and real data (bad data fails here, before any output is touched).
     t_start = time.perf_counter()
     w = prepare(cfg, progress)
     real = real_data(w, cfg, forget_class, progress)
     t_prepared = time.perf_counter()
     # The base model's scores (cached across runs).
-    before = evaluate_base(w, cfg, forget_class, progress, job=output)
+    before = evaluate_base(w, ecfg, forget_class, progress, job=output)
     t_before = time.perf_counter()
     start_output(output, cfg, overwrite)
     trackers = Trackers(list(report_to) if main else [], output, cfg, run_name=output.name)
@@ -128,13 +129,13 @@ def run(cfg: Config, class_arg: str, output: Path, *, overwrite: bool = False, r
         state.wait_for_everyone()
     t_erased = time.perf_counter()
     # The erased model's scores, and its samples as files.
-    after = evaluate(erased.model, w, cfg, forget_class, progress, desc="after", cache_dir=output / "samples-after",
+    after = evaluate(erased.model, w, ecfg, forget_class, progress, desc="after", cache_dir=output / "samples-after",
                      save_to=output / "samples" if cfg.eval.save_samples else None)
     t_after = time.perf_counter()
     # The before/after grid, then metrics.json last: its presence marks a finished run.
-    shown = grid_classes(w, cfg, forget_class)
-    before_grid, grid_labels = grid_images(w.model, w, cfg, shown, progress, output / "samples-grid-before")
-    after_grid, _ = grid_images(erased.model, w, cfg, shown, progress, output / "samples-grid-after")
+    shown = grid_classes(w, ecfg, forget_class)
+    before_grid, grid_labels = grid_images(w.model, w, ecfg, shown, progress, base_grid_cache(w, ecfg, shown))
+    after_grid, _ = grid_images(erased.model, w, ecfg, shown, progress, output / "samples-grid-after")
     metrics = {
         "forget_class": forget_class,
         "class_name": w.classes.short(forget_class),
@@ -146,7 +147,7 @@ def run(cfg: Config, class_arg: str, output: Path, *, overwrite: bool = False, r
         "model": w.model_id,
         "before": before,
         "after": after,
-        "protocol": protocol(cfg, w, forget_class),
+        "protocol": protocol(ecfg, w, forget_class),
         "timings": {"prepare_s": t_prepared - t_start, "before_eval_s": t_before - t_prepared, **erased.timings,
                     "after_eval_s": t_after - t_erased, "total_s": time.perf_counter() - t_start},
         "mask_kept_fraction": erased.mask_kept_fraction,

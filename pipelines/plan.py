@@ -6,7 +6,7 @@ import math
 
 import yaml
 
-from pipelines.config import Config, to_dict
+from pipelines.config import Config, evaluation_config, to_dict
 
 
 def config_text(cfg: Config) -> str:
@@ -18,9 +18,10 @@ def passes(cfg: Config, num_classes: int, grid_classes: int) -> list[tuple[str, 
     """(phase, forward passes, backward passes) of one erase-class run, one pass being one image (or latent) through
     the network: a batch of B counts B, a guided sampling step counts 2 per image (conditional and null class).
     The base model's evaluation is cached after the first run with the same model, protocol, seed and class."""
-    m, e, s, ev = cfg.method, cfg.erase, cfg.sample, cfg.eval
+    m, e, s = cfg.method, cfg.erase, cfg.sample
+    es, ev = evaluation_config(cfg).sample, evaluation_config(cfg).eval  # eval.protocol fast: fewer steps, samples
     guided = 1 if s.guidance == 1.0 else 2
-    steps = s.steps * guided
+    steps, eval_steps = s.steps * guided, es.steps * guided
     others = num_classes - 1
     if m.name == "sfron":  # a Fisher diagonal on forget samples and one on retain samples
         prepare = (2 * m.grad_samples, 2 * m.grad_samples)
@@ -35,13 +36,13 @@ def passes(cfg: Config, num_classes: int, grid_classes: int) -> list[tuple[str, 
     per_step = (e.forget_steps + e.retain_steps) * e.batch_size
     matched = e.forget_steps * e.batch_size if m.name == "salun" else 0  # SalUn's frozen pseudo-label target
     retain_samples = ev.retain_samples or ev.retain_samples_per_class * others
-    evaluation = (ev.forget_samples + retain_samples) * steps
+    evaluation = (ev.forget_samples + retain_samples) * eval_steps
     return [
         ("method preparation", *prepare),
         (f"erasure ({e.outer_steps} outer steps)", e.outer_steps * (per_step + matched), e.outer_steps * per_step),
         ("evaluation before (cached after a first run)", evaluation, 0),
         ("evaluation after", evaluation, 0),
-        ("grids before and after", 2 * grid_classes * ev.grid_per_class * steps, 0),
+        ("grids before and after", 2 * grid_classes * ev.grid_per_class * eval_steps, 0),
     ]
 
 

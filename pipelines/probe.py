@@ -3,7 +3,7 @@ every few outer steps."""
 from __future__ import annotations
 
 from pipelines.config import Config
-from pipelines.dit import make_scheduler
+from pipelines.dit import sampler_scheduler
 from pipelines.sampling import class_labels, from_uint8, sample, to_uint8
 from pipelines.streams import stream_seed
 from pipelines.workload import Workload
@@ -31,7 +31,7 @@ class ForgetProbe:
         """Forget accuracy of the probe's samples (one process: every process holds the same weights)."""
         e, s = self.cfg.erase, self.cfg.sample
         labels = class_labels(self.w.num_classes, e.probe_samples, only=self.forget_class)
-        images = sample(model, make_scheduler(timestep_spacing=s.timestep_spacing), labels, num_steps=e.probe_steps,
+        images = sample(model, sampler_scheduler(s.scheduler, s.timestep_spacing), labels, num_steps=e.probe_steps,
                         guidance=s.guidance, seed=stream_seed(self.cfg.seed, "probe"), batch_size=s.batch_size,
                         vae=self.w.vae, progress=False, guidance_channels=s.guidance_channels)
         probs = self.w.scorer.probabilities(from_uint8(to_uint8(images)))

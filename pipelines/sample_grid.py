@@ -11,7 +11,7 @@ from pipelines.classes import resolve_class
 from pipelines.config import CommandParser, load_config
 from pipelines.data import check_writable
 from pipelines.digits import load_digits_dit, prepare_digits_dit
-from pipelines.dit import make_scheduler
+from pipelines.dit import SCHEDULER_NAMES, sampler_scheduler
 from pipelines.errors import ConfigError, UsageError
 from pipelines.pretrained import load_model, load_pretrained, match_training
 from pipelines.sampling import sample, to_uint8
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     labels = torch.tensor(shown).repeat_interleave(args.per_class)
     panels = {}
     for spec, model in models.items():
-        images = sample(model.to(device), make_scheduler(timestep_spacing=cfg.sample.timestep_spacing), labels,
+        images = sample(model.to(device), sampler_scheduler(cfg.sample.scheduler, cfg.sample.timestep_spacing), labels,
                         num_steps=cfg.sample.steps, guidance=cfg.sample.guidance, seed=args.seed,
                         guidance_channels=cfg.sample.guidance_channels, batch_size=cfg.sample.batch_size,
                         vae=vae.to(device) if vae is not None else None, progress=not args.quiet, desc=spec)
@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     save_image(sample_grid(panels, labels, [classes.short(c) for c in range(len(classes))], marked=marked),
                args.output)
     print(f"wrote {args.output}: {len(models)} model(s) x {len(shown)} classes x {args.per_class}, "
-          f"DDPM {cfg.sample.steps} steps, guidance {cfg.sample.guidance}, seed {args.seed}")
+          f"{SCHEDULER_NAMES[cfg.sample.scheduler]} {cfg.sample.steps} steps, guidance {cfg.sample.guidance}, "
+          f"seed {args.seed}")
     return 0
 
 

@@ -9,7 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from eval.storage import atomic_path
-from pipelines.dit import fixed_variance, learns_sigma, make_scheduler, num_classes
+from pipelines.dit import fixed_variance, learns_sigma, num_classes, sampler_scheduler
 from pipelines.workload import Workload, processes
 
 
@@ -129,7 +129,7 @@ def generate(model, w: Workload, sampler, labels: torch.Tensor, *, precision: st
     kwargs = dict(num_steps=sampler.steps, guidance=sampler.guidance, seed=seed, batch_size=sampler.batch_size,
                   vae=w.vae if decode else None, desc=desc, cache_dir=cache_dir, quantize=decode,
                   guidance_channels=sampler.guidance_channels)
-    scheduler = make_scheduler(timestep_spacing=sampler.timestep_spacing)
+    scheduler = sampler_scheduler(sampler.scheduler, sampler.timestep_spacing)
     with autocast(precision):
         images = sample(model, scheduler, labels, progress=progress, shard=(state.process_index,
                         state.num_processes), **kwargs)

@@ -106,10 +106,19 @@ def prepare(cfg: Config, progress: bool = True) -> Workload:
     with state.main_process_first():  # the main process trains / encodes and caches; the others then read
         w = prepare_digits(cfg, progress and state.is_main_process) if cfg.model.source == "digits" else \
             prepare_diffusers(cfg, progress and state.is_main_process)
+    use_tf32(cfg.compute.tf32)
     w.model.to(state.device)
+    if cfg.compute.compile:
+        w.model.compile()
     if w.vae is not None:
         w.vae.to(state.device)
     return w
+
+
+def use_tf32(on: bool) -> None:
+    """TF32 (on) or IEEE float32 (off) for CUDA float32 matmuls and cuDNN convolutions (compute.tf32)."""
+    torch.backends.cuda.matmul.fp32_precision = "tf32" if on else "ieee"
+    torch.backends.cudnn.conv.fp32_precision = "tf32" if on else "ieee"
 
 
 def prepare_digits(cfg: Config, progress: bool = True) -> Workload:

@@ -346,3 +346,18 @@ def test_a_launch_precision_other_than_the_configs_is_refused_in_one_line(tmp_pa
     assert erase_class.main(["3", "--output", str(out), *TINY]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "compute.mixed_precision=bf16" in err and not out.exists()
+
+
+@pytest.mark.slow
+def test_compiled_model_erases_and_samples_as_the_eager_one(tiny_run, tmp_path):
+    """compute.compile: the same run through torch.compile ends at the eager run's weights and scores, up to float
+    rounding (slow: inductor compiles each batch shape, about a minute per shape on 2 cores)."""
+    _, eager = tiny_run
+    out = tmp_path / "compiled"
+    assert erase_class.main(["3", "--output", str(out), *TINY, "--set", "compute.compile=true"]) == 0
+    a = load_file(str(eager / "model" / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(out / "model" / "diffusion_pytorch_model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], atol=1e-4, rtol=1e-3) for k in a)
+    ma, mb = (json.loads((o / "metrics.json").read_text()) for o in (eager, out))
+    assert mb["after"]["fid"] == pytest.approx(ma["after"]["fid"], rel=0.05)

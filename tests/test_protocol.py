@@ -1,0 +1,88 @@
+"""The evaluation protocol: the samplers it may use, the fast protocol for quick looks, and the base model sampled once
+per protocol however many methods, modes and seeds a benchmark runs."""
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import TINY
+
+from pipelines import erase_class, evaluation, fid_bench, sampling
+from pipelines.config import evaluation_config, load_config
+from pipelines.dit import make_scheduler, sampler_scheduler
+from pipelines.sampling import class_labels, sample
+
+
+class Oracle(torch.nn.Module):
+    """A stand-in DiT that knows the clean image: it predicts exactly the noise that takes `x0` to x_t under DiT's
+    schedule (and no variance)."""
+
+    def __init__(self, x0: torch.Tensor):
+        super().__init__()
+        self.x0, self.ac = x0, make_scheduler().alphas_cumprod
+        self.config = SimpleNamespace(in_channels=1, out_channels=1, sample_size=8, num_embeds_ada_norm=10)
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # gives the module a device and dtype
+
+    device, dtype = torch.device("cpu"), torch.float32
+
+    def forward(self, x, t, class_labels):
+        ac = self.ac[t.long()].view(-1, 1, 1, 1)
+        return SimpleNamespace(sample=(x - ac.sqrt() * self.x0[:len(x)]) / (1 - ac).sqrt())
+
+
+@pytest.mark.parametrize("kind", ["ddim", "dpm-solver++"])
+def test_few_step_samplers_follow_dits_schedule(kind):
+    """Driven by a model that predicts the noise exactly, DDIM and DPM-Solver++ land on the clean image in 10 steps:
+    their noise schedule and timesteps are the ones the model was trained on."""
+    x0 = torch.rand(4, 1, 8, 8) * 2 - 1
+    out = sample(Oracle(x0), sampler_scheduler(kind), class_labels(10, 1)[:4], num_steps=10, guidance=1.0, seed=0,
+                 progress=False, quantize=False)
+    assert torch.allclose(out, x0, atol=1e-4)
+    with pytest.raises(ValueError, match="unknown sample.scheduler"):
+        sampler_scheduler("euler")
+
+
+def test_fast_protocol_quarters_the_samples_and_says_so(tmp_path):
+    cfg = load_config("digits", ["eval.protocol=fast"])
+    fast = evaluation_config(cfg)
+    assert (fast.sample.scheduler, fast.sample.steps) == ("dpm-solver++", 25)
+    assert (fast.eval.forget_samples, fast.eval.retain_samples_per_class) == (50, 25)
+    assert evaluation_config(load_config("digits")) == load_config("digits")  # full: as configured
+    out = tmp_path / "fast"
+    assert erase_class.main(["3", "--output", str(out), *TINY, "--set", "eval.protocol=fast",
+                             "--set", "eval.forget_samples=12"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["protocol"]["protocol"].startswith("fast: for quick looks only")
+    assert m["protocol"]["sampler"].startswith("DPM-Solver++")
+    assert (m["protocol"]["steps"], m["protocol"]["forget_samples"]) == (25, 3)
+    assert m["protocol"]["retain_samples"] == 9 * 2  # TINY's 10 per class, quartered
+    assert len(list((out / "samples" / "forget").glob("*.png"))) == 3
+    assert "protocol: fast" in (out / "model" / "README.md").read_text().lower()
+
+
+def test_a_benchmark_samples_the_base_model_once_per_class(tmp_path, monkeypatch):
+    """2 classes x 2 methods x 2 optimizer modes: the base model's scores are sampled twice (once per class) and its
+    grid once (digits grids show all ten classes whatever the forget class); every other cell reads the cache."""
+    calls = []
+    real_evaluate, real_sample = evaluation.evaluate, sampling.sample
+
+    def counting_evaluate(model, w, cfg, forget_class, *args, **kwargs):
+        calls.append(("evaluate", forget_class, model is w.model))
+        return real_evaluate(model, w, cfg, forget_class, *args, **kwargs)
+
+    def counting_sample(model, *args, **kwargs):
+        if kwargs.get("desc") == "sample grid" and kwargs.get("cache_dir") is not None:
+            cached = list(kwargs["cache_dir"].glob("batch-*.pt")) if kwargs["cache_dir"].exists() else []
+            calls.append(("grid", str(kwargs["cache_dir"]), len(cached) > 0))
+        return real_sample(model, *args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "evaluate", counting_evaluate)
+    monkeypatch.setattr(sampling, "sample", counting_sample)
+    args = ["--classes", "3", "5", "--seeds", "0", "--methods", "ga", "sfron", "--optimizers", "dual", "shared",
+            "--output", str(tmp_path / "bench"), *TINY]
+    assert fid_bench.main(args) == 0
+    base = [c for c in calls if c[0] == "evaluate" and c[2]]
+    assert sorted(c[1] for c in base) == [3, 5]
+    base_grids = [c for c in calls if c[0] == "grid" and "base-grid" in c[1]]
+    assert len(base_grids) == 8 and len({c[1] for c in base_grids}) == 1
+    assert [c[2] for c in base_grids] == [False] + [True] * 7  # sampled by the first cell, read by the others
