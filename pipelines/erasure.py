@@ -64,7 +64,12 @@ def erase(w: Workload, cfg: Config, forget_class: int, real: RealData, output: P
         model.enable_gradient_checkpointing()
     method = make_method(cfg.method, DiTLoss(make_scheduler()), forget_class=forget_class, num_classes=w.num_classes)
     t0 = time.perf_counter()
-    xf, yf, xr, yr = method.data(Source(w, cfg, real, progress, replay_dir=output / "replay"))
+    # SA's replay samples of the base model depend on the model, class, sampler and seed only: kept in the cache, so
+    # that both optimizer modes (and a resumed run) read the samples the first run drew
+    replay = fingerprint({"model": w.model_id, "class": forget_class, "seed": cfg.seed, "sample":
+                          dataclasses.asdict(cfg.sample), "per_class": cfg.method.replay_per_class,
+                          "precision": cfg.compute.mixed_precision})
+    xf, yf, xr, yr = method.data(Source(w, cfg, real, progress, replay_dir=cache_root() / "replay" / replay))
     prepared = output / "prepared.safetensors"
     # The method's preparation depends on the model, class, data, method config and seed only: it is cached (Fisher
     # diagonals and mask, safetensors) and linked into every run that needs the same, e.g. both optimizer modes.

@@ -17,32 +17,35 @@ def config_text(cfg: Config) -> str:
 def passes(cfg: Config, num_classes: int, grid_classes: int) -> list[tuple[str, int, int]]:
     """(phase, forward passes, backward passes) of one erase-class run, one pass being one image (or latent) through
     the network: a batch of B counts B, a guided sampling step counts 2 per image (conditional and null class).
-    The base model's evaluation is cached after the first run with the same model, protocol, seed and class."""
+    The base model's evaluation and grid are cached after the first run with the same model, protocol, seed and
+    class; so is the method's preparation (same method settings)."""
     m, e, s = cfg.method, cfg.erase, cfg.sample
     es, ev = evaluation_config(cfg).sample, evaluation_config(cfg).eval  # eval.protocol fast: fewer steps, samples
     guided = 1 if s.guidance == 1.0 else 2
     steps, eval_steps = s.steps * guided, es.steps * guided
     others = num_classes - 1
     if m.name == "sfron":  # a Fisher diagonal on forget samples and one on retain samples
-        prepare = (2 * m.grad_samples, 2 * m.grad_samples)
+        prepare = [("method preparation (Fisher diagonals)", 2 * m.grad_samples, 2 * m.grad_samples)]
     elif m.name == "salun":  # guided loss: conditional and null class in one batch, per saliency batch
         n = math.ceil(m.grad_samples / m.saliency_batch) * m.saliency_batch
-        prepare = (2 * n, 2 * n)
+        prepare = [("method preparation (saliency)", 2 * n, 2 * n)]
     elif m.name == "sa":  # replay samples from the original model, then the timestep-summed Fisher
-        replay = m.replay_per_class * others * steps
-        prepare = (replay + m.grad_samples * m.fisher_timesteps, m.grad_samples * m.fisher_timesteps)
+        prepare = [("method preparation (replay samples)", m.replay_per_class * others * steps, 0),
+                   ("method preparation (Fisher)", m.grad_samples * m.fisher_timesteps,
+                    m.grad_samples * m.fisher_timesteps)]
     else:
-        prepare = (0, 0)
+        prepare = []
     per_step = (e.forget_steps + e.retain_steps) * e.batch_size
     matched = e.forget_steps * e.batch_size if m.name == "salun" else 0  # SalUn's frozen pseudo-label target
     retain_samples = ev.retain_samples or ev.retain_samples_per_class * others
     evaluation = (ev.forget_samples + retain_samples) * eval_steps
     return [
-        ("method preparation", *prepare),
+        *prepare,
         (f"erasure ({e.outer_steps} outer steps)", e.outer_steps * (per_step + matched), e.outer_steps * per_step),
         ("evaluation before (cached after a first run)", evaluation, 0),
         ("evaluation after", evaluation, 0),
-        ("grids before and after", 2 * grid_classes * ev.grid_per_class * eval_steps, 0),
+        ("grid before (cached after a first run)", grid_classes * ev.grid_per_class * eval_steps, 0),
+        ("grid after", grid_classes * ev.grid_per_class * eval_steps, 0),
     ]
 
 

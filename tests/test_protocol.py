@@ -86,3 +86,20 @@ def test_a_benchmark_samples_the_base_model_once_per_class(tmp_path, monkeypatch
     base_grids = [c for c in calls if c[0] == "grid" and "base-grid" in c[1]]
     assert len(base_grids) == 8 and len({c[1] for c in base_grids}) == 1
     assert [c[2] for c in base_grids] == [False] + [True] * 7  # sampled by the first cell, read by the others
+
+
+def test_sa_replay_is_drawn_once_for_both_optimizer_modes(tmp_path, monkeypatch):
+    drawn = []
+    real_sample = sampling.sample
+
+    def counting_sample(model, *args, **kwargs):
+        if kwargs.get("desc") == "replay":
+            folder = kwargs["cache_dir"]
+            drawn.append(not (folder.exists() and any(folder.glob("batch-*.pt"))))
+        return real_sample(model, *args, **kwargs)
+
+    monkeypatch.setattr(sampling, "sample", counting_sample)
+    for mode in ("dual", "shared"):
+        assert erase_class.main(["3", "--output", str(tmp_path / mode), *TINY, "--set", "method.name=sa",
+                                 "--set", f"erase.optimizer={mode}"]) == 0
+    assert drawn == [True, False]  # the second mode reads the first one's replay samples
