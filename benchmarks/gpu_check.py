@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffusers import AutoencoderKL  # noqa: E402
 
+from benchmarks import versus_ditpipeline as versus  # noqa: E402
 from erase.dualoptim import DivergenceError, EraseConfig, make_optimizers, unlearn  # noqa: E402
 from erase.methods import MethodConfig, make_method  # noqa: E402
 from pipelines.dit import build_dit, make_scheduler  # noqa: E402
@@ -60,6 +61,10 @@ def parse_args(argv=None):
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="dense peak TFLOP/s of the device for MFU (default: looked up from the device name)")
     p.add_argument("--no-vae", action="store_true", help="skip building and timing the VAE decoder")
+    p.add_argument("--vs-ditpipeline", type=int, nargs="?", const=3, default=0, metavar="REPEATS",
+                   help="also time our sampler against diffusers' DiTPipeline on the same 1000-class model, VAE and "
+                        "noise (DDIM eta 0, --sample-batch, --sample-steps, --guidance), REPEATS interleaved runs each "
+                        "(default 3)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights and data")
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON to this file")
     args = p.parse_args(argv)
@@ -216,6 +221,18 @@ def time_vae(vae, latents: torch.Tensor, args, device) -> dict:
     return {"seconds": seconds, "peak": peak_gib(device), "shape": tuple(images.shape)}
 
 
+def time_versus(model, vae, cfg: dict, vae_cfg: dict, args, device) -> dict:
+    """Our sampler against DiTPipeline with decoding; the model is rebuilt with 1000 classes if it has others (tiny)
+    and a VAE is built if there is none (--no-vae)."""
+    with torch.device(device):
+        if cfg["num_classes"] != 1000:
+            model = build_dit(**{**cfg, "num_classes": 1000}).to(device)
+        vae = vae if vae is not None else build_vae(vae_cfg).to(device)
+    return versus.compare(model, vae, versus.dit_scheduler("ddim"), batch=args.sample_batch, steps=args.sample_steps,
+                          guidance=args.guidance, repeats=args.vs_ditpipeline, seed=args.seed,
+                          precision=lambda: autocast(device, args.dtype))
+
+
 def fmt_mfu(tflops: float, peak: float | None) -> str:
     """Model FLOPs utilisation as a percentage string, or n/a without a known peak."""
     return f"{100 * tflops / peak:.1f}%" if peak else "n/a"
@@ -304,6 +321,7 @@ def main(argv=None) -> int:
         with torch.no_grad():
             vae_gflop = count_flops(lambda: vae.decode(z1)) / 1e9
         vae_res = time_vae(vae, samp["latents"], args, device)
+    versus_res = time_versus(model, vae, cfg, vae_cfg, args, device) if args.vs_ditpipeline else None
 
     # Protocol.
     cpu = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
@@ -374,6 +392,15 @@ def main(argv=None) -> int:
               f"| {vae_res['peak']:.2f} |")
         print(f"| sampling, {args.extrapolate_steps} steps EXTRAPOLATED + VAE decode | {b} img, guided | "
               f"{b / (full + vs):.3f} img/s | {full + vs:.1f} s/batch | | | |")
+    if versus_res:
+        print()
+        print(f"### Our sampler vs diffusers' DiTPipeline ({versus.SCHEDULERS['ddim']}; batch {b}, "
+              f"{args.sample_steps} steps, guidance {args.guidance} on all channels, {args.vs_ditpipeline} interleaved "
+              f"runs each after one untimed; noise + denoising + VAE decode + images to the host)")
+        print()
+        print("\n".join(versus.table(versus_res)))
+        print()
+        print(f"- {versus.summary(versus_res)}")
     print()
     print(f"total wall time {time.perf_counter() - wall:.1f} s")
     if args.json:
@@ -385,7 +412,8 @@ def main(argv=None) -> int:
                           tflops=tf, mfu=tf / peak if peak else None, peak_gib=samp["peak"],
                           extrapolated_steps=args.extrapolate_steps, img_per_s=b / full),
             vae=None if not vae_res else dict(batch=b, seconds=vae_res["seconds"], img_per_s=b / vae_res["seconds"],
-                                               peak_gib=vae_res["peak"], img_per_s_with_sampling=b / (full + vs))))
+                                               peak_gib=vae_res["peak"], img_per_s_with_sampling=b / (full + vs)),
+            versus_ditpipeline=versus_res))
     failed = [r for r in erase if "error" in r]
     return 1 if failed else 0
 

@@ -51,6 +51,7 @@ def sample(model, scheduler, labels: torch.Tensor, *, num_steps: int, guidance: 
     model.eval()
     null = num_classes(model)
     channels, size = model.config.in_channels, model.config.sample_size
+    device, dtype = model.device, model.dtype  # read once: diffusers finds each by walking every module
     guided = channels if guidance_channels is None else guidance_channels
     learned = getattr(scheduler.config, "variance_type", None) in ("learned", "learned_range")
     if learned and not learns_sigma(model):  # nothing to read a learned variance from
@@ -62,7 +63,7 @@ def sample(model, scheduler, labels: torch.Tensor, *, num_steps: int, guidance: 
     bar = tqdm(total=sum(len(labels[s:s + batch_size]) for s in starts) * num_steps, desc=desc, unit="step",
                disable=not progress or rank != 0)
     for start in starts:
-        y = labels[start:start + batch_size].to(model.device)
+        y = labels[start:start + batch_size].to(device)
         stored = cache_dir / f"batch-{start:08d}-{len(y)}.pt" if cache_dir is not None else None
         if stored is not None and stored.exists():
             x = torch.load(stored)
@@ -70,7 +71,7 @@ def sample(model, scheduler, labels: torch.Tensor, *, num_steps: int, guidance: 
             bar.update(len(y) * num_steps)
             continue
         gen = seeded_generator(seed, start)
-        x = torch.randn((len(y), channels, size, size), generator=gen).to(model.device, model.dtype)
+        x = torch.randn((len(y), channels, size, size), generator=gen).to(device, dtype)
         x = x * scheduler.init_noise_sigma
         if guidance != 1.0:
             y = torch.cat([y, torch.full_like(y, null)])
@@ -78,7 +79,7 @@ def sample(model, scheduler, labels: torch.Tensor, *, num_steps: int, guidance: 
             inp = scheduler.scale_model_input(x, t)
             if guidance != 1.0:
                 inp = torch.cat([inp, inp])
-            out = model(inp, t.expand(len(inp)).to(model.device), class_labels=y).sample
+            out = model(inp, t.expand(len(inp)).to(device), class_labels=y).sample
             if guidance != 1.0:
                 cond, uncond = out.chunk(2)
                 eps = uncond[:, :guided] + guidance * (cond[:, :guided] - uncond[:, :guided])
