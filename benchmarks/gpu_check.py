@@ -17,7 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffusers import AutoencoderKL  # noqa: E402
 
+from benchmarks import erase_loop  # noqa: E402
 from benchmarks import versus_ditpipeline as versus  # noqa: E402
+from benchmarks.common import table  # noqa: E402
 from erase.dualoptim import DivergenceError, EraseConfig, make_optimizers, unlearn  # noqa: E402
 from erase.methods import MethodConfig, make_method  # noqa: E402
 from pipelines.dit import build_dit, make_scheduler  # noqa: E402
@@ -65,6 +67,10 @@ def parse_args(argv=None):
                    help="also time our sampler against diffusers' DiTPipeline on the same 1000-class model, VAE and "
                         "noise (DDIM eta 0, --sample-batch, --sample-steps, --guidance), REPEATS interleaved runs each "
                         "(default 3)")
+    p.add_argument("--vs-bare-loop", type=int, nargs="?", const=3, default=0, metavar="REPEATS",
+                   help="also time `unlearn` against a bare PyTorch loop doing the same math (benchmarks/"
+                        "erase_loop.py: dual AdamW, GA forget step, 50%% mask, clip) at the first --batch-size for "
+                        "--erase-steps outer steps, REPEATS interleaved runs each (default 3)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights and data")
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON to this file")
     args = p.parse_args(argv)
@@ -322,6 +328,9 @@ def main(argv=None) -> int:
             vae_gflop = count_flops(lambda: vae.decode(z1)) / 1e9
         vae_res = time_vae(vae, samp["latents"], args, device)
     versus_res = time_versus(model, vae, cfg, vae_cfg, args, device) if args.vs_ditpipeline else None
+    loop_res = erase_loop.measure("DiT-XL/2" if not args.cpu_tiny else "tiny DiT", cfg, batch=args.batch_size[0],
+                                  steps=args.erase_steps, repeats=args.vs_bare_loop, device=device.type,
+                                  bf16=args.dtype == "bf16") if args.vs_bare_loop else None
 
     # Protocol.
     cpu = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
@@ -401,6 +410,12 @@ def main(argv=None) -> int:
         print("\n".join(versus.table(versus_res)))
         print()
         print(f"- {versus.summary(versus_res)}")
+    if loop_res:
+        print()
+        print(f"### `unlearn` vs a bare PyTorch loop (same math: dual AdamW, GA forget step, 50% mask, clip 1; "
+              f"{args.vs_bare_loop} interleaved runs each, median; {dtype_txt})")
+        print()
+        print(table([loop_res]))
     print()
     print(f"total wall time {time.perf_counter() - wall:.1f} s")
     if args.json:
@@ -413,7 +428,7 @@ def main(argv=None) -> int:
                           extrapolated_steps=args.extrapolate_steps, img_per_s=b / full),
             vae=None if not vae_res else dict(batch=b, seconds=vae_res["seconds"], img_per_s=b / vae_res["seconds"],
                                                peak_gib=vae_res["peak"], img_per_s_with_sampling=b / (full + vs)),
-            versus_ditpipeline=versus_res))
+            versus_ditpipeline=versus_res, versus_bare_loop=loop_res))
     failed = [r for r in erase if "error" in r]
     return 1 if failed else 0
 

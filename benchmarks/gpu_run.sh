@@ -40,7 +40,7 @@ if [ -n "$TINY" ]; then
     declare -A CAP=([env]=60 [check]=180 [published]=120 [e2e]=400 [resume]=400 [pytest]=180 [summary]=60)
 else
     BUDGET=${GPU_RUN_BUDGET:-420}
-    declare -A CAP=([env]=45 [check]=150 [published]=75 [e2e]=120 [resume]=100 [pytest]=75 [summary]=20)
+    declare -A CAP=([env]=45 [check]=190 [published]=75 [e2e]=120 [resume]=100 [pytest]=75 [summary]=20)
 fi
 cd "$ROOT" || exit 2
 exec > >(tee -a "$OUT/log.txt") 2>&1
@@ -72,7 +72,8 @@ EOF
 }
 step_check() {
     echo "## bf16 (ours)" > "$OUT/gpu_check.txt"
-    "$PY" benchmarks/gpu_check.py ${TINY:+--cpu-tiny} --json "$WORK/check-bf16.json" >> "$OUT/gpu_check.txt"
+    "$PY" benchmarks/gpu_check.py ${TINY:+--cpu-tiny} --vs-ditpipeline 3 --vs-bare-loop 3 --json "$WORK/check-bf16.json" \
+        >> "$OUT/gpu_check.txt"
 }
 step_published() {  # the published DiT code: fp32 weights and activations, TF32 matmuls, erase batch 1
     echo -e "\n## published settings: fp32 + TF32, batch 1" >> "$OUT/gpu_check.txt"

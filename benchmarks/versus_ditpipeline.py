@@ -7,10 +7,10 @@ import statistics
 import time
 
 import torch
-from diffusers import DDIMScheduler, DiTPipeline
+from diffusers import DiTPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
-from pipelines.dit import fixed_variance, make_scheduler, num_classes
+from pipelines.dit import fixed_variance, make_scheduler, num_classes, sampler_scheduler
 from pipelines.sampling import sample, seeded_generator
 
 SCHEDULERS = {"ddim": "DDIM, eta 0 (deterministic given the initial noise)",
@@ -22,8 +22,7 @@ def dit_scheduler(kind: str):
     """DiT's linear betas 1e-4..0.02 and linspace steps, with a variance DiTPipeline can step with: DDIM with eta 0
     ("ddim") or DDPM with the fixed posterior variance ("ddpm")."""
     if kind == "ddim":
-        return DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
-                             clip_sample=False, timestep_spacing="linspace")
+        return sampler_scheduler("ddim")
     if kind == "ddpm":
         return fixed_variance(make_scheduler())
     raise ValueError(f"scheduler {kind!r}: choose one of {sorted(SCHEDULERS)}")
