@@ -2,23 +2,54 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.distributed as dist
+from torch.func import functional_call, grad, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
 from erase.dualoptim import world
 
 
-def _per_sample_sum(model, loss, samples, num_samples, transform, desc, progress, partial=None, clip=None):
-    """Sum over `num_samples` batches (single samples for a Fisher) of transform(gradient of the loss), per parameter.
+@runtime_checkable
+class DrawnLoss(Protocol):
+    """A loss whose per-sample gradients can be vmapped: its random draws are made apart from a pure function of them.
+    A Fisher diagonal of any other loss loops over samples, one backward each."""
+
+    def draws(self, model: torch.nn.Module, batch) -> tuple[torch.Tensor, ...]:
+        """Tensors holding every random draw of `loss(model, batch)` (same shapes for every batch of a stream)."""
+
+    def of_draws(self, model: Callable, *draws: torch.Tensor) -> torch.Tensor:
+        """`loss(model, batch)` as a pure function of the batch's draws, calling `model` only (no device query)."""
+
+
+def _vmapped_gradients(model, loss: DrawnLoss, named, batches) -> dict[str, torch.Tensor]:
+    """Each batch's gradient of the loss, stacked along a new first dimension, from one vmapped pass (torch.func)."""
+    def batch_loss(params, draws):
+        return loss.of_draws(lambda *args, **kwargs: functional_call(model, params, args, kwargs), *draws)
+
+    draws = tuple(torch.stack(d) for d in zip(*(loss.draws(model, b) for b in batches)))
+    params = {n: p.detach() for n, p in named}
+    # math attention: CPU's fused kernel has no vmap batching rule (torch would warn and run it sample by sample)
+    with sdpa_kernel(SDPBackend.MATH):
+        return vmap(grad(batch_loss), in_dims=(None, 0))(params, draws)
+
+
+def _per_sample_sum(model, loss, samples, num_samples, transform, desc, progress, partial=None, clip=None, chunk=1):
+    """Sum over `num_samples` batches (single samples for a Fisher) of transform(gradient of the loss), per parameter
+    (`transform` may work in place: each gradient is used once).
 
     `loss(model, batch)` is a tensor, or an iterable of tensors whose gradients add up (a loss back-propagated in
     pieces, e.g. Selective Amnesia's sum over timesteps). With `clip`, each batch's whole gradient is first scaled
     to norm at most `clip` (SalUn's saliency). Under torch.distributed each process takes every world-th batch of
     the same stream and the sums are added up.
+    With `chunk` > 1, a `DrawnLoss`, no clip and no activation checkpointing, a process's batches go `chunk` at a time
+    through one vmapped pass instead of one backward each: the same sums up to float rounding, faster, `chunk`
+    gradients held at once.
     `partial` (optional) keeps running sums: `partial.load(desc)` gives (samples done, sums) saved by an earlier,
-    killed call, and `partial.save(desc, done, sums)` runs every `partial.every` samples."""
+    killed call, and `partial.save(desc, done, sums)` runs every `partial.every` samples (at a chunk's end)."""
     model.eval()  # as in the public SFR-on code: no dropout while measuring
     rank, size = world()
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -29,13 +60,18 @@ def _per_sample_sum(model, loss, samples, num_samples, transform, desc, progress
         start, saved = found
         total = {n: saved[n].to(p.device) for n, p in named}
     next_save = start + (partial.every if partial is not None else 0)
-    it = iter(samples)
-    for i in tqdm(range(num_samples), desc=desc, disable=not progress or rank != 0):
-        batch = next(it)  # drawn even when skipped, so the stream stays aligned
-        if i < start or i % size != rank:
-            continue
+    checkpointed = getattr(model, "is_gradient_checkpointing", False)  # torch.func can't pass its saved-tensor hooks
+    if clip is not None or checkpointed or not isinstance(loss, DrawnLoss):
+        chunk = 1
+
+    def add(batches):
+        """Add transform(gradient) of each batch to the sums."""
+        if chunk > 1:
+            for n, g in _vmapped_gradients(model, loss, named, batches).items():
+                total[n] += transform(g).sum(0)
+            return
         model.zero_grad(set_to_none=True)
-        out = loss(model, batch)
+        out = loss(model, batches[0])
         for part in [out] if isinstance(out, torch.Tensor) else out:
             part.backward()
         if clip is not None:
@@ -43,6 +79,18 @@ def _per_sample_sum(model, loss, samples, num_samples, transform, desc, progress
         for n, p in named:
             if p.grad is not None:
                 total[n] += transform(p.grad.detach())
+
+    pending = []
+    it = iter(samples)
+    for i in tqdm(range(num_samples), desc=desc, disable=not progress or rank != 0):
+        batch = next(it)  # drawn even when skipped, so the stream stays aligned
+        if i < start or i % size != rank:
+            continue
+        pending.append(batch)
+        if len(pending) < chunk and i + size < num_samples:
+            continue  # this process's chunk is not full and more of its batches follow
+        add(pending)
+        pending = []
         if partial is not None and next_save <= i + 1 < num_samples:  # each process saves its own share's sums
             partial.save(desc, i + 1, total)
             next_save = i + 1 + partial.every
@@ -55,9 +103,12 @@ def _per_sample_sum(model, loss, samples, num_samples, transform, desc, progress
 
 def fisher_diagonal(model: torch.nn.Module, loss: Callable[[torch.nn.Module, object], torch.Tensor],
                     samples: Iterable, num_samples: int, *, desc: str = "fisher", progress: bool = True,
-                    partial=None) -> dict[str, torch.Tensor]:
-    """Mean over `num_samples` single-sample batches of the squared gradient of the (positive) loss, per parameter."""
-    total = _per_sample_sum(model, loss, samples, num_samples, torch.square, desc, progress, partial)
+                    partial=None, chunk: int = 1) -> dict[str, torch.Tensor]:
+    """Mean over `num_samples` single-sample batches of the squared gradient of the (positive) loss, per parameter.
+    `chunk` > 1: per-sample gradients of that many samples at a time, vmapped, if the loss is a `DrawnLoss`."""
+    # squared in place: each gradient is read once, and a copy of k stacked ones would cost as much again to allocate
+    total = _per_sample_sum(model, loss, samples, num_samples, torch.Tensor.square_, desc, progress, partial,
+                            chunk=chunk)
     return {n: f / num_samples for n, f in total.items()}
 
 

@@ -37,6 +37,7 @@ class DiTLoss:
 
     Called as `loss(model, (x0, labels))` or `loss(model, (x0, labels, seeds))`; with per-sample seeds a sample's
     timestep and noise depend on its seed alone, so a batch split across processes is noised exactly as when whole.
+    `draws` and `of_draws` split a call into its random draws and a pure function of them (per-sample gradients).
     Label dropout is applied to the batches beforehand (`drop_labels`).
     """
 
@@ -58,8 +59,9 @@ class DiTLoss:
     def _at(values, t, like):
         return values.to(like.device)[t].view(-1, *([1] * (like.dim() - 1)))
 
-    def _noised(self, model, batch):
-        """(x0, labels, t, noise, x_t) for a batch, with t uniform over the training timesteps."""
+    def draws(self, model, batch) -> tuple[torch.Tensor, ...]:
+        """(x0, labels, t, noise) of a batch on the model's device, t uniform over the training timesteps: every random
+        draw of its loss made, so that `of_draws` is a pure function of tensors (what torch.func's transforms need)."""
         x0, labels, *seeds = batch
         x0 = x0.to(model.device, model.dtype)
         if seeds:
@@ -69,14 +71,27 @@ class DiTLoss:
         else:
             t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device)
             noise = torch.randn_like(x0)
-        xt = self._at(self.sqrt_ac, t, x0) * x0 + self._at(self.sqrt_1m_ac, t, x0) * noise
-        return x0, labels.to(model.device), t, noise, xt
+        return x0, labels.to(model.device), t, noise
+
+    def _xt(self, x0, t, noise):
+        """x_t: x0 noised to timestep t with the given noise."""
+        return self._at(self.sqrt_ac, t, x0) * x0 + self._at(self.sqrt_1m_ac, t, x0) * noise
+
+    def _noised(self, model, batch):
+        """(x0, labels, t, noise, x_t) for a batch (`draws`, and x_t)."""
+        x0, labels, t, noise = self.draws(model, batch)
+        return x0, labels, t, noise, self._xt(x0, t, noise)
 
     def __call__(self, model: DiTTransformer2DModel, batch, reduce: bool = True,
                  reduction: str = "mean") -> torch.Tensor:
         """DiT's loss per sample, averaged over the batch (`reduce`). `reduction` "mean": averaged over pixels, as DiT
         trains; "sum": summed over pixels, as the DDPM code of SalUn and Selective Amnesia (a pixel-count larger)."""
-        x0, labels, t, noise, xt = self._noised(model, batch)
+        return self.of_draws(model, *self.draws(model, batch), reduce=reduce, reduction=reduction)
+
+    def of_draws(self, model, x0, labels, t, noise, reduce: bool = True, reduction: str = "mean") -> torch.Tensor:
+        """The loss of the batch that `draws` came from, as a pure function of those tensors: no generator and no
+        query of the model's device, which is only called (so torch.func can vmap it, e.g. per-sample gradients)."""
+        xt = self._xt(x0, t, noise)
         out = model(xt, t, class_labels=labels).sample
         channels = x0.shape[1]
         eps = out[:, :channels]
@@ -103,7 +118,7 @@ class DiTLoss:
         x0, labels, t, noise, _ = self._noised(model, batch)
         half = len(t) // 2 + 1
         t = torch.cat([t[:half], self.num_timesteps - 1 - t[:len(t) - half]])
-        xt = self._at(self.sqrt_ac, t, x0) * x0 + self._at(self.sqrt_1m_ac, t, x0) * noise
+        xt = self._xt(x0, t, noise)
         channels = x0.shape[1]
         null = torch.full_like(labels, model.config.num_embeds_ada_norm)
         out = model(torch.cat([xt, xt]), torch.cat([t, t]), class_labels=torch.cat([labels, null])).sample
@@ -133,7 +148,7 @@ class DiTLoss:
         channels = x0.shape[1]
         for i in range(0, len(t), chunk):
             tc, nc = t[i:i + chunk].to(x0.device), noise[i:i + chunk].to(x0.device, x0.dtype)
-            xt = self._at(self.sqrt_ac, tc, x0) * x0 + self._at(self.sqrt_1m_ac, tc, x0) * nc
+            xt = self._xt(x0, tc, nc)
             eps = model(xt, tc, class_labels=labels.expand(len(tc))).sample[:, :channels]
             yield weight * ((eps - nc) ** 2).sum()
 

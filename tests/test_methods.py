@@ -56,6 +56,22 @@ def test_salun_mask_keeps_the_top_share_of_gradient_magnitude():
     assert torch.equal(total["weight"], torch.tensor([[4.0, -1.0]]))  # the signed sum, before |.|
 
 
+def test_sfron_fisher_diagonals_are_the_loops_when_vmapped(tiny_dit):
+    def stream(label):  # endless seeded single samples, as the pipeline's batches(x, y, 1, seed)
+        gen = torch.Generator().manual_seed(label)
+        while True:
+            x, seed = torch.rand(1, 1, 4, 4, generator=gen) * 2 - 1, torch.randint(0, 99, (1,), generator=gen)
+            yield x, torch.tensor([label]), seed
+
+    looped, vmapped = _method("sfron", grad_samples=6, fisher_batch=1), _method("sfron", grad_samples=6)
+    assert vmapped.cfg.fisher_batch == 16  # the default: vmapped (more than the 6 samples: one chunk)
+    for method in (looped, vmapped):
+        method.prepare(tiny_dit, lambda b: stream(1), lambda b: stream(2), progress=False)
+    for a, b in [(looped.fisher_forget, vmapped.fisher_forget), (looped.fisher_retain, vmapped.fisher_retain)]:
+        scale = max(float(f.max()) for f in a.values())
+        assert all(torch.allclose(a[n], b[n], rtol=1e-4, atol=1e-6 * scale) for n in a)
+
+
 def test_sa_penalty_is_zero_at_the_original_weights_and_quadratic_away(tiny_dit):
     sa = _method("sa", grad_samples=3)
     replay = iter([_batch(label=c, n=1) for c in (0, 2, 3)])

@@ -20,6 +20,9 @@ class MethodConfig:
     name: Literal["ga", "sfron", "salun", "sa"] = "sfron"  # one of METHODS
     # samples per Fisher diagonal (SFR-on, SA) or forget images of SalUn's saliency
     grad_samples: Annotated[int, Gt(0)] = 2000
+    # SFR-on: samples per vmapped per-sample-gradient pass of its Fisher diagonals (same values up to float rounding;
+    # 1: the published batch-1 loop); memory grows with it: that many copies of the model's gradients at once
+    fisher_batch: Annotated[int, Gt(0)] = 16
     # loss scale: "mean" or "sum" over pixels; null: the method's paper's
     forget_reduction: Literal["mean", "sum"] | None = None
     # (GA, SFR-on: mean as DiT; SalUn: mean / sum; SA: sum / sum)

@@ -10,11 +10,11 @@ class SFRon(GradientAscent):
     name = "sfron"
 
     def prepare(self, model, forget, retain, progress=True, partial=None):
-        n = self.cfg.grad_samples
+        n, chunk = self.cfg.grad_samples, self.cfg.fisher_batch
         self.fisher_forget = fisher_diagonal(model, self.loss, forget(1), n, desc="fisher forget",
-                                             progress=progress, partial=partial)
+                                             progress=progress, partial=partial, chunk=chunk)
         self.fisher_retain = fisher_diagonal(model, self.loss, retain(1), n, desc="fisher retain",
-                                             progress=progress, partial=partial)
+                                             progress=progress, partial=partial, chunk=chunk)
         return sfron_mask(self.fisher_forget, self.fisher_retain, self.cfg.gamma)
 
     def state(self):
