@@ -71,7 +71,7 @@ class DiTLoss:
         else:
             t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device)
             noise = torch.randn_like(x0)
-        return x0, labels.to(model.device), t, noise
+        return x0, labels.to(x0.device), t, noise
 
     def _xt(self, x0, t, noise):
         """x_t: x0 noised to timestep t with the given noise."""
