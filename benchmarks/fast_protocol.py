@@ -1,4 +1,4 @@
-"""How far `eval.protocol=fast` (DPM-Solver++ at 25 steps, a quarter of the samples) agrees with the full protocol:
+"""How far `eval.protocol=fast` (at most 50 sampler steps, a quarter of the samples) agrees with the full protocol:
 every erased model of a finished `fid-bench` run (and its base model) is scored again under the fast protocol, next
 to its full-protocol scores. Prints forget accuracy and FID per cell, the cost of each protocol, and whether the
 fast protocol ranks the method x optimizer rows as the full one does (Spearman's rho of the row means)."""
@@ -57,6 +57,7 @@ def main(argv=None) -> None:
         rows.append({"cell": cell.name, "method": full["method"], "optimizer": full["optimizer"],
                      "FA full": full["after"]["forget_accuracy"], "FA fast": fast["forget_accuracy"],
                      "FID full": full["after"]["fid"], "FID fast": fast["fid"],
+                     "base FA full": full["before"]["forget_accuracy"], "base FA fast": base["forget_accuracy"],
                      "base FID full": full["before"]["fid"], "base FID fast": base["fid"]})
         print(f"{cell.name}: done", file=sys.stderr)
     first = load_config(str(cells[0] / "config.yaml"))
@@ -64,7 +65,7 @@ def main(argv=None) -> None:
                  {"bench": args.bench, "cells": len(rows), "threads": args.threads,
                   "full": f"{first.sample.scheduler} {first.sample.steps} steps, {first.eval.forget_samples} forget / "
                           f"{first.eval.retain_samples_per_class} per retained class",
-                  "fast": "dpm-solver++ 25 steps, a quarter of the samples"}))
+                  "fast": f"{fast_cfg.sample.scheduler} {fast_cfg.sample.steps} steps, a quarter of the samples"}))
     print(table(rows))
     groups = {}
     for r in rows:
