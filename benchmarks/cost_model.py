@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import header, table  # noqa: E402
 from benchmarks.gpu_check import VAE_XL, XL, build_vae  # noqa: E402
-from pipelines.config import load_config  # noqa: E402
+from pipelines.config import evaluation_config, load_config  # noqa: E402
 from pipelines.dit import build_dit  # noqa: E402
 from pipelines.fid_bench import read_spec  # noqa: E402
 from pipelines.plan import passes  # noqa: E402
@@ -41,8 +41,11 @@ def main(argv=None) -> None:
                    help="assumed MFU of batched work: guided sampling, SA's timestep-batched Fisher, SalUn's saliency")
     p.add_argument("--mfu-small", type=float, default=0.05,
                    help="assumed MFU of batch-1 erase steps and per-sample Fisher gradients (a GPU mostly idles)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for every cell, e.g. eval.protocol=fast")
     args = p.parse_args(argv)
     spec = read_spec(args.spec)
+    spec["set"] = [*spec["set"], *args.overrides]
     dit_gflop, vae_gflop = gflop_per_image()
     totals: dict[str, list[float]] = {}  # phase -> [forward passes, backward passes, images decoded]
     shared = set()
@@ -53,6 +56,7 @@ def main(argv=None) -> None:
                     cfg = load_config(spec["config"], [*spec["set"], f"method.name={method}",
                                                        f"erase.optimizer={mode}", f"seed={seed}"])
                     guided = 1 if cfg.sample.guidance == 1.0 else 2
+                    eval_steps = evaluation_config(cfg).sample.steps * guided  # passes per image evaluated
                     for phase, fwd, bwd in passes(cfg, 1000, cfg.eval.grid_classes):
                         name = phase.replace(" (cached after a first run)", "")
                         name = "erasure" if name.startswith("erasure") else name
@@ -61,7 +65,7 @@ def main(argv=None) -> None:
                         if once is not None and (name, once) in shared:
                             continue  # cached: the first cell that needs it pays
                         shared.add((name, once))
-                        images = fwd / (cfg.sample.steps * guided) if name.startswith(("evaluation", "grid")) else 0
+                        images = fwd / eval_steps if name.startswith(("evaluation", "grid")) else 0
                         row = totals.setdefault(name, [0.0, 0.0, 0.0])
                         row[0], row[1], row[2] = row[0] + fwd, row[1] + bwd, row[2] + images
     rows, hours = [], {}

@@ -94,26 +94,39 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
-def _average_gradients(params) -> None:
-    """Data parallelism: every process holds the gradient of its share of the batch; average them in one all-reduce."""
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    flat = torch.cat([p.grad.flatten() for p in params])
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
-    offset = 0
-    for p in params:
-        p.grad.copy_(flat[offset:offset + p.numel()].view_as(p))
-        offset += p.numel()
+class _Replica:
+    """The model as the losses call it under data parallelism: calls go through its DDP wrapper, every attribute
+    (config, device, parameters under their own names) is the model's own."""
+
+    def __init__(self, ddp: torch.nn.Module, model: torch.nn.Module):
+        self._ddp, self._model = ddp, model
+
+    def __call__(self, *args, **kwargs):
+        return self._ddp(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
 
 
-def _check(where, losses: list[torch.Tensor], norm: torch.Tensor, params) -> tuple[list[float], float]:
+def data_parallel(model: torch.nn.Module):
+    """Under torch.distributed, the model wrapped by accelerate's Accelerator in DDP, which averages the processes'
+    gradients during backward (bucketed all-reduces overlapped with it); the model itself in one process. Mixed
+    precision stays the caller's (autocast), so the wrapper adds none."""
+    if world()[1] == 1:
+        return model
+    from accelerate import Accelerator
+
+    return _Replica(Accelerator(mixed_precision="no").prepare_model(model, device_placement=False), model)
+
+
+def _check(where, losses: list[torch.Tensor], norm: torch.Tensor, params, weights: bool) -> tuple[list[float], float]:
     """(losses, gradient norm) as floats, read in ONE host sync per update: raise DivergenceError if a loss, the
-    gradient norm or any weight is not finite, here or (under torch.distributed) on another process, so that all
-    processes stop together and none is left waiting in an all-reduce."""
-    weights = torch.nn.utils.get_total_norm(params, math.inf)  # max |w|, one fused pass: non-finite iff a weight is
-    stats = torch.stack([*(loss.detach().float() for loss in losses), norm.detach().float(), weights.float()])
+    gradient norm or (with `weights`) any weight is not finite, here or (under torch.distributed) on another process,
+    so that all processes stop together and none is left waiting in an all-reduce."""
+    # max |w|, one fused pass: non-finite iff a weight is (finite losses and gradients keep weights finite but for an
+    # overflow, so the weights are checked once per outer step, before any checkpoint can save them)
+    top = torch.nn.utils.get_total_norm(params, math.inf) if weights else norm.new_zeros(())
+    stats = torch.stack([*(loss.detach().float() for loss in losses), norm.detach().float(), top.float()])
     if world()[1] > 1:
         finite = torch.isfinite(stats).all().float()
         dist.all_reduce(finite, op=dist.ReduceOp.MIN)
@@ -129,16 +142,15 @@ def _check(where, losses: list[torch.Tensor], norm: torch.Tensor, params) -> tup
     return loss_values, norm_v
 
 
-def _update(params, masks, weighted, optimizer, clip, keep_masked, where, clip_then_mask=False):
-    """One optimizer step on the sum of w * loss over `weighted` [(w, loss), ...]: backward, average over processes,
-    mask the gradients, clip, step (or clip, then mask: `clip_then_mask`, SalUn's order). `where` = (side, outer
-    step) names the step if it diverges. A diverged step has been taken when it raises: its weights are discarded.
+def _update(params, masks, weighted, optimizer, clip, keep_masked, where, clip_then_mask=False, weights=True):
+    """One optimizer step on the sum of w * loss over `weighted` [(w, loss), ...]: backward (through DDP under
+    torch.distributed, which averages the gradients over processes), mask the gradients, clip, step (or clip, then
+    mask: `clip_then_mask`, SalUn's order). `where` = (side, outer step) names the step if it diverges; `weights`:
+    also check the weights. A diverged step has been taken when it raises: its weights are discarded.
 
     Returns ([each loss], the gradient norm before clipping (of the masked gradient, unless `clip_then_mask`))."""
     optimizer.zero_grad(set_to_none=True)
     sum(w * loss for w, loss in weighted).backward()
-    if world()[1] > 1:
-        _average_gradients(params)
     if masks is not None and not clip_then_mask:
         _mask(params, masks)
     norm = torch.nn.utils.clip_grad_norm_(params, clip if clip is not None else math.inf)
@@ -154,7 +166,7 @@ def _update(params, masks, weighted, optimizer, clip, keep_masked, where, clip_t
         with torch.no_grad():
             for p, m, v in zip(params, masks, frozen):
                 p[~m] = v
-    return _check(where, [loss for _, loss in weighted], norm, params)
+    return _check(where, [loss for _, loss in weighted], norm, params, weights)
 
 
 def _mask(params, masks) -> None:
@@ -192,8 +204,9 @@ def unlearn(
     `optimizers` = (Optim_f, Optim_r) to continue with (default: fresh ones from `make_optimizers`); `start_step`
     resumes the loop there (a restored checkpoint). `on_step(record)` runs after every outer step; when it returns True,
     erasure ends there (an early stop).
-    Data parallel: under torch.distributed every process feeds its own share of each batch and the gradients are
-    averaged before masking and clipping, so all processes take the same step (losses in the log are process-local).
+    Data parallel: under torch.distributed every process feeds its own share of each batch and DDP (`data_parallel`)
+    averages the gradients before masking and clipping, so all processes take the same step (losses in the log are
+    process-local).
     A method whose original form is one joint step (`method.joint`, SalUn) gets, with a shared optimizer, ONE update on
     the weighted sum of both losses per outer step. Returns one log record per outer step with both losses and the
     gradient norms.
@@ -205,6 +218,7 @@ def unlearn(
     joint = optim_f is optim_r and getattr(method, "joint", False)  # see batches_per_step
     keep_masked = masks is not None and optim_f is not optim_r
     order = getattr(method, "clip_then_mask", False)
+    net = data_parallel(model)  # what the losses call: the model, or its DDP wrapper
     model.train()
     log = []
     for step in tqdm(range(start_step, cfg.outer_steps), desc="erase", disable=not progress or world()[0] != 0,
@@ -213,22 +227,24 @@ def unlearn(
         w_f, w_r = (alpha, 1.0) if method.alpha_weights == "forget" else (1.0, alpha)
         record = {"step": step, "alpha": alpha}
         if joint:
-            f, r = method.forget_loss(model, next(forget_data)), method.retain_loss(model, next(retain_data))
+            f, r = method.forget_loss(net, next(forget_data)), method.retain_loss(net, next(retain_data))
             (f_loss, r_loss), norm = _update(params, masks, [(w_f, f), (w_r, r)], optim_f, cfg.forget_clip, False,
                                              ("joint", step), order)
             record.update(forget_loss=f_loss, retain_loss=r_loss, forget_grad_norm=None, retain_grad_norm=None,
                           joint_grad_norm=norm)
         else:
             f_loss = f_norm = r_loss = r_norm = 0.0
-            for _ in range(cfg.forget_steps):
-                loss = method.forget_loss(model, next(forget_data))
+            for i in range(cfg.forget_steps):
+                loss = method.forget_loss(net, next(forget_data))
+                last = i == cfg.forget_steps - 1 and cfg.retain_steps == 0  # the outer step's last update
                 (value,), norm = _update(params, masks, [(w_f, loss)], optim_f, cfg.forget_clip, keep_masked,
-                                         ("forget", step), order)
+                                         ("forget", step), order, weights=last)
                 f_loss, f_norm = f_loss + value / cfg.forget_steps, f_norm + norm / cfg.forget_steps
-            for _ in range(cfg.retain_steps):
-                loss = method.retain_loss(model, next(retain_data))
+            for i in range(cfg.retain_steps):
+                loss = method.retain_loss(net, next(retain_data))
                 (value,), norm = _update(params, masks if cfg.mask_retain else None, [(w_r, loss)], optim_r,
-                                         cfg.retain_clip, keep_masked and cfg.mask_retain, ("retain", step), order)
+                                         cfg.retain_clip, keep_masked and cfg.mask_retain, ("retain", step), order,
+                                         weights=i == cfg.retain_steps - 1)
                 r_loss, r_norm = r_loss + value / cfg.retain_steps, r_norm + norm / cfg.retain_steps
             record.update(forget_loss=f_loss, retain_loss=r_loss, forget_grad_norm=f_norm, retain_grad_norm=r_norm)
         log.append(record)

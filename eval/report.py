@@ -81,6 +81,7 @@ def protocol_line(p: dict) -> str:
     """The protocol of a set of numbers, in one line."""
     precision = f", {p['precision']}" if "precision" in p else ""
     spacing = f" ({p['timestep_spacing']} spacing)" if "timestep_spacing" in p else ""
+    batches = f", noise drawn per batch of {p['sample_batch_size']}" if "sample_batch_size" in p else ""
     channels = f" on {p['guidance_channels']} channel(s)" if p.get("guidance_channels", "all") != "all" else ""
     software = ("; " + ", ".join(f"{k} {v}" for k, v in p["versions"].items()) + f", on {p['device']}"
                 if "versions" in p else "")
@@ -88,7 +89,8 @@ def protocol_line(p: dict) -> str:
              f"{p['norm_eps']:g}, {p['model_parameters'] / 1e6:.4g}M parameters" if "embedders" in p else "")
     fast = "PROTOCOL: FAST (for quick looks only; published comparisons need the full protocol), " \
         if p.get("protocol", "full") != "full" else ""
-    return (f"{fast}{p['sampler']}, {p['steps']} steps{spacing}, guidance {p['guidance']}{channels}{precision}{model}, "
+    return (f"{fast}{p['sampler']}, {p['steps']} steps{spacing}{batches}, guidance {p['guidance']}{channels}"
+            f"{precision}{model}, "
             f"{p['forget_samples']} forget / "
             f"{p['retain_samples']} retain samples, FID reference {p['reference']}, features {p['feature_extractor']}, "
             f"classifier {p['classifier']}, seed {p['seed']}{software}")

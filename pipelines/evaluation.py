@@ -32,6 +32,7 @@ def protocol(cfg: Config, w: Workload, forget_class: int) -> dict:
         "guidance": cfg.sample.guidance,
         "guidance_channels": cfg.sample.guidance_channels or "all",
         "timestep_spacing": cfg.sample.timestep_spacing,
+        "sample_batch_size": cfg.sample.batch_size,  # each batch's noise is keyed by its first sample
         **describe_model(w.model),  # embedders, timestep_shift, norm_eps, model_parameters
         "precision": "bf16 autocast" if cfg.compute.mixed_precision == "bf16" else
                      "float32, TF32 matmuls" if cfg.compute.tf32 and processes().device.type == "cuda" else "float32",
