@@ -1,7 +1,6 @@
-"""Data parallelism for erasure: a hand-written flat all-reduce of every gradient after backward (what erasure used
-before) against DDP through accelerate's `Accelerator` (`erase.dualoptim.data_parallel`: bucketed all-reduces
-overlapped with backward), in 2 processes over gloo, on the same dual forget/retain loop, model and batches.
-Run it plainly: it relaunches itself under torch.distributed.run.
+"""Data parallelism for erasure: our flat all-reduce of every gradient (`erase.dualoptim._average_gradients`) against
+DDP through accelerate's `Accelerator` (bucketed all-reduce overlapped with backward), in 2 processes over gloo, on
+the same dual forget/retain loop, model and batches. Run it plainly: it relaunches itself under torch.distributed.run.
 """
 from __future__ import annotations
 
@@ -17,25 +16,19 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import DIGITS, SMALL_LATENT, header, interleaved, table  # noqa: E402
-from erase.dualoptim import EraseConfig, alpha_at, data_parallel  # noqa: E402
+from erase.dualoptim import EraseConfig, _average_gradients, alpha_at  # noqa: E402
 from pipelines.dit import build_dit, make_scheduler  # noqa: E402
 from pipelines.loss import DiTLoss  # noqa: E402
 
 
-def flat_all_reduce(params) -> None:
-    """Average every process's gradients in one all-reduce of all of them, concatenated, after backward."""
-    import torch.distributed as dist
+class Forward:
+    """What DiTLoss needs of a model (device, dtype, call) around a DDP wrapper, which hides them."""
 
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    flat = torch.cat([p.grad.flatten() for p in params])
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
-    offset = 0
-    for p in params:
-        p.grad.copy_(flat[offset:offset + p.numel()].view_as(p))
-        offset += p.numel()
+    def __init__(self, ddp, module):
+        self.ddp, self.device, self.dtype = ddp, module.device, module.dtype
+
+    def __call__(self, *args, **kwargs):
+        return self.ddp(*args, **kwargs)
 
 
 def loop(model, forward, average, batches, mask, steps: int) -> None:
@@ -62,6 +55,8 @@ def loop(model, forward, average, batches, mask, steps: int) -> None:
 
 def measure(name: str, arch: dict, args, state) -> dict | None:
     """Steps/s of both ways of averaging on one model and the largest weight difference they end at."""
+    from accelerate import Accelerator
+
     torch.manual_seed(0)
     base = build_dit(**arch)
     gen = torch.Generator().manual_seed(1)
@@ -72,16 +67,18 @@ def measure(name: str, arch: dict, args, state) -> dict | None:
                        torch.randint(0, 2**62, (args.batch,), generator=gen)[rank * n:(rank + 1) * n])
                       for _ in range(args.steps)] for side in ("forget", "retain")}
     mask = {k: torch.rand(p.shape, generator=gen) < 0.5 for k, p in base.named_parameters()}
+    accelerator = Accelerator(cpu=True)
     finals = {}
 
     def hand():
         model = copy.deepcopy(base).train()
-        loop(model, model, flat_all_reduce, batches, mask, args.steps)
+        loop(model, model, _average_gradients, batches, mask, args.steps)
         finals["hand"] = model
 
     def ddp():
         model = copy.deepcopy(base).train()
-        loop(model, data_parallel(model), None, batches, mask, args.steps)
+        wrapped = accelerator.prepare_model(model)
+        loop(model, Forward(wrapped, model), None, batches, mask, args.steps)
         finals["ddp"] = model
 
     hand(), ddp()  # warm-up

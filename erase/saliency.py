@@ -32,9 +32,15 @@ def _vmapped_gradients(model, loss: DrawnLoss, named, batches) -> dict[str, torc
 
     draws = tuple(torch.stack(d) for d in zip(*(loss.draws(model, b) for b in batches)))
     params = {n: p.detach() for n, p in named}
-    # math attention: CPU's fused kernel has no vmap batching rule (torch would warn and run it sample by sample)
-    with sdpa_kernel(SDPBackend.MATH):
-        return vmap(grad(batch_loss), in_dims=(None, 0))(params, draws)
+    # functional_call leaves a module reached by two paths (tied embedders) holding its stand-ins: put them back
+    slots = [(m, name, p) for m in model.modules() for name, p in m._parameters.items()]
+    try:
+        # math attention: CPU's fused kernel has no vmap batching rule (torch would warn and run it sample by sample)
+        with sdpa_kernel(SDPBackend.MATH):
+            return vmap(grad(batch_loss), in_dims=(None, 0))(params, draws)
+    finally:
+        for m, name, p in slots:
+            m._parameters[name] = p
 
 
 def _per_sample_sum(model, loss, samples, num_samples, transform, desc, progress, partial=None, clip=None, chunk=1):

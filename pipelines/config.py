@@ -89,7 +89,7 @@ class SampleConfig:
 @dataclass
 class EvalConfig:
     # full: the sampler and sample counts as configured (published comparisons need it); fast: for quick looks while
-    # tuning, at most 50 sampler steps and a quarter of the samples (pipelines.config.evaluation_config)
+    # tuning, at most 50 sampler steps and a quarter of the samples (pipelines.evaluation.evaluation_config)
     protocol: Literal["full", "fast"] = "full"
     forget_samples: Annotated[int, Gt(0)] = 200  # samples of the forget class, for forget accuracy
     retain_samples_per_class: Annotated[int, Gt(0)] = 100  # samples of each other class, for retain accuracy and FID
@@ -290,25 +290,6 @@ def load_config(name_or_path: str = "digits", overrides: list[str] = ()) -> Conf
             _apply(cfg, item)
     _validate(cfg)
     return cfg
-
-
-FAST_STEPS = 50  # eval.protocol fast: at most this many steps of the configured sampler
-
-
-def evaluation_config(cfg: Config) -> Config:
-    """The config the evaluation samples and scores under: `cfg` itself for eval.protocol full; for fast, the same
-    sampler at no more than FAST_STEPS steps and a quarter of every sample count (FID of fewer samples reads higher:
-    compare fast numbers with fast numbers only). The erasure and the method's replay keep the configured sampler.
-    The sampler stays the configured one: on digits, DDIM and DPM-Solver++ read the forget accuracy of partly erased
-    models far lower than DDPM does (0.005 against 0.195), DDPM at 50 steps within 0.05 (docs/performance.md)."""
-    if cfg.eval.protocol == "full":
-        return cfg
-    e = cfg.eval
-    quarter = lambda n: None if n is None else max(1, n // 4)  # noqa: E731
-    return dataclasses.replace(
-        cfg, sample=dataclasses.replace(cfg.sample, steps=min(cfg.sample.steps, FAST_STEPS)),
-        eval=dataclasses.replace(e, forget_samples=quarter(e.forget_samples), retain_samples=quarter(e.retain_samples),
-                                 retain_samples_per_class=quarter(e.retain_samples_per_class)))
 
 
 def to_dict(cfg: Config) -> dict:

@@ -17,11 +17,20 @@ from eval.report import sample_grid, save_image
 from eval.storage import atomic_write_json, atomic_write_text
 from pipelines.card import model_card
 from pipelines.classes import resolve_class
-from pipelines.config import Config, evaluation_config, to_dict
+from pipelines.config import Config, to_dict
 from pipelines.data import check_writable
 from pipelines.erasure import Erased, check_processes, check_pseudo_class, erase, save_model
 from pipelines.errors import UsageError
-from pipelines.evaluation import SCORES, base_grid_cache, evaluate, evaluate_base, grid_classes, grid_images, protocol
+from pipelines.evaluation import (
+    SCORES,
+    base_grid_cache,
+    evaluate,
+    evaluate_base,
+    evaluation_config,
+    grid_classes,
+    grid_images,
+    protocol,
+)
 from pipelines.plan import passes, passes_table
 from pipelines.pretrained import load_model
 from pipelines.streams import real_data

@@ -6,7 +6,8 @@ import math
 
 import yaml
 
-from pipelines.config import Config, evaluation_config, to_dict
+from pipelines.config import Config, to_dict
+from pipelines.evaluation import evaluation_config
 
 
 def config_text(cfg: Config) -> str:

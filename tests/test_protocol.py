@@ -8,8 +8,9 @@ import torch
 from conftest import TINY
 
 from pipelines import erase_class, evaluation, fid_bench, sampling
-from pipelines.config import evaluation_config, load_config
+from pipelines.config import load_config
 from pipelines.dit import make_scheduler, sampler_scheduler
+from pipelines.evaluation import evaluation_config
 from pipelines.sampling import class_labels, sample
 
 
@@ -78,6 +79,7 @@ def test_a_benchmark_samples_the_base_model_once_per_class(tmp_path, monkeypatch
 
     monkeypatch.setattr(evaluation, "evaluate", counting_evaluate)
     monkeypatch.setattr(sampling, "sample", counting_sample)
+    monkeypatch.setenv("DUALERASE_HOME", str(tmp_path / "cache"))  # a cache no other test has filled
     args = ["--classes", "3", "5", "--seeds", "0", "--methods", "ga", "sfron", "--optimizers", "dual", "shared",
             "--output", str(tmp_path / "bench"), *TINY]
     assert fid_bench.main(args) == 0
@@ -99,6 +101,7 @@ def test_sa_replay_is_drawn_once_for_both_optimizer_modes(tmp_path, monkeypatch)
         return real_sample(model, *args, **kwargs)
 
     monkeypatch.setattr(sampling, "sample", counting_sample)
+    monkeypatch.setenv("DUALERASE_HOME", str(tmp_path / "cache"))  # a cache no other test has filled
     for mode in ("dual", "shared"):
         assert erase_class.main(["3", "--output", str(tmp_path / mode), *TINY, "--set", "method.name=sa",
                                  "--set", f"erase.optimizer={mode}"]) == 0

@@ -1,4 +1,6 @@
 """Fisher diagonals and the SFR-on mask on hand-computable cases."""
+import copy
+
 import pytest
 import torch
 
@@ -97,9 +99,13 @@ def test_vmapped_fisher_equals_the_batch_1_loop(tiny_dit, chunk, tied):
     loss = DiTLoss(make_scheduler())
     loop = fisher_diagonal(tiny_dit, loss, stream(), 10, progress=False)
     tiny_dit.train()
+    before = {n: p for n, p in tiny_dit.named_parameters(remove_duplicate=False)}
     vmapped = fisher_diagonal(tiny_dit, loss, stream(), 10, progress=False, chunk=chunk)
     assert drawn["n"] == 20 and not tiny_dit.training  # the stream read once each, the model measured in eval mode
     assert all(p.grad is None for p in tiny_dit.parameters())
+    # every parameter is its own object again (torch's functional_call leaves tied modules holding stand-ins)
+    assert all(p is before[n] for n, p in tiny_dit.named_parameters(remove_duplicate=False))
+    copy.deepcopy(tiny_dit)
     assert vmapped.keys() == loop.keys()
     _assert_close(loop, vmapped)
 
