@@ -87,13 +87,14 @@ def protocol_line(p: dict) -> str:
                 if "versions" in p else "")
     model = (f", model: {p['embedders'].split(' (')[0]} embedders, timestep shift {p['timestep_shift']}, LayerNorm eps "
              f"{p['norm_eps']:g}, {p['model_parameters'] / 1e6:.4g}M parameters" if "embedders" in p else "")
+    rule = f" (FA counts: {p['forget_rule']})" if "forget_rule" in p else ""
     fast = "PROTOCOL: FAST (for quick looks only; published comparisons need the full protocol), " \
         if p.get("protocol", "full") != "full" else ""
     return (f"{fast}{p['sampler']}, {p['steps']} steps{spacing}{batches}, guidance {p['guidance']}{channels}"
             f"{precision}{model}, "
             f"{p['forget_samples']} forget / "
             f"{p['retain_samples']} retain samples, FID reference {p['reference']}, features {p['feature_extractor']}, "
-            f"classifier {p['classifier']}, seed {p['seed']}{software}")
+            f"classifier {p['classifier']}{rule}, seed {p['seed']}{software}")
 
 
 def summary(m: dict) -> str:

@@ -95,6 +95,10 @@ class EvalConfig:
     retain_samples_per_class: Annotated[int, Gt(0)] = 100  # samples of each other class, for retain accuracy and FID
     # instead: this many samples, labels drawn at random from the other classes
     retain_samples: Annotated[int | None, Gt(0)] = None
+    # FA counts a sample when the classifier's top class is the forget class at least this sure and its pixel std (in
+    # [-1, 1]) is above fa_blank_std; null: top class alone, as published (pipelines.evaluation.counts_as_forget)
+    fa_min_confidence: Annotated[float | None, Ge(0), Le(1)] = None
+    fa_blank_std: Annotated[float | None, Ge(0)] = None
     grid_per_class: Annotated[int, Gt(0)] = 8  # images per class row of grid.png
     # classes shown in grid.png (the forget class first, then the lowest others)
     grid_classes: Annotated[int, Gt(0)] = 10

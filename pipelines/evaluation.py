@@ -40,6 +40,26 @@ def evaluation_config(cfg: Config) -> Config:
                                  retain_samples_per_class=quarter(e.retain_samples_per_class)))
 
 
+def counts_as_forget(probs: torch.Tensor, images: torch.Tensor, forget_class: int, e) -> torch.Tensor:
+    """Which samples count as the forget class in FA: the classifier's top class is it, with at least
+    eval.fa_min_confidence of probability, and the image (in [-1, 1]) is not near-constant (pixel std above
+    eval.fa_blank_std). With both null: the top class alone."""
+    top = probs.max(1)
+    counted = top.indices == forget_class
+    if e.fa_min_confidence is not None:
+        counted &= top.values >= e.fa_min_confidence
+    if e.fa_blank_std is not None:
+        counted &= images.flatten(1).float().std(1) > e.fa_blank_std
+    return counted
+
+
+def fa_rule(e) -> str:
+    """The FA rule in words, for the protocol."""
+    rule = "top class" if e.fa_min_confidence is None else f"top class with probability >= {e.fa_min_confidence:g}"
+    return rule + ("" if e.fa_blank_std is None else f", near-constant samples (pixel std <= {e.fa_blank_std:g} in "
+                   "[-1, 1]) not counted")
+
+
 def protocol(cfg: Config, w: Workload, forget_class: int) -> dict:
     """Everything needed to reproduce or compare the numbers."""
     return {
@@ -56,6 +76,7 @@ def protocol(cfg: Config, w: Workload, forget_class: int) -> dict:
         "precision": "bf16 autocast" if cfg.compute.mixed_precision == "bf16" else
                      "float32, TF32 matmuls" if cfg.compute.tf32 and processes().device.type == "cuda" else "float32",
         "forget_samples": cfg.eval.forget_samples,
+        "forget_rule": fa_rule(cfg.eval),
         "retain_samples": len(retain_labels(w, cfg, forget_class)),
         "retain_labels": f"{cfg.eval.retain_samples_per_class} per retained class" if cfg.eval.retain_samples is None
         else "drawn uniformly at random from the retained classes",
@@ -127,7 +148,8 @@ def evaluate(model, w: Workload, cfg: Config, forget_class: int, progress: bool 
         save_samples(save_to, {"forget": (images[:len(fl)], fl), "retain": (images[len(fl):], rl)})
     fid = w.scorer.fid(images[len(fl):], forget_class)
     scores = {
-        "forget_accuracy": (pred[:len(fl)] == forget_class).float().mean().item(),
+        "forget_accuracy": counts_as_forget(forget, from_uint8(images[:len(fl)]), forget_class, cfg.eval)
+        .float().mean().item(),
         "forget_probability": forget[:, forget_class].mean().item(),
         "forget_entropy": torch.special.entr(forget).sum(1).mean().item(),  # nats
         "retain_accuracy": (pred[len(fl):] == rl).float().mean().item(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pipelines.config import Config
 from pipelines.dit import sampler_scheduler
+from pipelines.evaluation import counts_as_forget
 from pipelines.sampling import class_labels, from_uint8, sample, to_uint8
 from pipelines.streams import stream_seed
 from pipelines.workload import Workload
@@ -34,8 +35,9 @@ class ForgetProbe:
         images = sample(model, sampler_scheduler(s.scheduler, s.timestep_spacing), labels, num_steps=e.probe_steps,
                         guidance=s.guidance, seed=stream_seed(self.cfg.seed, "probe"), batch_size=s.batch_size,
                         vae=self.w.vae, progress=False, guidance_channels=s.guidance_channels)
-        probs = self.w.scorer.probabilities(from_uint8(to_uint8(images)))
-        return (probs.argmax(1) == self.forget_class).float().mean().item()
+        images = from_uint8(to_uint8(images))
+        probs = self.w.scorer.probabilities(images)
+        return counts_as_forget(probs, images, self.forget_class, self.cfg.eval).float().mean().item()
 
     def stop(self, forget_accuracy: float) -> bool:
         self.in_a_row = self.in_a_row + 1 if forget_accuracy <= self.target else 0

@@ -106,3 +106,21 @@ def test_sa_replay_is_drawn_once_for_both_optimizer_modes(tmp_path, monkeypatch)
         assert erase_class.main(["3", "--output", str(tmp_path / mode), *TINY, "--set", "method.name=sa",
                                  "--set", f"erase.optimizer={mode}"]) == 0
     assert drawn == [True, False]  # the second mode reads the first one's replay samples
+
+
+def test_degenerate_samples_of_an_erased_class_do_not_count_as_it():
+    """The digits classifier names a near-white image or a weak guess as the erased digit; under the digits preset's
+    rule neither counts, a confident real-looking sample does; with the rule off (ImageNet's preset) the top class
+    alone decides, as the published evaluator."""
+    from pipelines.evaluation import counts_as_forget
+
+    images = torch.stack([torch.ones(1, 8, 8),  # near-white: constant but for one pixel
+                          torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1,
+                          torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1])
+    images[0, 0, 0, 0] = 0.5
+    probs = torch.full((3, 10), 0.01)
+    probs[0, 1], probs[1, 1], probs[2, 1] = 0.91, 0.40, 0.95  # all three: top class 1
+    digits = load_config("digits").eval
+    assert counts_as_forget(probs, images, 1, digits).tolist() == [False, False, True]
+    assert counts_as_forget(probs, images, 1, load_config("imagenet").eval).tolist() == [True, True, True]
+    assert counts_as_forget(probs, images, 2, digits).tolist() == [False, False, False]
