@@ -140,7 +140,8 @@ def evaluate(model, w: Workload, cfg: Config, forget_class: int, progress: bool 
     if images is None:  # not the main process, which scores
         return None
     images = to_uint8(images)
-    probs = w.scorer.probabilities(from_uint8(images))
+    scored = from_uint8(images)  # what every score reads: the 8-bit images
+    probs = w.scorer.probabilities(scored)
     pred = probs.argmax(1)
     forget = probs[:len(fl)]
     per_class = {str(c): (pred[labels == c] == c).float().mean().item() for c in labels.unique().tolist()}
@@ -148,8 +149,7 @@ def evaluate(model, w: Workload, cfg: Config, forget_class: int, progress: bool 
         save_samples(save_to, {"forget": (images[:len(fl)], fl), "retain": (images[len(fl):], rl)})
     fid = w.scorer.fid(images[len(fl):], forget_class)
     scores = {
-        "forget_accuracy": counts_as_forget(forget, from_uint8(images[:len(fl)]), forget_class, cfg.eval)
-        .float().mean().item(),
+        "forget_accuracy": counts_as_forget(forget, scored[:len(fl)], forget_class, cfg.eval).float().mean().item(),
         "forget_probability": forget[:, forget_class].mean().item(),
         "forget_entropy": torch.special.entr(forget).sum(1).mean().item(),  # nats
         "retain_accuracy": (pred[len(fl):] == rl).float().mean().item(),

@@ -21,7 +21,8 @@ def passes(cfg: Config, num_classes: int, grid_classes: int) -> list[tuple[str, 
     The base model's evaluation and grid are cached after the first run with the same model, protocol, seed and
     class; so is the method's preparation (same method settings)."""
     m, e, s = cfg.method, cfg.erase, cfg.sample
-    es, ev = evaluation_config(cfg).sample, evaluation_config(cfg).eval  # eval.protocol fast: fewer steps, samples
+    ecfg = evaluation_config(cfg)  # eval.protocol fast: fewer steps and samples
+    es, ev = ecfg.sample, ecfg.eval
     guided = 1 if s.guidance == 1.0 else 2
     steps, eval_steps = s.steps * guided, es.steps * guided
     others = num_classes - 1
