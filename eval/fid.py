@@ -97,6 +97,11 @@ class DigitsScorer:
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         return probabilities(self.classifier, images)
 
+    def real_distance(self, images: torch.Tensor, label: int) -> torch.Tensor:
+        """L2 distance (pixels in [-1, 1]) from each image to the nearest real image of class `label`."""
+        real = self.images[self.labels == label].flatten(1).to(images.device, torch.float32)
+        return torch.cdist(images.flatten(1).float(), real).min(1).values
+
     def fid(self, samples: torch.Tensor, forget_class: int) -> float:
         reference = ((self.images[self.labels != forget_class].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return fid(samples, reference, feature_extractor=DIGITS_EXTRACTOR, weights_path=str(self.weights_path))

@@ -34,11 +34,10 @@ class ModelConfig:
     # "digits": the embedded tiny DiT (section `digits`); "diffusers": `path` (--model)
     source: Literal["digits", "diffusers"] = "digits"
     path: str = "facebook/DiT-XL-2-256"  # a hub id (read through the Hugging Face cache) or a local pipeline folder
-    # Run the model as it was trained (pipelines.pretrained.match_training). A checkpoint converted from the original
-    # DiT has equal timestep/class embedder copies in every block; one trained in diffusers layout has distinct ones.
-    # null / auto: the original's settings when the copies are equal at load, else diffusers', unless the model folder
-    # records values written by us (dualerase.json).
-    # one embedder shared by all blocks (the original's); auto: iff copies equal
+    # Run the model as it was trained (pipelines.pretrained.match_training): a checkpoint converted from the original
+    # DiT has equal embedder copies in every block, one trained in diffusers layout distinct ones. tie_embedders: one
+    # embedder shared by all blocks (the original's); null / auto: the original's settings iff the copies are equal at
+    # load, unless the model folder records values written by us (dualerase.json)
     tie_embedders: bool | str = "auto"
     timestep_shift: int | None = None  # frequencies exp(-ln(1e4) i / (128 - shift)): 0 original, 1 diffusers
     # eps of diffusers' config-driven LayerNorm: 1e-6 original, else the config's
@@ -59,11 +58,10 @@ class DataConfig:
 class ComputeConfig:
     """How the work runs; processes come from the launcher (accelerate launch / torchrun), one per device."""
 
-    # "no" or "bf16" (autocast; weights and optimizer states stay float32)
-    mixed_precision: Literal["no", "bf16"] = "no"
+    mixed_precision: Literal["no", "bf16"] = "no"  # bf16: autocast; weights and optimizer states stay float32
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower steps
     # float32 matmuls and convolutions in TF32 on CUDA (Ampere and later), as the published DiT code sets; false: full
-    # float32 matmuls. No effect on CPU or under bf16 autocast's bf16 matmuls
+    # float32. No effect on CPU or on bf16 autocast's bf16 matmuls
     tf32: bool = True
     # torch.compile the DiT in place (names and checkpoints unchanged) for sampling and erasure: compiles once per
     # batch shape (about a minute on CPU), then runs faster; numbers differ from eager only by float rounding
@@ -95,10 +93,10 @@ class EvalConfig:
     retain_samples_per_class: Annotated[int, Gt(0)] = 100  # samples of each other class, for retain accuracy and FID
     # instead: this many samples, labels drawn at random from the other classes
     retain_samples: Annotated[int | None, Gt(0)] = None
-    # FA counts a sample when the classifier's top class is the forget class at least this sure and its pixel std (in
-    # [-1, 1]) is above fa_blank_std; null: top class alone, as published (pipelines.evaluation.counts_as_forget)
+    # FA counts a sample if the classifier's top class is the forget class at least this sure and it lies within this
+    # L2 distance of a real image of that class; null: top class alone, as published (evaluation.counts_as_forget)
     fa_min_confidence: Annotated[float | None, Ge(0), Le(1)] = None
-    fa_blank_std: Annotated[float | None, Ge(0)] = None
+    fa_real_distance: Annotated[float | None, Gt(0)] = None
     grid_per_class: Annotated[int, Gt(0)] = 8  # images per class row of grid.png
     # classes shown in grid.png (the forget class first, then the lowest others)
     grid_classes: Annotated[int, Gt(0)] = 10
@@ -225,6 +223,8 @@ def _validate(cfg: Config) -> None:
                           f"{cfg.model.timestep_shift!r}")
     if 8 % cfg.digits.patch_size:
         raise ConfigError(f"digits.patch_size must divide the 8-pixel image size, got {cfg.digits.patch_size}")
+    if cfg.eval.fa_real_distance is not None and cfg.model.source != "digits":
+        raise ConfigError("eval.fa_real_distance needs the digits' real images: set it to null for a diffusers model")
 
 
 def _read_preset(name_or_path: str) -> dict:

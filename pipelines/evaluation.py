@@ -40,24 +40,24 @@ def evaluation_config(cfg: Config) -> Config:
                                  retain_samples_per_class=quarter(e.retain_samples_per_class)))
 
 
-def counts_as_forget(probs: torch.Tensor, images: torch.Tensor, forget_class: int, e) -> torch.Tensor:
+def counts_as_forget(probs: torch.Tensor, images: torch.Tensor, forget_class: int, e, scorer) -> torch.Tensor:
     """Which samples count as the forget class in FA: the classifier's top class is it, with at least
-    eval.fa_min_confidence of probability, and the image (in [-1, 1]) is not near-constant (pixel std above
-    eval.fa_blank_std). With both null: the top class alone."""
+    eval.fa_min_confidence of probability, and the sample lies within eval.fa_real_distance of a real image of it
+    (`scorer.real_distance`). With both null: the top class alone."""
     top = probs.max(1)
     counted = top.indices == forget_class
     if e.fa_min_confidence is not None:
         counted &= top.values >= e.fa_min_confidence
-    if e.fa_blank_std is not None:
-        counted &= images.flatten(1).float().std(1) > e.fa_blank_std
+    if e.fa_real_distance is not None:
+        counted &= scorer.real_distance(images, forget_class) <= e.fa_real_distance
     return counted
 
 
 def fa_rule(e) -> str:
     """The FA rule in words, for the protocol."""
     rule = "top class" if e.fa_min_confidence is None else f"top class with probability >= {e.fa_min_confidence:g}"
-    return rule + ("" if e.fa_blank_std is None else f", near-constant samples (pixel std <= {e.fa_blank_std:g} in "
-                   "[-1, 1]) not counted")
+    return rule + ("" if e.fa_real_distance is None else f", within L2 distance {e.fa_real_distance:g} (pixels in "
+                   "[-1, 1]) of a real image of the class")
 
 
 def protocol(cfg: Config, w: Workload, forget_class: int) -> dict:
@@ -149,7 +149,8 @@ def evaluate(model, w: Workload, cfg: Config, forget_class: int, progress: bool 
         save_samples(save_to, {"forget": (images[:len(fl)], fl), "retain": (images[len(fl):], rl)})
     fid = w.scorer.fid(images[len(fl):], forget_class)
     scores = {
-        "forget_accuracy": counts_as_forget(forget, scored[:len(fl)], forget_class, cfg.eval).float().mean().item(),
+        "forget_accuracy": counts_as_forget(forget, scored[:len(fl)], forget_class, cfg.eval,
+                                                    w.scorer).float().mean().item(),
         "forget_probability": forget[:, forget_class].mean().item(),
         "forget_entropy": torch.special.entr(forget).sum(1).mean().item(),  # nats
         "retain_accuracy": (pred[len(fl):] == rl).float().mean().item(),

@@ -37,7 +37,7 @@ class ForgetProbe:
                         vae=self.w.vae, progress=False, guidance_channels=s.guidance_channels)
         images = from_uint8(to_uint8(images))
         probs = self.w.scorer.probabilities(images)
-        return counts_as_forget(probs, images, self.forget_class, self.cfg.eval).float().mean().item()
+        return counts_as_forget(probs, images, self.forget_class, self.cfg.eval, self.w.scorer).float().mean().item()
 
     def stop(self, forget_accuracy: float) -> bool:
         self.in_a_row = self.in_a_row + 1 if forget_accuracy <= self.target else 0

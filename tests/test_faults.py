@@ -145,6 +145,8 @@ BAD = [
     (erase_class.main, ["3", "--set", "erase.forget_lr=0"], "erase.forget_lr must be > 0"),
     (erase_class.main, ["3", "--set", "erase.retain_lr=-1e-4"], "erase.retain_lr must be > 0"),
     (erase_class.main, ["3", "--set", "method.gamma=-1"], "method.gamma must be >= 0"),
+    (erase_class.main, ["3", "--config", "imagenet", "--set", "eval.fa_real_distance=4.5"],
+     "eval.fa_real_distance needs the digits' real images"),
     (erase_class.main, ["3", "--set", "sample.guidance=-2"], "sample.guidance must be >= 0"),
     (erase_class.main, ["3", "--set", "eval.forget_samples=0"], "eval.forget_samples must be > 0"),
     (erase_class.main, ["3", "--set", "erase.batch_size=big"], "erase.batch_size must be int"),

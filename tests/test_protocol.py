@@ -109,18 +109,40 @@ def test_sa_replay_is_drawn_once_for_both_optimizer_modes(tmp_path, monkeypatch)
 
 
 def test_degenerate_samples_of_an_erased_class_do_not_count_as_it():
-    """The digits classifier names a near-white image or a weak guess as the erased digit; under the digits preset's
-    rule neither counts, a confident real-looking sample does; with the rule off (ImageNet's preset) the top class
-    alone decides, as the published evaluator."""
+    """The digits classifier names a near-white image, a grid pattern (even at probability 1.00) or a weak guess as
+    the erased digit; under the digits preset's rule none counts, a confident sample near a real one does; with the
+    rule off (ImageNet's preset) the top class alone decides, as the published evaluator."""
+    from eval.fid import DigitsScorer
+    from pipelines.digits import load_digits
     from pipelines.evaluation import counts_as_forget
 
-    images = torch.stack([torch.ones(1, 8, 8),  # near-white: constant but for one pixel
-                          torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1,
-                          torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1])
-    images[0, 0, 0, 0] = 0.5
-    probs = torch.full((3, 10), 0.01)
-    probs[0, 1], probs[1, 1], probs[2, 1] = 0.91, 0.40, 0.95  # all three: top class 1
+    x, y = load_digits()
+    scorer = DigitsScorer(None, None, 1.0, x, y)
+    one = x[y == 1][0]
+    grid = torch.ones(1, 8, 8)
+    grid[:, 1::3, :] = grid[:, :, 1::3] = -1  # white squares on black lines, like erased samples
+    near_white = torch.ones(1, 8, 8)
+    near_white[0, 0, 0] = 0.5
+    noisy_one = (one + 0.1 * torch.randn(one.shape, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
+    images = torch.stack([near_white, grid, one, noisy_one])
+    probs = torch.full((4, 10), 0.01)
+    probs[:, 1] = torch.tensor([0.91, 1.00, 0.40, 0.95])  # all four: top class 1
     digits = load_config("digits").eval
-    assert counts_as_forget(probs, images, 1, digits).tolist() == [False, False, True]
-    assert counts_as_forget(probs, images, 1, load_config("imagenet").eval).tolist() == [True, True, True]
-    assert counts_as_forget(probs, images, 2, digits).tolist() == [False, False, False]
+    assert counts_as_forget(probs, images, 1, digits, scorer).tolist() == [False, False, False, True]
+    assert counts_as_forget(probs, images, 1, load_config("imagenet").eval, scorer).tolist() == [True] * 4
+    assert counts_as_forget(probs, images, 2, digits, scorer).tolist() == [False] * 4
+
+
+def test_distance_to_the_nearest_real_digit():
+    """`real_distance` is the L2 distance to the closest real image of the class, 0 for a real one."""
+    from eval.fid import DigitsScorer
+    from pipelines.digits import load_digits
+
+    x, y = load_digits()
+    scorer = DigitsScorer(None, None, 1.0, x, y)
+    sevens = x[y == 7]
+    assert scorer.real_distance(sevens[:3], 7).tolist() == [0.0, 0.0, 0.0]
+    shifted = sevens[:1] + 0.5
+    expected = (shifted.flatten(1) - sevens.flatten(1)).norm(dim=1).min()
+    assert torch.allclose(scorer.real_distance(shifted, 7), expected.view(1))
+    assert scorer.real_distance(sevens[:1], 3).item() > 0
