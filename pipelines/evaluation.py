@@ -148,9 +148,9 @@ def evaluate(model, w: Workload, cfg: Config, forget_class: int, progress: bool 
     if save_to is not None:
         save_samples(save_to, {"forget": (images[:len(fl)], fl), "retain": (images[len(fl):], rl)})
     fid = w.scorer.fid(images[len(fl):], forget_class)
+    counted = counts_as_forget(forget, scored[:len(fl)], forget_class, cfg.eval, w.scorer)
     scores = {
-        "forget_accuracy": counts_as_forget(forget, scored[:len(fl)], forget_class, cfg.eval,
-                                                    w.scorer).float().mean().item(),
+        "forget_accuracy": counted.float().mean().item(),
         "forget_probability": forget[:, forget_class].mean().item(),
         "forget_entropy": torch.special.entr(forget).sum(1).mean().item(),  # nats
         "retain_accuracy": (pred[len(fl):] == rl).float().mean().item(),

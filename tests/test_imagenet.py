@@ -256,7 +256,8 @@ IMAGENET = imagenet()
 
 def test_fid_bench_refuses_a_missing_model_before_running_any_cell(tmp_path, capsys):
     code = fid_bench.main(["--set", "model.source=diffusers", "--set", "model.path=/nonexistent/dit", "--set",
-                           "eval.fa_real_distance=null", "--classes", "207", "--output", str(tmp_path / "b"), "--quiet"])
+                           "eval.fa_real_distance=null", "--classes", "207", "--output", str(tmp_path / "b"),
+                           "--quiet"])
     assert code == 2
     assert "no such folder" in capsys.readouterr().err
     assert not (tmp_path / "b" / "cells").exists()
