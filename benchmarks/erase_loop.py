@@ -87,7 +87,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--steps", type=int, default=50, help="outer steps per timed run")
-    p.add_argument("--batch", type=int, default=64, help="forget and retain batch size (digits preset: 64)")
+    p.add_argument("--batch", type=int, default=64, help="forget and retain batch size")
     p.add_argument("--repeats", type=int, default=5, help="interleaved timed runs of each loop (median)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -271,9 +271,9 @@ def test_dry_run_checks_and_counts_without_running(tmp_path, capsys):
     assert erase_class.main(["7", "--output", str(out), "--dry-run"]) == 0
     text = capsys.readouterr().out
     assert not out.exists()
-    # the digits preset by hand: 200 outer steps x (1 forget + 1 retain) x batch 64; SFR-on's two Fisher diagonals
+    # the digits preset by hand: 200 outer steps x (1 forget + 1 retain) x batch 256; SFR-on's two Fisher diagonals
     # of 256 samples; (200 + 9 x 100) samples x 100 unguided steps per evaluation
-    assert "25,600" in text and "512" in text and "110,000" in text
+    assert "102,400" in text and "512" in text and "110,000" in text
     assert erase_class.main(["seven", "--output", str(out), "--dry-run"]) == 2
     assert "unknown class" in capsys.readouterr().err
 
