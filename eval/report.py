@@ -111,7 +111,10 @@ def summary(m: dict) -> str:
     def cell(side, key, fmt):
         if m[side][key] is None:  # a non-finite FID: its reason is printed below the table
             return "n/a"
-        return fmt.format(m[side][key]) + (" +- " + fmt.format(std[side][key]) if std else "")
+        if not std:
+            return fmt.format(m[side][key])
+        spread = std[side][key]  # None when only one trial had a finite value
+        return fmt.format(m[side][key]) + " +- " + ("n/a" if spread is None else fmt.format(spread))
 
     width = max([20 if std else 10] + [len(cell(side, key, fmt)) + 2 for side in ("before", "after")
                                        for _, key, fmt in rows])  # a huge number never runs into its neighbour

@@ -56,11 +56,12 @@ def read_spec(name_or_path: str) -> dict:
 
 
 def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
-    """Mean and sample std of the values that are there (a non-finite FID is stored as null); None when none is."""
+    """Mean and sample std of the values that are there (a non-finite FID is stored as null); None when none is, and
+    a std of None from a single value (one seed has no spread to report, not a spread of 0)."""
     values = [v for v in values if v is not None]
     if not values:
         return None, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
 def _num(value: float | None, spec: str) -> str:
@@ -123,8 +124,9 @@ def markdown(rows: list[dict], cells: list[dict], command: str, diverged: list[s
     return "\n".join([
         "# fid-bench results", "", f"Command: `{command}`", "",
         f"Protocol: {proto}.", "",
-        "Each cell is one erasure. `+-` is the sample standard deviation across seeds; an `all` row averages the "
-        "per-class means and the per-class standard deviations. Gaps are after minus before (the base model).", "",
+        "Each cell is one erasure. `+-` is the sample standard deviation across seeds (n/a from a single seed); an "
+        "`all` row averages the per-class means and the per-class standard deviations. Gaps are after minus before "
+        "(the base model).", "",
         *([f"FID was not finite in {missing} evaluation(s) (null in their metrics.json, with fid_error saying why): "
            "means and stds are over the others, n/a where none is left.", ""] if missing else []),
         *lines, "", f"Base model (before erasure), scored with the noise of seed {cells[0]['seed']}:", "",

@@ -192,7 +192,7 @@ def aggregate_trials(runs: list[dict]) -> dict:
         for key in SCORES:
             values = [r[side][key] for r in runs if r[side][key] is not None]  # a non-finite FID is null
             metrics[side][key] = statistics.fmean(values) if values else None
-            metrics["std"][side][key] = statistics.stdev(values) if len(values) > 1 else 0.0 if values else None
+            metrics["std"][side][key] = statistics.stdev(values) if len(values) > 1 else None  # one value: no spread
             if len(values) < len(runs):
                 metrics[side][f"{key}_error"] = (f"not finite in {len(runs) - len(values)} of {len(runs)} trials "
                                                  "(see trials); the mean and std are over the others")

@@ -91,8 +91,11 @@ def test_a_non_finite_fid_is_written_as_null_with_its_reason(tmp_path, monkeypat
     assert trials["after"]["fid"] == 3.0
     assert "1 of 2 trials" in trials["after"]["fid_error"]
     assert "FID after: not finite in 1 of 2 trials" in summary(trials)
+    assert trials["std"]["after"]["fid"] is None  # one finite value has no spread, not a spread of 0
+    assert "3.000 +- n/a" in summary(trials)
     table = fid_bench.markdown(fid_bench.aggregate([m]), [m], "fid-bench")
     assert "| n/a +- n/a |" in table
+    assert f"| {m['after']['forget_accuracy']:.3f} +- n/a |" in table  # one seed: no spread, not +- 0.000
     assert "FID was not finite in 2 evaluation(s)" in table
     assert "| 3 | " in table.split("Base model")[1]
     assert "n/a |" in table.split("Base model")[1]
