@@ -5,7 +5,6 @@ import csv
 import io
 import itertools
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from pipelines.config import CommandParser, load_config, to_dict
 from pipelines.data import check_writable
 from pipelines.errors import ConfigError, UsageError
 from pipelines.evaluation import SCORES, main_decides
-from pipelines.job import run
+from pipelines.job import mean_std, run
 from pipelines.plan import config_text, passes
 from pipelines.workload import classes_of, is_main_process, processes
 
@@ -55,15 +54,6 @@ def read_spec(name_or_path: str) -> dict:
     return spec
 
 
-def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
-    """Mean and sample std of the values that are there (a non-finite FID is stored as null); None when none is, and
-    a std of None from a single value (one seed has no spread to report, not a spread of 0)."""
-    values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
-
-
 def _num(value: float | None, spec: str) -> str:
     """A table number, or n/a for a score that could not be computed (a non-finite FID)."""
     return "n/a" if value is None else format(value, spec)
@@ -86,8 +76,8 @@ def aggregate(cells: list[dict]) -> list[dict]:
         group = list(group)
         row = {"method": method, "optimizer": optimizer, "class": cls, "runs": len(group)}
         for score in SCORES:
-            row[score], row[f"{score}_std"] = _mean_std([m["after"][score] for m in group])
-            row[f"base_{score}"] = _mean_std([m["before"][score] for m in group])[0]
+            row[score], row[f"{score}_std"] = mean_std([m["after"][score] for m in group])
+            row[f"base_{score}"] = mean_std([m["before"][score] for m in group])[0]
         per_class.append(row)
     overall = []
     for (method, optimizer), group in itertools.groupby(per_class, key=lambda r: (r["method"], r["optimizer"])):
@@ -95,7 +85,7 @@ def aggregate(cells: list[dict]) -> list[dict]:
         row = {"method": method, "optimizer": optimizer, "class": "all", "runs": sum(r["runs"] for r in group)}
         for score in SCORES:
             for col in (score, f"{score}_std", f"base_{score}"):
-                row[col] = _mean_std([r[col] for r in group])[0]
+                row[col] = mean_std([r[col] for r in group])[0]
         overall.append(row)
     return overall + per_class
 

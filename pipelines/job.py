@@ -180,6 +180,15 @@ def run(cfg: Config, class_arg: str, output: Path, *, overwrite: bool = False, r
     return metrics if main else json.loads((output / "metrics.json").read_text())
 
 
+def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample std of the values that are there (a non-finite FID is stored as null); None when none is, and
+    a std of None from a single value (one seed has no spread to report, not a spread of 0)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
 def aggregate_trials(runs: list[dict]) -> dict:
     """One metrics record from several seeds: the single-run keys hold means, `std` sample stds, `trials` each run."""
     first = runs[0]
@@ -191,8 +200,7 @@ def aggregate_trials(runs: list[dict]) -> dict:
         metrics[side], metrics["std"][side] = {}, {}
         for key in SCORES:
             values = [r[side][key] for r in runs if r[side][key] is not None]  # a non-finite FID is null
-            metrics[side][key] = statistics.fmean(values) if values else None
-            metrics["std"][side][key] = statistics.stdev(values) if len(values) > 1 else None  # one value: no spread
+            metrics[side][key], metrics["std"][side][key] = mean_std(values)
             if len(values) < len(runs):
                 metrics[side][f"{key}_error"] = (f"not finite in {len(runs) - len(values)} of {len(runs)} trials "
                                                  "(see trials); the mean and std are over the others")
