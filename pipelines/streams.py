@@ -4,6 +4,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pipelines.config import Config
@@ -12,8 +13,10 @@ from pipelines.dit import drop_labels
 from pipelines.sampling import generate, seeded_generator
 from pipelines.workload import RealData, Workload, processes
 
-# Every random stream of a run, as an offset from the run's seed: each one changes with the seed alone, and adding a
-# stream never shifts another.
+# Every random stream of a run, by name and number. A stream's seed is drawn from (run seed, number), so no two
+# (seed, stream) pairs share their draws: seed 1's forget batches are not seed 0's retain batches, which keeps the
+# runs of a seed spread independent, and adding a stream never shifts another. The evaluation's sampling noise is
+# keyed by the run's seed itself (`pipelines.evaluation`), so the base model's cached scores are per seed.
 STREAMS = {
     "forget_samples": 1,  # single-sample (or saliency-batch) forget data of the method's preparation
     "retain_samples": 2,  # the same for retain data
@@ -29,7 +32,7 @@ STREAMS = {
 
 def stream_seed(seed: int, name: str) -> int:
     """The seed of the named random stream of a run with this seed."""
-    return seed + STREAMS[name]
+    return int(np.random.SeedSequence([seed, STREAMS[name]]).generate_state(1)[0])
 
 
 def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, label_dropout: float = 0.0,

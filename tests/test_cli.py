@@ -16,7 +16,7 @@ from pipelines.erasure import erase
 from pipelines.errors import ConfigError
 from pipelines.loss import DiTLoss
 from pipelines.sampling import sample
-from pipelines.streams import Source, real_data
+from pipelines.streams import STREAMS, Source, real_data, stream_seed
 from pipelines.workload import prepare_digits
 
 
@@ -194,10 +194,20 @@ def test_sa_is_fed_surrogate_noise_and_replay_from_the_frozen_original(tmp_path)
     assert 3 not in yr.tolist()
     assert len(yr) == 18
     expected = sample(w.model, make_scheduler(), yr, num_steps=cfg.sample.steps, guidance=cfg.sample.guidance,
-                      seed=cfg.seed + 6, progress=False)
+                      seed=stream_seed(cfg.seed, "replay"), progress=False)
     assert torch.equal(xr, expected)
     erase(w, cfg, 3, real_set, tmp_path, progress=False)
     assert not changed(w.model, original)  # the original stays frozen
+
+
+def test_no_two_seeds_share_a_random_stream():
+    """Seed s's streams are unrelated to seed s+1's (an offset scheme would make seed 0's retain batches seed 1's
+    forget batches), and none is the raw seed that keys the evaluation's noise."""
+    seeds = range(50)
+    drawn = [stream_seed(seed, name) for seed in seeds for name in STREAMS]
+    assert len(set(drawn)) == len(drawn)
+    assert not set(drawn) & set(seeds)
+    assert stream_seed(3, "replay") == stream_seed(3, "replay")
 
 
 @pytest.mark.parametrize("method", ["ga", "salun", "sa"])
