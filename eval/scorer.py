@@ -2,7 +2,7 @@
 in eval/imagenet.py)."""
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -23,3 +23,11 @@ class Scorer(Protocol):
 
     def describe(self, forget_class: int) -> dict:
         """The classifier, feature extractor and reference set, as the protocol records them."""
+
+
+@runtime_checkable
+class RealDistance(Protocol):
+    """A scorer that also knows the real images of each class (the digits scorer): eval.fa_real_distance needs it."""
+
+    def real_distance(self, images: torch.Tensor, label: int) -> torch.Tensor:
+        """L2 distance (pixels in [-1, 1]) from each image to the nearest real image of class `label`."""

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from eval.report import save_samples
+from eval.scorer import RealDistance, Scorer
 from eval.storage import atomic_write_json, cache_root, fingerprint
 from pipelines.config import Config
 from pipelines.dit import SCHEDULER_NAMES, describe_model, learns_sigma
@@ -40,15 +41,17 @@ def evaluation_config(cfg: Config) -> Config:
                                  retain_samples_per_class=quarter(e.retain_samples_per_class)))
 
 
-def counts_as_forget(probs: torch.Tensor, images: torch.Tensor, forget_class: int, e, scorer) -> torch.Tensor:
+def counts_as_forget(probs: torch.Tensor, images: torch.Tensor, forget_class: int, e, scorer: Scorer) -> torch.Tensor:
     """Which samples count as the forget class in FA: the classifier's top class is it, with at least
     eval.fa_min_confidence of probability, and the sample lies within eval.fa_real_distance of a real image of it
-    (`scorer.real_distance`). With both null: the top class alone."""
+    (`RealDistance.real_distance`; the config refuses the distance for a scorer without it). With both null: the top
+    class alone."""
     top = probs.max(1)
     counted = top.indices == forget_class
     if e.fa_min_confidence is not None:
         counted &= top.values >= e.fa_min_confidence
     if e.fa_real_distance is not None:
+        assert isinstance(scorer, RealDistance), "config validation refuses eval.fa_real_distance for this scorer"
         counted &= scorer.real_distance(images, forget_class) <= e.fa_real_distance
     return counted
 
