@@ -199,10 +199,10 @@ def aggregate_trials(runs: list[dict]) -> dict:
     for side in ("before", "after"):
         metrics[side], metrics["std"][side] = {}, {}
         for key in SCORES:
-            values = [r[side][key] for r in runs if r[side][key] is not None]  # a non-finite FID is null
+            values = [r[side][key] for r in runs]  # a non-finite FID is null
             metrics[side][key], metrics["std"][side][key] = mean_std(values)
-            if len(values) < len(runs):
-                metrics[side][f"{key}_error"] = (f"not finite in {len(runs) - len(values)} of {len(runs)} trials "
+            if None in values:
+                metrics[side][f"{key}_error"] = (f"not finite in {values.count(None)} of {len(runs)} trials "
                                                  "(see trials); the mean and std are over the others")
     metrics["protocol"] = {**first["protocol"], "seed": metrics["seeds"]}
     metrics["timings"] = {k: sum(r["timings"][k] for r in runs) for k in first["timings"]}
