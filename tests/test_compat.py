@@ -1,0 +1,33 @@
+"""Runs, configs, caches and checkpoints written by an earlier version still load, resume and report."""
+import json
+import shutil
+from pathlib import Path
+
+from pipelines import erase_class
+
+FIXTURE = Path(__file__).parent / "fixtures" / "run-0.1.0"
+SETS = ["digits.steps=30", "digits.layers=1", "digits.heads=2", "digits.head_dim=8", "classifier.epochs=1",
+        "method.grad_samples=4", "erase.outer_steps=4", "erase.checkpoint_every=2", "erase.batch_size=8",
+        "sample.steps=4", "eval.forget_samples=10", "eval.retain_samples_per_class=10", "eval.grid_per_class=2"]
+ARGS = ["--quiet"] + [a for s in SETS for a in ("--set", s)]
+
+
+def test_a_run_written_by_0_1_0_resumes_and_reports_again(tmp_path, monkeypatch):
+    shutil.copytree(FIXTURE, tmp_path, dirs_exist_ok=True)
+    home, out = tmp_path / "home", tmp_path / "run"
+    monkeypatch.setenv("DUALERASE_HOME", str(home))
+    made = {p: p.stat().st_mtime_ns for p in home.rglob("*") if p.is_file()}  # model, classifier, mask, base scores
+
+    assert erase_class.main(["3", "--output", str(out), *ARGS]) == 2  # unfinished: it asks for --resume
+    assert erase_class.main(["3", "--output", str(out), "--resume", "latest", *ARGS]) == 0
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 2, 3]  # 0 and 1 from the old run; 2 and 3 continue from its checkpoint-2
+    metrics = json.loads((out / "metrics.json").read_text())
+    cached = json.loads(next((home / "evals").glob("*.json")).read_text())
+    assert metrics["before"] == cached  # the old cache's base scores, read and not measured again
+    # The old cache's digits DiT, classifier, mask and base scores were read, not made again.
+    assert {p: p.stat().st_mtime_ns for p in made} == made
+    assert (out / "model" / "diffusion_pytorch_model.safetensors").exists()
+
+    assert erase_class.main(["3", "--output", str(out), "--resume", "latest", *ARGS]) == 0  # finished: reported
+    assert json.loads((out / "metrics.json").read_text()) == metrics
