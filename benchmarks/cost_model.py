@@ -1,4 +1,4 @@
-"""What a Table 2 run costs: network passes per phase (pipelines.plan.passes, as `--dry-run` prints them) for every
+"""What a Table 2 run costs: network passes per phase (dualerase.runs.plan.passes, as `--dry-run` prints them) for every
 cell of a fid-bench spec, counted once where the cache shares work (the base model's evaluation and grid per class
 and seed, the method's preparation per method, class and seed), turned into FLOP (FlopCounterMode on DiT-XL/2 and
 the VAE decoder, on the meta device) and GPU-hours at a stated share of the device's bf16 peak (MFU)."""
@@ -15,11 +15,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import header, table  # noqa: E402
 from benchmarks.gpu_check import VAE_XL, XL, build_vae  # noqa: E402
-from pipelines.config import load_config  # noqa: E402
-from pipelines.dit import build_dit  # noqa: E402
-from pipelines.evaluation import evaluation_config  # noqa: E402
-from pipelines.fid_bench import read_spec  # noqa: E402
-from pipelines.plan import passes  # noqa: E402
+from dualerase.cli.fid_bench import read_spec  # noqa: E402
+from dualerase.config import load_config  # noqa: E402
+from dualerase.models.dit import build_dit  # noqa: E402
+from dualerase.runs.evaluation import evaluation_config  # noqa: E402
+from dualerase.runs.plan import passes  # noqa: E402
 
 
 def gflop_per_image() -> tuple[float, float]:

@@ -1,6 +1,7 @@
-"""Data parallelism for erasure: our flat all-reduce of every gradient (`erase.dualoptim._average_gradients`) against
-DDP through accelerate's `Accelerator` (bucketed all-reduce overlapped with backward), in 2 processes over gloo, on
-the same dual forget/retain loop, model and batches. Run it plainly: it relaunches itself under torch.distributed.run.
+"""Data parallelism for erasure: our flat all-reduce of every gradient
+(`dualerase.unlearn.dualoptim._average_gradients`) against DDP through accelerate's `Accelerator` (bucketed all-reduce
+overlapped with backward), in 2 processes over gloo, on the same dual forget/retain loop, model and batches. Run it
+plainly: it relaunches itself under torch.distributed.run.
 """
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import DIGITS, SMALL_LATENT, header, interleaved, table  # noqa: E402
-from erase.dualoptim import EraseConfig, _average_gradients, alpha_at  # noqa: E402
-from pipelines.dit import build_dit, make_scheduler  # noqa: E402
-from pipelines.loss import DiTLoss  # noqa: E402
+from dualerase.models.dit import build_dit, make_scheduler  # noqa: E402
+from dualerase.models.loss import DiTLoss  # noqa: E402
+from dualerase.unlearn.dualoptim import EraseConfig, _average_gradients, alpha_at  # noqa: E402
 
 
 class Forward:

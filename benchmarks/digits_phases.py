@@ -32,7 +32,7 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, **({"DUALERASE_HOME": str(Path(tmp) / "cache")} if args.cold else {})}
         out = Path(tmp) / "run"
-        cmd = [sys.executable, "-m", "pipelines.erase_class", args.digit, "--output", str(out), "--quiet"]
+        cmd = [sys.executable, "-m", "dualerase.cli.erase_class", args.digit, "--output", str(out), "--quiet"]
         cmd += [a for kv in args.overrides for a in ("--set", kv)]
         start = time.perf_counter()
         subprocess.run(cmd, env=env, check=True)

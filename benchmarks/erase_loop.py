@@ -12,10 +12,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import DIGITS, SMALL_LATENT, header, interleaved, table  # noqa: E402
-from erase.dualoptim import EraseConfig, alpha_at, make_optimizers, unlearn  # noqa: E402
-from erase.methods import MethodConfig, make_method  # noqa: E402
-from pipelines.dit import build_dit, make_scheduler  # noqa: E402
-from pipelines.loss import DiTLoss  # noqa: E402
+from dualerase.models.dit import build_dit, make_scheduler  # noqa: E402
+from dualerase.models.loss import DiTLoss  # noqa: E402
+from dualerase.unlearn.dualoptim import EraseConfig, alpha_at, make_optimizers, unlearn  # noqa: E402
+from dualerase.unlearn.methods import MethodConfig, make_method  # noqa: E402
 
 
 def bare_loop(model, loss_fn, forget, retain, mask, cfg: EraseConfig) -> None:

@@ -17,11 +17,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import header, table  # noqa: E402
-from pipelines.config import load_config  # noqa: E402
-from pipelines.evaluation import evaluate, evaluation_config  # noqa: E402
-from pipelines.plan import passes  # noqa: E402
-from pipelines.pretrained import load_model  # noqa: E402
-from pipelines.workload import model_settings, prepare  # noqa: E402
+from dualerase.config import load_config  # noqa: E402
+from dualerase.models.pretrained import load_model  # noqa: E402
+from dualerase.runs.evaluation import evaluate, evaluation_config  # noqa: E402
+from dualerase.runs.plan import passes  # noqa: E402
+from dualerase.runs.workload import model_settings, prepare  # noqa: E402
 
 
 def spearman(a: list[float], b: list[float]) -> float:

@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from erase.saliency import fisher_diagonal  # noqa: E402
-from pipelines.dit import build_dit, make_scheduler  # noqa: E402
-from pipelines.loss import DiTLoss  # noqa: E402
+from dualerase.models.dit import build_dit, make_scheduler  # noqa: E402
+from dualerase.models.loss import DiTLoss  # noqa: E402
+from dualerase.unlearn.saliency import fisher_diagonal  # noqa: E402
 
 # (name, build_dit arguments): the digits model; small latent DiTs (4-channel latents, patch 2, learned sigma as
 # DiT-XL/2) on 8x8 and 16x16 latents (16 and 64 tokens; DiT-XL/2 at 256 px: 32x32, 256 tokens)

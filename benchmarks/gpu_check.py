@@ -20,11 +20,11 @@ from diffusers import AutoencoderKL  # noqa: E402
 from benchmarks import erase_loop  # noqa: E402
 from benchmarks import versus_ditpipeline as versus  # noqa: E402
 from benchmarks.common import table  # noqa: E402
-from erase.dualoptim import DivergenceError, EraseConfig, make_optimizers, unlearn  # noqa: E402
-from erase.methods import MethodConfig, make_method  # noqa: E402
-from pipelines.dit import build_dit, make_scheduler  # noqa: E402
-from pipelines.loss import DiTLoss
-from pipelines.sampling import sample  # noqa: E402
+from dualerase.models.dit import build_dit, make_scheduler  # noqa: E402
+from dualerase.models.loss import DiTLoss
+from dualerase.sampling import sample  # noqa: E402
+from dualerase.unlearn.dualoptim import DivergenceError, EraseConfig, make_optimizers, unlearn  # noqa: E402
+from dualerase.unlearn.methods import MethodConfig, make_method  # noqa: E402
 
 REFERENCE_GFLOP = 237.0  # DiT paper: 118.6 GMAC per DiT-XL/2 forward at 256 px, i.e. ~237 GFLOP
 # Dense bf16 peaks (TFLOP/s, no sparsity); the first substring found in the device name wins.

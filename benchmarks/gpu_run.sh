@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# All the GPU work of issue 15 in one call (about 3-5 minutes on one H200; never over GPU_RUN_BUDGET, 420 s):
+# All the GPU work in one script (about 3-5 minutes on one H200; never over GPU_RUN_BUDGET, 420 s):
 # env, gpu_check.py on DiT-XL/2 (bf16), the published settings (fp32 + TF32, batch 1), erase-class end to end on CUDA
 # on the tiny stand-ins, kill -9 mid-erasure + --resume latest, pytest -m cuda, summary.md.
 #
-# The device call (docs/gpu/README.md). Once, here, first: bash benchmarks/gpu_wheels.sh   (fills .whl/, 9 MB)
-#   command:   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit; bash benchmarks/gpu_run.sh $OUT
-#   carry:     [".whl"]
-#   timeout_s: 480
+# On any machine with an NVIDIA GPU, from the repository root (docs/gpu/README.md):
+#   pip install -e ".[test]" && bash benchmarks/gpu_run.sh OUT
+# Without network there: run `bash benchmarks/gpu_wheels.sh` on a machine with network, copy .whl/ along, then
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && PYTHONPATH=/tmp/site bash benchmarks/gpu_run.sh OUT
 # A second try of some steps only: append e.g. --only e2e,resume (and GPU_RUN_BUDGET=240 before bash).
 #
 # Usage: benchmarks/gpu_run.sh OUT [--cpu-tiny] [--only STEP,...]
@@ -20,7 +20,7 @@ while (($#)); do
     case $1 in
         --cpu-tiny) TINY=1 ;;
         --only) ONLY=$2; shift ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
         *) OUT=$1 ;;
     esac
     shift
@@ -32,7 +32,7 @@ WORK=${GPU_RUN_WORK:-$(mktemp -d "${TMPDIR:-/tmp}/dualerase-gpu-run.XXXXXX")}
 mkdir -p "$WORK" && rm -f "$WORK/steps.tsv"
 PY=${PYTHON:-python3}
 export OUT WORK PY TINY ROOT
-export PYTHONPATH="$ROOT:$ROOT/tests${PYTHONPATH:+:$PYTHONPATH}" DUALERASE_HOME="$WORK/home" HF_HUB_OFFLINE=1 \
+export PYTHONPATH="$ROOT/src:$ROOT:$ROOT/tests${PYTHONPATH:+:$PYTHONPATH}" DUALERASE_HOME="$WORK/home" HF_HUB_OFFLINE=1 \
     PYTHONUNBUFFERED=1
 if [ -n "$TINY" ]; then
     export CUDA_VISIBLE_DEVICES=  # a CPU dry run even on a GPU machine

@@ -59,8 +59,8 @@ def e2e(work: Path, tiny: bool) -> dict:
     import torch
     from diffusers import DiTPipeline
 
-    from pipelines import erase_class
-    from pipelines.workload import processes
+    from dualerase.cli import erase_class
+    from dualerase.launch import processes
 
     device = "cpu" if tiny else "cuda"
     w = world(work)
@@ -94,7 +94,7 @@ def resume(work: Path, tiny: bool) -> dict:
     """SIGKILL an erase-class run mid-erasure, resume it with --resume latest, compare with an uninterrupted run."""
     from safetensors.torch import load_file
 
-    from pipelines import erase_class
+    from dualerase.cli import erase_class
 
     steps, _, kill_at = LONG["tiny" if tiny else "cuda"]
     w = world(work)
@@ -107,7 +107,7 @@ def resume(work: Path, tiny: bool) -> dict:
     env = {**os.environ, "PYTHONPATH": path}
     err_log = work / "killed-run.stderr"
     with open(err_log, "w") as err_file:
-        proc = subprocess.Popen([sys.executable, "-m", "pipelines.erase_class", *long_args(w, out, tiny)], env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "dualerase.cli.erase_class", *long_args(w, out, tiny)], env=env,
                                 stdout=subprocess.DEVNULL, stderr=err_file)
     log = out / "log.jsonl"
     t0 = time.perf_counter()

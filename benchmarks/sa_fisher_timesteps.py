@@ -7,10 +7,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from erase.saliency import fisher_diagonal  # noqa: E402
-from pipelines.digits import DigitsRecipe, load_digits, load_digits_dit  # noqa: E402
-from pipelines.dit import make_scheduler  # noqa: E402
-from pipelines.loss import DiTLoss  # noqa: E402
+from dualerase.models.digits import DigitsRecipe, load_digits, load_digits_dit  # noqa: E402
+from dualerase.models.dit import make_scheduler  # noqa: E402
+from dualerase.models.loss import DiTLoss  # noqa: E402
+from dualerase.unlearn.saliency import fisher_diagonal  # noqa: E402
 
 SAMPLES, SUBSAMPLE = 64, 100
 

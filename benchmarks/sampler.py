@@ -17,7 +17,7 @@ import diffusers  # noqa: E402
 
 from benchmarks.gpu_check import VAE_TINY, build_vae  # noqa: E402
 from benchmarks.versus_ditpipeline import SCHEDULERS, compare, dit_scheduler, summary, table  # noqa: E402
-from pipelines.dit import build_dit  # noqa: E402
+from dualerase.models.dit import build_dit  # noqa: E402
 
 
 def parse_args(argv=None):

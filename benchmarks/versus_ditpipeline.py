@@ -10,8 +10,9 @@ import torch
 from diffusers import DiTPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
-from pipelines.dit import fixed_variance, make_scheduler, num_classes, sampler_scheduler
-from pipelines.sampling import sample, seeded_generator
+from dualerase.data.streams import seeded_generator
+from dualerase.models.dit import fixed_variance, make_scheduler, num_classes, sampler_scheduler
+from dualerase.sampling import sample
 
 SCHEDULERS = {"ddim": "DDIM, eta 0 (deterministic given the initial noise)",
               "ddpm": "DDPM, fixed posterior variance (step noise: ours from the batch's generator, DiTPipeline's "
@@ -99,7 +100,7 @@ def table(result: dict) -> list[str]:
     """The comparison as markdown table lines."""
     s = result["seconds"]
     lines = ["| sampler | images/s (median) | s per batch (median; min-max) |", "|---|---|---|"]
-    for name, label in (("ours", "ours (`pipelines.sampling.sample`)"), ("theirs", "diffusers `DiTPipeline`")):
+    for name, label in (("ours", "ours (`dualerase.sampling.sample`)"), ("theirs", "diffusers `DiTPipeline`")):
         t = s[name]
         lines.append(f"| {label} | {result[f'{name}_img_s']:.3g} | {statistics.median(t):.4g}; "
                      f"{min(t):.4g}-{max(t):.4g} |")

@@ -5,7 +5,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")  # as pipelines/__init__.py: bitwise-reproducible CPU results
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")  # as dualerase/__init__.py: bitwise-reproducible CPU results
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -34,7 +34,7 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """(exit code, output folder) of `erase-class 3` with TINY settings, run once per test module that asks for it."""
-    from pipelines import erase_class
+    from dualerase.cli import erase_class
 
     out = tmp_path_factory.mktemp("run") / "out"
     mp = pytest.MonkeyPatch()  # module scope: the autouse cache fixture has not run yet
@@ -46,7 +46,7 @@ def tiny_run(tmp_path_factory):
 
 @pytest.fixture
 def tiny_dit():
-    from pipelines.dit import build_dit
+    from dualerase.models.dit import build_dit
 
     torch.manual_seed(0)
     return build_dit(num_classes=5, sample_size=4, in_channels=1, patch_size=2, layers=2, heads=2, head_dim=8)

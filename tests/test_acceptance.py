@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from pipelines import erase_class
+from dualerase.cli import erase_class
 
 # Every digit at seed 0, and the two hardest (5 and 7) at seeds 1 and 2 too: `erase-class N` as a user types it.
 CASES = [(str(d), 0) for d in range(10)] + [(d, s) for d in ("5", "7") for s in (1, 2)]

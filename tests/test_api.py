@@ -1,4 +1,5 @@
-"""The Python API (pipelines.api.erase_class): the README's notebook example, and a base model given in memory."""
+"""The Python API: the package's public names, the README's notebook example, a base model in memory, and sample_grid
+and fid_bench as functions."""
 import json
 import subprocess
 import sys
@@ -10,9 +11,9 @@ from diffusers import DiTPipeline
 from safetensors.torch import load_file
 from tiny_imagenet import build_world
 
-from pipelines.api import erase_class
-from pipelines.config import load_config
-from pipelines.errors import UsageError
+from dualerase.api import erase_class
+from dualerase.config import load_config
+from dualerase.errors import UsageError
 
 TINY_SETS = dict(item.split("=", 1) for item in SETS)
 
@@ -58,7 +59,7 @@ def test_a_pipeline_in_memory_erases_as_its_folder_does(tmp_path):
 
 
 def test_importing_the_api_leaves_matplotlib_and_torch_settings_alone():
-    code = ("import os, sys; import pipelines.api; "
+    code = ("import os, sys; import dualerase.api; "
             "print('matplotlib.pyplot' in sys.modules, os.environ.get('MKL_CBWR'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "AUTO,STRICT"]  # the one documented setting: bitwise-reproducible MKL results
@@ -68,17 +69,74 @@ def test_the_readme_example_runs(tmp_path, monkeypatch):
     import re
     from pathlib import Path
 
-    import pipelines.api
+    import dualerase.api
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     example = re.search(r"## Python API.*?```python\n(.*?)```", readme, re.S).group(1)
-    real = pipelines.api.erase_class
+    real = dualerase.api.erase_class
 
     def shrunk(*args, overrides=None, output=None, **kwargs):  # the example as written, at the tests' tiny scale
         return real(*args, overrides={**(overrides or {}), **TINY_SETS}, output=tmp_path / Path(output).name,
                     progress=False, **kwargs)
 
-    monkeypatch.setattr(pipelines.api, "erase_class", shrunk)
+    monkeypatch.setattr(dualerase.api, "erase_class", shrunk)
     scope = {}
     exec(example, scope)
     assert scope["result"].metrics["outer_steps"] == 3 and (tmp_path / "notebook-3" / "metrics.json").exists()
+
+
+def test_one_package_with_its_public_api_version_and_types():
+    import importlib.metadata
+    from pathlib import Path
+
+    import dualerase
+    from dualerase import Config, ErasureResult, erase_class, fid_bench, load_config, sample_grid  # noqa: F401
+    from dualerase.unlearn import METHODS, EraseConfig, unlearn  # noqa: F401  (for people who bring their own loop)
+
+    assert dualerase.__version__ == importlib.metadata.version("dualerase")
+    assert all(getattr(dualerase, name) is not None for name in dualerase.__all__)
+    assert set(METHODS) == {"ga", "sfron", "salun", "sa"}
+    assert (Path(dualerase.__file__).parent / "py.typed").exists()
+    with pytest.raises(AttributeError, match="no attribute 'erase'"):
+        dualerase.erase  # noqa: B018
+
+
+def test_importing_dualerase_alone_loads_no_torch():
+    code = "import sys, dualerase; print('torch' in sys.modules, dualerase.__version__ != '')"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.split() == ["False", "True"]
+
+
+def test_python_m_dualerase_runs_each_command():
+    for command in ("erase-class", "sample-grid", "fid-bench", "fid-reference"):
+        done = subprocess.run([sys.executable, "-m", "dualerase", command, "--help"], capture_output=True, text=True)
+        assert done.returncode == 0 and f"usage: {command}" in done.stdout, command
+    wrong = subprocess.run([sys.executable, "-m", "dualerase", "erase"], capture_output=True, text=True)
+    assert wrong.returncode == 2 and "unknown command 'erase'" in wrong.stderr and "erase-class" in wrong.stderr
+
+
+def test_sample_grid_and_fid_bench_as_functions_do_what_their_commands_do(tmp_path):
+    from conftest import TINY
+
+    from dualerase import fid_bench, sample_grid
+    from dualerase.cli import fid_bench as bench_command
+    from dualerase.cli import sample_grid as grid_command
+
+    png = sample_grid(["base"], overrides=TINY_SETS, classes=[3, "5"], per_class=2, mark=3,
+                      output=tmp_path / "api.png", progress=False)
+    assert grid_command.main(["base", "--classes", "3", "5", "--per-class", "2", "--mark", "3", "--output",
+                              str(tmp_path / "cli.png"), *TINY]) == 0
+    assert png == tmp_path / "api.png" and png.read_bytes() == (tmp_path / "cli.png").read_bytes()
+
+    result = fid_bench("digits", methods=["ga"], optimizers=["dual"], classes=[3], seeds=[0], overrides=TINY_SETS,
+                       output=tmp_path / "bench", progress=False)
+    assert [(r["method"], r["optimizer"], r["class"]) for r in result.rows] == [("ga", "dual", "all"),
+                                                                                ("ga", "dual", "3")]
+    assert result.table == (tmp_path / "bench" / "results.md").read_text()
+    assert [c["forget_class"] for c in result.cells] == [3] and not result.pending and not result.diverged
+    assert bench_command.main(["digits", "--methods", "ga", "--optimizers", "dual", "--classes", "3", "--seeds", "0",
+                               "--output", str(tmp_path / "bench"), "--aggregate", *TINY]) == 0
+    cli_rows = json.loads((tmp_path / "bench" / "results.json").read_text())["rows"]
+    assert cli_rows == result.rows  # the command over the same cells: the same table
+    with pytest.raises(UsageError, match="unknown benchmark spec 'nope'"):
+        fid_bench("nope", output=tmp_path / "none")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from conftest import TINY
 
-from pipelines import fid_bench
-from pipelines.claims import claim
+from dualerase.cli import fid_bench
+from dualerase.integrations.claims import claim
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = ["--methods", "ga", "--optimizers", "dual", "--classes", "3", "0", "--seeds", "0", "1", *TINY]
@@ -24,7 +24,7 @@ def test_two_jobs_at_once_run_every_cell_once_and_give_the_table_of_one(tmp_path
     assert fid_bench.main([*GRID, "--output", str(tmp_path / "one")]) == 0  # also warms the shared digits cache
     shared = tmp_path / "shared"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "pipelines.fid_bench", *GRID, "--output", str(shared)]
+    cmd = [sys.executable, "-m", "dualerase.cli.fid_bench", *GRID, "--output", str(shared)]
     jobs = [subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
             for _ in range(2)]
     errs = [job.communicate(timeout=900)[1] for job in jobs]

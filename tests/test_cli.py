@@ -8,16 +8,17 @@ import yaml
 from conftest import SETS, TINY, changed, snapshot
 from safetensors.torch import load_file
 
-from erase.methods import make_method
-from pipelines import erase_class, fid_bench, sample_grid
-from pipelines.config import load_config, parse_set
-from pipelines.dit import load_dit, make_scheduler
-from pipelines.erasure import erase
-from pipelines.errors import ConfigError
-from pipelines.loss import DiTLoss
-from pipelines.sampling import sample
-from pipelines.streams import STREAMS, Source, real_data, stream_seed
-from pipelines.workload import prepare_digits
+from dualerase.cli import erase_class, fid_bench, sample_grid
+from dualerase.config import load_config, parse_set
+from dualerase.data.streams import STREAMS, stream_seed
+from dualerase.errors import ConfigError
+from dualerase.models.dit import load_dit, make_scheduler
+from dualerase.models.loss import DiTLoss
+from dualerase.runs.erasure import erase
+from dualerase.runs.sources import Source, real_data
+from dualerase.runs.workload import prepare_digits
+from dualerase.sampling import sample
+from dualerase.unlearn.methods import make_method
 
 
 def test_erase_class_writes_every_output(tiny_run):
@@ -57,7 +58,7 @@ def test_saved_model_is_the_erased_one(tiny_run):
     model = load_dit(str(out / "model"))
     assert model.config.num_embeds_ada_norm == 10
     assert model.config.out_channels == 2
-    from pipelines.digits import DigitsRecipe, load_digits_dit
+    from dualerase.models.digits import DigitsRecipe, load_digits_dit
 
     base = load_digits_dit(DigitsRecipe(steps=30), progress=False)
     assert changed(model, base)
@@ -67,7 +68,7 @@ def test_forget_probability_and_entropy_as_the_published_evaluator_reads_the_sam
     import numpy as np
     from PIL import Image
 
-    from eval.classifier import load_classifier
+    from dualerase.metrics.classifier import load_classifier
 
     _, out = tiny_run
     m = json.loads((out / "metrics.json").read_text())
@@ -82,8 +83,8 @@ def test_forget_probability_and_entropy_as_the_published_evaluator_reads_the_sam
     assert np.array_equal(png, forget["arr_0"][3, ..., 0])
     # Transcription of the published evaluator: softmax of the classifier, mean probability of the forget class,
     # mean entropy -sum p log p of each sample's distribution, share classified as the forget class.
-    from eval.classifier import ClassifierRecipe
-    from pipelines.digits import prepare_digits_classifier
+    from dualerase.metrics.classifier import ClassifierRecipe
+    from dualerase.models.digits import prepare_digits_classifier
 
     net = load_classifier(prepare_digits_classifier(ClassifierRecipe(epochs=3), progress=False)[0])  # TINY's
     x = torch.from_numpy(forget["arr_0"]).permute(0, 3, 1, 2).float() / 127.5 - 1
@@ -93,7 +94,7 @@ def test_forget_probability_and_entropy_as_the_published_evaluator_reads_the_sam
     assert m["after"]["forget_probability"] == pytest.approx(probs[:, 3].mean().item(), abs=1e-6)
     assert m["after"]["forget_entropy"] == pytest.approx(entropy, abs=1e-5)
     # the digits preset's FA rule: top class 3, at least 0.9 sure, within L2 4.5 of some real 3
-    from pipelines.digits import load_digits
+    from dualerase.models.digits import load_digits
 
     real_x, real_y = load_digits()
     nearest = torch.stack([(x.flatten(1) - r.flatten()).norm(dim=1) for r in real_x[real_y == 3]]).min(0).values
@@ -261,7 +262,7 @@ def test_bf16_and_gradient_checkpointing_run(tmp_path):
 
 
 def test_print_config_prints_every_key_and_reads_back(tmp_path, capsys):
-    from pipelines.config import all_keys
+    from dualerase.config import all_keys
 
     assert erase_class.main(["7", "--set", "erase.outer_steps=17", "--print-config"]) == 0
     text = capsys.readouterr().out
@@ -347,7 +348,7 @@ def test_accelerate_launch_with_two_processes_gives_the_weights_of_one(tiny_run,
     # would launch one process
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29519",
-           "-m", "pipelines.erase_class", "3", "--output", str(two), *TINY]
+           "-m", "dualerase.cli.erase_class", "3", "--output", str(two), *TINY]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a = load_file(str(one / "model" / "diffusion_pytorch_model.safetensors"))

@@ -1,9 +1,11 @@
-"""Runs, configs, caches and checkpoints written by an earlier version still load, resume and report."""
+"""Runs, configs, caches, model folders and checkpoints written by an earlier version still load, resume and report."""
 import json
 import shutil
 from pathlib import Path
 
-from pipelines import erase_class
+import pytest
+
+from dualerase.cli import erase_class, sample_grid
 
 FIXTURE = Path(__file__).parent / "fixtures" / "run-0.1.0"
 SETS = ["digits.steps=30", "digits.layers=1", "digits.heads=2", "digits.head_dim=8", "classifier.epochs=1",
@@ -12,18 +14,23 @@ SETS = ["digits.steps=30", "digits.layers=1", "digits.heads=2", "digits.head_dim
 ARGS = ["--quiet"] + [a for s in SETS for a in ("--set", s)]
 
 
-def test_a_run_written_by_0_1_0_resumes_and_reports_again(tmp_path, monkeypatch):
+@pytest.fixture
+def old(tmp_path, monkeypatch):
+    """A copy of the fixture, its cache as DUALERASE_HOME; yields (folder, {cache file: mtime} as written)."""
     shutil.copytree(FIXTURE, tmp_path, dirs_exist_ok=True)
-    home, out = tmp_path / "home", tmp_path / "run"
-    monkeypatch.setenv("DUALERASE_HOME", str(home))
-    made = {p: p.stat().st_mtime_ns for p in home.rglob("*") if p.is_file()}  # model, classifier, mask, base scores
+    monkeypatch.setenv("DUALERASE_HOME", str(tmp_path / "home"))
+    yield tmp_path, {p: p.stat().st_mtime_ns for p in (tmp_path / "home").rglob("*") if p.is_file()}
 
+
+def test_a_run_written_by_0_1_0_resumes_and_reports_again(old):
+    folder, made = old
+    out = folder / "run"
     assert erase_class.main(["3", "--output", str(out), *ARGS]) == 2  # unfinished: it asks for --resume
     assert erase_class.main(["3", "--output", str(out), "--resume", "latest", *ARGS]) == 0
     steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
     assert steps == [0, 1, 2, 3]  # 0 and 1 from the old run; 2 and 3 continue from its checkpoint-2
     metrics = json.loads((out / "metrics.json").read_text())
-    cached = json.loads(next((home / "evals").glob("*.json")).read_text())
+    cached = json.loads(next((folder / "home" / "evals").glob("*.json")).read_text())
     assert metrics["before"] == cached  # the old cache's base scores, read and not measured again
     # The old cache's digits DiT, classifier, mask and base scores were read, not made again.
     assert {p: p.stat().st_mtime_ns for p in made} == made
@@ -31,3 +38,17 @@ def test_a_run_written_by_0_1_0_resumes_and_reports_again(tmp_path, monkeypatch)
 
     assert erase_class.main(["3", "--output", str(out), "--resume", "latest", *ARGS]) == 0  # finished: reported
     assert json.loads((out / "metrics.json").read_text()) == metrics
+
+
+def test_a_finished_run_written_by_0_1_0_reports_again_and_its_model_samples(old, capsys):
+    folder, made = old
+    out = folder / "finished"
+    written = (out / "metrics.json").read_bytes()
+    assert erase_class.main(["3", "--output", str(out), "--resume", "latest", *ARGS]) == 0
+    assert (out / "metrics.json").read_bytes() == written
+    assert "retain accuracy" in capsys.readouterr().out  # its summary, printed again
+    # Its model folder (with dualerase.json) and the old cache's base model sample side by side.
+    grid = folder / "grid.png"
+    assert sample_grid.main([str(out), "base", "--classes", "3", "--per-class", "2", "--output", str(grid),
+                             *ARGS]) == 0
+    assert grid.stat().st_size > 0 and {p: p.stat().st_mtime_ns for p in made} == made

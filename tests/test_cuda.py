@@ -3,12 +3,12 @@ import pytest
 import torch
 from conftest import changed, snapshot
 
-from erase import EraseConfig, make_optimizers, unlearn
-from erase.methods import MethodConfig, make_method
-from pipelines.checkpoint import load_checkpoint, save_checkpoint
-from pipelines.dit import build_dit, make_scheduler
-from pipelines.loss import DiTLoss
-from pipelines.sampling import sample
+from dualerase.models.dit import build_dit, make_scheduler
+from dualerase.models.loss import DiTLoss
+from dualerase.runs.checkpoint import load_checkpoint, save_checkpoint
+from dualerase.sampling import sample
+from dualerase.unlearn import EraseConfig, make_optimizers, unlearn
+from dualerase.unlearn.methods import MethodConfig, make_method
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

@@ -4,9 +4,9 @@ import torch
 from conftest import changed
 from diffusers import DDIMScheduler
 
-from pipelines.dit import drop_labels, load_dit, make_scheduler, num_classes
-from pipelines.loss import DiTLoss
-from pipelines.sampling import class_labels, sample
+from dualerase.models.dit import drop_labels, load_dit, make_scheduler, num_classes
+from dualerase.models.loss import DiTLoss
+from dualerase.sampling import class_labels, sample
 
 
 def test_builtin_label_dropout_is_off(tiny_dit):
@@ -39,7 +39,7 @@ def test_vb_is_zero_for_the_true_posterior():
 
 
 def test_loss_includes_vb_only_for_learned_sigma(tiny_dit):
-    from pipelines.dit import build_dit
+    from dualerase.models.dit import build_dit
 
     loss = DiTLoss(make_scheduler())
     batch = (torch.rand(4, 1, 4, 4) * 2 - 1, torch.tensor([0, 1, 2, 3]))
@@ -117,7 +117,7 @@ def test_saved_model_loads_back_and_samples_identically(tiny_dit, tmp_path):
 def test_sampler_decodes_latents_through_a_vae():
     from diffusers import AutoencoderKL
 
-    from pipelines.dit import build_dit
+    from dualerase.models.dit import build_dit
 
     torch.manual_seed(0)
     latent = build_dit(num_classes=5, sample_size=4, in_channels=4, patch_size=2, layers=1, heads=2, head_dim=8)
@@ -130,7 +130,7 @@ def test_sampler_decodes_latents_through_a_vae():
 
 
 def test_digits_training_killed_midway_resumes_to_the_same_weights(tmp_path, monkeypatch):
-    from pipelines import digits
+    from dualerase.models import digits
 
     recipe = digits.DigitsRecipe(steps=25, batch_size=16)
     whole = digits.train_digits_dit(recipe, progress=False)
@@ -154,7 +154,7 @@ def test_digits_training_killed_midway_resumes_to_the_same_weights(tmp_path, mon
 
 
 def test_a_dit_without_learned_sigma_samples_with_the_fixed_variance_and_trains_on_the_mse():
-    from pipelines.dit import build_dit, fixed_variance, learns_sigma
+    from dualerase.models.dit import build_dit, fixed_variance, learns_sigma
 
     torch.manual_seed(0)
     fixed = build_dit(num_classes=5, sample_size=4, in_channels=1, patch_size=2, layers=2, heads=2, head_dim=8,
@@ -179,8 +179,8 @@ def test_our_sampler_gives_ditpipelines_images_for_the_same_noise():
     the initial noise from the same generator state), our sampler and diffusers' DiTPipeline give the same images."""
     from diffusers import AutoencoderKL, DiTPipeline
 
-    from pipelines.dit import build_dit
-    from pipelines.sampling import seeded_generator
+    from dualerase.data.streams import seeded_generator
+    from dualerase.models.dit import build_dit
 
     torch.manual_seed(0)
     model = build_dit(num_classes=1000, sample_size=4, in_channels=4, patch_size=2, layers=2, heads=2, head_dim=8)

@@ -5,8 +5,8 @@ import pytest
 import torch
 from conftest import snapshot
 
-from erase import EraseConfig, alpha_at, make_optimizers, unlearn
-from erase.dualoptim import DivergenceError
+from dualerase.unlearn import EraseConfig, alpha_at, make_optimizers, unlearn
+from dualerase.unlearn.dualoptim import DivergenceError
 
 
 def _model():

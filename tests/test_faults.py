@@ -13,17 +13,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
-from erase.methods.ga import GradientAscent
-from pipelines import erase_class, fid_bench, sample_grid
-from pipelines.config import load_config
-from pipelines.errors import ConfigError
+from dualerase.cli import erase_class, fid_bench, sample_grid
+from dualerase.config import load_config
+from dualerase.errors import ConfigError
+from dualerase.unlearn.methods.ga import GradientAscent
 
 LONG = TINY + ["--set", "erase.outer_steps=40", "--set", "erase.checkpoint_every=5", "--set", "sample.batch_size=20",
                "--set", "eval.forget_samples=60", "--set", "sample.steps=20"]
 
 
 def _cli(*args):
-    return [sys.executable, "-c", "import sys; from pipelines.erase_class import main; sys.exit(main())", *args]
+    return [sys.executable, "-c", "import sys; from dualerase.cli.erase_class import main; sys.exit(main())", *args]
 
 
 def _run_until(args, ready, timeout=300):
@@ -204,7 +204,7 @@ def test_a_usage_error_under_a_launcher_is_printed_once(tmp_path):
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{root / 'tests'}:{root}"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29523",
-           "-m", "pipelines.erase_class", "seven", "--output", str(tmp_path / "out"), "--quiet"]
+           "-m", "dualerase.cli.erase_class", "seven", "--output", str(tmp_path / "out"), "--quiet"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert not (tmp_path / "out").exists()

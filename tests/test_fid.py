@@ -4,10 +4,10 @@ import pytest
 import torch
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from eval.classifier import save_classifier, train_classifier
-from eval.fid import DIGITS_EXTRACTOR, DigitsFeatureExtractor, fid
-from pipelines.config import load_config
-from pipelines.digits import load_digits
+from dualerase.config import load_config
+from dualerase.metrics.classifier import save_classifier, train_classifier
+from dualerase.metrics.fid import DIGITS_EXTRACTOR, DigitsFeatureExtractor, fid
+from dualerase.models.digits import load_digits
 
 
 class Features(torch.nn.Module):

@@ -13,11 +13,11 @@ from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel
 from tiny_imagenet import build_classifier, build_data, build_inception, build_pipeline
 from torch import nn
 
-from erase.dualoptim import EraseConfig, unlearn
-from pipelines import erase_class, fid_reference
-from pipelines.checkpoint import load_checkpoint, save_checkpoint
-from pipelines.config import load_config
-from pipelines.dit import (
+from dualerase.cli import erase_class, fid_reference
+from dualerase.config import load_config
+from dualerase.data.streams import seeded_generator
+from dualerase.errors import ConfigError, ModelError
+from dualerase.models.dit import (
     build_dit,
     describe_model,
     embedder_copies_equal,
@@ -26,9 +26,10 @@ from pipelines.dit import (
     set_norm_eps,
     set_timestep_shift,
 )
-from pipelines.errors import ConfigError, ModelError
-from pipelines.pretrained import load_model, match_training, save_pipeline
-from pipelines.sampling import sample, seeded_generator
+from dualerase.models.pretrained import load_model, match_training, save_pipeline
+from dualerase.runs.checkpoint import load_checkpoint, save_checkpoint
+from dualerase.sampling import sample
+from dualerase.unlearn.dualoptim import EraseConfig, unlearn
 
 SIZE, PATCH, CHANNELS, HIDDEN, HEADS, DEPTH, CLASSES = 8, 2, 4, 16, 2, 2, 1000
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 from conftest import changed, snapshot
 
-from erase import EraseConfig, unlearn
-from erase.methods import MethodConfig, make_method
-from pipelines.config import load_config
-from pipelines.dit import build_dit, make_scheduler
-from pipelines.loss import DiTLoss
+from dualerase.config import load_config
+from dualerase.models.dit import build_dit, make_scheduler
+from dualerase.models.loss import DiTLoss
+from dualerase.unlearn import EraseConfig, unlearn
+from dualerase.unlearn.methods import MethodConfig, make_method
 
 T = 1000
 
@@ -186,7 +186,7 @@ def test_sa_fisher_is_the_squared_gradient_summed_over_every_timestep(fixed_dit)
     for n in params:
         assert torch.allclose(sa.fisher[n], fisher[n], rtol=1e-3, atol=1e-6 * scale), n
     # The scale the published lambda = 10 was set against: the old one-timestep, pixel-mean Fisher was ~1e8 smaller.
-    from erase.saliency import fisher_diagonal
+    from dualerase.unlearn.saliency import fisher_diagonal
 
     it = iter(samples)
     mean_one_t = fisher_diagonal(fixed_dit, DiTLoss(make_scheduler()), it, 2, progress=False)

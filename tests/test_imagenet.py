@@ -22,15 +22,16 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tiny_imagenet import SYNSETS, build_classifier, build_inception, build_pipeline, build_world, erase_args
 
-from eval.imagenet import ImageNetScorer
-from pipelines import erase_class, evaluation, fid_bench, fid_reference, sample_grid
-from pipelines.classes import imagenet, resolve_class
-from pipelines.config import load_config
-from pipelines.data import scan
-from pipelines.dit import build_dit, make_scheduler
-from pipelines.errors import UsageError
-from pipelines.sampling import sample
-from pipelines.workload import classes_of, prepare
+from dualerase.cli import erase_class, fid_bench, fid_reference, sample_grid
+from dualerase.config import load_config
+from dualerase.data.classes import imagenet, resolve_class
+from dualerase.data.folders import scan
+from dualerase.errors import UsageError
+from dualerase.metrics.imagenet import ImageNetScorer
+from dualerase.models.dit import build_dit, make_scheduler
+from dualerase.runs import bench, evaluation
+from dualerase.runs.workload import classes_of, prepare
+from dualerase.sampling import sample
 
 ROOT = Path(__file__).resolve().parents[1]
 # A 10-class model whose classes are ImageNet's in another order than the synsets' (goldfish before tench)
@@ -214,7 +215,7 @@ def test_two_processes_give_the_weights_of_one(world, tmp_path):
     assert erase_class.main(args(world, one)) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT / 'tests'}:{ROOT}"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "-m", "pipelines.erase_class", *args(world, two)]
+           "-m", "dualerase.cli.erase_class", *args(world, two)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a = load_file(str(one / "model" / "transformer" / "diffusion_pytorch_model.safetensors"))
@@ -268,7 +269,7 @@ def test_sigkill_during_erasure_then_resume_latest_matches_uninterrupted(world, 
     reference, out = tmp_path / "reference", tmp_path / "killed"
     assert erase_class.main(args(world, reference, *long)) == 0
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}:{ROOT}"}
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.erase_class", *args(world, out, *long)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "dualerase.cli.erase_class", *args(world, out, *long)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = out / "log.jsonl"
     while not (log.exists() and len(log.read_text().splitlines()) >= 45):
@@ -288,7 +289,7 @@ def test_sigkill_during_erasure_then_resume_latest_matches_uninterrupted(world, 
 def test_a_hub_style_transformer2dmodel_folder_loads_as_the_same_dit(tmp_path):
     from diffusers import Transformer2DModel
 
-    from pipelines.pretrained import load_model
+    from dualerase.models.pretrained import load_model
 
     torch.manual_seed(0)  # the hub's DiT folders were saved as Transformer2DModel with ada_norm_zero
     legacy = Transformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
@@ -303,7 +304,7 @@ def test_a_hub_style_transformer2dmodel_folder_loads_as_the_same_dit(tmp_path):
 
 
 def test_the_table2_benchmark_spec_names_the_papers_classes():
-    spec = fid_bench.read_spec("imagenet")
+    spec = bench.read_spec("imagenet")
     names = [IMAGENET.short(resolve_class(c, IMAGENET)) for c in spec["classes"]]
     assert names == ["sulphur-crested cockatoo", "golden retriever", "white wolf", "Arctic fox", "otter"]
     assert spec["config"] == "imagenet"

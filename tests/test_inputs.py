@@ -11,12 +11,14 @@ import torch
 from conftest import TINY
 from PIL import Image, ImageDraw
 
-from eval.fid import DigitsScorer
-from eval.report import sample_grid, summary
-from eval.storage import atomic_write_json
-from pipelines import data, erase_class, fid_bench, fid_reference, job
-from pipelines import sample_grid as grid_command
-from pipelines.data import load_images
+from dualerase.cli import erase_class, fid_reference
+from dualerase.cli import sample_grid as grid_command
+from dualerase.data import folders as data
+from dualerase.data.folders import load_images
+from dualerase.metrics.fid import DigitsScorer
+from dualerase.reports.summary import sample_grid, summary
+from dualerase.runs import bench, grid, job
+from dualerase.storage import atomic_write_json
 
 
 def _png16(path, value):
@@ -93,7 +95,7 @@ def test_a_non_finite_fid_is_written_as_null_with_its_reason(tmp_path, monkeypat
     assert "FID after: not finite in 1 of 2 trials" in summary(trials)
     assert trials["std"]["after"]["fid"] is None  # one finite value has no spread, not a spread of 0
     assert "3.000 +- n/a" in summary(trials)
-    table = fid_bench.markdown(fid_bench.aggregate([m]), [m], "fid-bench")
+    table = bench.markdown(bench.aggregate([m]), [m], "fid-bench")
     assert "| n/a +- n/a |" in table
     assert f"| {m['after']['forget_accuracy']:.3f} +- n/a |" in table  # one seed: no spread, not +- 0.000
     assert "FID was not finite in 2 evaluation(s)" in table
@@ -125,7 +127,7 @@ def test_a_full_or_forbidden_output_is_refused_before_any_work(tmp_path, monkeyp
 
     monkeypatch.setattr(data, "_probe", full)
     monkeypatch.setattr(job, "prepare", lambda *a, **k: pytest.fail("started work on an unwritable output"))
-    monkeypatch.setattr(grid_command, "load_models", lambda *a, **k: pytest.fail("loaded models for nothing"))
+    monkeypatch.setattr(grid, "load_models", lambda *a, **k: pytest.fail("loaded models for nothing"))
     (tmp_path / "train" / "n01440764").mkdir(parents=True)
     commands = [(erase_class.main, ["3", "--output", str(tmp_path / "run"), *TINY]),
                 (grid_command.main, ["--output", str(tmp_path / "grid.png"), "--quiet"]),
@@ -140,7 +142,7 @@ def test_a_full_or_forbidden_output_is_refused_before_any_work(tmp_path, monkeyp
 
 
 def test_digits_scores_are_keyed_by_the_classifier_content(tmp_path):
-    from eval.classifier import ClassifierRecipe, DigitsNet, save_classifier
+    from dualerase.metrics.classifier import ClassifierRecipe, DigitsNet, save_classifier
 
     path = tmp_path / "classifier.safetensors"
     torch.manual_seed(0)

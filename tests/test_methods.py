@@ -5,11 +5,11 @@ from diffusers.models.embeddings import LabelEmbedding
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from erase import EraseConfig, make_optimizers, unlearn
-from erase.methods import METHODS, MethodConfig, make_method
-from erase.saliency import gradient_sum, mask_fraction, top_fraction_mask
-from pipelines.dit import make_scheduler
-from pipelines.loss import DiTLoss
+from dualerase.models.dit import make_scheduler
+from dualerase.models.loss import DiTLoss
+from dualerase.unlearn import EraseConfig, make_optimizers, unlearn
+from dualerase.unlearn.methods import METHODS, MethodConfig, make_method
+from dualerase.unlearn.saliency import gradient_sum, mask_fraction, top_fraction_mask
 
 
 def _method(name, model=None, **cfg):

@@ -3,7 +3,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from eval.plots import _readable_axis
+from dualerase.reports.plots import _readable_axis
 
 CASES = {
     "gradient ascent, one seed diverging": [-np.exp(np.arange(200) / 20), np.r_[-np.exp(np.arange(180) / 18),
@@ -32,7 +32,7 @@ def test_each_panel_has_few_short_tick_labels(name):
 
 
 def test_one_method_over_many_classes_wraps_into_rows(tmp_path):
-    from eval.plots import _grid
+    from dualerase.reports.plots import _grid
 
     logs = {("sfron", "dual", str(c), 0): tmp_path / f"{c}.jsonl" for c in range(10)}
     fig, axes, methods, classes = _grid(logs)

@@ -7,9 +7,9 @@ import torch
 from conftest import TINY, changed
 from safetensors.torch import load_file
 
-from erase import EraseConfig, unlearn
-from pipelines import erase_class
-from pipelines.probe import ForgetProbe
+from dualerase.cli import erase_class
+from dualerase.runs.probe import ForgetProbe
+from dualerase.unlearn import EraseConfig, unlearn
 
 
 def _probe(target=0.02, history=()):

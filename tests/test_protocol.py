@@ -7,11 +7,13 @@ import pytest
 import torch
 from conftest import TINY
 
-from pipelines import erase_class, evaluation, fid_bench, sampling
-from pipelines.config import load_config
-from pipelines.dit import make_scheduler, sampler_scheduler
-from pipelines.evaluation import evaluation_config
-from pipelines.sampling import class_labels, sample
+from dualerase import sampling
+from dualerase.cli import erase_class, fid_bench
+from dualerase.config import load_config
+from dualerase.models.dit import make_scheduler, sampler_scheduler
+from dualerase.runs import evaluation
+from dualerase.runs.evaluation import evaluation_config
+from dualerase.sampling import class_labels, sample
 
 
 class Oracle(torch.nn.Module):
@@ -112,9 +114,9 @@ def test_degenerate_samples_of_an_erased_class_do_not_count_as_it():
     """The digits classifier names a near-white image, a grid pattern (even at probability 1.00) or a weak guess as
     the erased digit; under the digits preset's rule none counts, a confident sample near a real one does; with the
     rule off (ImageNet's preset) the top class alone decides, as the published evaluator."""
-    from eval.fid import DigitsScorer
-    from pipelines.digits import load_digits
-    from pipelines.evaluation import counts_as_forget
+    from dualerase.metrics.fid import DigitsScorer
+    from dualerase.models.digits import load_digits
+    from dualerase.runs.evaluation import counts_as_forget
 
     x, y = load_digits()
     scorer = DigitsScorer(None, None, 1.0, x, y)
@@ -135,8 +137,8 @@ def test_degenerate_samples_of_an_erased_class_do_not_count_as_it():
 
 def test_distance_to_the_nearest_real_digit():
     """`real_distance` is the L2 distance to the closest real image of the class, 0 for a real one."""
-    from eval.fid import DigitsScorer
-    from pipelines.digits import load_digits
+    from dualerase.metrics.fid import DigitsScorer
+    from dualerase.models.digits import load_digits
 
     x, y = load_digits()
     scorer = DigitsScorer(None, None, 1.0, x, y)

@@ -4,8 +4,8 @@ import copy
 import pytest
 import torch
 
-from erase import fisher_diagonal, sfron_mask
-from erase.saliency import mask_fraction
+from dualerase.unlearn import fisher_diagonal, sfron_mask
+from dualerase.unlearn.saliency import mask_fraction
 
 
 def test_sfron_mask_hand_case():
@@ -30,9 +30,9 @@ def test_fisher_is_mean_squared_per_sample_gradient():
 
 
 def test_a_killed_fisher_loop_continues_from_its_saved_partial_sums(tiny_dit, tmp_path):
-    from pipelines.checkpoint import PartialSums
-    from pipelines.dit import make_scheduler
-    from pipelines.loss import DiTLoss
+    from dualerase.models.dit import make_scheduler
+    from dualerase.models.loss import DiTLoss
+    from dualerase.runs.checkpoint import PartialSums
 
     x, y = torch.randn(12, 1, 4, 4), torch.arange(12) % 5
     seeds = torch.arange(12)
@@ -89,8 +89,8 @@ def _assert_close(a, b, rtol=1e-4):
 @pytest.mark.parametrize("chunk", [4, 16])  # 4 does not divide 10; 16 is more than all of them
 @pytest.mark.parametrize("tied", [False, True])  # tied: one embedder shared by every block, as DiT-XL/2
 def test_vmapped_fisher_equals_the_batch_1_loop(tiny_dit, chunk, tied):
-    from pipelines.dit import make_scheduler, tie_embedders
-    from pipelines.loss import DiTLoss
+    from dualerase.models.dit import make_scheduler, tie_embedders
+    from dualerase.models.loss import DiTLoss
 
     assert tiny_dit.config.out_channels == 2  # learned sigma: the loss has the VB term
     if tied:
@@ -111,9 +111,9 @@ def test_vmapped_fisher_equals_the_batch_1_loop(tiny_dit, chunk, tied):
 
 
 def test_a_killed_vmapped_fisher_continues_from_its_saved_partial_sums(tiny_dit, tmp_path):
-    from pipelines.checkpoint import PartialSums
-    from pipelines.dit import make_scheduler
-    from pipelines.loss import DiTLoss
+    from dualerase.models.dit import make_scheduler
+    from dualerase.models.loss import DiTLoss
+    from dualerase.runs.checkpoint import PartialSums
 
     stream, _ = _seeded(12)
     loss = DiTLoss(make_scheduler())
@@ -143,9 +143,9 @@ def test_a_killed_vmapped_fisher_continues_from_its_saved_partial_sums(tiny_dit,
 
 
 def test_processes_share_the_stream_alike_whatever_the_chunk(tiny_dit, monkeypatch):
-    import erase.saliency as saliency
-    from pipelines.dit import make_scheduler
-    from pipelines.loss import DiTLoss
+    import dualerase.unlearn.saliency as saliency
+    from dualerase.models.dit import make_scheduler
+    from dualerase.models.loss import DiTLoss
 
     stream, drawn = _seeded(10)
     loss = DiTLoss(make_scheduler())
@@ -162,8 +162,8 @@ def test_processes_share_the_stream_alike_whatever_the_chunk(tiny_dit, monkeypat
 
 
 def test_the_vmapped_way_runs_under_bf16_autocast(tiny_dit):
-    from pipelines.dit import make_scheduler
-    from pipelines.loss import DiTLoss
+    from dualerase.models.dit import make_scheduler
+    from dualerase.models.loss import DiTLoss
 
     stream, _ = _seeded(8)
     loss = DiTLoss(make_scheduler())
@@ -176,8 +176,8 @@ def test_the_vmapped_way_runs_under_bf16_autocast(tiny_dit):
 
 
 def test_other_losses_and_checkpointed_models_fall_back_to_the_loop(tiny_dit):
-    from pipelines.dit import make_scheduler
-    from pipelines.loss import DiTLoss
+    from dualerase.models.dit import make_scheduler
+    from dualerase.models.loss import DiTLoss
 
     model = torch.nn.Linear(3, 1, bias=False)
     xs = [torch.tensor([[1.0, 2.0, 0.0]]), torch.tensor([[3.0, 0.0, 1.0]])]

@@ -6,11 +6,11 @@ import time
 import pytest
 import torch
 
-from erase.dualoptim import EraseConfig, unlearn
-from erase.methods import MethodConfig, make_method
-from pipelines.dit import build_dit, make_scheduler
-from pipelines.loss import DiTLoss
-from pipelines.sampling import sample
+from dualerase.models.dit import build_dit, make_scheduler
+from dualerase.models.loss import DiTLoss
+from dualerase.sampling import sample
+from dualerase.unlearn.dualoptim import EraseConfig, unlearn
+from dualerase.unlearn.methods import MethodConfig, make_method
 
 XL = dict(num_classes=1000, sample_size=32, in_channels=4, patch_size=2, layers=28, heads=16, head_dim=72)
 # Measured with diffusers 0.42: DiTTransformer2DModel keeps a timestep + class embedder in each of the 28 blocks

@@ -78,7 +78,7 @@ def build_inception(path: Path, seed: int = 0) -> Path:
 
 def build_world(base: Path) -> dict:
     """Every stand-in under `base`: pipeline, data, classifier, Inception and the FID reference without class 207."""
-    from pipelines import fid_reference
+    from dualerase.cli import fid_reference
 
     w = {"model": build_pipeline(base / "tiny-dit"), "data": build_data(base / "train"),
          "classifier": build_classifier(base / "classifier.safetensors"),

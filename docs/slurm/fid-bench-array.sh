@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The paper's Table 2 (configs/bench/imagenet.yaml) as a SLURM job array: 8 jobs over one shared output folder,
+# The paper's Table 2 (src/dualerase/presets/bench/imagenet.yaml) as a SLURM job array: 8 jobs over one shared output folder,
 # each on one node with 8 GPUs (accelerate launch: data parallel inside the cell). Claims (bench-dit/claims/) keep
 # the jobs apart, a job that dies leaves its cell to the next job that passes it (same host: at once; another host:
 # after --claim-timeout hours without progress), and the job that finishes last writes results.md.
@@ -17,6 +17,6 @@ set -euo pipefail
 # build them: e.g. run `fid-reference` and one cell first.
 # Every job walks the whole grid and takes the next unclaimed cell (a free load balance); with
 # --shard "${SLURM_ARRAY_TASK_ID}/${SLURM_ARRAY_TASK_COUNT}" each job would keep to a fixed share instead.
-accelerate launch --num_processes 8 --mixed_precision bf16 -m pipelines.fid_bench imagenet --output bench-dit \
+accelerate launch --num_processes 8 --mixed_precision bf16 -m dualerase fid-bench imagenet --output bench-dit \
     --set data.path=/data/imagenet/train --set eval.fid_reference=refs/no-table2 \
     --set compute.mixed_precision=bf16 --set erase.batch_size=8

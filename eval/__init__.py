@@ -1,1 +1,0 @@
-"""Evaluation: the digits classifier, forget/retain accuracy, FID through torch-fidelity, reports."""

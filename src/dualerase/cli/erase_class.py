@@ -1,0 +1,113 @@
+"""erase-class: erase one class from a class-conditional DiT, measure the model before and after, save everything."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from dualerase.cli import CommandParser
+from dualerase.config import load_config, preset_names
+from dualerase.errors import ConfigError, UsageError
+from dualerase.integrations.card import push_to_hub
+from dualerase.integrations.tracking import TRACKERS
+from dualerase.launch import is_main_process, processes
+from dualerase.metrics.imagenet import EvalError
+from dualerase.reports.summary import summary
+from dualerase.runs.job import dry_run, run_trials
+from dualerase.runs.plan import config_text
+from dualerase.unlearn import DivergenceError
+from dualerase.unlearn.methods import METHODS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = CommandParser(
+        prog="erase-class",
+        description="Erase one class from a class-conditional diffusion transformer (DualOptim), and measure it.",
+        epilog=(f"presets: {', '.join(preset_names())}.  Main keys for --set: erase.outer_steps, erase.forget_lr, "
+                "erase.retain_lr, erase.shared_lr, erase.alpha, erase.alpha_schedule, erase.batch_size, "
+                "erase.forget_clip, method.gamma, method.grad_samples, sample.steps, sample.guidance, "
+                "eval.forget_samples, eval.retain_samples_per_class.  See README.md for every key."),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("forget_class", help="the class to erase: an index (207), an ImageNet synset (n02099601) or a "
+                        "name ('golden retriever'); for the digits default 0..9")
+    parser.add_argument("--config", help="a preset name or a YAML path (default: digits; imagenet with --model)")
+    parser.add_argument("--model", help="a DiT in diffusers layout: hub id (facebook/DiT-XL-2-256) or local folder "
+                        "(config model.path; sets model.source=diffusers)")
+    parser.add_argument("--data", help="ImageNet-style train folder of the model's classes (config data.path)")
+    parser.add_argument("--method", choices=sorted(METHODS), help="base method (config method.name)")
+    parser.add_argument("--optimizer", choices=("dual", "shared"), help="dual or shared optimizers (erase.optimizer)")
+    parser.add_argument("--seed", type=int, help="seed of erasure and evaluation (config seed)")
+    parser.add_argument("--trials", type=int, default=1, help="run K seeds from --seed on; report mean and std")
+    parser.add_argument("--output", type=Path,
+                        help="output folder (default: runs/<class>-<method>-<optimizer>-s<seed>)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set erase.outer_steps=200 (repeatable)")
+    parser.add_argument("--overwrite", action="store_true", help="replace whatever run is in --output")
+    parser.add_argument("--resume", nargs="?", const="latest", metavar="latest|CHECKPOINT",
+                        help="continue the unfinished run in --output from its latest (or the given) checkpoint-<step> "
+                             "and the samples on disk")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--report-to", nargs="+", choices=TRACKERS, default=[], metavar="TRACKER",
+                        help="log both losses, gradient norms and alpha every outer step, and the scores at the end, "
+                             "to tensorboard (under OUTPUT/logs/) and/or wandb")
+    parser.add_argument("--push-to-hub", metavar="REPO",
+                        help="after the run, upload model/ (with its model card) to this Hugging Face Hub repository")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (every key, defaults included) as YAML, and stop")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the class, config and output folder, print the network passes of each phase, "
+                             "and stop")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        overrides = []
+        if args.model:
+            overrides += ["model.source=diffusers", f"model.path={args.model}"]
+        if args.data:
+            overrides.append(f"data.path={args.data}")
+        overrides += args.overrides
+        if args.method:
+            overrides.append(f"method.name={args.method}")
+        if args.optimizer:
+            overrides.append(f"erase.optimizer={args.optimizer}")
+        if args.seed is not None:
+            overrides.append(f"seed={args.seed}")
+        cfg = load_config(args.config or ("imagenet" if args.model or args.data else "digits"), overrides)
+        output = args.output or Path("runs") / (
+            f"{args.forget_class.replace(' ', '_')}-{cfg.method.name}-{cfg.erase.optimizer}-s{cfg.seed}")
+        if args.trials < 1:
+            raise UsageError(f"--trials must be >= 1, got {args.trials}")
+        if args.overwrite and args.resume:
+            raise UsageError("--overwrite and --resume contradict each other: pass one")
+        if args.push_to_hub and args.trials > 1:
+            raise UsageError("--push-to-hub uploads one model: run with --trials 1")
+        if args.print_config:
+            print(config_text(cfg), end="")
+            return 0
+        if args.dry_run:
+            print(dry_run(cfg, args.forget_class, output, args.trials, args.overwrite, args.resume))
+            return 0
+        metrics = run_trials(cfg, args.forget_class, output, args.trials, overwrite=args.overwrite,
+                             resume=args.resume, progress=not args.quiet, report_to=args.report_to)
+        if args.push_to_hub and is_main_process():
+            print(f"pushed {output / 'model'} to {push_to_hub(output / 'model', args.push_to_hub)}")
+    except (ConfigError, UsageError, EvalError) as e:
+        if is_main_process():  # under a launcher every process fails alike: one line, not one per process
+            print(f"erase-class: error: {e}", file=sys.stderr)
+        return 2
+    except DivergenceError as e:
+        if is_main_process():
+            print(f"erase-class: error: {e}", file=sys.stderr)
+        return 1
+    if processes().is_main_process:
+        print(summary(metrics))
+        where = "trial-s*/: " if args.trials > 1 else ""
+        print(f"wrote {output}/: metrics.json, {where}model/, grid.png, config.yaml, log.jsonl")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

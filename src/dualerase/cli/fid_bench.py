@@ -1,0 +1,90 @@
+"""fid-bench: the method x optimizer x class x seed table (forget accuracy, retain accuracy, FID, spread over seeds)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from dualerase.cli import CommandParser
+from dualerase.config import preset_names
+from dualerase.errors import ConfigError, UsageError
+from dualerase.integrations.claims import shard_of
+from dualerase.launch import is_main_process, processes
+from dualerase.metrics.imagenet import EvalError
+from dualerase.runs.bench import bench, cell_folder, plan
+from dualerase.runs.plan import config_text, passes
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = CommandParser(prog="fid-bench", description=__doc__)
+    parser.add_argument("spec", nargs="?", default="digits", help="benchmark spec: a shipped spec's name "
+                        f"({', '.join(preset_names('bench'))}) or a YAML path (default: digits)")
+    parser.add_argument("--classes", nargs="+", help="forget classes (overrides the spec)")
+    parser.add_argument("--methods", nargs="+", help="base methods (overrides the spec)")
+    parser.add_argument("--optimizers", nargs="+", choices=("dual", "shared"), help="(overrides the spec)")
+    parser.add_argument("--seeds", nargs="+", type=int, help="seeds (overrides the spec)")
+    parser.add_argument("--output", type=Path, default=Path("bench"), help="folder of the cells and tables")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every cell (after the spec's)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config of every cell's settings as YAML (the first cell's, with the "
+                             "method, optimizer and seed of each cell listed), and stop")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the spec and every cell's config, print the cells to run and their network "
+                             "passes, and stop")
+    parser.add_argument("--shard", metavar="i/N",
+                        help="run only cells i, i + N, i + 2N, ... of the grid (e.g. a job array's index); claims keep "
+                             "jobs apart in any case")
+    parser.add_argument("--claim-timeout", type=float, default=6.0, metavar="HOURS",
+                        help="a cell claimed by a job on another machine is taken over when nothing in its folder "
+                             "changed for this long (default 6)")
+    parser.add_argument("--aggregate", action="store_true",
+                        help="run nothing: write the tables from the cells finished so far")
+    try:
+        args = parser.parse_args(argv)
+        grid = plan(args.spec, classes=args.classes, methods=args.methods, optimizers=args.optimizers,
+                    seeds=args.seeds, overrides=args.overrides)
+        spec, configs = grid.spec, grid.configs
+        if args.print_config:
+            print(f"# {len(grid.cells)} cells: every (method, optimizer, class, seed) of methods {spec['methods']}, "
+                  f"optimizers {spec['optimizers']}, classes {spec['classes']}, seeds {spec['seeds']}; the config of "
+                  "the first:")
+            print(config_text(configs[0]), end="")
+            return 0
+        if args.dry_run:
+            todo = [c for c in grid.cells if not (cell_folder(args.output, *c) / "metrics.json").exists()]
+            shown = min(len(grid.classes), configs[0].eval.grid_classes)
+            total = [sum(p[i] for cfg in configs for p in passes(cfg, len(grid.classes), shown)) for i in (1, 2)]
+            print(f"dry run: {len(grid.cells)} cells, {len(grid.cells) - len(todo)} finished in {args.output}, "
+                  f"{len(todo)} to run:")
+            print("\n".join(f"  {m} / {o} / class {c} / seed {s}" for m, o, c, s in todo))
+            print(f"network passes of all {len(grid.cells)} cells (one pass = one image through the network; base "
+                  f"evaluations are shared across cells of one class and seed): {total[0]:,d} forward, "
+                  f"{total[1]:,d} backward")
+            return 0
+        result = bench(grid, args.output, progress=not args.quiet, claim_timeout=args.claim_timeout,
+                       shard=shard_of(args.shard) if args.shard else (0, 1), aggregate_only=args.aggregate,
+                       command="fid-bench " + " ".join(argv if argv is not None else sys.argv[1:]))
+    except (ConfigError, UsageError, EvalError) as e:
+        if is_main_process():  # under a launcher every process fails alike: one line, not one per process
+            print(f"fid-bench: error: {e}", file=sys.stderr)
+        return 2
+    if result.pending and not args.aggregate:  # other jobs (or shards) run these: the last job to finish writes
+        if is_main_process():
+            print(f"fid-bench: {len(result.pending)} of {len(grid.cells)} cells are left to other jobs (--shard, or "
+                  "claimed in their folders); the job that finishes last writes the tables, or run this command with "
+                  "--aggregate", file=sys.stderr)
+        return 0
+    if not result.cells:
+        if is_main_process():
+            print("fid-bench: error: every cell diverged: " + "; ".join(result.diverged), file=sys.stderr)
+        return 1
+    if not processes().is_main_process:  # under a multi-process launch the main process writes the tables
+        return 0
+    print(result.table)
+    print(f"wrote {args.output}/: results.md, results.csv, results.json, forget_loss.png, grad_norms.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,299 @@
+"""The one config schema: every option with its one default, presets that override a few, and `--set` overrides."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from annotated_types import Ge, Gt, Le, Lt
+
+from dualerase.errors import ConfigError
+from dualerase.metrics.classifier import ClassifierRecipe
+from dualerase.models.digits import DigitsRecipe
+from dualerase.unlearn.dualoptim import EraseConfig
+from dualerase.unlearn.methods import METHODS, MethodConfig
+
+PRESETS = resources.files("dualerase") / "presets"  # package data: presets *.yaml, benchmark specs bench/*.yaml
+
+
+def preset_names(folder: str = "") -> list[str]:
+    """Names of the shipped presets, or of the shipped benchmark specs with folder="bench"."""
+    return sorted(p.name.removesuffix(".yaml") for p in (PRESETS / folder).iterdir() if p.name.endswith(".yaml"))
+
+
+@dataclass
+class ModelConfig:
+    # "digits": the embedded tiny DiT (section `digits`); "diffusers": `path` (--model)
+    source: Literal["digits", "diffusers"] = "digits"
+    path: str = "facebook/DiT-XL-2-256"  # a hub id (read through the Hugging Face cache) or a local pipeline folder
+    # Run the model as it was trained (dualerase.models.pretrained.match_training): a checkpoint converted from the
+    # original DiT has equal embedder copies in every block, one trained in diffusers layout distinct ones.
+    # tie_embedders: one embedder shared by all blocks (the original's); null / auto: the original's settings iff the
+    # copies are equal at load, unless the model folder records values written by us (dualerase.json)
+    tie_embedders: bool | str = "auto"
+    timestep_shift: int | None = None  # frequencies exp(-ln(1e4) i / (128 - shift)): 0 original, 1 diffusers
+    # eps of diffusers' config-driven LayerNorm: 1e-6 original, else the config's
+    norm_eps: Annotated[float | None, Gt(0)] = None
+
+
+@dataclass
+class DataConfig:
+    """The real images of a diffusers model (--data): an ImageNet-style train folder, one sub-folder per class."""
+
+    path: str | None = None
+    forget_images: Annotated[int, Ge(0)] = 0  # images of the forget class used (its first N; 0: all)
+    retain_images: Annotated[int, Ge(0)] = 5000  # retain subset drawn at random from the other classes (0: all)
+    latent_cache: bool = True  # encode both sets through the VAE once; later runs read the cached latents
+
+
+@dataclass
+class ComputeConfig:
+    """How the work runs; processes come from the launcher (accelerate launch / torchrun), one per device."""
+
+    mixed_precision: Literal["no", "bf16"] = "no"  # bf16: autocast; weights and optimizer states stay float32
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower steps
+    # float32 matmuls and convolutions in TF32 on CUDA (Ampere and later), as the published DiT code sets; false: full
+    # float32. No effect on CPU or on bf16 autocast's bf16 matmuls
+    tf32: bool = True
+    # torch.compile the DiT in place (names and checkpoints unchanged) for sampling and erasure: compiles once per
+    # batch shape (about a minute on CPU), then runs faster; numbers differ from eager only by float rounding
+    compile: bool = False
+
+
+@dataclass
+class SampleConfig:
+    """The sampler of every evaluation and grid."""
+
+    # ddpm: diffusers DDPMScheduler with the learned variance (DiT's sampler); ddim (eta 0) or dpm-solver++ (2nd-order
+    # multistep): fewer steps, fixed variance; they read the forget accuracy of partly erased models lower than DDPM
+    scheduler: Literal["ddpm", "ddim", "dpm-solver++"] = "ddpm"
+    steps: Annotated[int, Gt(0)] = 250  # DiT's default
+    guidance: Annotated[float, Ge(0)] = 1.5  # classifier-free guidance scale (1: no guidance)
+    # guide only the first k epsilon channels (DiT's sampler: 3); null: all
+    guidance_channels: Annotated[int | None, Gt(0)] = None
+    # linspace: DiT's respacing (from t = 999); diffusers' leading, or trailing
+    timestep_spacing: Literal["linspace", "leading", "trailing"] = "linspace"
+    batch_size: Annotated[int, Gt(0)] = 500
+
+
+@dataclass
+class EvalConfig:
+    # full: the sampler and sample counts as configured (published comparisons need it); fast: for quick looks while
+    # tuning, at most 50 sampler steps and a quarter of the samples (dualerase.runs.evaluation.evaluation_config)
+    protocol: Literal["full", "fast"] = "full"
+    forget_samples: Annotated[int, Gt(0)] = 200  # samples of the forget class, for forget accuracy
+    retain_samples_per_class: Annotated[int, Gt(0)] = 100  # samples of each other class, for retain accuracy and FID
+    # instead: this many samples, labels drawn at random from the other classes
+    retain_samples: Annotated[int | None, Gt(0)] = None
+    # FA counts a sample if the classifier's top class is the forget class at least this sure and it lies within this
+    # L2 distance of a real image of that class; null: top class alone, as published (evaluation.counts_as_forget)
+    fa_min_confidence: Annotated[float | None, Ge(0), Le(1)] = None
+    fa_real_distance: Annotated[float | None, Gt(0)] = None
+    grid_per_class: Annotated[int, Gt(0)] = 8  # images per class row of grid.png
+    # classes shown in grid.png (the forget class first, then the lowest others)
+    grid_classes: Annotated[int, Gt(0)] = 10
+    save_samples: bool = True  # write the after-erasure samples as PNG folders and ADM-style .npz (samples/)
+    # Diffusers models (the digits default uses its own classifier and feature extractor):
+    fa_classifier: str = "resnet34.tv_in1k"  # timm ImageNet classifier of forget accuracy
+    fa_weights: str | None = None  # its weights file (null: the Hugging Face cache)
+    fa_size: Annotated[int, Gt(0)] = 224  # samples are resized to this before classification
+    # the classifier's class count (null: read from fa_weights, else ImageNet's 1000)
+    fa_num_classes: Annotated[int | None, Gt(0)] = None
+    fid_reference: str | None = None  # folder of real retained-class images, built by `fid-reference`
+    fid_extractor: str = "inception-v3-compat"  # torch-fidelity feature extractor
+    fid_weights: str | None = None  # its weights file (null: torch-fidelity downloads them once)
+
+
+@dataclass
+class Config:
+    seed: Annotated[int, Ge(0)] = 0  # erasure batches, Fisher samples and evaluation noise all follow it
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
+    digits: DigitsRecipe = field(default_factory=DigitsRecipe)
+    classifier: ClassifierRecipe = field(default_factory=ClassifierRecipe)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    erase: EraseConfig = field(default_factory=EraseConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _suggest(word: str, options) -> str:
+    close = difflib.get_close_matches(word, list(options), n=3)
+    return f" (did you mean {', '.join(close)}?)" if close else f" (valid: {', '.join(sorted(options))})"
+
+
+def all_keys(obj=None, prefix: str = "") -> list[str]:
+    """Every dotted key of the schema."""
+    obj = Config() if obj is None else obj
+    keys = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            keys += all_keys(value, f"{prefix}{f.name}.")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def _coerce(key: str, value, hint):
+    """Check `value` against the field's type (its `Literal` choices too); ints are accepted for floats."""
+    if typing.get_origin(hint) is typing.Annotated:
+        hint = typing.get_args(hint)[0]
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None and type(None) in args:
+        return None
+    for kind in (a for a in args if a is not type(None)):
+        if typing.get_origin(kind) is typing.Literal:
+            choices = typing.get_args(kind)
+            if any(value == c and type(value) is type(c) for c in choices):
+                return value
+            raise ConfigError(f"{key} = {value!r} is not valid{_suggest(str(value), [str(c) for c in choices])}")
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind in (str, bool) and isinstance(value, kind):
+            return value
+    names = " or ".join("null" if k is type(None) else k.__name__ for k in args)
+    raise ConfigError(f"{key} must be {names}, got {value!r}: fix the value in the preset or --set")
+
+
+def _bounds(hint) -> list:
+    """The annotated-types bounds (Gt, Ge, Lt, Le) a field's type carries."""
+    return list(typing.get_args(hint)[1:]) if typing.get_origin(hint) is typing.Annotated else []
+
+
+def _check_bounds(key: str, value, bounds: list) -> None:
+    """A one-line error when `value` breaks a bound: "must be > 0", "must be in [0, 1)"..."""
+    if value is None or not bounds:
+        return
+    low = next((("(", b.gt) for b in bounds if isinstance(b, Gt)), None) or \
+        next((("[", b.ge) for b in bounds if isinstance(b, Ge)), None)
+    high = next(((")", b.lt) for b in bounds if isinstance(b, Lt)), None) or \
+        next((("]", b.le) for b in bounds if isinstance(b, Le)), None)
+    ok = (low is None or (value > low[1] if low[0] == "(" else value >= low[1])) and \
+        (high is None or (value < high[1] if high[0] == ")" else value <= high[1]))
+    if ok:
+        return
+    if high is None:
+        rule = f"{'>' if low[0] == '(' else '>='} {low[1]}"
+    else:
+        rule = f"in {low[0]}{low[1]}, {high[1]}{high[0]}"
+    raise ConfigError(f"{key} must be {rule}, got {value!r}")
+
+
+def _apply(obj, data: dict, prefix: str = "") -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(f"section {prefix.rstrip('.') or 'top level'} must be a mapping of keys to values")
+    hints = typing.get_type_hints(type(obj), include_extras=True)
+    names = {f.name for f in dataclasses.fields(obj)}
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        if name not in names:
+            raise ConfigError(f"unknown config key {key!r}{_suggest(key, all_keys())}")
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(current):
+            _apply(current, value, f"{key}.")
+        else:
+            setattr(obj, name, _coerce(key, value, hints[name]))
+
+
+def _validate(cfg: Config) -> None:
+    """The rules each field's type carries (bounds), finite numbers, and the few rules that tie fields together."""
+    for key in all_keys(cfg):
+        section, _, name = key.rpartition(".")
+        owner = getattr(cfg, section) if section else cfg
+        value = getattr(owner, name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
+        _check_bounds(key, value, _bounds(typing.get_type_hints(type(owner), include_extras=True)[name]))
+    if cfg.model.tie_embedders not in ("auto", True, False):
+        raise ConfigError(f"model.tie_embedders must be auto, true or false, got {cfg.model.tie_embedders!r}")
+    if cfg.model.timestep_shift not in (None, 0, 1):
+        raise ConfigError(f"model.timestep_shift must be null, 0 (original DiT) or 1 (diffusers), got "
+                          f"{cfg.model.timestep_shift!r}")
+    if 8 % cfg.digits.patch_size:
+        raise ConfigError(f"digits.patch_size must divide the 8-pixel image size, got {cfg.digits.patch_size}")
+    if cfg.eval.fa_real_distance is not None and cfg.model.source != "digits":
+        raise ConfigError("eval.fa_real_distance needs the digits' real images: set it to null for a diffusers model")
+
+
+def _read_preset(name_or_path: str) -> dict:
+    path = Path(name_or_path)
+    if not (path.suffix in (".yaml", ".yml") or path.exists()):
+        if name_or_path not in preset_names():
+            raise ConfigError(f"unknown preset {name_or_path!r}{_suggest(name_or_path, preset_names())}; "
+                              "or give the path of a YAML file")
+        path = PRESETS / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found: give a preset name or an existing YAML path")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML ({str(e).splitlines()[0]})") from None
+
+
+def parse_set(item: str) -> dict:
+    """`a.b=value` -> {"a": {"b": value}}, the value read as YAML (so 3, 1e-4, null, true work)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r} must look like key=value, e.g. erase.outer_steps=200")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else raw
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str) and _looks_numeric(value):
+        value = float(value)
+    for part in reversed(key.strip().split(".")):
+        value = {part: value}
+    return value
+
+
+def _looks_numeric(text: str) -> bool:
+    """YAML 1.1 reads '1e-4' as a string; accept it as the number a user means."""
+    try:
+        float(text)
+        return text.strip().lower() not in ("nan", "inf", "-inf", "infinity", "-infinity")
+    except ValueError:
+        return False
+
+
+def load_config(name_or_path: str = "digits", overrides: list[str] = ()) -> Config:
+    """The schema defaults, updated by the chosen method's own published values (`Method.published`), then by a
+    preset (name or YAML path), then by the preset's `per_method` section for that method, then by `key=value`
+    overrides in order."""
+    data = _read_preset(name_or_path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {name_or_path!r} must be a YAML mapping of sections")
+    per_method = data.pop("per_method", None) or {}
+    for name in per_method:
+        if name not in METHODS:
+            raise ConfigError(f"per_method names unknown method {name!r}{_suggest(name, METHODS)}")
+    parsed = [parse_set(item) for item in overrides]
+    chosen = Config()  # which method the preset and the command line choose
+    for item in [data, *parsed]:
+        _apply(chosen, item)
+    cfg = Config()
+    for key, value in METHODS[chosen.method.name].published.items() if chosen.method.name in METHODS else ():
+        _apply(cfg, parse_set(f"{key}={value}"))
+    _apply(cfg, data)
+    for item in parsed:
+        _apply(cfg, item)
+    if cfg.method.name in per_method:
+        _apply(cfg, per_method[cfg.method.name])
+        for item in parsed:  # the command line still wins
+            _apply(cfg, item)
+    _validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)

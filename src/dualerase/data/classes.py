@@ -1,0 +1,90 @@
+"""Class vocabularies: ImageNet's (offline, from timm) or a model's own, and resolving what a user typed."""
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+
+from timm.data import ImageNetInfo
+
+from dualerase.errors import UsageError
+
+
+@dataclass
+class Classes:
+    """Names of a model's classes, and ImageNet synsets when the model has ImageNet's 1000 classes."""
+
+    names: list[str]  # a name may list synonyms separated by commas, as ImageNet's do ("tench, Tinca tinca")
+    synsets: list[str] | None = None
+    named: bool = True  # False: ids only ("class 3"), so data folders can map to classes only in sorted order
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def short(self, c: int) -> str:
+        """The first synonym of class c."""
+        return self.names[c].split(",")[0].strip()
+
+
+def imagenet() -> Classes:
+    """ImageNet-1k in its standard order (sorted synsets), with timm's descriptions."""
+    info = ImageNetInfo()
+    return Classes(names=[info.index_to_description(i) for i in range(1000)], synsets=list(info.label_names()))
+
+
+def for_model(num_classes: int, id2label: dict[int, str] | None = None, folders: list[str] | None = None) -> Classes:
+    """The vocabulary of a model: ImageNet's for 1000 classes, else its id2label, the data's folder names, or ids."""
+    if num_classes == 1000:
+        classes = imagenet()
+        if id2label:
+            classes.names = [id2label.get(i, classes.names[i]) for i in range(1000)]
+        return classes
+    if id2label and len(id2label) == num_classes:
+        names = [id2label[i] for i in range(num_classes)]
+        return Classes(names=names, synsets=imagenet_synsets(names))  # a subset of ImageNet: folders by synset
+    if folders and len(folders) == num_classes:
+        return Classes(names=list(folders))
+    return Classes(names=[f"class {i}" for i in range(num_classes)], named=False)
+
+
+def imagenet_synsets(names: list[str]) -> list[str] | None:
+    """The ImageNet synset each name stands for (a synset, a full description or an unambiguous synonym), or None
+    unless every name has its own: then the model's classes are a subset of ImageNet's, in the model's order."""
+    info = imagenet()
+    lookup: dict[str, set[int]] = {}
+    for i, (name, synset) in enumerate(zip(info.names, info.synsets)):
+        for word in {synset.lower(), name.strip().lower(), *(w.strip().lower() for w in name.split(","))}:
+            lookup.setdefault(word, set()).add(i)
+    found = [lookup.get(name.strip().lower(), set()) for name in names]
+    if any(len(hits) != 1 for hits in found) or len(set(map(min, found))) < len(found):
+        return None
+    return [info.synsets[min(hits)] for hits in found]
+
+
+def resolve_class(text: str, classes: Classes) -> int:
+    """The class index named by `text`: an index, an ImageNet synset, or a name or synonym (any case)."""
+    n = len(classes)
+    key = text.strip().lower()
+    if re.fullmatch(r"-?[0-9]+", key):
+        c = int(key)
+        if 0 <= c < n:
+            return c
+        raise UsageError(f"class {c} is out of range: this model has classes 0..{n - 1}")
+    if classes.synsets and key in (s.lower() for s in classes.synsets):
+        return [s.lower() for s in classes.synsets].index(key)
+    synonyms: dict[str, list[int]] = {}
+    for c, name in enumerate(classes.names):
+        for word in {name.strip().lower(), *(w.strip().lower() for w in name.split(","))}:
+            synonyms.setdefault(word, []).append(c)
+    if key in synonyms:
+        found = synonyms[key]
+        if len(found) > 1:  # ImageNet has a few: "crane" is a bird (134) and a machine (517)
+            options = ", ".join(f"{c} ({classes.names[c]})" for c in found)
+            raise UsageError(f"class name {text!r} is ambiguous: {options}; give the index or synset")
+        return found[0]
+    if classes.synsets and key.startswith("n") and key[1:].isdigit():
+        which = "ImageNet's 1000" if n == 1000 else f"{n} ImageNet synsets"
+        raise UsageError(f"unknown synset {text!r}: this model's classes are {which} (e.g. {classes.synsets[0]})")
+    close = difflib.get_close_matches(key, list(synonyms), n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(repr(w) for w in close)}?" if close else f"give a class index 0..{n - 1}"
+    raise UsageError(f"unknown class {text!r}: {hint}")

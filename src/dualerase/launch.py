@@ -1,0 +1,21 @@
+"""This process's place in a launch (accelerate launch / torchrun, or one process alone)."""
+from __future__ import annotations
+
+import datetime
+import os
+
+import torch
+from accelerate import PartialState
+
+
+def processes() -> PartialState:
+    """This process's place in the launch (accelerate launch / torchrun; one process without): rank, device, barriers.
+    On machines without CUDA several processes talk over gloo."""
+    # Other processes wait at barriers while the main one encodes the latent cache or computes FID: allow hours.
+    return PartialState(cpu=not torch.cuda.is_available(), timeout=datetime.timedelta(hours=3))
+
+
+def is_main_process() -> bool:
+    """Whether this process speaks for the launch: rank 0 under torchrun / accelerate launch (their RANK), or a lone
+    process. Read from the environment, so that reporting an error needs no process group."""
+    return os.environ.get("RANK", "0") == "0"

@@ -1,0 +1,116 @@
+"""FID through torch-fidelity, with a registered feature extractor built on the digits classifier.
+
+Inception weights cannot be had offline and mean nothing at 8x8, so digits FID uses the 64-d penultimate layer of our
+digits classifier (`digits-cnn-64`). Numbers on that scale are comparable only with each other, never with Inception
+FIDs; every report names the extractor.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch_fidelity
+from torch.utils.data import Dataset
+from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+from torch_fidelity.registry import register_feature_extractor
+
+from dualerase.metrics.classifier import FEATURE_DIM, load_classifier, predict, probabilities
+from dualerase.storage import file_digest
+
+DIGITS_EXTRACTOR = "digits-cnn"
+DIGITS_FEATURE = str(FEATURE_DIM)
+
+
+class DigitsFeatureExtractor(FeatureExtractorBase):
+    """torch-fidelity extractor: uint8 1x8x8 images -> the digits classifier's penultimate features."""
+
+    def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
+        super().__init__(name, features_list)
+        if feature_extractor_weights_path is None:
+            raise ValueError(f"{name} needs feature_extractor_weights_path (the digits classifier's safetensors)")
+        self.net = load_classifier(feature_extractor_weights_path)
+
+    @staticmethod
+    def get_provided_features_list():
+        return (DIGITS_FEATURE,)
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric):
+        return DIGITS_FEATURE
+
+    @staticmethod
+    def can_be_compiled():
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile():
+        return torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
+
+    def forward(self, x):
+        return (self.net.features(x.float() / 127.5 - 1.0),)
+
+
+register_feature_extractor(DIGITS_EXTRACTOR, DigitsFeatureExtractor)
+
+
+class ImageTensors(Dataset):
+    """A uint8 (N, C, H, W) tensor as the Dataset torch-fidelity reads."""
+
+    def __init__(self, images: torch.Tensor):
+        if images.dtype != torch.uint8:
+            raise TypeError("ImageTensors expects uint8 images")
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i]
+
+
+def fid(samples: torch.Tensor, reference: torch.Tensor, *, feature_extractor: str, weights_path: str | None = None,
+        cuda: bool = False) -> float:
+    """FID between two uint8 image tensors, computed by torch-fidelity with the named feature extractor."""
+    metrics = torch_fidelity.calculate_metrics(
+        input1=ImageTensors(samples), input2=ImageTensors(reference), fid=True, cuda=cuda, verbose=False,
+        save_cpu_ram=True, batch_size=500, feature_extractor=feature_extractor,
+        feature_extractor_weights_path=weights_path)
+    return float(metrics[torch_fidelity.KEY_METRIC_FID])
+
+
+class DigitsScorer:
+    """The digits protocol: accuracy with the digits classifier, FID on its features against all real images of the
+    retained classes."""
+
+    def __init__(self, classifier, weights_path, accuracy: float, images: torch.Tensor, labels: torch.Tensor):
+        self.classifier, self.weights_path, self.accuracy = classifier, weights_path, accuracy
+        self.images, self.labels = images, labels
+
+    @property
+    def key(self) -> str:
+        """Identifies the classifier (and so the feature extractor) the scores depend on, by its content."""
+        return f"{Path(self.weights_path).name}#{file_digest(self.weights_path)[:12]}"
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        return predict(self.classifier, images)
+
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        return probabilities(self.classifier, images)
+
+    def real_distance(self, images: torch.Tensor, label: int) -> torch.Tensor:
+        """L2 distance (pixels in [-1, 1]) from each image to the nearest real image of class `label`."""
+        real = self.images[self.labels == label].flatten(1).to(images.device, torch.float32)
+        return torch.cdist(images.flatten(1).float(), real).min(1).values
+
+    def fid(self, samples: torch.Tensor, forget_class: int) -> float:
+        reference = ((self.images[self.labels != forget_class].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return fid(samples, reference, feature_extractor=DIGITS_EXTRACTOR, weights_path=str(self.weights_path))
+
+    def describe(self, forget_class: int) -> dict:
+        kept = int((self.labels != forget_class).sum())
+        return {
+            "classifier": f"digits CNN, {self.accuracy:.3f} accuracy on the held-out split",
+            "feature_extractor": f"{DIGITS_EXTRACTOR}-{DIGITS_FEATURE} (digits classifier penultimate layer, "
+                                 "torch-fidelity)",
+            "reference": f"all {kept} real images of the retained classes",
+        }

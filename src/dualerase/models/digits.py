@@ -1,0 +1,139 @@
+"""The embedded default: scikit-learn's 8x8 handwritten digits and a tiny class-conditional DiT trained on them."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Annotated
+
+import torch
+from annotated_types import Ge, Gt
+from tqdm.auto import tqdm
+
+from dualerase.models.dit import build_dit, drop_labels, load_dit, make_scheduler
+from dualerase.models.loss import DiTLoss
+from dualerase.storage import atomic_path, cache_root, fingerprint
+
+NUM_CLASSES = 10
+SIZE = 8
+
+
+@dataclass
+class DigitsRecipe:
+    """How the embedded digits DiT is trained (our recipe; changing any value retrains it once)."""
+
+    layers: Annotated[int, Gt(0)] = 4
+    heads: Annotated[int, Gt(0)] = 4
+    head_dim: Annotated[int, Gt(0)] = 16
+    patch_size: Annotated[int, Gt(0)] = 2
+    # 6000: the EMA (0.999) of a 3000-step run lags its raw weights so much that a few retain steps alone improve it
+    # (FID 75 -> 15 unguided): erasure's FID change then measured the base's under-training, not the erasure
+    steps: Annotated[int, Gt(0)] = 6000
+    batch_size: Annotated[int, Gt(0)] = 128
+    lr: Annotated[float, Gt(0)] = 1e-3  # AdamW, weight decay 0: the pretraining optimizer that retain steps reuse
+    ema_decay: Annotated[float, Ge(0)] = 0.999  # the released weights are the EMA, as for DiT
+    label_dropout: float = 0.1  # classifier-free guidance training, as DiT
+    seed: int = 0
+
+
+def load_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """All 1,797 digits as (N, 1, 8, 8) floats in [-1, 1] (pixel values 0..16 rescaled) and their labels."""
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    data = sk_load_digits()
+    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 8.0 - 1.0
+    return x, torch.tensor(data.target, dtype=torch.long)
+
+
+def train_test_split(labels: torch.Tensor, test_fraction: float = 0.2, seed: int = 0):
+    """A fixed stratified split: (train indices, test indices)."""
+    from sklearn.model_selection import train_test_split as split
+
+    idx = list(range(len(labels)))
+    train, test = split(idx, test_size=test_fraction, random_state=seed, stratify=labels.numpy())
+    return torch.tensor(sorted(train)), torch.tensor(sorted(test))
+
+
+def train_digits_dit(recipe: DigitsRecipe, progress: bool = True, checkpoint: Path | None = None,
+                     checkpoint_every: int = 500):
+    """Train the tiny DiT on every digit with DiT's loss and label dropout; return its EMA weights.
+
+    With `checkpoint`, the whole training state (weights, EMA, optimizer, RNGs, step) is saved there every
+    `checkpoint_every` steps, and a call that finds one continues from it: a killed training loses at most that many
+    steps and ends with the weights of an uninterrupted one."""
+    torch.manual_seed(recipe.seed)
+    x, y = load_digits()
+    model = build_dit(num_classes=NUM_CLASSES, sample_size=SIZE, in_channels=1, patch_size=recipe.patch_size,
+                      layers=recipe.layers, heads=recipe.heads, head_dim=recipe.head_dim)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    loss_fn = DiTLoss(make_scheduler())
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(recipe.seed)
+    start = 0
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"])
+        torch.set_rng_state(state["rng"])
+        start = state["step"]
+    model.train()
+    bar = tqdm(range(start, recipe.steps), desc="train digits DiT", disable=not progress, initial=start,
+               total=recipe.steps)
+    for step in bar:
+        idx = torch.randint(0, len(x), (recipe.batch_size,), generator=gen)
+        batch = x[idx]  # no random flip (DiT flips ImageNet images): digits are not mirror-symmetric
+        loss = loss_fn(model, (batch, drop_labels(y[idx], recipe.label_dropout, NUM_CLASSES)))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(p, 1 - recipe.ema_decay)
+        if step % 100 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        if checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < recipe.steps:
+            with atomic_path(checkpoint) as tmp:
+                torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                            "gen": gen.get_state(), "rng": torch.get_rng_state(), "step": step + 1}, tmp)
+    return ema.eval()
+
+
+def prepare_digits_dit(recipe: DigitsRecipe, progress: bool = True) -> Path:
+    """The cached digits DiT folder for `recipe`, trained once on first use."""
+    folder = cache_root() / "digits" / f"dit-{fingerprint(asdict(recipe))}"
+    if not (folder / "config.json").exists():
+        partial = folder.with_name(f"{folder.name}.partial.pt")
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        model = train_digits_dit(recipe, progress, checkpoint=partial)
+        tmp = folder.with_name(folder.name + ".tmp")
+        model.save_pretrained(tmp)
+        (tmp / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
+        os.replace(tmp, folder)
+        partial.unlink(missing_ok=True)
+    return folder
+
+
+def load_digits_dit(recipe: DigitsRecipe, progress: bool = True):
+    """Load (training first if needed) the digits DiT."""
+    return load_dit(str(prepare_digits_dit(recipe, progress)))
+
+
+def prepare_digits_classifier(recipe, progress: bool = True) -> tuple[Path, float]:
+    """The cached digits classifier for `recipe` (trained once on the train split) and its test-split accuracy."""
+    from safetensors import safe_open
+
+    from dualerase.metrics.classifier import accuracy, save_classifier, train_classifier
+
+    path = cache_root() / "digits" / f"classifier-{fingerprint(asdict(recipe))}.safetensors"
+    if not path.exists():
+        x, y = load_digits()
+        train, test = train_test_split(y)
+        net = train_classifier(x[train], y[train], recipe, progress)
+        with atomic_path(path) as tmp:
+            save_classifier(net, tmp, recipe, accuracy(net, x[test], y[test]))
+    with safe_open(str(path), "pt") as f:
+        return path, float(f.metadata()["test_accuracy"])

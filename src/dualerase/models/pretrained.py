@@ -1,0 +1,196 @@
+"""Pretrained DiTs in diffusers layout (hub id or local folder) in, complete DiTPipeline folders out."""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from diffusers import AutoencoderKL, DDPMScheduler, DiTPipeline
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import HFValidationError
+
+from dualerase.errors import ModelError
+from dualerase.models.dit import (
+    DiTTransformer2DModel,
+    describe_model,
+    disable_builtin_label_dropout,
+    embedder_copies_equal,
+    separate_copies,
+    set_norm_eps,
+    set_timestep_shift,
+    tie_embedders,
+    untie_embedders,
+)
+from dualerase.storage import replace_folder
+
+DIT_CLASSES = ("DiTTransformer2DModel", "Transformer2DModel")  # the hub's DiT folders predate the dedicated class
+PATTERNS = ["model_index.json", "transformer/*", "vae/*", "scheduler/*"]
+RECORD = "dualerase.json"  # next to the transformer's config.json: the settings a model we wrote was trained with
+ORIGINAL_EPS = 1e-6  # the original DiT's LayerNorm eps, everywhere
+
+
+@dataclass
+class Pretrained:
+    """A class-conditional DiT with what comes with it: the VAE of a latent model, the scheduler, class names."""
+
+    transformer: DiTTransformer2DModel
+    vae: AutoencoderKL | None
+    scheduler_config: dict | None  # the folder's own scheduler (what DiTPipeline samples with)
+    id2label: dict[int, str] | None
+    root: Path
+
+    @property
+    def image_size(self) -> int:
+        """Pixel resolution of the images the model makes (latent size times the VAE's downsampling)."""
+        size = self.transformer.config.sample_size
+        return size * 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else size
+
+
+def locate(path: str) -> Path:
+    """A local folder as is; a hub id resolved through the Hugging Face cache (downloaded once when online)."""
+    local = Path(path).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise ModelError(f"--model {path} is a file: give a folder in diffusers layout (transformer/, vae/, "
+                             "scheduler/) or a hub id such as facebook/DiT-XL-2-256")
+        return local
+    try:
+        return Path(snapshot_download(path, allow_patterns=PATTERNS))
+    except HFValidationError:
+        raise ModelError(f"--model {path}: no such folder: give an existing folder in diffusers layout or a hub id "
+                         "such as facebook/DiT-XL-2-256") from None
+    except Exception as e:  # offline, unknown repo, gated repo: all mean "the files are not here"
+        raise ModelError(
+            f"--model {path}: not a local folder, and its files are not in the Hugging Face cache "
+            f"({type(e).__name__}): on a machine with network run `hf download {path}` once (the cache "
+            "is $HF_HOME, default ~/.cache/huggingface; copy it over), or pass --model a local folder with "
+            "transformer/, vae/ and scheduler/") from None
+
+
+def _config(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path} cannot be read ({e}): re-download or re-save the model") from None
+
+
+def dit_config(root: Path) -> tuple[str | None, dict]:
+    """(subfolder, config) of the transformer in `root`; refuses folders that hold no class-conditional DiT."""
+    sub = "transformer" if (root / "transformer" / "config.json").exists() else None
+    config_path = root / (sub or "") / "config.json"
+    if not config_path.exists():
+        raise ModelError(f"{root} holds no transformer/config.json: give a DiT folder in diffusers layout "
+                         "(transformer/, vae/, scheduler/) or a folder written by save_pretrained")
+    config = _config(config_path)
+    if config.get("_class_name") not in DIT_CLASSES or not config.get("num_embeds_ada_norm"):
+        raise ModelError(f"{root} is not a class-conditional DiT (transformer class {config.get('_class_name')!r}, "
+                         f"num_embeds_ada_norm {config.get('num_embeds_ada_norm')!r}): give a DiT such as "
+                         "facebook/DiT-XL-2-256")
+    channels = config.get("in_channels") or 4  # diffusers' default
+    out = config.get("out_channels") or channels
+    if out not in (channels, 2 * channels):
+        raise ModelError(f"{root}: the DiT has {out} output channels for {channels} input channels: a DiT predicts "
+                         f"{channels} (noise, fixed variance) or {2 * channels} (noise and learned sigma); give such a "
+                         "model")
+    return sub, config
+
+
+def id2label(root: Path) -> dict[int, str] | None:
+    """The class names a pipeline folder's model_index.json carries (DiTPipeline's `id2label`), if any."""
+    index = root / "model_index.json"
+    labels = _config(index).get("id2label") if index.exists() else None
+    return {int(k): v for k, v in labels.items()} if labels else None
+
+
+def transformer_folder(folder: Path) -> Path:
+    """The folder holding the transformer's config.json: `transformer/` of a pipeline folder, else the folder."""
+    folder = Path(folder)
+    return folder / "transformer" if (folder / "transformer" / "config.json").exists() else folder
+
+
+def read_record(folder: Path | None) -> dict:
+    """The settings recorded in a model folder we wrote (`dualerase.json`), or {}."""
+    path = transformer_folder(folder) / RECORD if folder is not None else None
+    return _config(path) if path is not None and path.exists() else {}
+
+
+def write_record(folder: Path, model: DiTTransformer2DModel) -> None:
+    """Record next to the transformer's config.json what `match_training` needs to run the model as trained."""
+    (transformer_folder(folder) / RECORD).write_text(json.dumps(describe_model(model), indent=2) + "\n")
+
+
+def match_training(model, folder: Path | str | None = None, *, tie: bool | str = "auto",
+                   timestep_shift: int | None = None, norm_eps: float | None = None):
+    """Run a diffusers DiT (or a DiTPipeline's transformer) as it was trained: embedders, timestep frequencies and
+    LayerNorm eps. Returns `model`.
+
+    A checkpoint converted from the original DiT has equal embedder copies in every block: by default ("auto", None)
+    they are tied into one shared module, with the original's frequencies (shift 0) and eps 1e-6. A model trained in
+    diffusers layout (copies differ) keeps its copies, diffusers' shift 1 and its config's eps. Values recorded in
+    `folder` by us (`dualerase.json`) take precedence over the guess; explicit arguments over both."""
+    dit = getattr(model, "transformer", model)
+    record = read_record(Path(folder)) if folder is not None else {}
+    equal = embedder_copies_equal(dit)
+    original = equal and len(dit.transformer_blocks) > 1  # one block has no copies to tell by: diffusers-trained
+    if tie is True and not equal:
+        raise ModelError("model.tie_embedders=true, but the blocks' timestep/class embedders differ (a model trained "
+                         "in diffusers layout): set model.tie_embedders to auto or false")
+    if original if tie == "auto" else tie:
+        tie_embedders(dit)
+    else:
+        untie_embedders(dit)
+    set_timestep_shift(dit, timestep_shift if timestep_shift is not None else
+                       record.get("timestep_shift", 0 if original else 1))
+    set_norm_eps(dit, norm_eps if norm_eps is not None else
+                 record.get("norm_eps", ORIGINAL_EPS if original else dit.config.norm_eps))
+    return model
+
+
+def load_pretrained(path: str, **settings) -> Pretrained:
+    """Load a class-conditional DiT from a diffusers pipeline folder, a bare transformer folder, or a hub id, run as it
+    was trained (`match_training`; `settings` are its keyword arguments)."""
+    root = locate(path)
+    sub, _ = dit_config(root)
+    try:
+        transformer = DiTTransformer2DModel.from_pretrained(root, subfolder=sub)
+        vae = AutoencoderKL.from_pretrained(root, subfolder="vae") if (root / "vae" / "config.json").exists() else None
+    except Exception as e:
+        raise ModelError(f"cannot load the weights in {root} ({type(e).__name__}: {str(e).splitlines()[0][:200]}): "
+                         "re-download or re-save the model") from None
+    if vae is None and transformer.config.in_channels not in (1, 3):
+        raise ModelError(f"{root} has a {transformer.config.in_channels}-channel (latent) DiT but no vae/ folder: give "
+                         "the whole pipeline folder")
+    scheduler = root / "scheduler" / "scheduler_config.json"
+    match_training(transformer, root, **settings)
+    return Pretrained(transformer=disable_builtin_label_dropout(transformer), vae=vae,
+                      scheduler_config=_config(scheduler) if scheduler.exists() else None, id2label=id2label(root),
+                      root=root)
+
+
+def save_pipeline(folder: Path, transformer, vae, scheduler_config: dict | None, id2label: dict[int, str]) -> None:
+    """Write a complete DiTPipeline folder (transformer, vae, scheduler, class names) via a temporary folder.
+
+    `save_pretrained` drops `id2label`, so it is added to model_index.json, where `DiTPipeline.from_pretrained` reads
+    it for `get_label_ids`. The scheduler is the source folder's own (DiTPipeline samples with fixed variance).
+    Tied embedders are written as equal copies (diffusers' layout), and `dualerase.json` records the settings."""
+    scheduler = DDPMScheduler.from_config(scheduler_config) if scheduler_config else DDPMScheduler()
+    if scheduler.config.get("variance_type") in ("learned", "learned_range"):  # DiTPipeline passes no variance
+        scheduler = DDPMScheduler.from_config({**scheduler.config, "variance_type": "fixed_small"})
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with separate_copies(transformer):
+        DiTPipeline(transformer=transformer, vae=vae, scheduler=scheduler).save_pretrained(tmp)
+    write_record(tmp, transformer)
+    index = json.loads((tmp / "model_index.json").read_text())
+    index["id2label"] = {str(k): v for k, v in sorted(id2label.items())}
+    (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
+    replace_folder(tmp, folder)
+
+
+def load_model(folder: Path, **settings) -> DiTTransformer2DModel:
+    """The transformer of a saved model: a pipeline folder (transformer/) or a bare transformer folder, run as it was
+    trained (`match_training`, which reads what we recorded there)."""
+    model = DiTTransformer2DModel.from_pretrained(transformer_folder(folder))
+    return disable_builtin_label_dropout(match_training(model, folder, **settings))
+

@@ -1,0 +1,1 @@
+"""A run from start to end: the workload, erasure with checkpoints, evaluation, one job or several seeds, benchmarks."""

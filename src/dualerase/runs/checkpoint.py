@@ -1,0 +1,92 @@
+"""Erasure checkpoints: `checkpoint-<step>/` holds the weights, both optimizers and the RNG state, atomically."""
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from dualerase.storage import atomic_path, replace_folder
+
+PATTERN = re.compile(r"^checkpoint-(\d+)$")
+
+
+def checkpoints(output: Path) -> list[Path]:
+    """Finished checkpoints in `output`, oldest first."""
+    found = [p for p in output.glob("checkpoint-*") if PATTERN.match(p.name) and (p / "done").exists()]
+    return sorted(found, key=lambda p: int(PATTERN.match(p.name).group(1)))
+
+
+def latest_checkpoint(output: Path) -> Path | None:
+    found = checkpoints(output)
+    return found[-1] if found else None
+
+
+def save_checkpoint(output: Path, step: int, model: torch.nn.Module, optimizers, keep: int = 2) -> Path:
+    """Write checkpoint-<step> (step = outer steps finished) via a temporary folder, then drop all but `keep`."""
+    final = output / f"checkpoint-{step}"
+    tmp = output / f".checkpoint-{step}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(unshared(model.state_dict()), str(tmp / "model.safetensors"))
+    forget, retain = optimizers
+    torch.save({"forget": forget.state_dict(), "retain": None if retain is forget else retain.state_dict(),
+                "step": step, "rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}, tmp / "state.pt")
+    (tmp / "done").write_text(str(step))
+    replace_folder(tmp, final)
+    for old in checkpoints(output)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict safetensors accepts: a tied embedder is listed under every block's name with one storage, which
+    `save_file` refuses, so repeats are cloned. (Loading it into a tied model writes equal values into one tensor.)"""
+    seen, out = set(), {}
+    for name, value in state.items():
+        value = value.contiguous()
+        out[name] = value.clone() if value.data_ptr() in seen else value
+        seen.add(value.data_ptr())
+    return out
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizers) -> int:
+    """Restore weights, optimizer states and RNG from `path`; returns the number of outer steps finished."""
+    model.load_state_dict(load_file(str(path / "model.safetensors")))
+    state = torch.load(path / "state.pt", weights_only=False, map_location="cpu")  # states follow their params
+    forget, retain = optimizers
+    forget.load_state_dict(state["forget"])
+    if retain is not forget:
+        retain.load_state_dict(state["retain"])
+    torch.set_rng_state(state["rng"])
+    if state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return state["step"]
+
+
+class PartialSums:
+    """Running sums of a method's per-sample gradient loops (Fisher, saliency), saved every `every` samples as
+    `<folder>/<desc>-<rank>of<world>.safetensors` (each process sums its own share), so that a killed preparation
+    continues where it stopped, with the same number of processes."""
+
+    def __init__(self, folder: Path, rank: int = 0, world: int = 1, every: int = 100):
+        self.folder, self.rank, self.world, self.every = folder, rank, world, every
+
+    def _path(self, desc: str) -> Path:
+        return self.folder / f"{desc.replace(' ', '-')}-{self.rank}of{self.world}.safetensors"
+
+    def load(self, desc: str):
+        path = self._path(desc)
+        if not path.exists():
+            return None
+        with safe_open(str(path), "pt") as f:
+            done = int(f.metadata()["done"])
+        return done, load_file(str(path))
+
+    def save(self, desc: str, done: int, sums: dict[str, torch.Tensor]) -> None:
+        with atomic_path(self._path(desc)) as tmp:
+            save_file({k: v.contiguous().cpu() for k, v in sums.items()}, str(tmp), metadata={"done": str(done)})

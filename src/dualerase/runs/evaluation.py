@@ -1,0 +1,220 @@
+"""The evaluation protocol: what every number is measured with, the scores of a model, and the base model's cached
+scores."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+from pathlib import Path
+
+import torch
+
+from dualerase.config import Config
+from dualerase.data.streams import stream_seed
+from dualerase.launch import processes
+from dualerase.metrics.scorer import RealDistance, Scorer
+from dualerase.models.dit import SCHEDULER_NAMES, describe_model, learns_sigma
+from dualerase.reports.summary import save_samples
+from dualerase.runs.workload import Workload
+from dualerase.sampling import class_labels, from_uint8, generate, to_uint8
+from dualerase.storage import atomic_write_json, cache_root, fingerprint
+
+SCORES = ("forget_accuracy", "forget_probability", "forget_entropy", "retain_accuracy", "fid")
+
+
+FAST_STEPS = 50  # eval.protocol fast: at most this many steps of the configured sampler
+
+
+def evaluation_config(cfg: Config) -> Config:
+    """The config the evaluation samples and scores under: `cfg` itself for eval.protocol full; for fast, the same
+    sampler at no more than FAST_STEPS steps and a quarter of every sample count (FID of fewer samples reads higher:
+    compare fast numbers with fast numbers only). The erasure and the method's replay keep the configured sampler.
+    The sampler stays the configured one: on digits, DDIM and DPM-Solver++ read the forget accuracy of partly erased
+    models far lower than DDPM does (0.005 against 0.195), DDPM at 50 steps within 0.05 (docs/performance.md)."""
+    if cfg.eval.protocol == "full":
+        return cfg
+    e = cfg.eval
+    quarter = lambda n: None if n is None else max(1, n // 4)  # noqa: E731
+    return dataclasses.replace(
+        cfg, sample=dataclasses.replace(cfg.sample, steps=min(cfg.sample.steps, FAST_STEPS)),
+        eval=dataclasses.replace(e, forget_samples=quarter(e.forget_samples), retain_samples=quarter(e.retain_samples),
+                                 retain_samples_per_class=quarter(e.retain_samples_per_class)))
+
+
+def counts_as_forget(probs: torch.Tensor, images: torch.Tensor, forget_class: int, e, scorer: Scorer) -> torch.Tensor:
+    """Which samples count as the forget class in FA: the classifier's top class is it, with at least
+    eval.fa_min_confidence of probability, and the sample lies within eval.fa_real_distance of a real image of it
+    (`RealDistance.real_distance`; the config refuses the distance for a scorer without it). With both null: the top
+    class alone."""
+    top = probs.max(1)
+    counted = top.indices == forget_class
+    if e.fa_min_confidence is not None:
+        counted &= top.values >= e.fa_min_confidence
+    if e.fa_real_distance is not None:
+        assert isinstance(scorer, RealDistance), "config validation refuses eval.fa_real_distance for this scorer"
+        counted &= scorer.real_distance(images, forget_class) <= e.fa_real_distance
+    return counted
+
+
+def fa_rule(e) -> str:
+    """The FA rule in words, for the protocol."""
+    rule = "top class" if e.fa_min_confidence is None else f"top class with probability >= {e.fa_min_confidence:g}"
+    return rule + ("" if e.fa_real_distance is None else f", within L2 distance {e.fa_real_distance:g} (pixels in "
+                   "[-1, 1]) of a real image of the class")
+
+
+def protocol(cfg: Config, w: Workload, forget_class: int) -> dict:
+    """Everything needed to reproduce or compare the numbers."""
+    return {
+        "protocol": "full" if cfg.eval.protocol == "full" else "fast: for quick looks only; published comparisons need "
+                    "the full protocol",
+        "sampler": f"{SCHEDULER_NAMES[cfg.sample.scheduler]} (diffusers, " + (
+            "learned variance" if cfg.sample.scheduler == "ddpm" and learns_sigma(w.model) else "fixed variance") + ")",
+        "steps": cfg.sample.steps,
+        "guidance": cfg.sample.guidance,
+        "guidance_channels": cfg.sample.guidance_channels or "all",
+        "timestep_spacing": cfg.sample.timestep_spacing,
+        "sample_batch_size": cfg.sample.batch_size,  # each batch's noise is keyed by its first sample
+        **describe_model(w.model),  # embedders, timestep_shift, norm_eps, model_parameters
+        "precision": "bf16 autocast" if cfg.compute.mixed_precision == "bf16" else
+                     "float32, TF32 matmuls" if cfg.compute.tf32 and processes().device.type == "cuda" else "float32",
+        "forget_samples": cfg.eval.forget_samples,
+        "forget_rule": fa_rule(cfg.eval),
+        "retain_samples": len(retain_labels(w, cfg, forget_class)),
+        "retain_labels": f"{cfg.eval.retain_samples_per_class} per retained class" if cfg.eval.retain_samples is None
+        else "drawn uniformly at random from the retained classes",
+        **w.scorer.describe(forget_class),
+        "seed": cfg.seed,
+        "versions": versions(),
+        "device": device_name(),
+    }
+
+
+VERSIONED = ("torch", "diffusers", "torch-fidelity", "timm")  # what a score can drift with between installs
+
+
+def versions() -> dict:
+    """The installed version of each library that numbers depend on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def one(name):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return {name: one(name) for name in VERSIONED}
+
+
+def device_name() -> str:
+    """The device this process computes on, by name (a GPU's model, or the CPU's)."""
+    import platform
+
+    device = processes().device
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({platform.processor() or platform.machine()})"
+
+
+def retain_labels(w: Workload, cfg: Config, forget_class: int) -> torch.Tensor:
+    """Labels of the retain samples: eval.retain_samples_per_class of each other class, or eval.retain_samples drawn
+    uniformly at random (seeded) from the other classes."""
+    if cfg.eval.retain_samples is None:
+        return class_labels(w.num_classes, cfg.eval.retain_samples_per_class, exclude=forget_class)
+    gen = torch.Generator().manual_seed(stream_seed(cfg.seed, "retain_labels"))
+    labels = torch.randint(0, w.num_classes - 1, (cfg.eval.retain_samples,), generator=gen)
+    return labels + (labels >= forget_class).long()  # skip the forget class
+
+
+def evaluate(model, w: Workload, cfg: Config, forget_class: int, progress: bool = True, desc: str = "",
+             cache_dir: Path | None = None, save_to: Path | None = None) -> dict:
+    """Forget accuracy, the forget class's mean probability and the entropy of the predicted distribution on its
+    samples (as the published evaluator reports), retain accuracy (per class too) and FID of the retained classes'
+    samples.
+
+    Samples are scored at 8-bit precision; with `cache_dir` finished sample batches survive a kill; with `save_to`
+    they are also written as PNG folders and ADM-style .npz files (`save_samples`). Every process samples its share;
+    the main process scores (the others get None)."""
+    fl = class_labels(w.num_classes, cfg.eval.forget_samples, only=forget_class)
+    rl = retain_labels(w, cfg, forget_class)
+    labels = torch.cat([fl, rl])
+    images = generate(model, w.vae, cfg.sample, labels, precision=cfg.compute.mixed_precision, seed=cfg.seed,
+                      cache_dir=cache_dir, desc=f"sample {desc}", progress=progress)
+    if images is None:  # not the main process, which scores
+        return None
+    images = to_uint8(images)
+    scored = from_uint8(images)  # what every score reads: the 8-bit images
+    probs = w.scorer.probabilities(scored)
+    pred = probs.argmax(1)
+    forget = probs[:len(fl)]
+    per_class = {str(c): (pred[labels == c] == c).float().mean().item() for c in labels.unique().tolist()}
+    if save_to is not None:
+        save_samples(save_to, {"forget": (images[:len(fl)], fl), "retain": (images[len(fl):], rl)})
+    fid = w.scorer.fid(images[len(fl):], forget_class)
+    counted = counts_as_forget(forget, scored[:len(fl)], forget_class, cfg.eval, w.scorer)
+    scores = {
+        "forget_accuracy": counted.float().mean().item(),
+        "forget_probability": forget[:, forget_class].mean().item(),
+        "forget_entropy": torch.special.entr(forget).sum(1).mean().item(),  # nats
+        "retain_accuracy": (pred[len(fl):] == rl).float().mean().item(),
+        "fid": fid if math.isfinite(fid) else None,  # JSON has no inf or nan: null, and the reason next to it
+        "per_class_accuracy": per_class,
+    }
+    if not math.isfinite(fid):
+        scores["fid_error"] = (f"not finite (torch-fidelity gave {fid}): the features of the samples or of the "
+                               "reference are degenerate, e.g. NaN or constant images, or too few distinct samples")
+    return scores
+
+
+def evaluate_base(w: Workload, cfg: Config, forget_class: int, progress: bool = True,
+                  job: Path | None = None) -> dict:
+    """The base model's scores, cached by model, protocol, seed and class: they do not change between erasures.
+    Samples in progress are kept per `job` (the output folder), so that concurrent jobs never share a folder."""
+    key = fingerprint({"model": w.model_id, "protocol": protocol(cfg, w, forget_class), "class": forget_class,
+                       "sample": dataclasses.asdict(cfg.sample), "eval": dataclasses.asdict(cfg.eval),
+                       "scorer": w.scorer.key, "scored_at": "uint8", "scores": SCORES})
+    path = cache_root() / "evals" / f"{key}.json"
+    if not main_decides(path.exists()):
+        samples = path.with_name(f"{key}-{fingerprint(str((job or Path()).resolve()))}")
+        scores = evaluate(w.model, w, cfg, forget_class, progress, desc="before", cache_dir=samples)
+        if processes().is_main_process:
+            atomic_write_json(path, scores)
+            shutil.rmtree(samples, ignore_errors=True)
+        processes().wait_for_everyone()
+    return json.loads(path.read_text())
+
+
+def main_decides(value):
+    """The main process's value on every process (so that all take the same branch, and meet at the same barriers)."""
+    if processes().num_processes == 1:
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def grid_classes(w: Workload, cfg: Config, forget_class: int) -> list[int]:
+    """The classes grid.png shows: all of them, or the forget class and the lowest others up to eval.grid_classes."""
+    if w.num_classes <= cfg.eval.grid_classes:
+        return list(range(w.num_classes))
+    return sorted([forget_class] + [c for c in range(w.num_classes) if c != forget_class][:cfg.eval.grid_classes - 1])
+
+
+def base_grid_cache(w: Workload, cfg: Config, classes: list[int]) -> Path:
+    """Where the base model's grid samples are kept across runs (same model, sampler, seed and classes): a benchmark
+    samples them once, not once per method, mode and class."""
+    key = fingerprint({"model": w.model_id, "sample": dataclasses.asdict(cfg.sample), "seed": cfg.seed,
+                       "classes": classes, "per_class": cfg.eval.grid_per_class,
+                       "precision": cfg.compute.mixed_precision})
+    return cache_root() / "evals" / f"base-grid-{key}"
+
+
+def grid_images(model, w: Workload, cfg: Config, classes: list[int], progress: bool = True,
+                cache_dir: Path | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """`grid_per_class` samples of each class, with the same noise for every model (so rows compare); the images
+    only on the main process, which draws the grid."""
+    labels = torch.tensor(classes).repeat_interleave(cfg.eval.grid_per_class)
+    images = generate(model, w.vae, cfg.sample, labels, precision=cfg.compute.mixed_precision, seed=cfg.seed,
+                      cache_dir=cache_dir, desc="sample grid", progress=progress)
+    return (None if images is None else to_uint8(images)), labels

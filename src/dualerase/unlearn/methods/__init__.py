@@ -1,0 +1,53 @@
+"""Base methods. Each one says only what differs: its forget loss, its retain loss and its mask."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from annotated_types import Ge, Gt, Le
+
+from dualerase.unlearn.methods.base import Method
+from dualerase.unlearn.methods.ga import GradientAscent
+from dualerase.unlearn.methods.sa import SelectiveAmnesia
+from dualerase.unlearn.methods.salun import SalUn
+from dualerase.unlearn.methods.sfron import SFRon
+
+
+@dataclass
+class MethodConfig:
+    """Knobs of the base methods (each method reads the ones it needs)."""
+
+    name: Literal["ga", "sfron", "salun", "sa"] = "sfron"  # one of METHODS
+    # samples per Fisher diagonal (SFR-on, SA) or forget images of SalUn's saliency
+    grad_samples: Annotated[int, Gt(0)] = 2000
+    # SFR-on: samples per vmapped per-sample-gradient pass of its Fisher diagonals (same values up to float rounding;
+    # 1: the published batch-1 loop); memory grows with it: that many copies of the model's gradients at once
+    fisher_batch: Annotated[int, Gt(0)] = 16
+    # loss scale: "mean" or "sum" over pixels; null: the method's paper's
+    forget_reduction: Literal["mean", "sum"] | None = None
+    # (GA, SFR-on: mean as DiT; SalUn: mean / sum; SA: sum / sum)
+    retain_reduction: Literal["mean", "sum"] | None = None
+    gamma: Annotated[float, Ge(0)] = 1.0  # SFR-on: mask threshold on the Fisher ratio F_f / F_r
+    top_p: Annotated[float, Gt(0), Le(1)] = 0.5  # SalUn: share of weights the mask keeps
+    pseudo_class: int | None = None  # SalUn: class forget images are relabelled as (null: (c_f + 1) mod K)
+    saliency_batch: Annotated[int, Gt(0)] = 128  # SalUn: forget images per clipped saliency gradient
+    # SalUn: guidance scale of the saliency loss (DiT's convention; SalUn's w = 2)
+    saliency_guidance: Annotated[float, Gt(0)] = 3.0
+    replay_weight: Annotated[float, Ge(0)] = 1.0  # SA: gamma, weight of the generative-replay loss
+    ewc_lambda: Annotated[float, Ge(0)] = 10.0  # SA: lambda, weight of the EWC penalty
+    replay_per_class: Annotated[int, Gt(0)] = 100  # SA: replay samples generated per retained class
+    # SA: timesteps summed per Fisher sample (all T, as SA; fewer: stratified, rescaled)
+    fisher_timesteps: Annotated[int, Gt(0)] = 1000
+    # SA: timesteps per forward/backward pass of that sum (memory, not results)
+    fisher_chunk: Annotated[int, Gt(0)] = 100
+
+
+METHODS: dict[str, type[Method]] = {m.name: m for m in (GradientAscent, SFRon, SalUn, SelectiveAmnesia)}
+
+
+def make_method(cfg: MethodConfig, loss, *, forget_class: int, num_classes: int) -> Method:
+    """Instantiate the method named in `cfg` around the model's training objective `loss`."""
+    return METHODS[cfg.name](cfg, loss, forget_class=forget_class, num_classes=num_classes)
+
+
+__all__ = ["METHODS", "Method", "MethodConfig", "make_method"]

@@ -1,0 +1,58 @@
+"""Selective Amnesia (Heng & Soh, 2023): map the forget class to noise, replay the rest, and hold weights by EWC."""
+import torch
+
+from dualerase.unlearn.methods.base import Method
+from dualerase.unlearn.saliency import fisher_diagonal
+
+
+class SelectiveAmnesia(Method):
+    """Forget loss: the training loss on surrogate images (uniform noise) labelled c_f. Retain loss:
+    replay_weight * training loss on samples the ORIGINAL model generated for other classes, plus the EWC penalty
+    ewc_lambda * sum_i F_i (theta_i - theta*_i)^2. Both data losses are summed over pixels, as in SA's code.
+    F is SA's Fisher: per replay sample, the gradient of the pixel-summed epsilon loss summed over all timesteps,
+    squared, averaged over samples (`fisher_timesteps` < T: a stratified subsample, rescaled).
+    SA's single loss is one step (what the shared mode runs); the dual mode splits it: surrogate in the forget step,
+    replay and EWC in the retain step. Replay batches get no label dropout and the whole gradient is clipped to 1."""
+
+    name = "sa"
+    joint = True
+    forget_reduction = "sum"
+    retain_reduction = "sum"
+    published = {"erase.alpha_schedule": "constant", "erase.retain_clip": 1.0, "erase.retain_label_dropout": 0.0}
+
+    def data(self, source):
+        """Surrogate: uniform noise labelled c_f, as many as the real forget images. Replay: `replay_per_class`
+        samples of the original model for each other class."""
+        real = source.real
+        others = torch.tensor([c for c in range(self.num_classes) if c != self.forget_class])
+        replay_labels = others.repeat_interleave(self.cfg.replay_per_class)
+        return source.surrogate(real.forget_x), real.forget_y, source.replay(replay_labels), replay_labels
+
+    def prepare(self, model, forget, retain, progress=True, partial=None):
+        def loss(m, batch):
+            return self.loss.timestep_sum(m, batch, self.cfg.fisher_timesteps, self.cfg.fisher_chunk)
+
+        self.fisher = fisher_diagonal(model, loss, retain(1), self.cfg.grad_samples, desc="fisher replay",
+                                      progress=progress, partial=partial)
+        self.anchor = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        return None
+
+    def state(self):
+        return {f"fisher.{n}": f for n, f in self.fisher.items()}
+
+    def load_state(self, tensors, original):
+        self.fisher = {n[len("fisher."):]: f for n, f in tensors.items()}
+        self.anchor = {n: p.detach().clone() for n, p in original.named_parameters() if p.requires_grad}
+
+    def ewc_penalty(self, model) -> torch.Tensor:
+        """sum_i F_i (theta_i - theta*_i)^2 over every trainable weight."""
+        terms = [(self.fisher[n] * (p - self.anchor[n]) ** 2).sum()
+                 for n, p in model.named_parameters() if p.requires_grad]
+        return torch.stack(terms).sum()
+
+    def forget_loss(self, model, batch):
+        return self.loss(model, batch, reduction=self.forget_reduction)
+
+    def retain_loss(self, model, batch):
+        return (self.cfg.replay_weight * self.loss(model, batch, reduction=self.retain_reduction)
+                + self.cfg.ewc_lambda * self.ewc_penalty(model))
