@@ -36,7 +36,7 @@ class ModelConfig:
     # Run the model as it was trained (dualerase.models.pretrained.match_training): a checkpoint converted from the
     # original DiT has equal embedder copies in every block, one trained in diffusers layout distinct ones.
     # tie_embedders: one embedder shared by all blocks (the original's); null / auto: the original's settings iff the
-    # copies are equal at load, unless the model folder records values written by us (dualerase.json)
+    # copies are equal at load (within 1e-4), unless the model folder records values written by us (dualerase.json)
     tie_embedders: bool | str = "auto"
     timestep_shift: int | None = None  # frequencies exp(-ln(1e4) i / (128 - shift)): 0 original, 1 diffusers
     # eps of diffusers' config-driven LayerNorm: 1e-6 original, else the config's

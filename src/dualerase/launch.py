@@ -19,3 +19,12 @@ def is_main_process() -> bool:
     """Whether this process speaks for the launch: rank 0 under torchrun / accelerate launch (their RANK), or a lone
     process. Read from the environment, so that reporting an error needs no process group."""
     return os.environ.get("RANK", "0") == "0"
+
+
+def main_decides(value):
+    """The main process's value on every process (so that all take the same branch, and meet at the same barriers)."""
+    if processes().num_processes == 1:
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]

@@ -1,14 +1,19 @@
-"""Several fid-bench jobs over one output folder: a claim file per cell, so that no cell runs twice and a dead job's
-cell is run again; and fixed shares of the grid (--shard i/N)."""
+"""Shared folders: the lock of a run's output folder (one run writes it at a time), and for several fid-bench jobs over
+one output folder a claim file per cell (no cell runs twice, a dead job's cell is run again) and fixed shares of the
+grid (--shard i/N). A lock or claim left by a dead process is taken over."""
 from __future__ import annotations
 
 import contextlib
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from dualerase.errors import UsageError
+from dualerase.launch import main_decides, processes
+
+LOCK = ".dualerase.lock"  # in a run's output folder while a run writes it: "<host> <pid>"
 
 
 def claim(cell: Path, stale_after: float) -> bool:
@@ -19,14 +24,50 @@ def claim(cell: Path, stale_after: float) -> bool:
     way."""
     path = cell.parent.parent / "claims" / cell.name  # beside the cells: a cell folder holds a run and nothing else
     path.parent.mkdir(parents=True, exist_ok=True)
+    return _take(path, lambda: _idle(path, cell) > stale_after)
+
+
+@contextlib.contextmanager
+def locked(output: Path, stale_after: float = 6 * 3600):
+    """Hold the lock of a run's output folder (`output/.dualerase.lock`) for the `with` block, so that a second run on
+    the same folder is refused in one line, naming the holder, instead of mixing its files into the first's. A lock
+    left by a dead run is taken over (this host: its process is gone; another host: nothing in the folder changed for
+    `stale_after` seconds). Folders made only to hold the lock are removed again if the run leaves them empty. Under a
+    multi-process launch the main process holds it and every process gets its verdict."""
+    made = [p for p in (output, *output.parents) if not p.exists()]
+    refusal, path = None, output / LOCK
+    if processes().is_main_process:
+        if output.exists() and not output.is_dir():
+            refusal = f"--output {output} is a file: give a folder"
+        else:
+            output.mkdir(parents=True, exist_ok=True)
+            if not _take(path, lambda: _idle(path, output) > stale_after):
+                refusal = (f"--output {output} is in use by another run ({_holder(path)}): wait for it to end, or "
+                           f"choose another --output (if that run is dead on another machine, delete {path})")
+    refusal = main_decides(refusal)
+    try:
+        if refusal:
+            raise UsageError(refusal)
+        yield
+    finally:
+        if processes().is_main_process and not refusal:
+            path.unlink(missing_ok=True)
+        for folder in made:  # deepest first: remove what the lock alone made, if nothing else went in
+            if processes().is_main_process and folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+
+
+def _take(path: Path, stale: Callable[[], bool]) -> bool:
+    """Create `path` holding "<host> <pid>" if it does not exist, or take it over from a dead holder."""
     for _ in range(2):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            if not _abandoned(path, cell, stale_after):
+            if not _abandoned(path, stale):
                 return False
             with contextlib.suppress(FileNotFoundError):
                 os.replace(path, path.with_name(f"{path.name}.abandoned-{os.getpid()}"))
+                path.with_name(f"{path.name}.abandoned-{os.getpid()}").unlink()
             continue
         with os.fdopen(fd, "w") as f:
             f.write(f"{socket.gethostname()} {os.getpid()}")
@@ -34,7 +75,16 @@ def claim(cell: Path, stale_after: float) -> bool:
     return False
 
 
-def _abandoned(path: Path, cell: Path, stale_after: float) -> bool:
+def _holder(path: Path) -> str:
+    try:
+        host, pid = path.read_text().split()
+    except (FileNotFoundError, ValueError):
+        return "a run that is starting or ending"
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(path.stat().st_mtime)) if path.exists() else "?"
+    return f"process {pid} on {host}, since {since}"
+
+
+def _abandoned(path: Path, stale: Callable[[], bool]) -> bool:
     try:
         host, pid = path.read_text().split()
     except (FileNotFoundError, ValueError):
@@ -47,8 +97,13 @@ def _abandoned(path: Path, cell: Path, stale_after: float) -> bool:
         except PermissionError:
             return False
         return False
-    newest = max([path.stat().st_mtime] + [p.stat().st_mtime for p in cell.rglob("*")])  # a running cell writes
-    return time.time() - newest > stale_after
+    return stale()
+
+
+def _idle(path: Path, folder: Path) -> float:
+    """Seconds since anything in `folder`, or the lock or claim file itself, last changed (a running job writes)."""
+    newest = max([path.stat().st_mtime] + [p.stat().st_mtime for p in folder.rglob("*")])
+    return time.time() - newest
 
 
 def shard_of(text: str) -> tuple[int, int]:

@@ -12,10 +12,11 @@ from huggingface_hub.errors import HFValidationError
 
 from dualerase.errors import ModelError
 from dualerase.models.dit import (
+    TIE_TOLERANCE,
     DiTTransformer2DModel,
     describe_model,
     disable_builtin_label_dropout,
-    embedder_copies_equal,
+    embedder_difference,
     separate_copies,
     set_norm_eps,
     set_timestep_shift,
@@ -125,18 +126,25 @@ def match_training(model, folder: Path | str | None = None, *, tie: bool | str =
     """Run a diffusers DiT (or a DiTPipeline's transformer) as it was trained: embedders, timestep frequencies and
     LayerNorm eps. Returns `model`.
 
-    A checkpoint converted from the original DiT has equal embedder copies in every block: by default ("auto", None)
-    they are tied into one shared module, with the original's frequencies (shift 0) and eps 1e-6. A model trained in
-    diffusers layout (copies differ) keeps its copies, diffusers' shift 1 and its config's eps. Values recorded in
-    `folder` by us (`dualerase.json`) take precedence over the guess; explicit arguments over both."""
+    A checkpoint converted from the original DiT has equal embedder copies in every block (within TIE_TOLERANCE, the
+    rule): by default ("auto", None) they are tied into one shared module (block 0's values), with the original's
+    frequencies (shift 0) and eps 1e-6. A model trained in diffusers layout (copies differ) keeps its copies, diffusers'
+    shift 1 and its config's eps. Values recorded in `folder` by us (`dualerase.json`) take precedence over the guess;
+    explicit arguments over both. Copies tied although not bit-equal are noted on the model with their difference
+    (`describe_model` reports it)."""
     dit = getattr(model, "transformer", model)
     record = read_record(Path(folder)) if folder is not None else {}
-    equal = embedder_copies_equal(dit)
+    difference = embedder_difference(dit)
+    equal = difference <= TIE_TOLERANCE
     original = equal and len(dit.transformer_blocks) > 1  # one block has no copies to tell by: diffusers-trained
     if tie is True and not equal:
-        raise ModelError("model.tie_embedders=true, but the blocks' timestep/class embedders differ (a model trained "
-                         "in diffusers layout): set model.tie_embedders to auto or false")
-    if original if tie == "auto" else tie:
+        raise ModelError(f"model.tie_embedders=true, but the blocks' timestep/class embedders differ by up to "
+                         f"{difference:.2g} (ties within {TIE_TOLERANCE:g}; a model trained in diffusers layout): set "
+                         "model.tie_embedders to auto or false")
+    tied = original if tie == "auto" else tie
+    dit.tied_within = (f"copies differed by up to {difference:.1e}, within the tolerance {TIE_TOLERANCE:g}: block 0's "
+                       "values") if tied and difference > 0 else None
+    if tied:
         tie_embedders(dit)
     else:
         untie_embedders(dit)

@@ -87,6 +87,8 @@ def protocol_line(p: dict) -> str:
                 if "versions" in p else "")
     model = (f", model: {p['embedders'].split(' (')[0]} embedders, timestep shift {p['timestep_shift']}, LayerNorm eps "
              f"{p['norm_eps']:g}, {p['model_parameters'] / 1e6:.4g}M parameters" if "embedders" in p else "")
+    if "embedders_tied_within" in p:
+        model = model.replace(" embedders,", f" embedders ({p['embedders_tied_within']}),", 1)
     rule = f" (FA counts: {p['forget_rule']})" if "forget_rule" in p else ""
     fast = "PROTOCOL: FAST (for quick looks only; published comparisons need the full protocol), " \
         if p.get("protocol", "full") != "full" else ""

@@ -17,10 +17,10 @@ from dualerase.data.classes import Classes, resolve_class
 from dualerase.data.folders import check_writable
 from dualerase.errors import UsageError
 from dualerase.integrations.claims import claim
-from dualerase.launch import processes
+from dualerase.launch import main_decides, processes
 from dualerase.reports.plots import plot_curves
 from dualerase.reports.summary import protocol_line
-from dualerase.runs.evaluation import SCORES, main_decides
+from dualerase.runs.evaluation import SCORES
 from dualerase.runs.job import mean_std, run
 from dualerase.runs.workload import classes_of
 from dualerase.storage import atomic_write_json, atomic_write_text

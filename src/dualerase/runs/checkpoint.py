@@ -1,6 +1,8 @@
-"""Erasure checkpoints: `checkpoint-<step>/` holds the weights, both optimizers and the RNG state, atomically."""
+"""Erasure checkpoints: `checkpoint-<step>/` holds the weights, both optimizers, the RNG state and the base model it
+was erased from, atomically."""
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -25,8 +27,10 @@ def latest_checkpoint(output: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save_checkpoint(output: Path, step: int, model: torch.nn.Module, optimizers, keep: int = 2) -> Path:
-    """Write checkpoint-<step> (step = outer steps finished) via a temporary folder, then drop all but `keep`."""
+def save_checkpoint(output: Path, step: int, model: torch.nn.Module, optimizers, base: str | None = None,
+                    keep: int = 2) -> Path:
+    """Write checkpoint-<step> (step = outer steps finished) via a temporary folder, then drop all but `keep`. `base`
+    is the id of the model erasure started from (path and content digest), which a resume must run on again."""
     final = output / f"checkpoint-{step}"
     tmp = output / f".checkpoint-{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -36,11 +40,19 @@ def save_checkpoint(output: Path, step: int, model: torch.nn.Module, optimizers,
     torch.save({"forget": forget.state_dict(), "retain": None if retain is forget else retain.state_dict(),
                 "step": step, "rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}, tmp / "state.pt")
+    if base is not None:
+        (tmp / "base.json").write_text(json.dumps({"model": base}))
     (tmp / "done").write_text(str(step))
     replace_folder(tmp, final)
     for old in checkpoints(output)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def checkpoint_base(path: Path) -> str | None:
+    """The id of the base model a checkpoint was erased from; None for a checkpoint that predates the record."""
+    record = path / "base.json"
+    return json.loads(record.read_text())["model"] if record.exists() else None
 
 
 def unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -18,12 +18,11 @@ from safetensors.torch import load_file, save_file
 from dualerase.config import Config
 from dualerase.data.streams import batches, shard, stream_seed
 from dualerase.errors import UsageError
-from dualerase.launch import processes
+from dualerase.launch import main_decides, processes
 from dualerase.models.dit import describe_model, make_scheduler, separate_copies
 from dualerase.models.loss import DiTLoss
 from dualerase.models.pretrained import save_pipeline, write_record
 from dualerase.runs.checkpoint import PartialSums, latest_checkpoint, load_checkpoint, save_checkpoint
-from dualerase.runs.evaluation import main_decides
 from dualerase.runs.probe import ForgetProbe
 from dualerase.runs.sources import Source
 from dualerase.runs.workload import RealData, Workload
@@ -138,7 +137,7 @@ def erase(w: Workload, cfg: Config, forget_class: int, real: RealData, output: P
                 if trackers is not None:
                     trackers.log({k: v for k, v in record.items() if k != "step"}, step=finished)
                 if e.checkpoint_every and finished % e.checkpoint_every == 0 and finished < e.outer_steps and not stop:
-                    save_checkpoint(output, finished, model, optimizers)
+                    save_checkpoint(output, finished, model, optimizers, w.model_id)
             return stop
 
         try:

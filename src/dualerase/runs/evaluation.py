@@ -12,7 +12,7 @@ import torch
 
 from dualerase.config import Config
 from dualerase.data.streams import stream_seed
-from dualerase.launch import processes
+from dualerase.launch import main_decides, processes
 from dualerase.metrics.scorer import RealDistance, Scorer
 from dualerase.models.dit import SCHEDULER_NAMES, describe_model, learns_sigma
 from dualerase.reports.summary import save_samples
@@ -183,15 +183,6 @@ def evaluate_base(w: Workload, cfg: Config, forget_class: int, progress: bool = 
             shutil.rmtree(samples, ignore_errors=True)
         processes().wait_for_everyone()
     return json.loads(path.read_text())
-
-
-def main_decides(value):
-    """The main process's value on every process (so that all take the same branch, and meet at the same barriers)."""
-    if processes().num_processes == 1:
-        return value
-    box = [value]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def grid_classes(w: Workload, cfg: Config, forget_class: int) -> list[int]:

@@ -16,11 +16,13 @@ from dualerase.data.classes import resolve_class
 from dualerase.data.folders import check_writable
 from dualerase.errors import UsageError
 from dualerase.integrations.card import model_card
+from dualerase.integrations.claims import LOCK, locked
 from dualerase.integrations.tracking import Trackers, check_trackers
 from dualerase.launch import processes
 from dualerase.models.pretrained import load_model
 from dualerase.reports.plots import plot_forget_curve
 from dualerase.reports.summary import sample_grid, save_image
+from dualerase.runs.checkpoint import checkpoint_base, latest_checkpoint
 from dualerase.runs.erasure import Erased, check_processes, check_pseudo_class, erase, save_model
 from dualerase.runs.evaluation import (
     SCORES,
@@ -43,7 +45,7 @@ def check_output(output: Path, cfg: Config, overwrite: bool, resume: str | None)
     """Decide what to do with an existing output folder; returns True when a finished run is there to report."""
     if output.exists() and not output.is_dir():
         raise UsageError(f"--output {output} is a file: give a folder")
-    if not output.exists() or not any(output.iterdir()):
+    if not output.exists() or not any(p.name != LOCK for p in output.iterdir()):  # new, or only our own lock
         return False
     if not (output / "config.yaml").exists():
         raise UsageError(f"{output} is not empty and holds no run: choose an empty or new --output folder")
@@ -62,6 +64,19 @@ def check_output(output: Path, cfg: Config, overwrite: bool, resume: str | None)
                          "--output")
     raise UsageError(f"{output} holds an unfinished run: pass --resume latest to continue it, or --overwrite to start "
                      "over")
+
+
+def check_same_base(output: Path, resume: str, model_id: str) -> None:
+    """A resumed run continues from weights erased from one base model: refuse it if the model's files changed since
+    (its id holds their content digest). Runs written before the record existed are not checked."""
+    erased = output / "erase.json"
+    checkpoint = latest_checkpoint(output) if resume == "latest" else Path(resume)
+    recorded = json.loads(erased.read_text()).get("model") if erased.exists() else \
+        checkpoint_base(checkpoint) if checkpoint is not None else None
+    if recorded is not None and recorded != model_id:
+        raise UsageError(f"--resume: {output} was erased from model {recorded}, but that model's files now give "
+                         f"{model_id} (changed in place): resume with the model it started from, or pass --overwrite "
+                         "to start over")
 
 
 def dry_run(cfg: Config, class_arg: str, output: Path, trials: int, overwrite: bool, resume: str | None) -> str:
@@ -87,8 +102,9 @@ def start_output(output: Path, cfg: Config, overwrite: bool) -> None:
     state = processes()
     state.wait_for_everyone()
     if state.is_main_process:
-        if overwrite and output.exists():
-            shutil.rmtree(output)
+        for old in output.iterdir() if overwrite and output.exists() else ():  # the lock stays: we hold it
+            if old.name != LOCK:
+                shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
         output.mkdir(parents=True, exist_ok=True)
         atomic_write_text(output / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     state.wait_for_everyone()
@@ -101,22 +117,32 @@ def run(cfg: Config, class_arg: str, output: Path, *, overwrite: bool = False, r
     Killed at any point, the same call with `resume` continues: the prepared mask, the latest erasure checkpoint and
     every finished batch of samples are reused. A diverged erasure writes no "after" metrics. Under a multi-process
     launch every process runs this; work is shared and only the main process writes."""
-    state = processes()
-    main = state.is_main_process
-    progress = progress and main
+    progress = progress and processes().is_main_process
     # Check everything a user gave before any work: class, settings, output folder.
     classes = classes_of(cfg)
     forget_class = resolve_class(class_arg, classes)
     check_pseudo_class(cfg, forget_class, len(classes))
     check_processes(cfg)
     check_trackers(report_to)
+    check_writable(output, "--output")  # now, not after hours of evaluation
+    with locked(output):  # one run writes a folder at a time: a second one is refused here, before any work
+        return _run(cfg, forget_class, output, overwrite=overwrite, resume=resume, progress=progress,
+                    report_to=report_to)
+
+
+def _run(cfg: Config, forget_class: int, output: Path, *, overwrite: bool, resume: str | None, progress: bool,
+         report_to: list[str]) -> dict:
+    """`run` once its checks pass and it holds the output folder's lock."""
+    state = processes()
+    main = state.is_main_process
     if check_output(output, cfg, overwrite, resume):
         return json.loads((output / "metrics.json").read_text())
-    check_writable(output, "--output")  # now, not after hours of evaluation
     ecfg = evaluation_config(cfg)  # the evaluation's sampler and sample counts (eval.protocol)
     # The workload: base model, scorer and real data (bad data fails here, before any output is touched).
     t_start = time.perf_counter()
     w = prepare(cfg, progress)
+    if resume:
+        check_same_base(output, resume, w.model_id)  # before the data and the base model's evaluation
     real = real_data(w, cfg, forget_class, progress)
     t_prepared = time.perf_counter()
     # The base model's scores (cached across runs).
@@ -134,7 +160,7 @@ def run(cfg: Config, class_arg: str, output: Path, *, overwrite: bool = False, r
         erased = erase(w, cfg, forget_class, real, output, resume=resume, progress=progress, trackers=trackers)
         if main:
             save_model(erased.model, w, output / "model")
-            atomic_write_json(output / "erase.json", {"timings": erased.timings,
+            atomic_write_json(output / "erase.json", {"model": w.model_id, "timings": erased.timings,
                                                       "mask_kept_fraction": erased.mask_kept_fraction})
         state.wait_for_everyone()
     t_erased = time.perf_counter()
@@ -221,14 +247,15 @@ def run_trials(cfg: Config, class_arg: str, output: Path, trials: int = 1, *, ov
     state = processes()
     resolve_class(class_arg, classes_of(cfg))
     check_processes(cfg)
-    if check_output(output, cfg, overwrite, resume):
-        return json.loads((output / "metrics.json").read_text())
     check_writable(output, "--output")
-    start_output(output, cfg, overwrite)
-    runs = [run(dataclasses.replace(cfg, seed=seed), class_arg, output / f"trial-s{seed}", resume="latest",
-                progress=progress, report_to=report_to) for seed in range(cfg.seed, cfg.seed + trials)]
-    metrics = aggregate_trials(runs)
-    if state.is_main_process:
-        atomic_write_json(output / "metrics.json", metrics)
-    state.wait_for_everyone()
-    return metrics
+    with locked(output):
+        if check_output(output, cfg, overwrite, resume):
+            return json.loads((output / "metrics.json").read_text())
+        start_output(output, cfg, overwrite)
+        runs = [run(dataclasses.replace(cfg, seed=seed), class_arg, output / f"trial-s{seed}", resume="latest",
+                    progress=progress, report_to=report_to) for seed in range(cfg.seed, cfg.seed + trials)]
+        metrics = aggregate_trials(runs)
+        if state.is_main_process:
+            atomic_write_json(output / "metrics.json", metrics)
+        state.wait_for_everyone()
+        return metrics

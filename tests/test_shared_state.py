@@ -1,0 +1,133 @@
+"""State that runs share, held by a lock or a fingerprint: one run per output folder, one model per resumed run, one
+class order per model; anything else is refused in one line."""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, folder_snapshot
+from safetensors.torch import load_file, save_file
+
+from dualerase.cli import erase_class
+from dualerase.errors import ModelError, UsageError
+from dualerase.integrations.claims import LOCK
+from dualerase.models.dit import describe_model, embedder_difference, embedders_tied
+from dualerase.models.pretrained import match_training
+from dualerase.reports.summary import protocol_line
+from dualerase.runs import job
+
+LONG = TINY + ["--set", "erase.outer_steps=40", "--set", "erase.checkpoint_every=5", "--set", "sample.steps=20"]
+
+
+def _cli(*args):
+    return [sys.executable, "-c", "import sys; from dualerase.cli.erase_class import main; sys.exit(main())", *args]
+
+
+def test_a_second_run_on_an_output_in_use_is_refused_naming_the_holder(tmp_path, capsys):
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    try:
+        out.mkdir()
+        (out / LOCK).write_text(f"{socket.gethostname()} {holder.pid}")
+        for extra in ([], ["--overwrite"], ["--resume", "latest"]):
+            assert erase_class.main(["3", "--output", str(out), *TINY, *extra]) == 2
+            err = capsys.readouterr().err
+            assert f"in use by another run (process {holder.pid} on {socket.gethostname()}" in err, err
+            assert err.count("\n") == 1
+        assert sorted(p.name for p in out.iterdir()) == [LOCK]  # nothing written, the holder's lock kept
+    finally:
+        holder.kill()
+        holder.wait()
+    assert erase_class.main(["3", "--output", str(out), *TINY]) == 0  # its holder is dead: the lock is taken over
+    assert (out / "metrics.json").exists() and not (out / LOCK).exists()
+
+
+def test_two_runs_on_one_output_at_once_leave_the_first_intact(tmp_path, capsys):
+    out = tmp_path / "out"
+    first = subprocess.Popen(_cli("3", "--output", str(out), *LONG), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+    deadline = time.time() + 600  # a bound on a hang, not a timing target
+    while not ((out / LOCK).exists() or (out / "config.yaml").exists()):
+        assert first.poll() is None, first.stderr.read().decode()[-2000:]
+        assert time.time() < deadline
+        time.sleep(0.02)
+    second = erase_class.main(["3", "--output", str(out), "--overwrite", "--seed", "1", *LONG])
+    assert first.wait() == 0
+    assert second == 2 and "in use by another run" in capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["seed"] == 0 and "seed: 0" in (out / "config.yaml").read_text().splitlines()[0]
+    assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == list(range(40))
+
+
+def test_a_run_refused_after_taking_the_lock_leaves_no_folder_behind(tmp_path, monkeypatch, capsys):
+    def bad_data(*args, **kwargs):
+        raise UsageError("no images of class 3")
+
+    monkeypatch.setattr(job, "prepare", bad_data)
+    out = tmp_path / "new" / "run"
+    assert erase_class.main(["3", "--output", str(out), *TINY]) == 2
+    assert "no images of class 3" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
+def _kill_when(proc: subprocess.Popen, ready) -> None:
+    deadline = time.time() + 600  # a bound on a hang, not a timing target
+    while not ready():
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def test_resume_after_the_model_changed_in_place_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    home = tmp_path / "home"  # a copy of the cache of its own: this test changes its base model
+    if Path(os.environ["DUALERASE_HOME"]).exists():  # the trained digits models, made once per test session
+        shutil.copytree(os.environ["DUALERASE_HOME"], home)
+    monkeypatch.setenv("DUALERASE_HOME", str(home))
+    out = tmp_path / "out"
+    proc = subprocess.Popen(_cli("3", "--output", str(out), *LONG), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "DUALERASE_HOME": str(home)})
+    _kill_when(proc, lambda: (out / "checkpoint-5" / "done").exists())
+    weights = next((home / "digits").glob("dit-*/diffusion_pytorch_model.safetensors"))
+    tensors = load_file(str(weights))
+    first = next(iter(tensors))
+    tensors[first] = tensors[first] + 1e-3  # the same files, other weights: what re-saving a model in place does
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    run_files = lambda: {k: v for k, v in folder_snapshot(out).items() if k.name != LOCK}  # noqa: E731
+    before = run_files()  # (the killed run's lock is taken over, then released)
+    assert erase_class.main(["3", "--output", str(out), "--resume", "latest", *LONG]) == 2
+    err = capsys.readouterr().err
+    assert "was erased from model digits/" in err and "changed in place" in err and err.count("\n") == 1, err
+    assert run_files() == before
+
+
+def test_copies_equal_within_the_tolerance_are_tied_and_the_protocol_says_by_how_much(tiny_dit):
+    first, second = (block.norm1.emb for block in tiny_dit.transformer_blocks[:2])
+    differing = describe_model(tiny_dit)
+    with pytest.raises(ModelError, match=r"differ by up to [\d.]+ \(ties within 0\.0001"):
+        match_training(tiny_dit, tie=True)  # diffusers-trained copies: independent, far apart
+    second.load_state_dict(first.state_dict())
+    with torch.no_grad():
+        next(second.parameters()).add_(1e-7)  # one embedder copied, through a lower precision and back
+    assert embedder_difference(tiny_dit) == pytest.approx(1e-7, rel=0.5)
+    match_training(tiny_dit)  # auto: the original DiT's settings, as for bit-equal copies
+    described = describe_model(tiny_dit)
+    assert embedders_tied(tiny_dit) and described["timestep_shift"] == 0 and described["norm_eps"] == 1e-6
+    assert differing["timestep_shift"] == 1  # what the copies' settings were before: diffusers'
+    assert "copies differed by up to 1.0e-07" in described["embedders_tied_within"]
+    line = protocol_line({"sampler": "DDPM", "steps": 4, "guidance": 1.0, "forget_samples": 1, "retain_samples": 1,
+                          "reference": "r", "feature_extractor": "f", "classifier": "c", "seed": 0, **described})
+    assert "tied embedders (copies differed by up to 1.0e-07, within the tolerance 0.0001" in line
+    match_training(tiny_dit, tie=False)  # copies again, then 2e-7 apart: true ties them too, saying by how much
+    with torch.no_grad():
+        next(tiny_dit.transformer_blocks[1].norm1.emb.parameters()).add_(2e-7)
+    match_training(tiny_dit, tie=True)
+    assert embedders_tied(tiny_dit) and "up to 2.0e-07" in describe_model(tiny_dit)["embedders_tied_within"]
