@@ -14,6 +14,7 @@ import pytest
 import torch
 from conftest import TINY, folder_snapshot
 from safetensors.torch import load_file, save_file
+from tiny_imagenet import build_world, erase_args
 
 from dualerase.cli import erase_class
 from dualerase.errors import ModelError, UsageError
@@ -131,3 +132,21 @@ def test_copies_equal_within_the_tolerance_are_tied_and_the_protocol_says_by_how
         next(tiny_dit.transformer_blocks[1].norm1.emb.parameters()).add_(2e-7)
     match_training(tiny_dit, tie=True)
     assert embedders_tied(tiny_dit) and "up to 2.0e-07" in describe_model(tiny_dit)["embedders_tied_within"]
+
+
+def test_a_1000_class_model_whose_id2label_is_not_in_imagenet_order_is_refused(tmp_path, capsys):
+    world = build_world(tmp_path / "world")
+    shutil.copytree(world["model"], tmp_path / "permuted")
+    index_file = tmp_path / "permuted" / "model_index.json"
+    index = json.loads(index_file.read_text())
+    labels = index["id2label"]
+    labels["89"], labels["207"] = labels["207"], labels["89"]  # golden retriever named at cockatoo's index
+    index_file.write_text(json.dumps(index))
+    out = tmp_path / "out"
+    args = erase_args(world, out)
+    args[args.index("--model") + 1] = str(tmp_path / "permuted")
+    assert erase_class.main(args) == 2  # before: erased with cockatoo images and scored as cockatoo
+    err = capsys.readouterr().err
+    assert "id2label names class 89 'golden retriever', which is ImageNet class 207" in err and "cockatoo" in err
+    assert err.count("\n") == 1 and not out.exists()
+    assert erase_class.main(erase_args(world, tmp_path / "in-order", "--dry-run")) == 0  # the hub's order passes

@@ -37,6 +37,7 @@ def for_model(num_classes: int, id2label: dict[int, str] | None = None, folders:
     if num_classes == 1000:
         classes = imagenet()
         if id2label:
+            check_imagenet_order(id2label, classes)
             classes.names = [id2label.get(i, classes.names[i]) for i in range(1000)]
         return classes
     if id2label and len(id2label) == num_classes:
@@ -45,6 +46,25 @@ def for_model(num_classes: int, id2label: dict[int, str] | None = None, folders:
     if folders and len(folders) == num_classes:
         return Classes(names=list(folders))
     return Classes(names=[f"class {i}" for i in range(num_classes)], named=False)
+
+
+def check_imagenet_order(id2label: dict[int, str], standard: Classes) -> None:
+    """A 1000-class model's data folders and FA classifier follow ImageNet's order (sorted synsets): refuse an
+    id2label that names a class at another index, or the name would follow one class and the images and scores
+    another. A name that is no ImageNet class (a model's own word) cannot be checked and is kept."""
+    words: dict[str, set[int]] = {}
+    for i, (name, synset) in enumerate(zip(standard.names, standard.synsets)):
+        for word in {synset.lower(), name.strip().lower(), *(w.strip().lower() for w in name.split(","))}:
+            words.setdefault(word, set()).add(i)
+    for i, name in sorted(id2label.items()):
+        found = words.get(name.strip().lower(), set()) or \
+            set.intersection(*[words.get(w.strip().lower(), set()) for w in name.split(",")])
+        if found and i not in found and len(found) == 1:
+            j = min(found)
+            raise UsageError(f"the model's id2label names class {i} {name!r}, which is ImageNet class {j} "
+                             f"({standard.short(j)}, {standard.synsets[j]}); its class {i} is "
+                             f"{standard.short(i)} ({standard.synsets[i]}) in the order the data folders and the FA "
+                             "classifier follow: give a model whose id2label is in ImageNet's order (sorted synsets)")
 
 
 def imagenet_synsets(names: list[str]) -> list[str] | None:
