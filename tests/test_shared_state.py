@@ -10,15 +10,17 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY, folder_snapshot
 from safetensors.torch import load_file, save_file
 from tiny_imagenet import build_world, erase_args
 
-from dualerase.cli import erase_class
+from dualerase.cli import erase_class, sample_grid
 from dualerase.errors import ModelError, UsageError
 from dualerase.integrations.claims import LOCK
+from dualerase.metrics.fid import DigitsScorer
 from dualerase.models.dit import describe_model, embedder_difference, embedders_tied
 from dualerase.models.pretrained import match_training
 from dualerase.reports.summary import protocol_line
@@ -78,6 +80,15 @@ def test_a_run_refused_after_taking_the_lock_leaves_no_folder_behind(tmp_path, m
     assert not (tmp_path / "new").exists()
 
 
+def _own_cache(tmp_path, monkeypatch) -> Path:
+    """A copy of the test session's cache for a test that changes what is cached (a model, a score)."""
+    home = tmp_path / "home"
+    if Path(os.environ["DUALERASE_HOME"]).exists():  # the trained digits models, made once per test session
+        shutil.copytree(os.environ["DUALERASE_HOME"], home)
+    monkeypatch.setenv("DUALERASE_HOME", str(home))
+    return home
+
+
 def _kill_when(proc: subprocess.Popen, ready) -> None:
     deadline = time.time() + 600  # a bound on a hang, not a timing target
     while not ready():
@@ -89,10 +100,7 @@ def _kill_when(proc: subprocess.Popen, ready) -> None:
 
 
 def test_resume_after_the_model_changed_in_place_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
-    home = tmp_path / "home"  # a copy of the cache of its own: this test changes its base model
-    if Path(os.environ["DUALERASE_HOME"]).exists():  # the trained digits models, made once per test session
-        shutil.copytree(os.environ["DUALERASE_HOME"], home)
-    monkeypatch.setenv("DUALERASE_HOME", str(home))
+    home = _own_cache(tmp_path, monkeypatch)  # this test changes its base model
     out = tmp_path / "out"
     proc = subprocess.Popen(_cli("3", "--output", str(out), *LONG), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env={**os.environ, "DUALERASE_HOME": str(home)})
@@ -150,3 +158,32 @@ def test_a_1000_class_model_whose_id2label_is_not_in_imagenet_order_is_refused(t
     assert "id2label names class 89 'golden retriever', which is ImageNet class 207" in err and "cockatoo" in err
     assert err.count("\n") == 1 and not out.exists()
     assert erase_class.main(erase_args(world, tmp_path / "in-order", "--dry-run")) == 0  # the hub's order passes
+
+
+def test_an_undefined_fid_is_null_with_its_reason_not_a_traceback(tmp_path, monkeypatch, capsys):
+    _own_cache(tmp_path, monkeypatch)  # the base model's scores are cached: keep these out of the shared cache
+
+    def overflowing(self, samples, forget_class):  # what torch-fidelity raises on statistics with inf or NaN
+        raise np.linalg.LinAlgError("Array must not contain infs or NaNs")
+
+    monkeypatch.setattr(DigitsScorer, "fid", overflowing)
+    out = tmp_path / "out"
+    assert erase_class.main(["3", "--output", str(out), *TINY]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for side in ("before", "after"):
+        assert metrics[side]["fid"] is None and "LinAlgError: Array must not contain infs" in metrics[side]["fid_error"]
+    assert "FID before: not finite" in capsys.readouterr().out
+    assert erase_class.main(["3", "--output", str(tmp_path / "few"), "--set", "eval.retain_samples=1", *TINY]) == 2
+    assert "eval.retain_samples must be >= 2" in capsys.readouterr().err  # too few for a covariance: before any work
+
+
+def test_an_unwritable_cache_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    # sysfs refuses new files even to root, so this holds when tests run as root
+    monkeypatch.setenv("DUALERASE_HOME", "/sys/dualerase-cache")
+    monkeypatch.setattr(job, "prepare", lambda *a, **k: pytest.fail("started work with an unwritable cache"))
+    for command, args in ((erase_class.main, ["3", "--output", str(tmp_path / "run")]),
+                          (sample_grid.main, ["--output", str(tmp_path / "grid.png")])):
+        assert command([*args, *TINY]) == 2
+        err = capsys.readouterr().err
+        assert "the cache DUALERASE_HOME /sys/dualerase-cache cannot be written" in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []

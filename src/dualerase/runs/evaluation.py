@@ -8,6 +8,7 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from dualerase.config import Config
@@ -151,7 +152,10 @@ def evaluate(model, w: Workload, cfg: Config, forget_class: int, progress: bool 
     per_class = {str(c): (pred[labels == c] == c).float().mean().item() for c in labels.unique().tolist()}
     if save_to is not None:
         save_samples(save_to, {"forget": (images[:len(fl)], fl), "retain": (images[len(fl):], rl)})
-    fid = w.scorer.fid(images[len(fl):], forget_class)
+    try:
+        fid, why = w.scorer.fid(images[len(fl):], forget_class), ""
+    except (np.linalg.LinAlgError, ValueError) as e:  # statistics with inf or NaN: FID is undefined, not a crash
+        fid, why = math.nan, f" ({type(e).__name__}: {str(e).splitlines()[0]})"
     counted = counts_as_forget(forget, scored[:len(fl)], forget_class, cfg.eval, w.scorer)
     scores = {
         "forget_accuracy": counted.float().mean().item(),
@@ -162,7 +166,7 @@ def evaluate(model, w: Workload, cfg: Config, forget_class: int, progress: bool 
         "per_class_accuracy": per_class,
     }
     if not math.isfinite(fid):
-        scores["fid_error"] = (f"not finite (torch-fidelity gave {fid}): the features of the samples or of the "
+        scores["fid_error"] = (f"not finite (torch-fidelity gave {fid}{why}): the features of the samples or of the "
                                "reference are degenerate, e.g. NaN or constant images, or too few distinct samples")
     return scores
 

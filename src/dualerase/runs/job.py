@@ -37,7 +37,7 @@ from dualerase.runs.evaluation import (
 from dualerase.runs.plan import passes, passes_table
 from dualerase.runs.sources import real_data
 from dualerase.runs.workload import classes_of, model_settings, prepare
-from dualerase.storage import atomic_write_json, atomic_write_text
+from dualerase.storage import atomic_write_json, atomic_write_text, cache_root
 from dualerase.unlearn.methods import METHODS
 
 
@@ -125,6 +125,7 @@ def run(cfg: Config, class_arg: str, output: Path, *, overwrite: bool = False, r
     check_processes(cfg)
     check_trackers(report_to)
     check_writable(output, "--output")  # now, not after hours of evaluation
+    check_writable(cache_root(), "the cache DUALERASE_HOME")  # trained models, masks and base scores go there
     with locked(output):  # one run writes a folder at a time: a second one is refused here, before any work
         return _run(cfg, forget_class, output, overwrite=overwrite, resume=resume, progress=progress,
                     report_to=report_to)
