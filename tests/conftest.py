@@ -24,6 +24,16 @@ def shared_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.getbasetemp() / "dualerase-cache"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory):
+    """The same for module-scoped fixtures, which run before any function-scoped one: none writes to ~/.cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DUALERASE_HOME", str(shared_cache(tmp_path_factory)))
+    mp.setenv("HF_HUB_OFFLINE", "1")
+    yield
+    mp.undo()
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Every test shares one throw-away cache: prepared models never leak into the user's ~/.cache."""

@@ -1,5 +1,6 @@
 """State that runs share, held by a lock or a fingerprint: one run per output folder, one model per resumed run, one
 class order per model; anything else is refused in one line."""
+import errno
 import json
 import os
 import shutil
@@ -24,7 +25,7 @@ from dualerase.metrics.fid import DigitsScorer
 from dualerase.models.dit import describe_model, embedder_difference, embedders_tied
 from dualerase.models.pretrained import match_training
 from dualerase.reports.summary import protocol_line
-from dualerase.runs import job
+from dualerase.runs import erasure, job
 
 LONG = TINY + ["--set", "erase.outer_steps=40", "--set", "erase.checkpoint_every=5", "--set", "sample.steps=20"]
 
@@ -187,3 +188,22 @@ def test_an_unwritable_cache_is_refused_before_any_work(tmp_path, monkeypatch, c
         err = capsys.readouterr().err
         assert "the cache DUALERASE_HOME /sys/dualerase-cache cannot be written" in err and err.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_mid_run_is_one_line_naming_the_checkpoint_to_resume_from(tmp_path, monkeypatch, capsys):
+    real, calls = erasure.save_checkpoint, []
+
+    def filling(output, step, *args, **kwargs):
+        calls.append(step)
+        if len(calls) == 2:  # the second checkpoint finds the disk full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(output / f".checkpoint-{step}.tmp"))
+        return real(output, step, *args, **kwargs)
+
+    monkeypatch.setattr(erasure, "save_checkpoint", filling)
+    out = tmp_path / "out"
+    assert erase_class.main(["3", "--output", str(out), *LONG]) == 1
+    err = capsys.readouterr().err
+    assert f"No space left on device writing {out}/.checkpoint-10.tmp: free space on that disk, then continue with " \
+           f"--resume latest from {out}/checkpoint-5" in err and err.count("\n") == 1, err
+    monkeypatch.setattr(erasure, "save_checkpoint", real)
+    assert erase_class.main(["3", "--output", str(out), "--resume", "latest", *LONG]) == 0  # nothing lost

@@ -13,6 +13,7 @@ from dualerase.integrations.tracking import TRACKERS
 from dualerase.launch import is_main_process, processes
 from dualerase.metrics.imagenet import EvalError
 from dualerase.reports.summary import summary
+from dualerase.runs.checkpoint import disk_full
 from dualerase.runs.job import dry_run, run_trials
 from dualerase.runs.plan import config_text
 from dualerase.unlearn import DivergenceError
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    output = None
     try:
         args = build_parser().parse_args(argv)
         overrides = []
@@ -98,9 +100,12 @@ def main(argv: list[str] | None = None) -> int:
         if is_main_process():  # under a launcher every process fails alike: one line, not one per process
             print(f"erase-class: error: {e}", file=sys.stderr)
         return 2
-    except DivergenceError as e:
+    except (DivergenceError, OSError) as e:  # a diverged erasure, or a full disk: one line, and where to resume
+        message = disk_full(e, output) if isinstance(e, OSError) else str(e)
+        if message is None:
+            raise
         if is_main_process():
-            print(f"erase-class: error: {e}", file=sys.stderr)
+            print(f"erase-class: error: {message}", file=sys.stderr)
         return 1
     if processes().is_main_process:
         print(summary(metrics))

@@ -2,6 +2,7 @@
 was erased from, atomically."""
 from __future__ import annotations
 
+import errno
 import json
 import re
 import shutil
@@ -47,6 +48,17 @@ def save_checkpoint(output: Path, step: int, model: torch.nn.Module, optimizers,
     for old in checkpoints(output)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def disk_full(error: OSError, output: Path | None) -> str | None:
+    """For a full disk (or quota), one line naming the file, the free space to make and where a resume continues from;
+    None for any other OSError."""
+    if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    latest = latest_checkpoint(output) if output is not None and output.is_dir() else None
+    where = f"from {latest}" if latest else "(no checkpoint yet: from the start, with the cached work kept)"
+    return (f"{error.strerror} writing {error.filename or 'a file'}: free space on that disk, then continue with "
+            f"--resume latest {where}")
 
 
 def checkpoint_base(path: Path) -> str | None:
