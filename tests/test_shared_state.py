@@ -18,11 +18,11 @@ from conftest import TINY, folder_snapshot
 from safetensors.torch import load_file, save_file
 from tiny_imagenet import build_world, erase_args
 
-from dualerase.cli import erase_class, sample_grid
+from dualerase.cli import erase_class, fid_bench, sample_grid
 from dualerase.errors import ModelError, UsageError
 from dualerase.integrations.claims import LOCK
 from dualerase.metrics.fid import DigitsScorer
-from dualerase.models.dit import describe_model, embedder_difference, embedders_tied
+from dualerase.models.dit import build_dit, describe_model, embedder_difference, embedders_tied
 from dualerase.models.pretrained import match_training
 from dualerase.reports.summary import protocol_line
 from dualerase.runs import erasure, job
@@ -207,3 +207,31 @@ def test_a_full_disk_mid_run_is_one_line_naming_the_checkpoint_to_resume_from(tm
            f"--resume latest from {out}/checkpoint-5" in err and err.count("\n") == 1, err
     monkeypatch.setattr(erasure, "save_checkpoint", real)
     assert erase_class.main(["3", "--output", str(out), "--resume", "latest", *LONG]) == 0  # nothing lost
+
+
+def test_sample_grid_over_models_of_different_class_counts_is_refused(tmp_path, capsys):
+    five = build_dit(num_classes=5, sample_size=8, in_channels=1, patch_size=2, layers=1, heads=2, head_dim=8)
+    five.save_pretrained(tmp_path / "five")
+    grid = tmp_path / "grid.png"
+    assert sample_grid.main(["base", str(tmp_path / "five"), "--output", str(grid), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'five'} has 5 classes but the base model has 10" in err and err.count("\n") == 1
+    assert not grid.exists()
+
+
+def test_a_dry_run_refuses_what_the_real_run_refuses_at_once(tmp_path, capsys):
+    world = build_world(tmp_path / "world")
+    cases = [(erase_class.main, ["3", "--output", "/sys/dualerase-run", *TINY], "--output /sys/dualerase-run cannot "
+              "be written"),
+             (erase_class.main, erase_args(world, tmp_path / "a", "--set", "eval.fa_weights=/no/such.safetensors"),
+              "eval.fa_weights /no/such.safetensors does not exist"),
+             (erase_class.main, erase_args(world, tmp_path / "b", "--set", f"eval.fid_reference={tmp_path}"),
+              "is not a reference folder"),
+             (fid_bench.main, ["--output", "/sys/dualerase-bench", *TINY], "--output /sys/dualerase-bench cannot be "
+              "written")]
+    for command, args, needle in cases:
+        assert command([*args, "--dry-run"]) == 2, needle
+        err = capsys.readouterr().err
+        assert needle in err and err.count("\n") == 1, err
+        assert command(args) == 2 and needle in capsys.readouterr().err  # what the real run says, at once
+    assert erase_class.main(erase_args(world, tmp_path / "c", "--dry-run")) == 0

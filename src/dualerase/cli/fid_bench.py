@@ -6,12 +6,14 @@ from pathlib import Path
 
 from dualerase.cli import CommandParser
 from dualerase.config import preset_names
+from dualerase.data.folders import check_writable
 from dualerase.errors import ConfigError, UsageError
 from dualerase.integrations.claims import shard_of
 from dualerase.launch import is_main_process, processes
 from dualerase.metrics.imagenet import EvalError
 from dualerase.runs.bench import bench, cell_folder, plan
 from dualerase.runs.plan import config_text, passes
+from dualerase.runs.workload import check_inputs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
                   "the first:")
             print(config_text(configs[0]), end="")
             return 0
-        if args.dry_run:
+        if args.dry_run:  # every check a real run makes before its first cell
+            check_writable(args.output, "--output")
+            check_inputs(configs[0])
             todo = [c for c in grid.cells if not (cell_folder(args.output, *c) / "metrics.json").exists()]
             shown = min(len(grid.classes), configs[0].eval.grid_classes)
             total = [sum(p[i] for cfg in configs for p in passes(cfg, len(grid.classes), shown)) for i in (1, 2)]

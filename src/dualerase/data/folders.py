@@ -23,9 +23,7 @@ def scan(root: Path, classes: Classes) -> dict[int, list[Path]]:
     """Image files per class index. Sub-folders are synsets when the model's classes are ImageNet's or a subset of
     them (any subset of its classes), else named after the model's classes (its id2label); a model that names no
     classes gets them in sorted order (then there must be one per class)."""
-    if not root.is_dir():
-        raise UsageError(f"--data {root} is not a folder: give an ImageNet-style train folder (one sub-folder of "
-                         "images per class)")
+    check_data_folder(root)
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise UsageError(f"--data {root} holds no class sub-folders: give an ImageNet-style train folder (one "
@@ -65,6 +63,12 @@ def scan(root: Path, classes: Classes) -> dict[int, list[Path]]:
     if not any(files.values()):
         raise UsageError(f"--data {root} holds no images (looked for {', '.join(sorted(EXTENSIONS))})")
     return files
+
+
+def check_data_folder(root: Path) -> None:
+    if not root.is_dir():
+        raise UsageError(f"--data {root} is not a folder: give an ImageNet-style train folder (one sub-folder of "
+                         "images per class)")
 
 
 def check_writable(path: Path, option: str, *, in_parent: bool = False) -> None:

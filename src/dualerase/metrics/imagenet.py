@@ -27,11 +27,7 @@ def load_timm_classifier(name: str, weights: str | None = None, num_classes: int
     """A timm classifier (the protocol's is resnet34.tv_in1k), from a local weights file or the HF cache. Its class
     count is `num_classes`, else the one of the weights file's head (a classifier of a model's own classes), else
     the pretrained one (ImageNet's 1000)."""
-    if name not in timm.list_models(pretrained=True) and name not in timm.list_models():
-        raise EvalError(f"eval.fa_classifier {name!r} is not a timm model name (the protocol uses resnet34.tv_in1k)")
-    if weights is not None and not Path(weights).is_file():
-        raise EvalError(f"eval.fa_weights {weights} does not exist: give the classifier's weights file "
-                        "(.safetensors, .pth or .bin) or null for the Hugging Face cache")
+    check_classifier(name, weights)
     if weights is not None and num_classes is None:
         num_classes = head_classes(name, weights)
     overlay = {"file": str(weights)} if weights else {}
@@ -68,6 +64,25 @@ def head_classes(name: str, weights: str) -> int | None:
     return None
 
 
+def check_classifier(name: str, weights: str | None) -> None:
+    """The classifier's name and weights file, checked without loading them."""
+    if name not in timm.list_models(pretrained=True) and name not in timm.list_models():
+        raise EvalError(f"eval.fa_classifier {name!r} is not a timm model name (the protocol uses resnet34.tv_in1k)")
+    if weights is not None and not Path(weights).is_file():
+        raise EvalError(f"eval.fa_weights {weights} does not exist: give the classifier's weights file "
+                        "(.safetensors, .pth or .bin) or null for the Hugging Face cache")
+
+
+def check_reference(reference: Path, extractor_weights: str | None) -> None:
+    """The FID reference folder and the feature extractor's weights file, checked without reading them."""
+    if not (reference / "reference.json").is_file():
+        raise EvalError(f"eval.fid_reference {reference} is not a reference folder: build one with "
+                        "`fid-reference --data <train folder> --output <folder>`")
+    if extractor_weights is not None and not Path(extractor_weights).is_file():
+        raise EvalError(f"eval.fid_weights {extractor_weights} does not exist: give torch-fidelity's Inception "
+                        "weights file (pt_inception-2015-12-05-6726825d.pth) or null to download it")
+
+
 class ImageNetScorer:
     """FA / retain accuracy with a timm classifier at `size` px (plain resize of the samples, ImageNet mean and std);
     FID of samples against the reference folder with torch-fidelity's feature extractor."""
@@ -82,13 +97,8 @@ class ImageNetScorer:
         self.std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1)
         self.reference, self.extractor, self.extractor_weights = reference, extractor, extractor_weights
         self.cache_root = cache_root
-        if not (reference / "reference.json").is_file():
-            raise EvalError(f"eval.fid_reference {reference} is not a reference folder: build one with "
-                            "`fid-reference --data <train folder> --output <folder>`")
+        check_reference(reference, extractor_weights)
         self.manifest = json.loads((reference / "reference.json").read_text())
-        if extractor_weights is not None and not Path(extractor_weights).is_file():
-            raise EvalError(f"eval.fid_weights {extractor_weights} does not exist: give torch-fidelity's Inception "
-                            "weights file (pt_inception-2015-12-05-6726825d.pth) or null to download it")
         try:  # fail now, not after hours of sampling
             registry = torch_fidelity.registry.FEATURE_EXTRACTORS_REGISTRY
             if extractor not in registry:

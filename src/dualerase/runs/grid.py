@@ -11,7 +11,7 @@ from dualerase.data.folders import check_writable
 from dualerase.errors import UsageError
 from dualerase.launch import processes
 from dualerase.models.digits import load_digits_dit, prepare_digits_dit
-from dualerase.models.dit import SCHEDULER_NAMES, sampler_scheduler
+from dualerase.models.dit import SCHEDULER_NAMES, num_classes, sampler_scheduler
 from dualerase.models.pretrained import load_model, load_pretrained, match_training
 from dualerase.reports.summary import sample_grid, save_image
 from dualerase.runs.workload import check_sampler, classes_of, model_settings
@@ -56,6 +56,10 @@ def draw(cfg: Config, models: list[str], output: Path, *, per_class: int = 8, cl
         list(range(min(len(known), cfg.eval.grid_classes)))
     check_sampler(cfg)
     loaded, vae = load_models(list(models), cfg, progress)
+    for spec, model in loaded.items():  # one grid holds one class set: rows are classes, the same for every model
+        if num_classes(model) != len(known):
+            raise UsageError(f"{spec} has {num_classes(model)} classes but the base model has {len(known)}: put models "
+                             "of one class set in one grid (draw the others with their own --model or --config)")
     device = processes().device
     labels = torch.tensor(shown).repeat_interleave(per_class)
     panels = {}

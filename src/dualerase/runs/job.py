@@ -36,7 +36,7 @@ from dualerase.runs.evaluation import (
 )
 from dualerase.runs.plan import passes, passes_table
 from dualerase.runs.sources import real_data
-from dualerase.runs.workload import classes_of, model_settings, prepare
+from dualerase.runs.workload import check_inputs, classes_of, model_settings, prepare
 from dualerase.storage import atomic_write_json, atomic_write_text, cache_root
 from dualerase.unlearn.methods import METHODS
 
@@ -85,6 +85,9 @@ def dry_run(cfg: Config, class_arg: str, output: Path, trials: int, overwrite: b
     forget_class = resolve_class(class_arg, classes)
     check_pseudo_class(cfg, forget_class, len(classes))
     check_processes(cfg)
+    check_writable(output, "--output")
+    check_writable(cache_root(), "the cache DUALERASE_HOME")
+    check_inputs(cfg)
     finished = check_output(output, cfg, overwrite, resume)
     shown = min(len(classes), cfg.eval.grid_classes)
     head = (f"dry run: erase class {forget_class} ({classes.short(forget_class)}) with {cfg.method.name}, "

@@ -10,12 +10,27 @@ import torch
 
 from dualerase.config import Config
 from dualerase.data.classes import Classes, for_model
-from dualerase.data.folders import cached, encode, forget_files, load_images, retain_files, scan, with_flips
+from dualerase.data.folders import (
+    cached,
+    check_data_folder,
+    encode,
+    forget_files,
+    load_images,
+    retain_files,
+    scan,
+    with_flips,
+)
 from dualerase.errors import UsageError
 from dualerase.launch import processes
 from dualerase.metrics.classifier import load_classifier
 from dualerase.metrics.fid import DigitsScorer
-from dualerase.metrics.imagenet import EvalError, ImageNetScorer, load_timm_classifier
+from dualerase.metrics.imagenet import (
+    EvalError,
+    ImageNetScorer,
+    check_classifier,
+    check_reference,
+    load_timm_classifier,
+)
 from dualerase.metrics.scorer import Scorer
 from dualerase.models.digits import (
     NUM_CLASSES,
@@ -128,13 +143,27 @@ def prepare_digits(cfg: Config, progress: bool = True) -> Workload:
                     scorer=DigitsScorer(load_classifier(clf_path), clf_path, clf_acc, x, y), real_data=real_data)
 
 
-def prepare_diffusers(cfg: Config, progress: bool = True) -> Workload:
-    """A DiT in diffusers layout (--model), its ImageNet-style data folder (--data), and the published evaluation."""
+def check_inputs(cfg: Config) -> None:
+    """The data folder, the classifier and the FID reference a diffusers run reads, checked without loading anything:
+    what `prepare` refuses first, so that --dry-run refuses it too."""
+    if cfg.model.source == "digits":
+        return
     if cfg.data.path is None:
         raise UsageError(f"model {cfg.model.path} needs its training images: pass --data <ImageNet-style train folder>")
     if cfg.eval.fid_reference is None:
         raise UsageError("FID needs a reference folder: build one with `fid-reference --data <train folder> --output "
                          "<folder>`, then pass --set eval.fid_reference=<folder>")
+    check_data_folder(Path(cfg.data.path).expanduser())
+    try:
+        check_classifier(cfg.eval.fa_classifier, cfg.eval.fa_weights)
+        check_reference(Path(cfg.eval.fid_reference).expanduser(), cfg.eval.fid_weights)
+    except EvalError as e:
+        raise UsageError(str(e)) from None
+
+
+def prepare_diffusers(cfg: Config, progress: bool = True) -> Workload:
+    """A DiT in diffusers layout (--model), its ImageNet-style data folder (--data), and the published evaluation."""
+    check_inputs(cfg)
     pre = load_pretrained(cfg.model.path, **model_settings(cfg))
     root = Path(cfg.data.path).expanduser()
     classes = classes_of(cfg)
