@@ -1,5 +1,6 @@
 """State that runs share, held by a lock or a fingerprint: one run per output folder, one model per resumed run, one
 class order per model; anything else is refused in one line."""
+import copy
 import errno
 import json
 import os
@@ -14,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, folder_snapshot
+from conftest import TINY, changed, folder_snapshot
+from diffusers import DiTPipeline, DiTTransformer2DModel
 from safetensors.torch import load_file, save_file
-from tiny_imagenet import build_world, erase_args
+from tiny_imagenet import build_pipeline, build_world, erase_args
 
 from dualerase.cli import erase_class, fid_bench, sample_grid
 from dualerase.errors import ModelError, UsageError
@@ -235,3 +237,21 @@ def test_a_dry_run_refuses_what_the_real_run_refuses_at_once(tmp_path, capsys):
         assert needle in err and err.count("\n") == 1, err
         assert command(args) == 2 and needle in capsys.readouterr().err  # what the real run says, at once
     assert erase_class.main(erase_args(world, tmp_path / "c", "--dry-run")) == 0
+
+
+def test_a_pipeline_with_tied_embedders_saves_in_diffusers_layout(tmp_path):
+    pipe = DiTPipeline.from_pretrained(build_pipeline(tmp_path / "dit"))
+    first, *rest = (block.norm1.emb for block in pipe.transformer.transformer_blocks)
+    for emb in rest:  # a checkpoint converted from the original DiT: one embedder, copied into every block
+        emb.load_state_dict(first.state_dict())
+    match_training(pipe)
+    assert embedders_tied(pipe.transformer)
+    pipe.save_pretrained(tmp_path / "saved")  # before: "Some tensors share memory"
+    again = DiTPipeline.from_pretrained(tmp_path / "saved")
+    assert not embedders_tied(again.transformer) and embedder_difference(again.transformer) == 0  # equal copies
+    assert not changed(again.transformer, pipe.transformer) and embedders_tied(pipe.transformer)  # the tie stays
+    copied = copy.deepcopy(pipe.transformer)  # a copy saves itself, not the model it was copied from
+    with torch.no_grad():
+        copied.transformer_blocks[0].norm1.emb.class_embedder.embedding_table.weight.add_(1.0)
+    copied.save_pretrained(tmp_path / "copy")
+    assert changed(DiTTransformer2DModel.from_pretrained(tmp_path / "copy"), copied) == []

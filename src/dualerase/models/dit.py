@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import types
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DiTTransformer2DModel, DPMSolverMultistepScheduler
@@ -82,7 +83,15 @@ def tie_embedders(model: DiTTransformer2DModel) -> DiTTransformer2DModel:
     first = model.transformer_blocks[0].norm1.emb
     for block in model.transformer_blocks[1:]:
         block.norm1.emb = first
+    # diffusers' writer refuses tensors that share memory: this model saves equal copies (diffusers' layout) instead,
+    # also from a pipeline's save_pretrained. Bound to the instance, so a deep copy saves itself.
+    model.save_pretrained = types.MethodType(_save_with_copies, model)
     return model
+
+
+def _save_with_copies(model: DiTTransformer2DModel, *args, **kwargs):
+    with separate_copies(model):
+        return type(model).save_pretrained(model, *args, **kwargs)
 
 
 def untie_embedders(model: DiTTransformer2DModel) -> DiTTransformer2DModel:
@@ -90,6 +99,7 @@ def untie_embedders(model: DiTTransformer2DModel) -> DiTTransformer2DModel:
     if embedders_tied(model):
         for block in model.transformer_blocks[1:]:
             block.norm1.emb = copy.deepcopy(block.norm1.emb)
+    vars(model).pop("save_pretrained", None)
     return model
 
 
@@ -97,13 +107,15 @@ def untie_embedders(model: DiTTransformer2DModel) -> DiTTransformer2DModel:
 def separate_copies(model: DiTTransformer2DModel):
     """Within the block, a tied model holds equal but separate copies, for writers that refuse shared memory
     (safetensors, `save_pretrained`): the files are diffusers' layout with equal copies. The tie is restored after."""
-    shared = embedders(model)
+    shared, saver = embedders(model), vars(model).get("save_pretrained")
     untie_embedders(model)
     try:
         yield model
     finally:
         for block, emb in zip(model.transformer_blocks, shared):
             block.norm1.emb = emb
+        if saver is not None:
+            model.save_pretrained = saver
 
 
 def set_timestep_shift(model: DiTTransformer2DModel, shift: int) -> DiTTransformer2DModel:
