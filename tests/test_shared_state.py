@@ -22,6 +22,7 @@ from tiny_imagenet import build_pipeline, build_world, erase_args
 
 from dualerase.cli import erase_class, fid_bench, sample_grid
 from dualerase.errors import ModelError, UsageError
+from dualerase.integrations.card import model_card
 from dualerase.integrations.claims import LOCK
 from dualerase.metrics.fid import DigitsScorer
 from dualerase.models.dit import build_dit, describe_model, embedder_difference, embedders_tied
@@ -255,3 +256,21 @@ def test_a_pipeline_with_tied_embedders_saves_in_diffusers_layout(tmp_path):
         copied.transformer_blocks[0].norm1.emb.class_embedder.embedding_table.weight.add_(1.0)
     copied.save_pretrained(tmp_path / "copy")
     assert changed(DiTTransformer2DModel.from_pretrained(tmp_path / "copy"), copied) == []
+
+
+def test_the_model_cards_loading_call_works_and_says_what_ditpipeline_cannot(tmp_path):
+    folder = build_pipeline(tmp_path / "ten", labels=[f"shape {i}" for i in range(10)])
+    metrics = json.loads((Path(__file__).parent / "fixtures" / "run-0.1.0" / "finished" / "metrics.json").read_text())
+    card = model_card(metrics, pipeline=True, num_classes=10).text
+    assert "match_training(DiTPipeline.from_pretrained(folder), folder)" in card
+    assert "this 10-class model lacks (its null class is 10): sample it at `guidance_scale=1`" in card
+    pipe = DiTPipeline.from_pretrained(folder)
+    with pytest.raises(IndexError):  # diffusers' null class 1000 is not in a 10-class label table
+        pipe([3], num_inference_steps=2, guidance_scale=4.0, output_type="np")
+    call = card.split("```python\n")[1].split("```")[0]  # the card's own call, on this folder
+    scope = {}
+    exec(call.replace("<this folder>", str(folder)).replace("<a class name>", "shape 3")
+         .replace("num_inference_steps=250", "num_inference_steps=2"), scope)
+    assert len(scope["images"]) == 1 and embedder_difference(scope["pipe"].transformer) > 0  # diffusers-trained copies
+    assert "match_training(DiTTransformer2DModel.from_pretrained(folder), folder)" in \
+        model_card(metrics, pipeline=False, num_classes=10).text

@@ -31,18 +31,35 @@ Protocol: {{ protocol }}.
 {{ load }}
 ```
 
-The settings it must run with (embedders, timestep frequencies, LayerNorm eps) are in `{{ record }}`; the run's whole
-config is `config.yaml` next to this folder.
+`match_training` (from `pip install dualerase`) runs the model with the settings it was trained with (embedders,
+timestep frequencies, LayerNorm eps: `{{ record }}`); without them its samples are not the ones scored above. It
+reads them from a local folder (for a Hub repository, `huggingface_hub.snapshot_download(repo)` gives one).
+{{ note }}The run's whole config is `config.yaml` next to this folder.
 """
+LOAD = {"pipeline": ("from diffusers import DiTPipeline\nfrom dualerase.models.pretrained import match_training\n\n"
+                     'folder = "<this folder>"\npipe = match_training(DiTPipeline.from_pretrained(folder), folder)\n'
+                     'images = pipe(pipe.get_label_ids(["{name}"]), num_inference_steps=250{guidance}).images'),
+        "transformer": ("from diffusers import DiTTransformer2DModel\n"
+                        "from dualerase.models.pretrained import match_training\n\n"
+                        'folder = "<this folder>"\n'
+                        "model = match_training(DiTTransformer2DModel.from_pretrained(folder), folder)")}
+SAMPLER = ("`DiTPipeline` samples with the folder's fixed-variance scheduler; the scores above used the learned "
+           "variance, as `sample-grid --model <this folder>` (dualerase) does. ")
+NOTE = {"pipeline": SAMPLER,
+        "classes": SAMPLER + "`DiTPipeline` guides with class 1000 as the null class, which this {n}-class model lacks "
+                             "(its null class is {n}): sample it at `guidance_scale=1`, or guided with `sample-grid "
+                             "--model <this folder> --set sample.guidance=4`. ",
+        "transformer": "Without a VAE it cannot be sampled by `DiTPipeline`: `sample-grid base <this folder>` "
+                       "(dualerase, with the run's `--config`) draws it beside the model it was erased from. "}
 
 
 def _num(value, spec=".3f") -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def model_card(metrics: dict, pipeline: bool) -> ModelCard:
+def model_card(metrics: dict, pipeline: bool, num_classes: int) -> ModelCard:
     """The card of the erased model that `metrics` (metrics.json) describes; `pipeline`: a DiTPipeline folder (else a
-    bare transformer folder)."""
+    bare transformer folder) of a model of `num_classes` classes."""
     base = metrics["model"].split("#")[0]
     # a Hub id as base model; not the embedded digits model (digits/<folder>) or a local folder
     hub_id = base if "/" in base and not base.startswith(("/", ".", "digits/")) and not Path(base).exists() else None
@@ -50,8 +67,12 @@ def model_card(metrics: dict, pipeline: bool) -> ModelCard:
     data = ModelCardData(library_name="diffusers", base_model=hub_id,
                          tags=["diffusion", "dit", "machine-unlearning", "class-erasure", "dualoptim",
                                metrics["method"]])
-    cls = "DiTPipeline" if pipeline else "DiTTransformer2DModel"
-    load = f'from diffusers import {cls}\nmodel = {cls}.from_pretrained("<this folder or repo>")'
+    if pipeline:
+        load = LOAD["pipeline"].format(name=metrics["class_name"] if num_classes == 1000 else "<a class name>",
+                                       guidance="" if num_classes == 1000 else ", guidance_scale=1.0")
+        note = NOTE["pipeline" if num_classes == 1000 else "classes"].format(n=num_classes)
+    else:
+        load, note = LOAD["transformer"], NOTE["transformer"]
     return ModelCard.from_template(
         data, template_str=TEMPLATE, title=f"{metrics['class_name']} erased from {base}", base=f"`{base}`",
         forget_class=metrics["forget_class"], class_name=metrics["class_name"], method=metrics["method"],
@@ -60,7 +81,7 @@ def model_card(metrics: dict, pipeline: bool) -> ModelCard:
         ra_before=_num(before["retain_accuracy"]), ra_after=_num(after["retain_accuracy"]),
         fid_before=_num(before["fid"], ".2f"), fid_after=_num(after["fid"], ".2f"),
         features=metrics["protocol"]["feature_extractor"].split(" ")[0], protocol=protocol_line(metrics["protocol"]),
-        load=load, record="transformer/dualerase.json" if pipeline else "dualerase.json")
+        load=load, note=note, record="transformer/dualerase.json" if pipeline else "dualerase.json")
 
 
 def push_to_hub(folder: Path, repo: str) -> str:

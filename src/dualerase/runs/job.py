@@ -200,7 +200,7 @@ def _run(cfg: Config, forget_class: int, output: Path, *, overwrite: bool, resum
         if cfg.erase.stop_at_forget_accuracy is not None:
             plot_forget_curve(erased.log, cfg.erase.stop_at_forget_accuracy, cfg.erase.outer_steps,
                               output / "forget_curve.png")
-        model_card(metrics, pipeline=w.vae is not None).save(output / "model" / "README.md")
+        model_card(metrics, pipeline=w.vae is not None, num_classes=w.num_classes).save(output / "model" / "README.md")
         for stale in output.glob("checkpoint-*"):  # the finished model supersedes them
             shutil.rmtree(stale, ignore_errors=True)
         atomic_write_json(output / "metrics.json", metrics)
