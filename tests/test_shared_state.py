@@ -21,6 +21,8 @@ from safetensors.torch import load_file, save_file
 from tiny_imagenet import build_pipeline, build_world, erase_args
 
 from dualerase.cli import erase_class, fid_bench, sample_grid
+from dualerase.data.classes import Classes
+from dualerase.data.folders import scan
 from dualerase.errors import ModelError, UsageError
 from dualerase.integrations.card import model_card
 from dualerase.integrations.claims import LOCK
@@ -274,3 +276,17 @@ def test_the_model_cards_loading_call_works_and_says_what_ditpipeline_cannot(tmp
     assert len(scope["images"]) == 1 and embedder_difference(scope["pipe"].transformer) > 0  # diffusers-trained copies
     assert "match_training(DiTTransformer2DModel.from_pretrained(folder), folder)" in \
         model_card(metrics, pipeline=False, num_classes=10).text
+
+
+def test_aggregate_with_no_finished_cell_says_none_has_run(tmp_path, capsys):
+    assert fid_bench.main(["--methods", "ga", "--optimizers", "dual", "--output", str(tmp_path / "bench"),
+                           "--aggregate", *TINY]) == 1
+    err = capsys.readouterr().err
+    assert "no cell of this benchmark has finished" in err and "diverged" not in err and err.count("\n") == 1
+
+
+def test_a_data_folder_matching_a_repeated_class_name_names_the_repeat(tmp_path):
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+    with pytest.raises(UsageError, match=r"classes 0 \('cat'\) and 2 \('cat'\) the same name"):
+        scan(tmp_path, Classes(names=["cat", "dog", "cat"]))

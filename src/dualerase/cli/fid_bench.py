@@ -79,9 +79,11 @@ def main(argv: list[str] | None = None) -> int:
                   "claimed in their folders); the job that finishes last writes the tables, or run this command with "
                   "--aggregate", file=sys.stderr)
         return 0
-    if not result.cells:
+    if not result.cells:  # with --aggregate: nothing finished yet; else every cell ran and diverged
+        why = f"every cell diverged: {'; '.join(result.diverged)}" if result.diverged else \
+            f"no cell of this benchmark has finished in {args.output} yet: run it without --aggregate first"
         if is_main_process():
-            print("fid-bench: error: every cell diverged: " + "; ".join(result.diverged), file=sys.stderr)
+            print(f"fid-bench: error: {why}", file=sys.stderr)
         return 1
     if not processes().is_main_process:  # under a multi-process launch the main process writes the tables
         return 0

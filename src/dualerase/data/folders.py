@@ -48,9 +48,13 @@ def scan(root: Path, classes: Classes) -> dict[int, list[Path]]:
         numbered = {}
         for p in folders:
             found = index.get(p.name.strip().lower(), set())
+            if len(found) > 1:  # the model's own names repeat: the folder cannot say which class it holds
+                same = " and ".join(f"{c} ({classes.names[c]!r})" for c in sorted(found))
+                raise UsageError(f"--data {root}: sub-folder {p.name!r} names more than one class: the model's "
+                                 f"id2label gives classes {same} the same name; give the model distinct class names "
+                                 "(its id2label in model_index.json)")
             if len(found) != 1 or min(found) in numbered:
-                why = ("is not one of" if not found else "names more than one of" if len(found) > 1 else
-                       f"names the same class as {numbered[min(found)].name!r}, of")
+                why = "is not one of" if not found else f"names the same class as {numbered[min(found)].name!r}, of"
                 raise UsageError(f"--data {root}: sub-folder {p.name!r} {why} the model's {len(classes)} classes "
                                  f"({listing(classes)}): name each class folder after its class, once")
             numbered[min(found)] = p
