@@ -9,13 +9,14 @@ BASE = {"dualerase.errors", "dualerase.storage", "dualerase.launch"}  # the bott
 # What each layer may import (besides itself), from the bottom up; CONTRIBUTING.md's map says the same.
 MAY_IMPORT = {
     "dualerase.errors": set(), "dualerase.storage": set(), "dualerase.launch": set(),
+    "dualerase.fields": {"dualerase.errors"},
     "dualerase.unlearn": set(),
     "dualerase.metrics": {"dualerase.storage"},
     "dualerase.reports": {"dualerase.storage"},
     "dualerase.models": {"dualerase.metrics", *BASE},
     "dualerase.data": {"dualerase.models", *BASE},
     "dualerase.sampling": {"dualerase.models", "dualerase.data", *BASE},
-    "dualerase.config": {"dualerase.unlearn", "dualerase.metrics", "dualerase.models", *BASE},
+    "dualerase.config": {"dualerase.unlearn", "dualerase.metrics", "dualerase.models", "dualerase.fields", *BASE},
     "dualerase.integrations": {"dualerase.config", "dualerase.reports", *BASE},
 }
 EVERYTHING = set(MAY_IMPORT) | {"dualerase.runs", "dualerase.api", "dualerase.cli", "dualerase"}

@@ -290,3 +290,17 @@ def test_a_data_folder_matching_a_repeated_class_name_names_the_repeat(tmp_path)
         (tmp_path / name).mkdir()
     with pytest.raises(UsageError, match=r"classes 0 \('cat'\) and 2 \('cat'\) the same name"):
         scan(tmp_path, Classes(names=["cat", "dog", "cat"]))
+
+
+def test_a_model_saved_only_as_a_variant_names_the_files_and_the_setting(tmp_path, capsys):
+    folder = build_pipeline(tmp_path / "dit")
+    transformer = DiTTransformer2DModel.from_pretrained(folder / "transformer", torch_dtype=torch.float16)
+    transformer.save_pretrained(folder / "transformer", variant="fp16")
+    (folder / "transformer" / "diffusion_pytorch_model.safetensors").unlink()  # as a hub repo of fp16 weights only
+    args = ["--model", str(folder), "--classes", "0", "--per-class", "1", "--set", "sample.steps=2", "--quiet"]
+    assert sample_grid.main([*args, "--output", str(tmp_path / "a.png")]) == 2
+    err = capsys.readouterr().err
+    assert "holds its weights only as the variant(s) fp16 (diffusion_pytorch_model.fp16.safetensors): pass --set " \
+           "model.variant=fp16" in err and err.count("\n") == 1, err
+    assert sample_grid.main([*args, "--output", str(tmp_path / "b.png"), "--set", "model.variant=fp16"]) == 0
+    assert (tmp_path / "b.png").exists()

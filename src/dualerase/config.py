@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
-import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -12,9 +10,10 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from annotated_types import Ge, Gt, Le, Lt
+from annotated_types import Ge, Gt, Le
 
 from dualerase.errors import ConfigError
+from dualerase.fields import bounds, check_bounds, coerce, looks_numeric, suggest
 from dualerase.metrics.classifier import ClassifierRecipe
 from dualerase.models.digits import DigitsRecipe
 from dualerase.unlearn.dualoptim import EraseConfig
@@ -33,6 +32,7 @@ class ModelConfig:
     # "digits": the embedded tiny DiT (section `digits`); "diffusers": `path` (--model)
     source: Literal["digits", "diffusers"] = "digits"
     path: str = "facebook/DiT-XL-2-256"  # a hub id (read through the Hugging Face cache) or a local pipeline folder
+    variant: str | None = None  # weights saved as a variant (fp16: diffusion_pytorch_model.fp16.safetensors)
     # Run the model as it was trained (dualerase.models.pretrained.match_training): a checkpoint converted from the
     # original DiT has equal embedder copies in every block, one trained in diffusers layout distinct ones.
     # tie_embedders: one embedder shared by all blocks (the original's); null / auto: the original's settings iff the
@@ -125,11 +125,6 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-def _suggest(word: str, options) -> str:
-    close = difflib.get_close_matches(word, list(options), n=3)
-    return f" (did you mean {', '.join(close)}?)" if close else f" (valid: {', '.join(sorted(options))})"
-
-
 def all_keys(obj=None, prefix: str = "") -> list[str]:
     """Every dotted key of the schema."""
     obj = Config() if obj is None else obj
@@ -143,53 +138,6 @@ def all_keys(obj=None, prefix: str = "") -> list[str]:
     return keys
 
 
-def _coerce(key: str, value, hint):
-    """Check `value` against the field's type (its `Literal` choices too); ints are accepted for floats."""
-    if typing.get_origin(hint) is typing.Annotated:
-        hint = typing.get_args(hint)[0]
-    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-    if value is None and type(None) in args:
-        return None
-    for kind in (a for a in args if a is not type(None)):
-        if typing.get_origin(kind) is typing.Literal:
-            choices = typing.get_args(kind)
-            if any(value == c and type(value) is type(c) for c in choices):
-                return value
-            raise ConfigError(f"{key} = {value!r} is not valid{_suggest(str(value), [str(c) for c in choices])}")
-        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if kind is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if kind in (str, bool) and isinstance(value, kind):
-            return value
-    names = " or ".join("null" if k is type(None) else k.__name__ for k in args)
-    raise ConfigError(f"{key} must be {names}, got {value!r}: fix the value in the preset or --set")
-
-
-def _bounds(hint) -> list:
-    """The annotated-types bounds (Gt, Ge, Lt, Le) a field's type carries."""
-    return list(typing.get_args(hint)[1:]) if typing.get_origin(hint) is typing.Annotated else []
-
-
-def _check_bounds(key: str, value, bounds: list) -> None:
-    """A one-line error when `value` breaks a bound: "must be > 0", "must be in [0, 1)"..."""
-    if value is None or not bounds:
-        return
-    low = next((("(", b.gt) for b in bounds if isinstance(b, Gt)), None) or \
-        next((("[", b.ge) for b in bounds if isinstance(b, Ge)), None)
-    high = next(((")", b.lt) for b in bounds if isinstance(b, Lt)), None) or \
-        next((("]", b.le) for b in bounds if isinstance(b, Le)), None)
-    ok = (low is None or (value > low[1] if low[0] == "(" else value >= low[1])) and \
-        (high is None or (value < high[1] if high[0] == ")" else value <= high[1]))
-    if ok:
-        return
-    if high is None:
-        rule = f"{'>' if low[0] == '(' else '>='} {low[1]}"
-    else:
-        rule = f"in {low[0]}{low[1]}, {high[1]}{high[0]}"
-    raise ConfigError(f"{key} must be {rule}, got {value!r}")
-
-
 def _apply(obj, data: dict, prefix: str = "") -> None:
     if not isinstance(data, dict):
         raise ConfigError(f"section {prefix.rstrip('.') or 'top level'} must be a mapping of keys to values")
@@ -198,12 +146,12 @@ def _apply(obj, data: dict, prefix: str = "") -> None:
     for name, value in data.items():
         key = f"{prefix}{name}"
         if name not in names:
-            raise ConfigError(f"unknown config key {key!r}{_suggest(key, all_keys())}")
+            raise ConfigError(f"unknown config key {key!r}{suggest(key, all_keys())}")
         current = getattr(obj, name)
         if dataclasses.is_dataclass(current):
             _apply(current, value, f"{key}.")
         else:
-            setattr(obj, name, _coerce(key, value, hints[name]))
+            setattr(obj, name, coerce(key, value, hints[name]))
 
 
 def _validate(cfg: Config) -> None:
@@ -214,7 +162,7 @@ def _validate(cfg: Config) -> None:
         value = getattr(owner, name)
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{key} must be a finite number, got {value!r}")
-        _check_bounds(key, value, _bounds(typing.get_type_hints(type(owner), include_extras=True)[name]))
+        check_bounds(key, value, bounds(typing.get_type_hints(type(owner), include_extras=True)[name]))
     if cfg.model.tie_embedders not in ("auto", True, False):
         raise ConfigError(f"model.tie_embedders must be auto, true or false, got {cfg.model.tie_embedders!r}")
     if cfg.model.timestep_shift not in (None, 0, 1):
@@ -230,7 +178,7 @@ def _read_preset(name_or_path: str) -> dict:
     path = Path(name_or_path)
     if not (path.suffix in (".yaml", ".yml") or path.exists()):
         if name_or_path not in preset_names():
-            raise ConfigError(f"unknown preset {name_or_path!r}{_suggest(name_or_path, preset_names())}; "
+            raise ConfigError(f"unknown preset {name_or_path!r}{suggest(name_or_path, preset_names())}; "
                               "or give the path of a YAML file")
         path = PRESETS / f"{name_or_path}.yaml"
     if not path.is_file():
@@ -250,20 +198,11 @@ def parse_set(item: str) -> dict:
         value = yaml.safe_load(raw) if raw.strip() else raw
     except yaml.YAMLError:
         value = raw
-    if isinstance(value, str) and _looks_numeric(value):
+    if isinstance(value, str) and looks_numeric(value):
         value = float(value)
     for part in reversed(key.strip().split(".")):
         value = {part: value}
     return value
-
-
-def _looks_numeric(text: str) -> bool:
-    """YAML 1.1 reads '1e-4' as a string; accept it as the number a user means."""
-    try:
-        float(text)
-        return text.strip().lower() not in ("nan", "inf", "-inf", "infinity", "-infinity")
-    except ValueError:
-        return False
 
 
 def load_config(name_or_path: str = "digits", overrides: list[str] = ()) -> Config:
@@ -276,7 +215,7 @@ def load_config(name_or_path: str = "digits", overrides: list[str] = ()) -> Conf
     per_method = data.pop("per_method", None) or {}
     for name in per_method:
         if name not in METHODS:
-            raise ConfigError(f"per_method names unknown method {name!r}{_suggest(name, METHODS)}")
+            raise ConfigError(f"per_method names unknown method {name!r}{suggest(name, METHODS)}")
     parsed = [parse_set(item) for item in overrides]
     chosen = Config()  # which method the preset and the command line choose
     for item in [data, *parsed]:
@@ -297,3 +236,14 @@ def load_config(name_or_path: str = "digits", overrides: list[str] = ()) -> Conf
 
 def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def saved_config(path: Path) -> dict | None:
+    """A run's config.yaml as this version reads it (keys added since it was written take their defaults), to compare
+    with to_dict of the config a resume is given; None when it holds a key this version no longer has."""
+    cfg = Config()
+    try:
+        _apply(cfg, yaml.safe_load(path.read_text()) or {})
+    except ConfigError:
+        return None
+    return to_dict(cfg)

@@ -155,14 +155,19 @@ def match_training(model, folder: Path | str | None = None, *, tie: bool | str =
     return model
 
 
-def load_pretrained(path: str, **settings) -> Pretrained:
+def load_pretrained(path: str, variant: str | None = None, **settings) -> Pretrained:
     """Load a class-conditional DiT from a diffusers pipeline folder, a bare transformer folder, or a hub id, run as it
-    was trained (`match_training`; `settings` are its keyword arguments)."""
+    was trained (`match_training`; `settings` are its keyword arguments); `variant`: weights saved as a variant."""
     root = locate(path)
     sub, _ = dit_config(root)
+    has_vae = (root / "vae" / "config.json").exists()
     try:
-        transformer = DiTTransformer2DModel.from_pretrained(root, subfolder=sub)
-        vae = AutoencoderKL.from_pretrained(root, subfolder="vae") if (root / "vae" / "config.json").exists() else None
+        transformer = DiTTransformer2DModel.from_pretrained(root, subfolder=sub,
+                                                            variant=_variant(root / (sub or ""), variant))
+        vae = AutoencoderKL.from_pretrained(root, subfolder="vae", variant=_variant(root / "vae", variant)) \
+            if has_vae else None
+    except ModelError:
+        raise
     except Exception as e:
         raise ModelError(f"cannot load the weights in {root} ({type(e).__name__}: {str(e).splitlines()[0][:200]}): "
                          "re-download or re-save the model") from None
@@ -174,6 +179,19 @@ def load_pretrained(path: str, **settings) -> Pretrained:
     return Pretrained(transformer=disable_builtin_label_dropout(transformer), vae=vae,
                       scheduler_config=_config(scheduler) if scheduler.exists() else None, id2label=id2label(root),
                       root=root)
+
+
+def _variant(folder: Path, variant: str | None) -> str | None:
+    """The weights variant to load from `folder`: `variant` where it was saved (`save_pretrained(variant=...)`), else
+    the plain files; a folder that holds only variants needs one named (one line, before diffusers tries)."""
+    found = sorted(f.name for f in folder.glob("diffusion_pytorch_model*") if not f.name.endswith(".json"))
+    variants = sorted({name.split(".")[1].split("-")[0] for name in found if name.count(".") == 2})
+    if variant in variants:
+        return variant
+    if variants and not any(name.count(".") == 1 for name in found):
+        raise ModelError(f"{folder} holds its weights only as the variant(s) {', '.join(variants)} "
+                         f"({', '.join(found)}): pass --set model.variant={variants[0]}")
+    return None
 
 
 def save_pipeline(folder: Path, transformer, vae, scheduler_config: dict | None, id2label: dict[int, str]) -> None:

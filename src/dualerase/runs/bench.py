@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from dualerase.config import PRESETS, Config, load_config, preset_names, to_dict
+from dualerase.config import PRESETS, Config, load_config, preset_names, saved_config, to_dict
 from dualerase.data.classes import Classes, resolve_class
 from dualerase.data.folders import check_writable
 from dualerase.errors import UsageError
@@ -184,7 +184,7 @@ def bench(grid: Grid, output: Path, *, progress: bool = True, shard: tuple[int, 
     for i, ((method, optimizer, cls, seed), cfg) in enumerate(zip(grid.cells, grid.configs)):
         out = cell_folder(output, method, optimizer, cls, seed)
         saved = out / "config.yaml"
-        if saved.exists() and yaml.safe_load(saved.read_text()) != to_dict(cfg):
+        if saved.exists() and saved_config(saved) != to_dict(cfg):
             raise UsageError(f"cell {out} was run with another config: give a new --output for a changed benchmark")
         if (out / "metrics.json").exists() or (out / "diverged.txt").exists():  # an interrupted run resumes here
             continue

@@ -26,7 +26,7 @@ def load_models(specs: list[str], cfg, progress: bool):
         folder = prepare_digits_dit(cfg.digits, progress)
         base, vae = match_training(load_digits_dit(cfg.digits), folder, **model_settings(cfg)), None
     else:
-        pretrained = load_pretrained(cfg.model.path, **model_settings(cfg))
+        pretrained = load_pretrained(cfg.model.path, variant=cfg.model.variant, **model_settings(cfg))
         base, vae = pretrained.transformer, pretrained.vae
     models = {}
     for spec in specs:

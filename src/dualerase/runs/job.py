@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from dualerase.config import Config, to_dict
+from dualerase.config import Config, saved_config, to_dict
 from dualerase.data.classes import resolve_class
 from dualerase.data.folders import check_writable
 from dualerase.errors import UsageError
@@ -53,7 +53,7 @@ def check_output(output: Path, cfg: Config, overwrite: bool, resume: str | None)
         return False
     saved = output / "config.yaml"
     if resume:
-        if saved.exists() and yaml.safe_load(saved.read_text()) != to_dict(cfg):
+        if saved.exists() and saved_config(saved) != to_dict(cfg):
             raise UsageError(f"{output} holds a run with another config: resume with the same options, or pass "
                              "--overwrite to start over")
         if resume != "latest" and not (Path(resume) / "done").exists():

@@ -164,7 +164,7 @@ def check_inputs(cfg: Config) -> None:
 def prepare_diffusers(cfg: Config, progress: bool = True) -> Workload:
     """A DiT in diffusers layout (--model), its ImageNet-style data folder (--data), and the published evaluation."""
     check_inputs(cfg)
-    pre = load_pretrained(cfg.model.path, **model_settings(cfg))
+    pre = load_pretrained(cfg.model.path, variant=cfg.model.variant, **model_settings(cfg))
     root = Path(cfg.data.path).expanduser()
     classes = classes_of(cfg)
     files = scan(root, classes)
