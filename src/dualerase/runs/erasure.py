@@ -51,7 +51,7 @@ def erase(w: Workload, cfg: Config, forget_class: int, real: RealData, output: P
 
     Writes output/prepared.safetensors (mask and method state, reused on resume), output/log.jsonl and
     checkpoint-<step> folders every `erase.checkpoint_every` outer steps. `real` is the base model's real data
-    (`streams.real_data`); `resume` is "latest" or a checkpoint folder; `trackers` (tracking.Trackers) get every
+    (`sources.real_data`); `resume` is "latest" or a checkpoint folder; `trackers` (tracking.Trackers) get every
     step's record. With erase.stop_at_forget_accuracy the forget-accuracy probe may end erasure early (`probe.py`).
     Every process runs this; only the main one writes. A divergence raises DivergenceError with the advice of
     `diverged`."""

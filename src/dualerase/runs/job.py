@@ -106,8 +106,10 @@ def start_output(output: Path, cfg: Config, overwrite: bool) -> None:
     state.wait_for_everyone()
     if state.is_main_process:
         for old in output.iterdir() if overwrite and output.exists() else ():  # the lock stays: we hold it
-            if old.name != LOCK:
-                shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old)
+            elif old.name != LOCK:
+                old.unlink()
         output.mkdir(parents=True, exist_ok=True)
         atomic_write_text(output / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     state.wait_for_everyone()
