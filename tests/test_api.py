@@ -140,3 +140,13 @@ def test_sample_grid_and_fid_bench_as_functions_do_what_their_commands_do(tmp_pa
     assert cli_rows == result.rows  # the command over the same cells: the same table
     with pytest.raises(UsageError, match="unknown benchmark spec 'nope'"):
         fid_bench("nope", output=tmp_path / "none")
+
+
+def test_overrides_take_python_values(tmp_path):
+    import yaml
+
+    overrides = {**TINY_SETS, "erase.retain_clip": None, "eval.save_samples": False, "erase.forget_lr": 3e-4}
+    result = erase_class(3, overrides=overrides, output=tmp_path / "py", progress=False)
+    saved = yaml.safe_load((result.output / "config.yaml").read_text())
+    assert saved["erase"]["retain_clip"] is None and saved["eval"]["save_samples"] is False  # not 'None', 'False'
+    assert saved["erase"]["forget_lr"] == 3e-4 and not (result.output / "samples").exists()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 from diffusers import DiTPipeline, DiTTransformer2DModel
 
 from dualerase.config import Config, load_config, to_dict
@@ -89,8 +90,13 @@ def fid_bench(spec: str | Path = "digits", *, output: str | Path = "bench", clas
 
 
 def _sets(overrides: dict | None) -> list[str]:
-    """{"dotted.key": value} as `--set` items."""
-    return [f"{key}={value}" for key, value in (overrides or {}).items()]
+    """{"dotted.key": value} as `--set` items; a Python value is written as YAML (None: null, True: true, 1e-4,
+    [1, 2]), a string as given."""
+    def text(value):
+        return value if isinstance(value, str) else \
+            yaml.safe_dump(value, default_flow_style=True, width=float("inf")).split("\n...")[0].strip()
+
+    return [f"{key}={text(value)}" for key, value in (overrides or {}).items()]
 
 
 def _config(config: str | Path | Config | None, default: str, sets: list[str]) -> Config:
@@ -102,8 +108,6 @@ def _config(config: str | Path | Config | None, default: str, sets: list[str]) -
 
 def _written(settings: dict) -> str:
     """A Config given in memory, as the YAML file load_config reads (in the cache, by content)."""
-    import yaml
-
     path = cache_root() / "configs" / f"{fingerprint(settings)}.yaml"
     if not path.exists():
         atomic_write_text(path, yaml.safe_dump(settings, sort_keys=False))
