@@ -107,10 +107,17 @@ def test_importing_dualerase_alone_loads_no_torch():
                           check=True).stdout.split() == ["False", "True"]
 
 
-def test_python_m_dualerase_runs_each_command():
+def test_python_m_dualerase_runs_each_command_and_says_its_version():
+    import importlib.metadata
+
     for command in ("erase-class", "sample-grid", "fid-bench", "fid-reference"):
         done = subprocess.run([sys.executable, "-m", "dualerase", command, "--help"], capture_output=True, text=True)
         assert done.returncode == 0 and f"usage: {command}" in done.stdout, command
+    version = importlib.metadata.version("dualerase")
+    for command in (["erase-class"], ["fid-bench"], []):
+        done = subprocess.run([sys.executable, "-m", "dualerase", *command, "--version"], capture_output=True,
+                              text=True)
+        assert done.returncode == 0 and done.stdout.strip().endswith(version + (" (dualerase)" if command else ""))
     wrong = subprocess.run([sys.executable, "-m", "dualerase", "erase"], capture_output=True, text=True)
     assert wrong.returncode == 2 and "unknown command 'erase'" in wrong.stderr and "erase-class" in wrong.stderr
 

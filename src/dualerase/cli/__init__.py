@@ -5,6 +5,7 @@ import argparse
 import importlib
 import sys
 
+from dualerase import __version__
 from dualerase.errors import UsageError
 
 COMMANDS = {"erase-class": "erase_class", "sample-grid": "sample_grid", "fid-bench": "fid_bench",
@@ -14,6 +15,10 @@ COMMANDS = {"erase-class": "erase_class", "sample-grid": "sample_grid", "fid-ben
 class CommandParser(argparse.ArgumentParser):
     """argparse, but a bad argument raises UsageError (one line, exit 2 from the command) instead of printing usage."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_argument("--version", action="version", version=f"%(prog)s {__version__} (dualerase)")
+
     def error(self, message):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
@@ -21,6 +26,9 @@ class CommandParser(argparse.ArgumentParser):
 def main(argv: list[str] | None = None) -> int:
     """`python -m dualerase <command> [args]`: run one of the console scripts by name."""
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--version"]:
+        print(f"dualerase {__version__}")
+        return 0
     if not argv or argv[0] not in COMMANDS:
         given = f"unknown command {argv[0]!r}; " if argv and argv[0] not in ("-h", "--help") else ""
         print(f"usage: python -m dualerase {{{','.join(COMMANDS)}}} [args]  ({given}each command's --help says more)",
