@@ -1,9 +1,11 @@
 """State that runs share, held by a lock or a fingerprint: one run per output folder, one model per resumed run, one
-class order per model; anything else is refused in one line."""
+class order per model; and every other way a run can go wrong (a full disk, an undefined FID, Ctrl-C, a model saved
+as a variant): one line that says what to do, never a mixed folder or a traceback."""
 import copy
 import errno
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -305,3 +307,19 @@ def test_a_model_saved_only_as_a_variant_names_the_files_and_the_setting(tmp_pat
            "model.variant=fp16" in err and err.count("\n") == 1, err
     assert sample_grid.main([*args, "--output", str(tmp_path / "b.png"), "--set", "model.variant=fp16"]) == 0
     assert (tmp_path / "b.png").exists()
+
+
+def test_ctrl_c_is_one_line_with_the_command_that_continues(tmp_path, monkeypatch, capsys):
+    def pressed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "out"
+    args = ["3", "--output", str(out), *TINY]
+    real = job.erase
+    monkeypatch.setattr(job, "erase", pressed)  # Ctrl-C during erasure
+    assert erase_class.main(args) == 130
+    err = capsys.readouterr().err
+    again = shlex.join(["erase-class", *args, "--resume", "latest"])
+    assert err == f"erase-class: interrupted: continue with `{again}`\n"
+    monkeypatch.setattr(job, "erase", real)
+    assert erase_class.main([*shlex.split(err.split("`")[1])[1:]]) == 0 and (out / "metrics.json").exists()

@@ -13,7 +13,7 @@ from dualerase.integrations.tracking import TRACKERS
 from dualerase.launch import is_main_process, processes
 from dualerase.metrics.imagenet import EvalError
 from dualerase.reports.summary import summary
-from dualerase.runs.checkpoint import disk_full
+from dualerase.runs.checkpoint import disk_full, resume_command
 from dualerase.runs.job import dry_run, run_trials
 from dualerase.runs.plan import config_text
 from dualerase.unlearn import DivergenceError
@@ -65,12 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     output = None
     try:
         args = build_parser().parse_args(argv)
-        overrides = []
-        if args.model:
-            overrides += ["model.source=diffusers", f"model.path={args.model}"]
-        if args.data:
-            overrides.append(f"data.path={args.data}")
-        overrides += args.overrides
+        overrides = (["model.source=diffusers", f"model.path={args.model}"] if args.model else []) + \
+            ([f"data.path={args.data}"] if args.data else []) + args.overrides
         if args.method:
             overrides.append(f"method.name={args.method}")
         if args.optimizer:
@@ -100,13 +96,14 @@ def main(argv: list[str] | None = None) -> int:
         if is_main_process():  # under a launcher every process fails alike: one line, not one per process
             print(f"erase-class: error: {e}", file=sys.stderr)
         return 2
-    except (DivergenceError, OSError) as e:  # a diverged erasure, or a full disk: one line, and where to resume
-        message = disk_full(e, output) if isinstance(e, OSError) else str(e)
+    except (DivergenceError, OSError, KeyboardInterrupt) as e:  # diverged, a full disk, Ctrl-C: how to continue
+        message = disk_full(e, output) if isinstance(e, OSError) else str(e) if isinstance(e, DivergenceError) else \
+            f"interrupted: continue with `{resume_command('erase-class', sys.argv[1:] if argv is None else argv)}`"
         if message is None:
             raise
         if is_main_process():
-            print(f"erase-class: error: {message}", file=sys.stderr)
-        return 1
+            print(f"erase-class: {'' if isinstance(e, KeyboardInterrupt) else 'error: '}{message}", file=sys.stderr)
+        return 130 if isinstance(e, KeyboardInterrupt) else 1
     if processes().is_main_process:
         print(summary(metrics))
         where = "trial-s*/: " if args.trials > 1 else ""
