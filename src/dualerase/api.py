@@ -90,11 +90,12 @@ def fid_bench(spec: str | Path = "digits", *, output: str | Path = "bench", clas
 
 
 def _sets(overrides: dict | None) -> list[str]:
-    """{"dotted.key": value} as `--set` items; a Python value is written as YAML (None: null, True: true, 1e-4,
-    [1, 2]), a string as given."""
+    """{"dotted.key": value} as `--set` items; None, booleans, numbers and lists are written as YAML (None: null,
+    True: true, 1e-4, [1, 2]), anything else (a string, a path) as its text."""
     def text(value):
-        return value if isinstance(value, str) else \
-            yaml.safe_dump(value, default_flow_style=True, width=float("inf")).split("\n...")[0].strip()
+        if value is None or isinstance(value, (bool, int, float, list, tuple)):
+            return yaml.safe_dump(value, default_flow_style=True, width=float("inf")).split("\n...")[0].strip()
+        return str(value)
 
     return [f"{key}={text(value)}" for key, value in (overrides or {}).items()]
 
