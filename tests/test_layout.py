@@ -22,7 +22,7 @@ MAY_IMPORT = {
 EVERYTHING = set(MAY_IMPORT) | {"dualerase.runs", "dualerase.api", "dualerase.cli", "dualerase"}
 MAY_IMPORT |= {"dualerase.runs": EVERYTHING - {"dualerase.api", "dualerase.cli", "dualerase"},
                "dualerase.api": EVERYTHING - {"dualerase.cli", "dualerase"},
-               "dualerase.cli": EVERYTHING - {"dualerase"}, "dualerase.__main__": {"dualerase.cli"},
+               "dualerase.cli": EVERYTHING, "dualerase.__main__": {"dualerase.cli"},  # cli: __version__ too
                "dualerase": {"dualerase.api", "dualerase.config"}}
 
 
