@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shlex
 import sys
 
 from dualerase import __version__
@@ -21,6 +22,19 @@ class CommandParser(argparse.ArgumentParser):
 
     def error(self, message):
         raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def resume_command(prog: str, argv: list[str]) -> str:
+    """The command that continues an interrupted run: the same arguments, without --overwrite, with --resume latest."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip and not arg.startswith("-"):  # the value of a --resume being replaced
+            skip = False
+            continue
+        skip = arg == "--resume"
+        if arg not in ("--overwrite", "--resume"):
+            kept.append(arg)
+    return shlex.join([prog, *kept, "--resume", "latest"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from dualerase.cli import CommandParser
+from dualerase.cli import CommandParser, resume_command
 from dualerase.config import load_config, preset_names
 from dualerase.errors import ConfigError, UsageError
 from dualerase.integrations.card import push_to_hub
@@ -13,7 +13,7 @@ from dualerase.integrations.tracking import TRACKERS
 from dualerase.launch import is_main_process, processes
 from dualerase.metrics.imagenet import EvalError
 from dualerase.reports.summary import summary
-from dualerase.runs.checkpoint import disk_full, resume_command
+from dualerase.runs.checkpoint import disk_full
 from dualerase.runs.job import dry_run, run_trials
 from dualerase.runs.plan import config_text
 from dualerase.unlearn import DivergenceError

@@ -35,8 +35,8 @@ def locked(output: Path, stale_after: float = 6 * 3600):
     `stale_after` seconds). Folders made only to hold the lock are removed again if the run leaves them empty. Under a
     multi-process launch the main process holds it and every process gets its verdict."""
     made = [p for p in (output, *output.parents) if not p.exists()]
-    refusal, path = None, output / LOCK
-    if processes().is_main_process:
+    refusal, path, main = None, output / LOCK, processes().is_main_process
+    if main:
         if output.exists() and not output.is_dir():
             refusal = f"--output {output} is a file: give a folder"
         else:
@@ -50,10 +50,10 @@ def locked(output: Path, stale_after: float = 6 * 3600):
             raise UsageError(refusal)
         yield
     finally:
-        if processes().is_main_process and not refusal:
+        if main and not refusal:
             path.unlink(missing_ok=True)
-        for folder in made:  # deepest first: remove what the lock alone made, if nothing else went in
-            if processes().is_main_process and folder.is_dir() and not any(folder.iterdir()):
+        for folder in made if main else ():  # deepest first: remove what the lock alone made, if nothing went in
+            if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
 
 
@@ -65,9 +65,7 @@ def _take(path: Path, stale: Callable[[], bool]) -> bool:
         except FileExistsError:
             if not _abandoned(path, stale):
                 return False
-            with contextlib.suppress(FileNotFoundError):
-                os.replace(path, path.with_name(f"{path.name}.abandoned-{os.getpid()}"))
-                path.with_name(f"{path.name}.abandoned-{os.getpid()}").unlink()
+            path.unlink(missing_ok=True)  # then race for it again with O_EXCL, as for a new one
             continue
         with os.fdopen(fd, "w") as f:
             f.write(f"{socket.gethostname()} {os.getpid()}")

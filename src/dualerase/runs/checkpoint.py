@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import json
 import re
-import shlex
 import shutil
 from pathlib import Path
 
@@ -60,19 +59,6 @@ def disk_full(error: OSError, output: Path | None) -> str | None:
     where = f"from {latest}" if latest else "(no checkpoint yet: from the start, with the cached work kept)"
     return (f"{error.strerror} writing {error.filename or 'a file'}: free space on that disk, then continue with "
             f"--resume latest {where}")
-
-
-def resume_command(prog: str, argv: list[str]) -> str:
-    """The command that continues an interrupted run: the same arguments, without --overwrite, with --resume latest."""
-    kept, skip = [], False
-    for arg in argv:
-        if skip and not arg.startswith("-"):  # the value of a --resume being replaced
-            skip = False
-            continue
-        skip = arg == "--resume"
-        if arg not in ("--overwrite", "--resume"):
-            kept.append(arg)
-    return shlex.join([prog, *kept, "--resume", "latest"])
 
 
 def checkpoint_base(path: Path) -> str | None:
