@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from dualerase.data.classes import Classes, imagenet
 from dualerase.errors import UsageError
-from dualerase.storage import atomic_path
+from dualerase.storage import atomic_path, cache_root
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
@@ -91,6 +91,11 @@ def check_writable(path: Path, option: str, *, in_parent: bool = False) -> None:
         raise UsageError(f"{option} {path} cannot be written: creating a file in {folder} failed "
                          f"({e.strerror or type(e).__name__}): choose a writable location, or free space or fix "
                          "permissions there") from None
+
+
+def check_cache() -> None:
+    """The cache (DUALERASE_HOME) takes trained models, masks and base scores: probed before any work, as --output."""
+    check_writable(cache_root(), "the cache DUALERASE_HOME")
 
 
 def _probe(folder: Path) -> None:

@@ -7,7 +7,7 @@ import torch
 
 from dualerase.config import Config
 from dualerase.data.classes import resolve_class
-from dualerase.data.folders import check_writable
+from dualerase.data.folders import check_cache, check_writable
 from dualerase.errors import UsageError
 from dualerase.launch import processes
 from dualerase.models.digits import load_digits_dit, prepare_digits_dit
@@ -16,7 +16,6 @@ from dualerase.models.pretrained import load_model, load_pretrained, match_train
 from dualerase.reports.summary import sample_grid, save_image
 from dualerase.runs.workload import check_sampler, classes_of, model_settings
 from dualerase.sampling import sample, to_uint8
-from dualerase.storage import cache_root
 
 
 def load_models(specs: list[str], cfg, progress: bool):
@@ -49,7 +48,7 @@ def draw(cfg: Config, models: list[str], output: Path, *, per_class: int = 8, cl
     if output.is_dir():
         raise UsageError(f"--output {output} is a folder: give the PNG file to write, e.g. {output}/grid.png")
     check_writable(output, "--output", in_parent=True)  # before any sampling
-    check_writable(cache_root(), "the cache DUALERASE_HOME")  # the digits models are trained into it
+    check_cache()  # the digits models are trained into it
     known = classes_of(cfg)
     marked = resolve_class(str(mark), known) if mark is not None else None
     shown = [resolve_class(str(c), known) for c in classes] if classes else \

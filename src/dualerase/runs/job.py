@@ -12,8 +12,8 @@ from pathlib import Path
 import yaml
 
 from dualerase.config import Config, saved_config, to_dict
-from dualerase.data.classes import resolve_class
-from dualerase.data.folders import check_writable
+from dualerase.data.classes import Classes, resolve_class
+from dualerase.data.folders import check_cache, check_writable
 from dualerase.errors import UsageError
 from dualerase.integrations.card import model_card
 from dualerase.integrations.claims import LOCK, locked
@@ -37,7 +37,7 @@ from dualerase.runs.evaluation import (
 from dualerase.runs.plan import passes, passes_table
 from dualerase.runs.sources import real_data
 from dualerase.runs.workload import check_inputs, classes_of, model_settings, prepare
-from dualerase.storage import atomic_write_json, atomic_write_text, cache_root
+from dualerase.storage import atomic_write_json, atomic_write_text
 from dualerase.unlearn.methods import METHODS
 
 
@@ -79,15 +79,22 @@ def check_same_base(output: Path, resume: str, model_id: str) -> None:
                          "to start over")
 
 
-def dry_run(cfg: Config, class_arg: str, output: Path, trials: int, overwrite: bool, resume: str | None) -> str:
-    """Every check `run` makes before work (class, settings, output folder), then what the run would do."""
+def check_run(cfg: Config, class_arg: str, output: Path) -> tuple[Classes, int]:
+    """What a user gave, checked before any work (hours of evaluation on DiT-XL/2): the class, the settings, the output
+    folder and the cache writable. Returns the model's classes and the forget class."""
     classes = classes_of(cfg)
     forget_class = resolve_class(class_arg, classes)
     check_pseudo_class(cfg, forget_class, len(classes))
     check_processes(cfg)
     check_writable(output, "--output")
-    check_writable(cache_root(), "the cache DUALERASE_HOME")
-    check_inputs(cfg)
+    check_cache()
+    return classes, forget_class
+
+
+def dry_run(cfg: Config, class_arg: str, output: Path, trials: int, overwrite: bool, resume: str | None) -> str:
+    """Every check `run` makes before work (class, settings, output folder), then what the run would do."""
+    classes, forget_class = check_run(cfg, class_arg, output)
+    check_inputs(cfg)  # what `prepare` checks first
     finished = check_output(output, cfg, overwrite, resume)
     shown = min(len(classes), cfg.eval.grid_classes)
     head = (f"dry run: erase class {forget_class} ({classes.short(forget_class)}) with {cfg.method.name}, "
@@ -123,14 +130,8 @@ def run(cfg: Config, class_arg: str, output: Path, *, overwrite: bool = False, r
     every finished batch of samples are reused. A diverged erasure writes no "after" metrics. Under a multi-process
     launch every process runs this; work is shared and only the main process writes."""
     progress = progress and processes().is_main_process
-    # Check everything a user gave before any work: class, settings, output folder.
-    classes = classes_of(cfg)
-    forget_class = resolve_class(class_arg, classes)
-    check_pseudo_class(cfg, forget_class, len(classes))
-    check_processes(cfg)
+    _, forget_class = check_run(cfg, class_arg, output)
     check_trackers(report_to)
-    check_writable(output, "--output")  # now, not after hours of evaluation
-    check_writable(cache_root(), "the cache DUALERASE_HOME")  # trained models, masks and base scores go there
     with locked(output):  # one run writes a folder at a time: a second one is refused here, before any work
         return _run(cfg, forget_class, output, overwrite=overwrite, resume=resume, progress=progress,
                     report_to=report_to)
