@@ -22,21 +22,28 @@ def old(tmp_path, monkeypatch):
     yield tmp_path, {p: p.stat().st_mtime_ns for p in (tmp_path / "home").rglob("*") if p.is_file()}
 
 
-def test_a_run_written_by_0_1_0_resumes_and_reports_again(old):
+def test_a_run_written_by_0_1_0_resumes_and_reports_again(old, capsys):
     folder, made = old
     out = folder / "run"
     assert erase_class.main(["3", "--output", str(out), *ARGS]) == 2  # unfinished: it asks for --resume
-    assert erase_class.main(["3", "--output", str(out), "--resume", "latest", *ARGS]) == 0
+    # The digits preset's FA rule changed since ("not a digit" instead of the two gates): the same options are
+    # refused, naming the change; the run's own config.yaml resumes it.
+    assert erase_class.main(["3", "--output", str(out), "--resume", "latest", *ARGS]) == 2
+    assert "eval.fa_min_confidence 0.9 -> None" in capsys.readouterr().err
+    own = ["--config", str(out / "config.yaml")]
+    assert erase_class.main(["3", "--output", str(out), "--resume", "latest", *own, *ARGS]) == 0
     steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
     assert steps == [0, 1, 2, 3]  # 0 and 1 from the old run; 2 and 3 continue from its checkpoint-2
     metrics = json.loads((out / "metrics.json").read_text())
-    cached = json.loads(next((folder / "home" / "evals").glob("*.json")).read_text())
-    assert metrics["before"] == cached  # the old cache's base scores, read and not measured again
-    # The old cache's digits DiT, classifier, mask and base scores were read, not made again.
+    assert metrics["protocol"]["forget_rule"].startswith("top class with probability >= 0.9")  # the run's rule
+    # The old cache's digits DiT, mask and files were read, not made again; the classifier of the new recipe (an 11th
+    # class) is new, and so are the base scores measured with it.
     assert {p: p.stat().st_mtime_ns for p in made} == made
+    new = [p for p in (folder / "home" / "evals").glob("*.json") if p not in made]
+    assert len(new) == 1 and metrics["before"] == json.loads(new[0].read_text())
     assert (out / "model" / "diffusion_pytorch_model.safetensors").exists()
 
-    assert erase_class.main(["3", "--output", str(out), "--resume", "latest", *ARGS]) == 0  # finished: reported
+    assert erase_class.main(["3", "--output", str(out), "--resume", "latest", *own, *ARGS]) == 0  # finished
     assert json.loads((out / "metrics.json").read_text()) == metrics
 
 
@@ -44,7 +51,8 @@ def test_a_finished_run_written_by_0_1_0_reports_again_and_its_model_samples(old
     folder, made = old
     out = folder / "finished"
     written = (out / "metrics.json").read_bytes()
-    assert erase_class.main(["3", "--output", str(out), "--resume", "latest", *ARGS]) == 0
+    assert erase_class.main(["3", "--output", str(out), "--resume", "latest", "--config", str(out / "config.yaml"),
+                             *ARGS]) == 0
     assert (out / "metrics.json").read_bytes() == written
     assert "retain accuracy" in capsys.readouterr().out  # its summary, printed again
     # Its model folder (with dualerase.json) and the old cache's base model sample side by side.

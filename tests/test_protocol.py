@@ -60,7 +60,11 @@ def test_fast_protocol_quarters_the_samples_and_says_so(tmp_path):
     assert (m["protocol"]["steps"], m["protocol"]["forget_samples"]) == (4, 3)  # TINY's 4 steps are already fewer
     assert m["protocol"]["retain_samples"] == 9 * 2  # TINY's 10 per class, quartered
     assert len(list((out / "samples" / "forget").glob("*.png"))) == 3
-    assert "protocol: fast" in (out / "model" / "README.md").read_text().lower()
+    assert "Protocol: FAST (for quick looks only" in (out / "model" / "README.md").read_text()  # said once
+    from dualerase.runs.bench import markdown
+
+    table = markdown([], [m], "fid-bench digits")
+    assert "Protocol: FAST (for quick looks only" in table and "PROTOCOL" not in table
 
 
 def test_a_benchmark_samples_the_base_model_once_per_class(tmp_path, monkeypatch):
@@ -110,10 +114,10 @@ def test_sa_replay_is_drawn_once_for_both_optimizer_modes(tmp_path, monkeypatch)
     assert drawn == [True, False]  # the second mode reads the first one's replay samples
 
 
-def test_degenerate_samples_of_an_erased_class_do_not_count_as_it():
-    """The digits classifier names a near-white image, a grid pattern (even at probability 1.00) or a weak guess as
-    the erased digit; under the digits preset's rule none counts, a confident sample near a real one does; with the
-    rule off (ImageNet's preset) the top class alone decides, as the published evaluator."""
+def test_the_opt_in_gates_of_forget_accuracy():
+    """With eval.fa_min_confidence 0.9 and eval.fa_real_distance 4.5 (the digits rule before "not a digit"), a
+    near-white image, a grid pattern (even at probability 1.00) or a weak guess do not count, a confident sample near a
+    real one does; without them (both presets now) the top class alone decides, as the published evaluator."""
     from dualerase.metrics.fid import DigitsScorer
     from dualerase.models.digits import load_digits
     from dualerase.runs.evaluation import counts_as_forget
@@ -129,9 +133,10 @@ def test_degenerate_samples_of_an_erased_class_do_not_count_as_it():
     images = torch.stack([near_white, grid, one, noisy_one])
     probs = torch.full((4, 10), 0.01)
     probs[:, 1] = torch.tensor([0.91, 1.00, 0.40, 0.95])  # all four: top class 1
-    digits = load_config("digits").eval
+    digits = load_config("digits", ["eval.fa_min_confidence=0.9", "eval.fa_real_distance=4.5"]).eval
     assert counts_as_forget(probs, images, 1, digits, scorer).tolist() == [False, False, False, True]
-    assert counts_as_forget(probs, images, 1, load_config("imagenet").eval, scorer).tolist() == [True] * 4
+    for preset in ("digits", "imagenet"):
+        assert counts_as_forget(probs, images, 1, load_config(preset).eval, scorer).tolist() == [True] * 4
     assert counts_as_forget(probs, images, 2, digits, scorer).tolist() == [False] * 4
 
 

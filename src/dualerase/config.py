@@ -5,7 +5,6 @@ import dataclasses
 import math
 import typing
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -16,15 +15,9 @@ from dualerase.errors import ConfigError
 from dualerase.fields import bounds, check_bounds, coerce, looks_numeric, suggest
 from dualerase.metrics.classifier import ClassifierRecipe
 from dualerase.models.digits import DigitsRecipe
+from dualerase.storage import PRESETS, preset_names  # noqa: F401 (preset_names: part of this module's API)
 from dualerase.unlearn.dualoptim import EraseConfig
 from dualerase.unlearn.methods import METHODS, MethodConfig
-
-PRESETS = resources.files("dualerase") / "presets"  # package data: presets *.yaml, benchmark specs bench/*.yaml
-
-
-def preset_names(folder: str = "") -> list[str]:
-    """Names of the shipped presets, or of the shipped benchmark specs with folder="bench"."""
-    return sorted(p.name.removesuffix(".yaml") for p in (PRESETS / folder).iterdir() if p.name.endswith(".yaml"))
 
 
 @dataclass
@@ -236,6 +229,17 @@ def load_config(name_or_path: str = "digits", overrides: list[str] = ()) -> Conf
 
 def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def differing(a: dict, b: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    """(dotted key, value in a, value in b) for every value that differs between two to_dict configs."""
+    out = []
+    for k in a:
+        if isinstance(a[k], dict) and isinstance(b.get(k), dict):
+            out += differing(a[k], b[k], f"{prefix}{k}.")
+        elif a[k] != b.get(k):
+            out.append((f"{prefix}{k}", a[k], b.get(k)))
+    return out
 
 
 def saved_config(path: Path) -> dict | None:

@@ -3,14 +3,18 @@ from __future__ import annotations
 
 import datetime
 import os
+from typing import TYPE_CHECKING
 
-import torch
-from accelerate import PartialState
+if TYPE_CHECKING:
+    from accelerate import PartialState
 
 
 def processes() -> PartialState:
     """This process's place in the launch (accelerate launch / torchrun; one process without): rank, device, barriers.
     On machines without CUDA several processes talk over gloo."""
+    import torch
+    from accelerate import PartialState
+
     # Other processes wait at barriers while the main one encodes the latent cache or computes FID: allow hours.
     return PartialState(cpu=not torch.cuda.is_available(), timeout=datetime.timedelta(hours=3))
 
@@ -25,6 +29,8 @@ def main_decides(value):
     """The main process's value on every process (so that all take the same branch, and meet at the same barriers)."""
     if processes().num_processes == 1:
         return value
+    import torch
+
     box = [value]
     torch.distributed.broadcast_object_list(box, src=0)
     return box[0]

@@ -1,5 +1,6 @@
-"""Storage: atomic writes and folder swaps (a reader never sees a half-written file), the cache root, and the
-content fingerprints every cache is keyed by. At the bottom of the package: every layer writes."""
+"""Storage: atomic writes and folder swaps (a reader never sees a half-written file), the cache root, the
+content fingerprints every cache is keyed by, and the package's own files (presets). At the bottom of the package:
+every layer writes."""
 from __future__ import annotations
 
 import contextlib
@@ -7,7 +8,15 @@ import hashlib
 import json
 import os
 import shutil
+from importlib import resources
 from pathlib import Path
+
+PRESETS = resources.files("dualerase") / "presets"  # package data: presets *.yaml, benchmark specs bench/*.yaml
+
+
+def preset_names(folder: str = "") -> list[str]:
+    """Names of the shipped presets, or of the shipped benchmark specs with folder="bench"."""
+    return sorted(p.name.removesuffix(".yaml") for p in (PRESETS / folder).iterdir() if p.name.endswith(".yaml"))
 
 
 def replace_folder(tmp: Path, folder: Path) -> None:

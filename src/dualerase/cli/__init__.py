@@ -8,9 +8,11 @@ import sys
 
 from dualerase import __version__
 from dualerase.errors import UsageError
+from dualerase.launch import is_main_process
 
 COMMANDS = {"erase-class": "erase_class", "sample-grid": "sample_grid", "fid-bench": "fid_bench",
             "fid-reference": "fid_reference"}
+METHOD_NAMES = ("ga", "sa", "salun", "sfron")  # dualerase.unlearn.METHODS, named without importing torch
 
 
 class CommandParser(argparse.ArgumentParser):
@@ -22,6 +24,19 @@ class CommandParser(argparse.ArgumentParser):
 
     def error(self, message):
         raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace | int:
+    """The parsed arguments; or, for --help, --version and a bad argument, the exit code once answered (the error in
+    one line). A command imports torch only after this: help and usage errors take a fraction of a second."""
+    try:
+        return parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version
+        return int(e.code or 0)
+    except UsageError as e:
+        if is_main_process():
+            print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
 
 
 def resume_command(prog: str, argv: list[str]) -> str:

@@ -5,19 +5,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from dualerase.cli import CommandParser, resume_command
-from dualerase.config import load_config, preset_names
+from dualerase.cli import METHOD_NAMES, CommandParser, parse, resume_command
 from dualerase.errors import ConfigError, UsageError
-from dualerase.integrations.card import push_to_hub
 from dualerase.integrations.tracking import TRACKERS
-from dualerase.launch import is_main_process, processes
-from dualerase.metrics.imagenet import EvalError
-from dualerase.reports.summary import summary
-from dualerase.runs.checkpoint import disk_full
-from dualerase.runs.job import dry_run, run_trials
-from dualerase.runs.plan import config_text
-from dualerase.unlearn import DivergenceError
-from dualerase.unlearn.methods import METHODS
+from dualerase.launch import is_main_process
+from dualerase.storage import preset_names
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", help="a DiT in diffusers layout: hub id (facebook/DiT-XL-2-256) or local folder "
                         "(config model.path; sets model.source=diffusers)")
     parser.add_argument("--data", help="ImageNet-style train folder of the model's classes (config data.path)")
-    parser.add_argument("--method", choices=sorted(METHODS), help="base method (config method.name)")
+    parser.add_argument("--method", choices=METHOD_NAMES, help="base method (config method.name)")
     parser.add_argument("--optimizer", choices=("dual", "shared"), help="dual or shared optimizers (erase.optimizer)")
     parser.add_argument("--seed", type=int, help="seed of erasure and evaluation (config seed)")
     parser.add_argument("--trials", type=int, default=1, help="run K seeds from --seed on; report mean and std")
@@ -62,9 +54,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = parse(build_parser(), argv)
+    if isinstance(args, int):  # --help, --version or a bad argument: answered before torch is imported
+        return args
+    from dualerase.config import load_config
+    from dualerase.integrations.card import push_to_hub
+    from dualerase.launch import processes
+    from dualerase.metrics.imagenet import EvalError
+    from dualerase.reports.summary import summary
+    from dualerase.runs.checkpoint import disk_full
+    from dualerase.runs.job import dry_run, run_trials
+    from dualerase.runs.plan import config_text
+    from dualerase.unlearn import DivergenceError
+
     output = None
     try:
-        args = build_parser().parse_args(argv)
         overrides = (["model.source=diffusers", f"model.path={args.model}"] if args.model else []) + \
             ([f"data.path={args.data}"] if args.data else []) + args.overrides
         if args.method:

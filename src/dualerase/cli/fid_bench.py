@@ -4,16 +4,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from dualerase.cli import CommandParser
-from dualerase.config import preset_names
-from dualerase.data.folders import check_writable
+from dualerase.cli import CommandParser, parse
 from dualerase.errors import ConfigError, UsageError
-from dualerase.integrations.claims import shard_of
-from dualerase.launch import is_main_process, processes
-from dualerase.metrics.imagenet import EvalError
-from dualerase.runs.bench import bench, cell_folder, plan
-from dualerase.runs.plan import config_text, passes
-from dualerase.runs.workload import check_inputs
+from dualerase.launch import is_main_process
+from dualerase.storage import preset_names
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,8 +36,18 @@ def main(argv: list[str] | None = None) -> int:
                              "changed for this long (default 6)")
     parser.add_argument("--aggregate", action="store_true",
                         help="run nothing: write the tables from the cells finished so far")
+    args = parse(parser, argv)
+    if isinstance(args, int):  # --help, --version or a bad argument: answered before torch is imported
+        return args
+    from dualerase.data.folders import check_writable
+    from dualerase.integrations.claims import shard_of
+    from dualerase.launch import processes
+    from dualerase.metrics.imagenet import EvalError
+    from dualerase.runs.bench import bench, cell_folder, plan
+    from dualerase.runs.plan import config_text, passes
+    from dualerase.runs.workload import check_inputs
+
     try:
-        args = parser.parse_args(argv)
         grid = plan(args.spec, classes=args.classes, methods=args.methods, optimizers=args.optimizers,
                     seeds=args.seeds, overrides=args.overrides)
         spec, configs = grid.spec, grid.configs

@@ -4,11 +4,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from dualerase.cli import CommandParser
-from dualerase.config import load_config
+from dualerase.cli import CommandParser, parse
 from dualerase.errors import ConfigError, UsageError
 from dualerase.launch import is_main_process
-from dualerase.runs.grid import draw
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,10 +21,17 @@ def main(argv: list[str] | None = None) -> int:
                         "most eval.grid_classes)")
     parser.add_argument("--mark", help="class to frame in red (e.g. the erased one)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed, the same for every model (default: 0)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set sample.steps=50 (repeatable; the models are drawn "
+                             "with the config's sampler)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parse(parser, argv)
+    if isinstance(args, int):  # --help, --version or a bad argument: answered before torch is imported
+        return args
+    from dualerase.config import load_config
+    from dualerase.runs.grid import draw
+
     try:
-        args = parser.parse_args(argv)
         model_args = ["model.source=diffusers", f"model.path={args.model}"] if args.model else []
         cfg = load_config(args.config or ("imagenet" if args.model else "digits"), model_args + args.overrides)
         done = draw(cfg, args.models, args.output, per_class=args.per_class, classes=args.classes, mark=args.mark,

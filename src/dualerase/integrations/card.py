@@ -20,7 +20,9 @@ TEMPLATE = """---
 | | before | after |
 |---|---|---|
 | forget accuracy (lower is better) | {{ fa_before }} | {{ fa_after }} |
-| retain accuracy | {{ ra_before }} | {{ ra_after }} |
+| forget accuracy, published top-class rule | {{ fap_before }} | {{ fap_after }} |
+{% if na_after != "n/a" %}| forget samples called "not a digit" | {{ na_before }} | {{ na_after }} |
+{% endif %}| retain accuracy | {{ ra_before }} | {{ ra_after }} |
 | FID ({{ features }}) | {{ fid_before }} | {{ fid_after }} |
 
 Protocol: {{ protocol }}.
@@ -78,6 +80,9 @@ def model_card(metrics: dict, pipeline: bool, num_classes: int) -> ModelCard:
         forget_class=metrics["forget_class"], class_name=metrics["class_name"], method=metrics["method"],
         optimizer=metrics["optimizer"], seed=metrics["seed"], outer_steps=metrics["outer_steps"],
         fa_before=_num(before["forget_accuracy"]), fa_after=_num(after["forget_accuracy"]),
+        fap_before=_num(before.get("forget_accuracy_published")),
+        fap_after=_num(after.get("forget_accuracy_published")),
+        na_before=_num(before.get("forget_not_a_class")), na_after=_num(after.get("forget_not_a_class")),
         ra_before=_num(before["retain_accuracy"]), ra_after=_num(after["retain_accuracy"]),
         fid_before=_num(before["fid"], ".2f"), fid_after=_num(after["fid"], ".2f"),
         features=metrics["protocol"]["feature_extractor"].split(" ")[0], protocol=protocol_line(metrics["protocol"]),

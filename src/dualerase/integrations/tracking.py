@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import numbers
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from dualerase.config import Config, to_dict
 from dualerase.errors import UsageError
+
+if TYPE_CHECKING:
+    from dualerase.config import Config
 
 TRACKERS = ("tensorboard", "wandb")
 
@@ -45,6 +48,8 @@ class Trackers:
         from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 
         self.trackers = []  # names were checked before any work (check_trackers, in job.run)
+        from dualerase.config import to_dict
+
         settings = {k.replace("/", "."): v for k, v in _flat(to_dict(cfg), numbers_only=False).items()}
         for name in names:
             cls = LOGGER_TYPE_TO_CLASS[name]

@@ -1,4 +1,8 @@
-"""The digits classifier: scores forget and retain accuracy of samples, and gives the features FID is computed on."""
+"""The digits classifier: scores forget and retain accuracy of samples, and gives the features FID is computed on.
+
+Its ten digit classes are trained on shifted, rotated, scaled and junk-overlaid views of the train split, and an
+eleventh class, "not a digit" (NOT_A_DIGIT), on synthetic junk (`not_a_digit.py`): forget accuracy is then the share of
+samples whose top class is the erased digit, and a sample that is no digit at all has a class of its own."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -6,10 +10,12 @@ from pathlib import Path
 from typing import Annotated
 
 import torch
-from annotated_types import Ge, Gt
+from annotated_types import Ge, Gt, Le
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
+
+from dualerase.metrics.not_a_digit import NOT_A_DIGIT, augment, junk
 
 FEATURE_DIM = 64
 
@@ -17,7 +23,7 @@ FEATURE_DIM = 64
 class DigitsNet(nn.Module):
     """A small CNN for 1x8x8 digits in [-1, 1]; `features` is its 64-d penultimate layer."""
 
-    def __init__(self, num_classes: int = 10):
+    def __init__(self, num_classes: int = 11):
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -36,26 +42,41 @@ class DigitsNet(nn.Module):
 class ClassifierRecipe:
     """How the digits classifier is trained (on the fixed train split; accuracy reported on the test split)."""
 
-    epochs: Annotated[int, Gt(0)] = 30
+    epochs: Annotated[int, Gt(0)] = 60
     batch_size: Annotated[int, Gt(0)] = 64
     lr: Annotated[float, Gt(0)] = 1e-3
     # std of Gaussian pixel noise added in training, for robustness to samples
     noise_augment: Annotated[float, Ge(0)] = 0.1
+    not_a_digit: bool = True  # an 11th class, "not a digit", trained on junk (false: the ten digits alone)
+    junk_share: Annotated[float, Ge(0)] = 0.5  # junk images in each batch, per digit image
+    stroke_share: Annotated[float, Ge(0), Le(1)] = 0.2  # digits blurred or with thicker strokes (half each)
+    shift: Annotated[int, Ge(0)] = 1  # digits shifted by up to this many whole pixels each way
+    rotate: Annotated[float, Ge(0)] = 15.0  # and rotated by up to this many degrees
+    scale: Annotated[float, Ge(0), Le(0.5)] = 0.1  # and scaled by up to this share either way
+    # this share of the digits is blended with junk at a weight drawn up to overlay_weight, keeping its label
+    overlay_share: Annotated[float, Ge(0), Le(1)] = 0.3
+    overlay_weight: Annotated[float, Ge(0), Le(1)] = 0.4
     seed: int = 0
 
 
 def train_classifier(x: torch.Tensor, y: torch.Tensor, recipe: ClassifierRecipe, progress: bool = True) -> DigitsNet:
-    """Train DigitsNet with Adam and light noise augmentation."""
+    """Train DigitsNet with Adam on augmented digits (`not_a_digit.augment`), light pixel noise and, with
+    recipe.not_a_digit, junk labelled NOT_A_DIGIT."""
     torch.manual_seed(recipe.seed)
-    net = DigitsNet()
+    net = DigitsNet(NOT_A_DIGIT + 1 if recipe.not_a_digit else NOT_A_DIGIT)
     opt = torch.optim.Adam(net.parameters(), lr=recipe.lr)
     gen = torch.Generator().manual_seed(recipe.seed)
     for _ in tqdm(range(recipe.epochs), desc="train digits classifier", disable=not progress):
         order = torch.randperm(len(x), generator=gen)
         for i in range(0, len(x), recipe.batch_size):
             idx = order[i:i + recipe.batch_size]
-            xb = x[idx] + recipe.noise_augment * torch.randn(x[idx].shape, generator=gen)
-            loss = nn.functional.cross_entropy(net(xb), y[idx])
+            xb, yb = augment(x[idx], recipe, gen), y[idx]
+            if recipe.not_a_digit:
+                extra = round(recipe.junk_share * len(idx))
+                xb = torch.cat([xb, junk(extra, gen)])
+                yb = torch.cat([yb, torch.full((extra,), NOT_A_DIGIT)])
+            xb = xb + recipe.noise_augment * torch.randn(xb.shape, generator=gen)
+            loss = nn.functional.cross_entropy(net(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -87,6 +108,7 @@ def save_classifier(net: DigitsNet, path: Path, recipe: ClassifierRecipe, test_a
 
 
 def load_classifier(path: Path) -> DigitsNet:
-    net = DigitsNet()
-    net.load_state_dict(load_file(str(path)))
+    state = load_file(str(path))
+    net = DigitsNet(len(state["head.bias"]))  # 10 classes for a classifier trained before "not a digit"
+    net.load_state_dict(state)
     return net.eval()

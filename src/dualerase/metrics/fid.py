@@ -109,7 +109,8 @@ class DigitsScorer:
     def describe(self, forget_class: int) -> dict:
         kept = int((self.labels != forget_class).sum())
         return {
-            "classifier": f"digits CNN, {self.accuracy:.3f} accuracy on the held-out split",
+            "classifier": "digits CNN" + (", 10 digits and 'not a digit'" if self.classifier.head.out_features > 10
+                                          else "") + f", {self.accuracy:.3f} accuracy on the held-out split",
             "feature_extractor": f"{DIGITS_EXTRACTOR}-{DIGITS_FEATURE} (digits classifier penultimate layer, "
                                  "torch-fidelity)",
             "reference": f"all {kept} real images of the retained classes",

@@ -100,7 +100,7 @@ def plot_curves(logs: dict[tuple, Path], out: Path) -> None:
                 stack = -stack if flip else stack
                 mean, std = stack.mean(0), stack.std(0)
                 color = COLORS[optimizer]
-                ax.plot(mean, color=color, label=f"{optimizer} ({len(stack)} seeds)")
+                ax.plot(mean, color=color, label=f"{optimizer} ({len(stack)} seed{'' if len(stack) == 1 else 's'})")
                 ax.fill_between(np.arange(len(mean)), mean - std, mean + std, color=color, alpha=0.25)
             _label(ax, f"{method}, class {cls}", "-forget loss (ascended loss)" if flip else "forget loss")
     fig.suptitle("Forget loss during unlearning: mean and +-1 std across seeds", fontsize=10)

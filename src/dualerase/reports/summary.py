@@ -90,7 +90,7 @@ def protocol_line(p: dict) -> str:
     if "embedders_tied_within" in p:
         model = model.replace(" embedders,", f" embedders ({p['embedders_tied_within']}),", 1)
     rule = f" (FA counts: {p['forget_rule']})" if "forget_rule" in p else ""
-    fast = "PROTOCOL: FAST (for quick looks only; published comparisons need the full protocol), " \
+    fast = "FAST (for quick looks only; published comparisons need the full protocol), " \
         if p.get("protocol", "full") != "full" else ""
     return (f"{fast}{p['sampler']}, {p['steps']} steps{spacing}{batches}, guidance {p['guidance']}{channels}"
             f"{precision}{model}, "
@@ -102,16 +102,21 @@ def protocol_line(p: dict) -> str:
 def summary(m: dict) -> str:
     """The terminal summary of one erasure."""
     rows = [("forget accuracy (lower is better)", "forget_accuracy", "{:.3f}"),
+            ("  by the published top-class rule", "forget_accuracy_published", "{:.3f}"),
+            ("  called 'not a digit'", "forget_not_a_class", "{:.3f}"),
             ("forget-class probability", "forget_probability", "{:.3f}"),
             ("forget-class entropy (nats)", "forget_entropy", "{:.3f}"),
             ("retain accuracy", "retain_accuracy", "{:.3f}"),
             (f"FID ({m['protocol']['feature_extractor'].split(' ')[0]})", "fid", "{:.3f}")]
+    # a row only where the scores have it (an older run has no published-rule FA; only the digits classifier has a
+    # "not a digit" class); a FID that is not finite still shows, as n/a
+    rows = [r for r in rows if r[1] == "fid" or any(m[side].get(r[1]) is not None for side in ("before", "after"))]
     t = m["timings"]
     std = m.get("std")
     seeds = f"seeds {', '.join(map(str, m['seeds']))} (mean +- std)" if std else f"seed {m['seed']}"
 
     def cell(side, key, fmt):
-        if m[side][key] is None:  # a non-finite FID: its reason is printed below the table
+        if m[side].get(key) is None:  # a non-finite FID: its reason is printed below the table
             return "n/a"
         if not std:
             return fmt.format(m[side][key])

@@ -67,7 +67,8 @@ def aggregate(cells: list[dict]) -> list[dict]:
     """Rows per (method, optimizer, class) over seeds, then per (method, optimizer) over classes.
 
     A class row holds mean and std across seeds; an "all" row holds the mean over classes of those means and of
-    those stds (the spread across runs, as in the paper's Std column), and the gap to the base model."""
+    those stds (the spread across runs, as in the paper's Std column), and the gap to the base model; a single class
+    gets no "all" row."""
     def key(m):
         return m["method"], m["optimizer"], str(m["forget_class"])
 
@@ -76,12 +77,14 @@ def aggregate(cells: list[dict]) -> list[dict]:
         group = list(group)
         row = {"method": method, "optimizer": optimizer, "class": cls, "runs": len(group)}
         for score in SCORES:
-            row[score], row[f"{score}_std"] = mean_std([m["after"][score] for m in group])
-            row[f"base_{score}"] = mean_std([m["before"][score] for m in group])[0]
+            row[score], row[f"{score}_std"] = mean_std([m["after"].get(score) for m in group])
+            row[f"base_{score}"] = mean_std([m["before"].get(score) for m in group])[0]
         per_class.append(row)
     overall = []
     for (method, optimizer), group in itertools.groupby(per_class, key=lambda r: (r["method"], r["optimizer"])):
         group = list(group)
+        if len(group) == 1:  # one class: its row says it all
+            continue
         row = {"method": method, "optimizer": optimizer, "class": "all", "runs": sum(r["runs"] for r in group)}
         for score in SCORES:
             for col in (score, f"{score}_std", f"base_{score}"):
@@ -92,12 +95,13 @@ def aggregate(cells: list[dict]) -> list[dict]:
 
 def markdown(rows: list[dict], cells: list[dict], command: str, diverged: list[str] = ()) -> str:
     """results.md: the paper-shaped table (mean +- std across seeds) and the gap to the base model."""
-    head = ("| method | optimizer | class | runs | FA (lower better) | retain acc | FID | gap FA | gap retain acc "
-            "| gap FID |\n|---|---|---|---|---|---|---|---|---|---|")
+    head = ("| method | optimizer | class | runs | FA (lower better) | FA, published rule | not a digit | retain acc "
+            "| FID | gap FA | gap retain acc | gap FID |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         lines.append(f"| {r['method']} | {r['optimizer']} | {r['class']} | {r['runs']} | "
                      f"{_num(r['forget_accuracy'], '.3f')} +- {_num(r['forget_accuracy_std'], '.3f')} | "
+                     f"{_num(r['forget_accuracy_published'], '.3f')} | {_num(r['forget_not_a_class'], '.3f')} | "
                      f"{_num(r['retain_accuracy'], '.3f')} +- {_num(r['retain_accuracy_std'], '.3f')} | "
                      f"{_num(r['fid'], '.2f')} +- {_num(r['fid_std'], '.2f')} | "
                      f"{_gap(r['forget_accuracy'], r['base_forget_accuracy'], '+.3f')} | "
@@ -107,7 +111,8 @@ def markdown(rows: list[dict], cells: list[dict], command: str, diverged: list[s
     base = {}
     for m in cells:
         base.setdefault(str(m["forget_class"]), m["before"])
-    base_lines = [f"| {c} | {_num(b['forget_accuracy'], '.3f')} | {_num(b['retain_accuracy'], '.3f')} | "
+    base_lines = [f"| {c} | {_num(b['forget_accuracy'], '.3f')} | {_num(b.get('forget_accuracy_published'), '.3f')} | "
+                  f"{_num(b.get('forget_not_a_class'), '.3f')} | {_num(b['retain_accuracy'], '.3f')} | "
                   f"{_num(b['fid'], '.2f')} |" for c, b in sorted(base.items())]
     missing = sum(m[side]["fid"] is None for m in cells for side in ("before", "after"))
     proto = protocol_line({**cells[0]["protocol"], "seed": ", ".join(map(str, seeds))})
@@ -120,7 +125,8 @@ def markdown(rows: list[dict], cells: list[dict], command: str, diverged: list[s
         *([f"FID was not finite in {missing} evaluation(s) (null in their metrics.json, with fid_error saying why): "
            "means and stds are over the others, n/a where none is left.", ""] if missing else []),
         *lines, "", f"Base model (before erasure), scored with the noise of seed {cells[0]['seed']}:", "",
-        "| class | FA | retain acc | FID |", "|---|---|---|---|", *base_lines, "",
+        "| class | FA | FA, published rule | not a digit | retain acc | FID |", "|---|---|---|---|---|---|",
+        *base_lines, "",
         *([f"Diverged cells (no after metrics, left out of the table): {len(diverged)}", ""]
           + [f"* {d}" for d in diverged] + [""] if diverged else [])])
 

@@ -21,7 +21,8 @@ from dualerase.runs.workload import Workload
 from dualerase.sampling import class_labels, from_uint8, generate, to_uint8
 from dualerase.storage import atomic_write_json, cache_root, fingerprint
 
-SCORES = ("forget_accuracy", "forget_probability", "forget_entropy", "retain_accuracy", "fid")
+SCORES = ("forget_accuracy", "forget_accuracy_published", "forget_not_a_class", "forget_probability", "forget_entropy",
+          "retain_accuracy", "fid")
 
 
 FAST_STEPS = 50  # eval.protocol fast: at most this many steps of the configured sampler
@@ -44,10 +45,10 @@ def evaluation_config(cfg: Config) -> Config:
 
 
 def counts_as_forget(probs: torch.Tensor, images: torch.Tensor, forget_class: int, e, scorer: Scorer) -> torch.Tensor:
-    """Which samples count as the forget class in FA: the classifier's top class is it, with at least
-    eval.fa_min_confidence of probability, and the sample lies within eval.fa_real_distance of a real image of it
-    (`RealDistance.real_distance`; the config refuses the distance for a scorer without it). With both null: the top
-    class alone."""
+    """Which samples count as the forget class in FA: the classifier's top class is it (of all its classes, "not a
+    digit" included for the digits classifier); opt-in, with at least eval.fa_min_confidence of probability, and
+    within eval.fa_real_distance of a real image of it (`RealDistance.real_distance`; the config refuses the distance
+    for a scorer without it)."""
     top = probs.max(1)
     counted = top.indices == forget_class
     if e.fa_min_confidence is not None:
@@ -82,6 +83,7 @@ def protocol(cfg: Config, w: Workload, forget_class: int) -> dict:
                      "float32, TF32 matmuls" if cfg.compute.tf32 and processes().device.type == "cuda" else "float32",
         "forget_samples": cfg.eval.forget_samples,
         "forget_rule": fa_rule(cfg.eval),
+        "forget_rule_published": "top class among the data set's classes",
         "retain_samples": len(retain_labels(w, cfg, forget_class)),
         "retain_labels": f"{cfg.eval.retain_samples_per_class} per retained class" if cfg.eval.retain_samples is None
         else "drawn uniformly at random from the retained classes",
@@ -159,6 +161,11 @@ def evaluate(model, w: Workload, cfg: Config, forget_class: int, progress: bool 
     counted = counts_as_forget(forget, scored[:len(fl)], forget_class, cfg.eval, w.scorer)
     scores = {
         "forget_accuracy": counted.float().mean().item(),
+        # the published rule: the top class among the data set's classes alone
+        "forget_accuracy_published": (forget[:, :w.num_classes].argmax(1) == forget_class).float().mean().item(),
+        # the share the classifier calls none of the classes ("not a digit"); null for a classifier without that class
+        "forget_not_a_class": (forget.argmax(1) >= w.num_classes).float().mean().item()
+        if forget.shape[1] > w.num_classes else None,
         "forget_probability": forget[:, forget_class].mean().item(),
         "forget_entropy": torch.special.entr(forget).sum(1).mean().item(),  # nats
         "retain_accuracy": (pred[len(fl):] == rl).float().mean().item(),

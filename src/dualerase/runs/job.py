@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from dualerase.config import Config, saved_config, to_dict
+from dualerase.config import Config, differing, saved_config, to_dict
 from dualerase.data.classes import Classes, resolve_class
 from dualerase.data.folders import check_cache, check_writable
 from dualerase.errors import UsageError
@@ -53,9 +53,12 @@ def check_output(output: Path, cfg: Config, overwrite: bool, resume: str | None)
         return False
     saved = output / "config.yaml"
     if resume:
-        if saved.exists() and saved_config(saved) != to_dict(cfg):
-            raise UsageError(f"{output} holds a run with another config: resume with the same options, or pass "
-                             "--overwrite to start over")
+        before, now = (saved_config(saved) if saved.exists() else None), to_dict(cfg)
+        if saved.exists() and before != now:
+            keys = ", ".join(f"{k} {a} -> {b}" for k, a, b in differing(before, now)[:3]) if before else \
+                "a key this version no longer has"
+            raise UsageError(f"{output} holds a run with another config ({keys}): resume with the same options (its "
+                             f"own: --config {saved}), or pass --overwrite to start over")
         if resume != "latest" and not (Path(resume) / "done").exists():
             raise UsageError(f"--resume {resume} is not a finished checkpoint folder: pass --resume latest")
         return (output / "metrics.json").exists()
@@ -233,9 +236,9 @@ def aggregate_trials(runs: list[dict]) -> dict:
     for side in ("before", "after"):
         metrics[side], metrics["std"][side] = {}, {}
         for key in SCORES:
-            values = [r[side][key] for r in runs]  # a non-finite FID is null
+            values = [r[side].get(key) for r in runs]  # a non-finite FID is null; older runs lack newer scores
             metrics[side][key], metrics["std"][side][key] = mean_std(values)
-            if None in values:
+            if None in values and key == "fid":  # forget_not_a_class is null by design without that class
                 metrics[side][f"{key}_error"] = (f"not finite in {values.count(None)} of {len(runs)} trials "
                                                  "(see trials); the mean and std are over the others")
     metrics["protocol"] = {**first["protocol"], "seed": metrics["seeds"]}
