@@ -6,7 +6,8 @@ trained without augmentation, top class at probability >= 0.9 and within L2 4.5 
 The sets: `metrics.not_a_digit.validation_sets` on the 360 held-out digits; and for one digit erased at one seed with
 the `digits` preset: the erased model's samples, held-out real digits blended 60/40 with them, the weights halfway
 between base and erased, and the same erasure stopped after half of its outer steps (its alpha schedule unchanged).
-Every row gives the share counted as the set's digit (for pure junk: as any digit)."""
+Every row gives the share counted as the set's digit (for pure junk: as any digit). With --figure, the first 24
+images of every set, each framed by the new rule's verdict."""
 from __future__ import annotations
 
 import argparse
@@ -26,6 +27,7 @@ from dualerase.metrics.classifier import load_classifier, probabilities  # noqa:
 from dualerase.metrics.fid import DigitsScorer  # noqa: E402
 from dualerase.metrics.not_a_digit import NOT_A_DIGIT, overlaid, validation_sets  # noqa: E402
 from dualerase.models.digits import load_digits, prepare_digits_classifier, train_test_split  # noqa: E402
+from dualerase.reports.summary import verdict_rows  # noqa: E402
 from dualerase.runs.workload import prepare  # noqa: E402
 from dualerase.sampling import class_labels, from_uint8, generate, to_uint8  # noqa: E402
 
@@ -68,6 +70,7 @@ def main(argv=None) -> None:
     p.add_argument("--digit", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--samples", type=int, default=200)
+    p.add_argument("--figure", type=Path, help="PNG of the first 24 images of every set, framed by the new verdict")
     args = p.parse_args(argv)
     cfg = load_config("digits", [f"seed={args.seed}"])
     print(header("forget-accuracy rules on digits", {"digit": args.digit, "seed": args.seed, "samples": args.samples,
@@ -78,8 +81,9 @@ def main(argv=None) -> None:
     old_path, old_acc = prepare_digits_classifier(dataclasses.replace(cfg.classifier, **BEFORE), progress=False)
     old = load_classifier(old_path)
     old_scorer = DigitsScorer(old, old_path, old_acc, x, y)
+    fixed = validation_sets(x[test], y[test])
     rows = [{"set": name, "n": len(labels), **rules(new, old, old_scorer, images, labels)}
-            for name, (images, labels) in validation_sets(x[test], y[test]).items()]
+            for name, (images, labels) in fixed.items()]
 
     w = prepare(cfg, progress=False)
     with tempfile.TemporaryDirectory() as tmp:
@@ -103,6 +107,16 @@ def main(argv=None) -> None:
         rows.append({"set": name, "n": len(images),
                      **rules(new, old, old_scorer, images, torch.full((len(images),), args.digit))})
     print(table(rows))
+    if args.figure:
+        shown = [(name, images[:24], labels[:24]) for name, (images, labels) in fixed.items()]
+        shown += [(name, images[:24], torch.full((24,), args.digit)) for name, images in sets.items()]
+        strips = []
+        for name, images, labels in shown:
+            top = probabilities(new, images).argmax(1)
+            verdicts = ["not a digit" if t == NOT_A_DIGIT else "counted" if t == lab else "another class"
+                        for t, lab in zip(top.tolist(), labels.tolist())]
+            strips.append((name, to_uint8(images), verdicts))
+        verdict_rows(strips).save(args.figure)
     print(f"\nclassifier held-out accuracy: new {prepare_digits_classifier(cfg.classifier, False)[1]:.3f}, "
           f"before {old_acc:.3f}. Samples: {cfg.sample.scheduler}, {cfg.sample.steps} steps, guidance "
           f"{cfg.sample.guidance}, seed {args.seed}.")

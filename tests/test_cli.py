@@ -286,6 +286,19 @@ def test_dry_run_checks_and_counts_without_running(tmp_path, capsys):
     assert "102,400" in text and "512" in text and "110,000" in text
     assert erase_class.main(["seven", "--output", str(out), "--dry-run"]) == 2
     assert "unknown class" in capsys.readouterr().err
+    # a tracker that is not installed is refused by the dry run too (wandb is not among the test extras)
+    assert erase_class.main(["7", "--output", str(out), "--dry-run", "--report-to", "wandb"]) == 2
+    assert "wandb" in capsys.readouterr().err
+
+
+def test_dry_run_lists_the_one_time_training_of_the_digits_models(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DUALERASE_HOME", str(tmp_path / "empty-cache"))
+    assert erase_class.main(["7", "--output", str(tmp_path / "never"), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    # 6,000 steps of batch 128; 60 epochs of the 1,437 train digits and half as many junk images
+    assert "digits DiT training, once (6000 steps; then cached)" in text and "768,000" in text
+    assert "digits classifier training, once (60 epochs; then cached)" in text and f"{60 * 2156:,d}" in text
+    assert not (tmp_path / "empty-cache" / "digits").exists()  # counted, not trained
 
 
 def test_fid_bench_dry_run_lists_the_cells_and_writes_nothing(tmp_path, capsys):
@@ -309,13 +322,30 @@ def test_the_model_card_says_what_was_erased_how_well_and_how_to_load(tiny_run):
            f"{m['after']['forget_accuracy']:.3f} |" in card.text
     assert f"diffusers {m['protocol']['versions']['diffusers']}" in card.text
     assert "DiTTransformer2DModel.from_pretrained" in card.text
+    for key, label in (("forget_accuracy_published", "published top-class rule"),
+                       ("forget_not_a_class", 'called "not a digit"')):
+        assert f"{label} | {m['before'][key]:.3f} | {m['after'][key]:.3f} |" in card.text
+    # the config the card links is in the folder that a push uploads
+    assert "(dualerase-config.yaml)" in card.text
+    assert (out / "model" / "dualerase-config.yaml").read_text() == (out / "config.yaml").read_text()
 
 
-def test_push_to_hub_offline_fails_in_one_line_and_keeps_the_run(tmp_path, capsys):
+def test_push_to_hub_offline_is_refused_before_the_run_and_a_failed_push_keeps_the_run(tmp_path, capsys,
+                                                                                       monkeypatch):
+    from dualerase.integrations import card
+
     out = tmp_path / "run"
+    for dry in ([], ["--dry-run"]):
+        assert erase_class.main(["3", "--output", str(out), *TINY, "--push-to-hub", "someone/erased", *dry]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "hf auth login" in err and "hf upload someone/erased" in err
+        assert not out.exists()  # refused before any work
+    # The Hub answered before the run but the upload fails: the summary is printed, the run kept, the retry named.
+    monkeypatch.setattr(card, "check_hub", lambda repo: None)
     assert erase_class.main(["3", "--output", str(out), *TINY, "--push-to-hub", "someone/erased"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "could not push" in err and "hf auth login" in err
+    printed = capsys.readouterr()
+    assert "retain accuracy" in printed.out and printed.err.count("\n") == 1
+    assert f"retry with `hf upload someone/erased {out / 'model'}`" in printed.err
     assert (out / "metrics.json").exists() and (out / "model" / "README.md").exists()
 
 
@@ -380,3 +410,14 @@ def test_compiled_model_erases_and_samples_as_the_eager_one(tiny_run, tmp_path):
     assert all(torch.allclose(a[k], b[k], atol=1e-4, rtol=1e-3) for k in a)
     ma, mb = (json.loads((o / "metrics.json").read_text()) for o in (eager, out))
     assert mb["after"]["fid"] == pytest.approx(ma["after"]["fid"], rel=0.05)
+
+
+def test_score_only_measures_a_model_as_a_run_measures_it_before_erasing(tiny_run, tmp_path, capsys, monkeypatch):
+    _, out = tiny_run
+    before = json.loads((out / "metrics.json").read_text())["before"]
+    monkeypatch.chdir(tmp_path)
+    assert erase_class.main(["3", "--score-only", *TINY]) == 0
+    text = capsys.readouterr().out
+    assert f"forget accuracy (lower is better){before['forget_accuracy']:>13.3f}" in text
+    assert f"retain accuracy{before['retain_accuracy']:>31.3f}" in text and "protocol: DDPM" in text
+    assert not any(tmp_path.iterdir())  # nothing written but the cache

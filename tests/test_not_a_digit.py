@@ -1,6 +1,5 @@
 """The digits classifier's "not a digit" class: the seeded junk it learns it from, the perturbations it learns digits
 through, and the validation of the forget-accuracy rule built on it."""
-import pytest
 import torch
 
 from dualerase.metrics.not_a_digit import (
@@ -76,7 +75,11 @@ def test_the_default_classifier_sees_digits_through_perturbations_and_junk_as_no
             assert (top == labels).float().mean().item() >= 0.9, name
 
 
-@pytest.mark.parametrize("kind", JUNK_KINDS)
-def test_each_junk_kind_is_drawn(kind):
-    kinds = junk(400, torch.Generator().manual_seed(3))
-    assert len(kinds) == 400 and MAKERS[kind] is not None
+def test_verdict_rows_frame_each_sample_in_its_verdicts_colour():
+    from dualerase.reports.summary import VERDICT_COLORS, verdict_rows
+
+    images = torch.zeros(3, 1, 8, 8, dtype=torch.uint8)
+    picture = verdict_rows([("digit 3, seed 0", images, ["counted", "another class", "not a digit"])], scale=4)
+    size = 8 * 4 + 4  # each image and its 2-pixel frame
+    corners = [picture.getpixel((picture.width - (3 - i) * (size + 2), 20)) for i in range(3)]
+    assert corners == [VERDICT_COLORS[v] for v in ("counted", "another class", "not a digit")]

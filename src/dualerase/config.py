@@ -51,6 +51,9 @@ class ComputeConfig:
     """How the work runs; processes come from the launcher (accelerate launch / torchrun), one per device."""
 
     mixed_precision: Literal["no", "bf16"] = "no"  # bf16: autocast; weights and optimizer states stay float32
+    # torch's intra-op CPU threads per process (null: torch's default, one per core). On a machine busy with other
+    # work, 1 avoids threads waiting on each other (README, "Threads"); results may differ by float rounding
+    threads: Annotated[int | None, Gt(0)] = None
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower steps
     # float32 matmuls and convolutions in TF32 on CUDA (Ampere and later), as the published DiT code sets; false: full
     # float32. No effect on CPU or on bf16 autocast's bf16 matmuls

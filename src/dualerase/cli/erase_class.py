@@ -17,9 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="erase-class",
         description="Erase one class from a class-conditional diffusion transformer (DualOptim), and measure it.",
         epilog=(f"presets: {', '.join(preset_names())}.  Main keys for --set: erase.outer_steps, erase.forget_lr, "
-                "erase.retain_lr, erase.shared_lr, erase.alpha, erase.alpha_schedule, erase.batch_size, "
-                "erase.forget_clip, method.gamma, method.grad_samples, sample.steps, sample.guidance, "
-                "eval.forget_samples, eval.retain_samples_per_class.  See README.md for every key."),
+                "erase.retain_lr, erase.alpha, erase.batch_size, method.gamma, method.grad_samples, sample.steps, "
+                "sample.guidance, eval.forget_samples, compute.threads.  README.md lists every key."),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("forget_class", help="the class to erase: an index (207), an ImageNet synset (n02099601) or a "
                         "name ('golden retriever'); for the digits default 0..9")
@@ -31,8 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--optimizer", choices=("dual", "shared"), help="dual or shared optimizers (erase.optimizer)")
     parser.add_argument("--seed", type=int, help="seed of erasure and evaluation (config seed)")
     parser.add_argument("--trials", type=int, default=1, help="run K seeds from --seed on; report mean and std")
-    parser.add_argument("--output", type=Path,
-                        help="output folder (default: runs/<class>-<method>-<optimizer>-s<seed>)")
+    parser.add_argument("--output", type=Path, help="output folder (default: runs/<class>-<method>-<optimizer>-s<N>)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set erase.outer_steps=200 (repeatable)")
     parser.add_argument("--overwrite", action="store_true", help="replace whatever run is in --output")
@@ -45,11 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "to tensorboard (under OUTPUT/logs/) and/or wandb")
     parser.add_argument("--push-to-hub", metavar="REPO",
                         help="after the run, upload model/ (with its model card) to this Hugging Face Hub repository")
-    parser.add_argument("--print-config", action="store_true",
-                        help="print the resolved config (every key, defaults included) as YAML, and stop")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="check the class, config and output folder, print the network passes of each phase, "
-                             "and stop")
+    parser.add_argument("--score-only", action="store_true", help="measure the model (--model, or the config's base "
+                        "model) under the same protocol without erasing: print its scores, write nothing but the cache")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config (every key, defaults "
+                        "included) as YAML, and stop")
+    parser.add_argument("--dry-run", action="store_true", help="check the class, config, output folder, trackers and "
+                        "Hub login, print the network passes of each phase, and stop")
     return parser
 
 
@@ -58,12 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(args, int):  # --help, --version or a bad argument: answered before torch is imported
         return args
     from dualerase.config import load_config
-    from dualerase.integrations.card import push_to_hub
+    from dualerase.integrations.card import check_hub, push_to_hub
     from dualerase.launch import processes
     from dualerase.metrics.imagenet import EvalError
-    from dualerase.reports.summary import summary
+    from dualerase.reports.summary import scores_text, summary
     from dualerase.runs.checkpoint import disk_full
-    from dualerase.runs.job import dry_run, run_trials
+    from dualerase.runs.job import dry_run, run_trials, score
     from dualerase.runs.plan import config_text
     from dualerase.unlearn import DivergenceError
 
@@ -71,12 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         overrides = (["model.source=diffusers", f"model.path={args.model}"] if args.model else []) + \
             ([f"data.path={args.data}"] if args.data else []) + args.overrides
-        if args.method:
-            overrides.append(f"method.name={args.method}")
-        if args.optimizer:
-            overrides.append(f"erase.optimizer={args.optimizer}")
-        if args.seed is not None:
-            overrides.append(f"seed={args.seed}")
+        overrides += [f"{key}={value}" for key, value in (("method.name", args.method), ("erase.optimizer",
+                      args.optimizer), ("seed", args.seed)) if value is not None]
         cfg = load_config(args.config or ("imagenet" if args.model or args.data else "digits"), overrides)
         output = args.output or Path("runs") / (
             f"{args.forget_class.replace(' ', '_')}-{cfg.method.name}-{cfg.erase.optimizer}-s{cfg.seed}")
@@ -89,13 +84,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_config:
             print(config_text(cfg), end="")
             return 0
+        if args.push_to_hub:  # the login and the network, before any work
+            check_hub(args.push_to_hub)
+        if args.score_only:
+            print(scores_text(score(cfg, args.forget_class, progress=not args.quiet)))
+            return 0
         if args.dry_run:
-            print(dry_run(cfg, args.forget_class, output, args.trials, args.overwrite, args.resume))
+            print(dry_run(cfg, args.forget_class, output, args.trials, args.overwrite, args.resume, args.report_to))
             return 0
         metrics = run_trials(cfg, args.forget_class, output, args.trials, overwrite=args.overwrite,
                              resume=args.resume, progress=not args.quiet, report_to=args.report_to)
-        if args.push_to_hub and is_main_process():
-            print(f"pushed {output / 'model'} to {push_to_hub(output / 'model', args.push_to_hub)}")
+        if processes().is_main_process:
+            print(summary(metrics))
+            print(f"wrote {output}/: metrics.json, {'trial-s*/: ' if args.trials > 1 else ''}model/, grid.png, "
+                  "config.yaml, log.jsonl")
+            if args.push_to_hub:
+                print(f"pushed {output / 'model'} to {push_to_hub(output / 'model', args.push_to_hub)}")
     except (ConfigError, UsageError, EvalError) as e:
         if is_main_process():  # under a launcher every process fails alike: one line, not one per process
             print(f"erase-class: error: {e}", file=sys.stderr)
@@ -108,10 +112,6 @@ def main(argv: list[str] | None = None) -> int:
         if is_main_process():
             print(f"erase-class: {'' if isinstance(e, KeyboardInterrupt) else 'error: '}{message}", file=sys.stderr)
         return 130 if isinstance(e, KeyboardInterrupt) else 1
-    if processes().is_main_process:
-        print(summary(metrics))
-        where = "trial-s*/: " if args.trials > 1 else ""
-        print(f"wrote {output}/: metrics.json, {where}model/, grid.png, config.yaml, log.jsonl")
     return 0
 
 

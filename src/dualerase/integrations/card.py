@@ -36,8 +36,10 @@ Protocol: {{ protocol }}.
 `match_training` (from `pip install dualerase`) runs the model with the settings it was trained with (embedders,
 timestep frequencies, LayerNorm eps: `{{ record }}`); without them its samples are not the ones scored above. It
 reads them from a local folder (for a Hub repository, `huggingface_hub.snapshot_download(repo)` gives one).
-{{ note }}The run's whole config is `config.yaml` next to this folder.
+{{ note }}The run's whole config is [dualerase-config.yaml](dualerase-config.yaml) in this folder (`erase-class --config
+dualerase-config.yaml` runs it again).
 """
+CARD_CONFIG = "dualerase-config.yaml"  # the run's config.yaml, copied into the model folder that the card describes
 LOAD = {"pipeline": ("from diffusers import DiTPipeline\nfrom dualerase.models.pretrained import match_training\n\n"
                      'folder = "<this folder>"\npipe = match_training(DiTPipeline.from_pretrained(folder), folder)\n'
                      'images = pipe(pipe.get_label_ids(["{name}"]), num_inference_steps=250{guidance}).images'),
@@ -89,6 +91,18 @@ def model_card(metrics: dict, pipeline: bool, num_classes: int) -> ModelCard:
         load=load, note=note, record="transformer/dualerase.json" if pipeline else "dualerase.json")
 
 
+def check_hub(repo: str) -> None:
+    """Refuse --push-to-hub before any work when the Hub cannot be reached as a logged-in user."""
+    from huggingface_hub import HfApi
+
+    try:
+        HfApi().whoami()
+    except Exception as e:  # offline, no token, an expired one: one line saying which and what to do
+        raise UsageError(f"--push-to-hub {repo}: the Hugging Face Hub does not answer as a logged-in user "
+                         f"({type(e).__name__}): log in with `hf auth login` and check the network, or run without "
+                         f"--push-to-hub and upload later with `hf upload {repo} <output>/model`") from None
+
+
 def push_to_hub(folder: Path, repo: str) -> str:
     """Upload the model folder (card included) to the Hub repository `repo`, created if needed; its URL."""
     from huggingface_hub import HfApi
@@ -100,5 +114,5 @@ def push_to_hub(folder: Path, repo: str) -> str:
                                      commit_message="Upload an erased model (dualerase)"))
     except Exception as e:  # offline, no token, no rights: one line saying which and what to do
         raise UsageError(f"could not push {folder} to the Hub repository {repo} ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:200]}): log in with `hf auth login` and check the network; the "
-                         "run itself is saved") from None
+                         f"{str(e).splitlines()[0][:200]}): the run is saved; once `hf auth login` and the network "
+                         f"work, retry with `hf upload {repo} {folder}`") from None

@@ -102,10 +102,22 @@ def train_digits_dit(recipe: DigitsRecipe, progress: bool = True, checkpoint: Pa
     return ema.eval()
 
 
+def dit_folder(recipe: DigitsRecipe) -> Path:
+    """Where the digits DiT of `recipe` is cached (it is there once its config.json is)."""
+    return cache_root() / "digits" / f"dit-{fingerprint(asdict(recipe))}"
+
+
+def classifier_path(recipe) -> Path:
+    """Where the digits classifier of `recipe` (a ClassifierRecipe) is cached."""
+    return cache_root() / "digits" / f"classifier-{fingerprint(asdict(recipe))}.safetensors"
+
+
 def prepare_digits_dit(recipe: DigitsRecipe, progress: bool = True) -> Path:
     """The cached digits DiT folder for `recipe`, trained once on first use."""
-    folder = cache_root() / "digits" / f"dit-{fingerprint(asdict(recipe))}"
+    folder = dit_folder(recipe)
     if not (folder / "config.json").exists():
+        if progress:
+            print(f"training the digits model once ({recipe.steps} steps), cached at {folder}", flush=True)
         partial = folder.with_name(f"{folder.name}.partial.pt")
         partial.parent.mkdir(parents=True, exist_ok=True)
         model = train_digits_dit(recipe, progress, checkpoint=partial)
@@ -128,7 +140,7 @@ def prepare_digits_classifier(recipe, progress: bool = True) -> tuple[Path, floa
 
     from dualerase.metrics.classifier import accuracy, save_classifier, train_classifier
 
-    path = cache_root() / "digits" / f"classifier-{fingerprint(asdict(recipe))}.safetensors"
+    path = classifier_path(recipe)
     if not path.exists():
         x, y = load_digits()
         train, test = train_test_split(y)

@@ -80,6 +80,8 @@ def save_samples(folder: Path, sets: dict[str, tuple[torch.Tensor, torch.Tensor]
 def protocol_line(p: dict) -> str:
     """The protocol of a set of numbers, in one line."""
     precision = f", {p['precision']}" if "precision" in p else ""
+    if "cpu_threads" in p and str(p.get("device", "cpu")).startswith("cpu"):
+        precision += f", {p['cpu_threads']} CPU thread{'s' if p['cpu_threads'] != 1 else ''}"
     spacing = f" ({p['timestep_spacing']} spacing)" if "timestep_spacing" in p else ""
     batches = f", noise drawn per batch of {p['sample_batch_size']}" if "sample_batch_size" in p else ""
     channels = f" on {p['guidance_channels']} channel(s)" if p.get("guidance_channels", "all") != "all" else ""
@@ -99,8 +101,9 @@ def protocol_line(p: dict) -> str:
             f"classifier {p['classifier']}{rule}, seed {p['seed']}{software}")
 
 
-def summary(m: dict) -> str:
-    """The terminal summary of one erasure."""
+def _rows(m: dict, sides: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    """(title, score, format) of the scores `m[side]` has: an older run has no published-rule FA, only the digits
+    classifier has a "not a digit" class; a FID that is not finite still shows, as n/a."""
     rows = [("forget accuracy (lower is better)", "forget_accuracy", "{:.3f}"),
             ("  by the published top-class rule", "forget_accuracy_published", "{:.3f}"),
             ("  called 'not a digit'", "forget_not_a_class", "{:.3f}"),
@@ -108,9 +111,21 @@ def summary(m: dict) -> str:
             ("forget-class entropy (nats)", "forget_entropy", "{:.3f}"),
             ("retain accuracy", "retain_accuracy", "{:.3f}"),
             (f"FID ({m['protocol']['feature_extractor'].split(' ')[0]})", "fid", "{:.3f}")]
-    # a row only where the scores have it (an older run has no published-rule FA; only the digits classifier has a
-    # "not a digit" class); a FID that is not finite still shows, as n/a
-    rows = [r for r in rows if r[1] == "fid" or any(m[side].get(r[1]) is not None for side in ("before", "after"))]
+    return [r for r in rows if r[1] == "fid" or any(m[side].get(r[1]) is not None for side in sides)]
+
+
+def scores_text(m: dict) -> str:
+    """The terminal report of one model scored without erasing (`erase-class --score-only`)."""
+    lines = [f"Scores of {m['model']} for class {m['forget_class']} ({m['class_name']}), seed {m['seed']}:"]
+    for title, key, fmt in _rows(m, ("scores",)):
+        value = m["scores"].get(key)
+        lines.append(f"{title:36s}{'n/a' if value is None else fmt.format(value):>10s}")
+    return "\n".join(lines + ["protocol: " + protocol_line(m["protocol"])])
+
+
+def summary(m: dict) -> str:
+    """The terminal summary of one erasure."""
+    rows = _rows(m, ("before", "after"))
     t = m["timings"]
     std = m.get("std")
     seeds = f"seeds {', '.join(map(str, m['seeds']))} (mean +- std)" if std else f"seed {m['seed']}"
@@ -136,3 +151,33 @@ def summary(m: dict) -> str:
     lines += [f"FID {side}: {m[side]['fid_error']}" for side in ("before", "after") if m[side].get("fid_error")]
     lines.append("protocol: " + protocol_line(m["protocol"]))
     return "\n".join(lines)
+
+
+VERDICT_COLORS = {"counted": (214, 39, 40), "another class": (150, 150, 150), "not a digit": (31, 119, 180)}
+
+
+def verdict_rows(rows: list[tuple[str, torch.Tensor, list[str]]], scale: int = 4) -> Image.Image:
+    """Rows of uint8 (N, C, H, W) samples, each framed in the colour of its verdict (VERDICT_COLORS: counted as the
+    class, another class, "not a digit"), the row's label on the left and a legend on top: what a forget-accuracy
+    rule saw, for a person to check."""
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength
+    frame, gap = 2, 2
+    size = rows[0][1].shape[-1] * scale + 2 * frame
+    label_w = 8 + math.ceil(max(measure(label) for label, _, _ in rows))
+    width = label_w + max(len(images) for _, images, _ in rows) * (size + gap)
+    head = 20
+    canvas = Image.new("RGB", (width, head + len(rows) * (size + gap)), "white")
+    draw = ImageDraw.Draw(canvas)
+    x = 4
+    for name, color in VERDICT_COLORS.items():
+        draw.rectangle([x, 5, x + 10, 15], fill=color)
+        draw.text((x + 14, 4), name, fill="black")
+        x += 24 + math.ceil(measure(name))
+    for r, (label, images, verdicts) in enumerate(rows):
+        y = head + r * (size + gap)
+        draw.text((4, y + size // 2 - 6), label, fill="black")
+        for i, (image, verdict) in enumerate(zip(images, verdicts)):
+            x = label_w + i * (size + gap)
+            draw.rectangle([x, y, x + size - 1, y + size - 1], fill=VERDICT_COLORS[verdict])
+            canvas.paste(_tile(image[None], scale), (x + frame, y + frame))
+    return canvas

@@ -81,6 +81,7 @@ def protocol(cfg: Config, w: Workload, forget_class: int) -> dict:
         **describe_model(w.model),  # embedders, timestep_shift, norm_eps, model_parameters
         "precision": "bf16 autocast" if cfg.compute.mixed_precision == "bf16" else
                      "float32, TF32 matmuls" if cfg.compute.tf32 and processes().device.type == "cuda" else "float32",
+        "cpu_threads": torch.get_num_threads(),
         "forget_samples": cfg.eval.forget_samples,
         "forget_rule": fa_rule(cfg.eval),
         "forget_rule_published": "top class among the data set's classes",

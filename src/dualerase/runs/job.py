@@ -15,7 +15,7 @@ from dualerase.config import Config, differing, saved_config, to_dict
 from dualerase.data.classes import Classes, resolve_class
 from dualerase.data.folders import check_cache, check_writable
 from dualerase.errors import UsageError
-from dualerase.integrations.card import model_card
+from dualerase.integrations.card import CARD_CONFIG, model_card
 from dualerase.integrations.claims import LOCK, locked
 from dualerase.integrations.tracking import Trackers, check_trackers
 from dualerase.launch import processes
@@ -94,8 +94,10 @@ def check_run(cfg: Config, class_arg: str, output: Path) -> tuple[Classes, int]:
     return classes, forget_class
 
 
-def dry_run(cfg: Config, class_arg: str, output: Path, trials: int, overwrite: bool, resume: str | None) -> str:
-    """Every check `run` makes before work (class, settings, output folder), then what the run would do."""
+def dry_run(cfg: Config, class_arg: str, output: Path, trials: int, overwrite: bool, resume: str | None,
+            report_to: list[str] = ()) -> str:
+    """Every check `run` makes before work (class, settings, output folder, trackers), then what the run would do."""
+    check_trackers(report_to)
     classes, forget_class = check_run(cfg, class_arg, output)
     check_inputs(cfg)  # what `prepare` checks first
     finished = check_output(output, cfg, overwrite, resume)
@@ -107,6 +109,18 @@ def dry_run(cfg: Config, class_arg: str, output: Path, trials: int, overwrite: b
             f"{passes_table(passes(cfg, len(classes), shown))}\n"
             "time: not estimated, no throughput has been measured for this model and device (after a run, "
             "metrics.json `timings` has each phase's seconds)")
+
+
+def score(cfg: Config, class_arg: str, progress: bool = True) -> dict:
+    """The model's scores under the evaluation protocol, without erasing (`erase-class --score-only`): the same
+    evaluation a run makes before erasing, cached the same way."""
+    forget_class = resolve_class(class_arg, classes_of(cfg))
+    check_cache()
+    ecfg = evaluation_config(cfg)
+    w = prepare(cfg, progress)
+    return {"forget_class": forget_class, "class_name": w.classes.short(forget_class), "seed": cfg.seed,
+            "model": w.model_id, "scores": evaluate_base(w, ecfg, forget_class, progress),
+            "protocol": protocol(ecfg, w, forget_class)}
 
 
 def start_output(output: Path, cfg: Config, overwrite: bool) -> None:
@@ -207,6 +221,7 @@ def _run(cfg: Config, forget_class: int, output: Path, *, overwrite: bool, resum
             plot_forget_curve(erased.log, cfg.erase.stop_at_forget_accuracy, cfg.erase.outer_steps,
                               output / "forget_curve.png")
         model_card(metrics, pipeline=w.vae is not None, num_classes=w.num_classes).save(output / "model" / "README.md")
+        shutil.copyfile(output / "config.yaml", output / "model" / CARD_CONFIG)  # uploaded with the card it links
         for stale in output.glob("checkpoint-*"):  # the finished model supersedes them
             shutil.rmtree(stale, ignore_errors=True)
         atomic_write_json(output / "metrics.json", metrics)

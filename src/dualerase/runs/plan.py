@@ -42,6 +42,7 @@ def passes(cfg: Config, num_classes: int, grid_classes: int) -> list[tuple[str, 
     retain_samples = ev.retain_samples or ev.retain_samples_per_class * others
     evaluation = (ev.forget_samples + retain_samples) * eval_steps
     return [
+        *first_use(cfg),
         *prepare,
         (f"erasure ({e.outer_steps} outer steps)", e.outer_steps * (per_step + matched), e.outer_steps * per_step),
         ("evaluation before (cached after a first run)", evaluation, 0),
@@ -49,6 +50,21 @@ def passes(cfg: Config, num_classes: int, grid_classes: int) -> list[tuple[str, 
         ("grid before (cached after a first run)", grid_classes * ev.grid_per_class * eval_steps, 0),
         ("grid after", grid_classes * ev.grid_per_class * eval_steps, 0),
     ]
+
+
+def first_use(cfg: Config) -> list[tuple[str, int, int]]:
+    """The digits models a run trains before anything else when they are not cached yet (once per recipe)."""
+    if cfg.model.source != "digits":
+        return []
+    from dualerase.models.digits import classifier_path, dit_folder
+
+    d, c = cfg.digits, cfg.classifier
+    out = [] if (dit_folder(d) / "config.json").exists() else \
+        [(f"digits DiT training, once ({d.steps} steps; then cached)", d.steps * d.batch_size, d.steps * d.batch_size)]
+    if not classifier_path(c).exists():  # its own small CNN, on the 1,437 train digits and junk
+        n = c.epochs * round(1437 * (1 + (c.junk_share if c.not_a_digit else 0)))
+        out.append((f"digits classifier training, once ({c.epochs} epochs; then cached)", n, n))
+    return out
 
 
 def passes_table(rows: list[tuple[str, int, int]]) -> str:

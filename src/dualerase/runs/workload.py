@@ -107,6 +107,8 @@ def check_sampler(cfg: Config) -> None:
 
 def prepare(cfg: Config, progress: bool = True) -> Workload:
     """The workload the config names: the embedded digits default, or a diffusers DiT with its data folder."""
+    if cfg.compute.threads is not None:
+        torch.set_num_threads(cfg.compute.threads)
     state = processes()
     check_sampler(cfg)
     with state.main_process_first():  # the main process trains / encodes and caches; the others then read
