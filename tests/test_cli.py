@@ -308,6 +308,18 @@ def test_fid_bench_dry_run_lists_the_cells_and_writes_nothing(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "4 cells, 0 finished" in text and "sa / dual / class 3 / seed 1" in text
     assert not out.exists()
+    # a cell started under another config is refused by the dry run, as by the real run before its first cell
+    from dualerase.config import to_dict
+    from dualerase.runs.bench import cell_folder, plan
+
+    grid = plan("digits", methods=["ga"], optimizers=["dual"], classes=[3], seeds=[0])
+    cell = cell_folder(out, "ga", "dual", "3", 0)
+    cell.mkdir(parents=True)
+    (cell / "config.yaml").write_text(yaml.safe_dump(to_dict(grid.configs[0]) | {"seed": 0, "eval": {
+        **to_dict(grid.configs[0])["eval"], "forget_samples": 7}}))
+    args = ["--methods", "ga", "--optimizers", "dual", "--classes", "3", "--seeds", "0", "--output", str(out)]
+    assert fid_bench.main([*args, "--dry-run"]) == 2
+    assert "was run with another config" in capsys.readouterr().err
 
 
 def test_the_model_card_says_what_was_erased_how_well_and_how_to_load(tiny_run):

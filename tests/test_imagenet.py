@@ -27,6 +27,7 @@ from dualerase.config import load_config
 from dualerase.data.classes import imagenet, resolve_class
 from dualerase.data.folders import scan
 from dualerase.errors import UsageError
+from dualerase.metrics.fid import FIDELITY
 from dualerase.metrics.imagenet import ImageNetScorer
 from dualerase.models.dit import build_dit, make_scheduler
 from dualerase.runs import bench, evaluation
@@ -328,7 +329,8 @@ def test_a_rebuilt_reference_folder_is_never_scored_with_old_numbers(world, tmp_
 
 def test_a_dit_without_learned_sigma_erases_end_to_end(world, tmp_path, monkeypatch):
     model = build_pipeline(tmp_path / "fixed-dit", out_channels=4)  # out_channels == in_channels: no sigma
-    monkeypatch.setattr(ImageNetScorer, "fid", lambda self, samples, c: 1.0)  # the model's samples are not its concern
+    # FID and the rest: the model's samples are not its concern
+    monkeypatch.setattr(ImageNetScorer, "fidelity", lambda self, samples, c: dict.fromkeys(FIDELITY, 1.0))
     out = tmp_path / "run"
     assert erase_class.main(args(world, out, "--model", str(model))) == 0
     m = json.loads((out / "metrics.json").read_text())
@@ -349,7 +351,8 @@ def test_a_10_class_model_maps_folders_through_its_labels_and_takes_its_own_clas
     reference = tmp_path / "reference"
     assert fid_reference.main(["--data", str(world["data"]), "--output", str(reference), "--exclude",
                                "golden retriever", "--quiet"]) == 0
-    monkeypatch.setattr(ImageNetScorer, "fid", lambda self, samples, c: 1.0)  # FID does not depend on class ids
+    # FID and the rest do not depend on class ids
+    monkeypatch.setattr(ImageNetScorer, "fidelity", lambda self, samples, c: dict.fromkeys(FIDELITY, 1.0))
     out = tmp_path / "run"
     assert erase_class.main(args(world, out, "--model", str(model), "--set", f"eval.fa_weights={classifier}",
                                  "--set", f"eval.fid_reference={reference}")) == 0
@@ -370,7 +373,8 @@ def _rewrite_in_place(path: Path, write) -> None:
 
 
 def test_cached_scores_latents_and_model_ids_follow_content_not_paths(world, tmp_path, monkeypatch):
-    monkeypatch.setattr(ImageNetScorer, "fid", lambda self, samples, c: 1.0)  # FID's own cache: the next test
+    # FID's own cache: the next test
+    monkeypatch.setattr(ImageNetScorer, "fidelity", lambda self, samples, c: dict.fromkeys(FIDELITY, 1.0))
     model, data = tmp_path / "dit", tmp_path / "train"
     shutil.copytree(world["model"], model)
     shutil.copytree(world["data"], data)
@@ -415,7 +419,7 @@ def test_reference_statistics_follow_the_content_of_the_extractor_weights(world,
     def fid(cache_root):
         return ImageNetScorer(timm.create_model("test_resnet"), size=32, reference=world["reference"],
                               extractor="inception-v3-compat", extractor_weights=str(inception),
-                              cache_root=cache_root, name="test_resnet").fid(samples, 207)
+                              cache_root=cache_root, name="test_resnet").fidelity(samples, 207)["fid"]
 
     first = fid(cache)
     _rewrite_in_place(inception, lambda p: build_inception(p, seed=2))  # rebuilt in place: other features

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from dualerase.integrations.claims import shard_of
     from dualerase.launch import processes
     from dualerase.metrics.imagenet import EvalError
-    from dualerase.runs.bench import bench, cell_folder, plan
+    from dualerase.runs.bench import bench, cell_folder, check_cells, plan
     from dualerase.runs.plan import config_text, passes
     from dualerase.runs.workload import check_inputs
 
@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:  # every check a real run makes before its first cell
             check_writable(args.output, "--output")
             check_inputs(configs[0])
+            check_cells(grid, args.output)
             todo = [c for c in grid.cells if not (cell_folder(args.output, *c) / "metrics.json").exists()]
             shown = min(len(grid.classes), configs[0].eval.grid_classes)
             total = [sum(p[i] for cfg in configs for p in passes(cfg, len(grid.classes), shown)) for i in (1, 2)]

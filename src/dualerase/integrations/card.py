@@ -24,6 +24,7 @@ TEMPLATE = """---
 {% if na_after != "n/a" %}| forget samples called "not a digit" | {{ na_before }} | {{ na_after }} |
 {% endif %}| retain accuracy | {{ ra_before }} | {{ ra_after }} |
 | FID ({{ features }}) | {{ fid_before }} | {{ fid_after }} |
+| KID, precision, recall (same features) | {{ quality_before }} | {{ quality_after }} |
 
 Protocol: {{ protocol }}.
 
@@ -61,6 +62,10 @@ def _num(value, spec=".3f") -> str:
     return "n/a" if value is None else format(value, spec)
 
 
+def _quality(scores: dict) -> str:
+    return ", ".join(_num(scores.get(k), f) for k, f in (("kid", ".4f"), ("precision", ".3f"), ("recall", ".3f")))
+
+
 def model_card(metrics: dict, pipeline: bool, num_classes: int) -> ModelCard:
     """The card of the erased model that `metrics` (metrics.json) describes; `pipeline`: a DiTPipeline folder (else a
     bare transformer folder) of a model of `num_classes` classes."""
@@ -87,6 +92,7 @@ def model_card(metrics: dict, pipeline: bool, num_classes: int) -> ModelCard:
         na_before=_num(before.get("forget_not_a_class")), na_after=_num(after.get("forget_not_a_class")),
         ra_before=_num(before["retain_accuracy"]), ra_after=_num(after["retain_accuracy"]),
         fid_before=_num(before["fid"], ".2f"), fid_after=_num(after["fid"], ".2f"),
+        quality_before=_quality(before), quality_after=_quality(after),
         features=metrics["protocol"]["feature_extractor"].split(" ")[0], protocol=protocol_line(metrics["protocol"]),
         load=load, note=note, record="transformer/dualerase.json" if pipeline else "dualerase.json")
 

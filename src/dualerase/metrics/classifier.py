@@ -1,8 +1,9 @@
 """The digits classifier: scores forget and retain accuracy of samples, and gives the features FID is computed on.
 
-Its ten digit classes are trained on shifted, rotated, scaled and junk-overlaid views of the train split, and an
-eleventh class, "not a digit" (NOT_A_DIGIT), on synthetic junk (`not_a_digit.py`): forget accuracy is then the share of
-samples whose top class is the erased digit, and a sample that is no digit at all has a class of its own."""
+Its ten digit classes are trained on shifted, rotated, scaled, blurred or thickened and junk-overlaid views of the train
+split, and an eleventh class, "not a digit" (NOT_A_DIGIT), on synthetic junk (`not_a_digit.py`): forget accuracy is
+then the share of samples whose top class is the erased digit, and a sample that is no digit at all has a class of its
+own."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass

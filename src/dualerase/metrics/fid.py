@@ -68,9 +68,31 @@ class ImageTensors(Dataset):
         return self.images[i]
 
 
+KID_SUBSET = 1000  # torch-fidelity's default subset size, cut to the smaller set's size when that has fewer images
+PRC_NEIGHBOURS = 3  # k of precision and recall's k-nearest-neighbour balls (Kynkaanniemi et al., 2019)
+FIDELITY = ("fid", "kid", "precision", "recall")
+
+
+def fidelity(input1, input2, size2: int, **kwargs) -> dict:
+    """FID, KID and precision / recall of `input1` (uint8 samples, as ImageTensors) against `input2` (ImageTensors or a
+    folder of `size2` images), from one torch-fidelity feature pass; `kwargs` name the feature extractor and caching.
+
+    KID is the unbiased MMD estimate with the cubic polynomial kernel, averaged over 100 subsets of min(1000, n) images
+    (at 900 samples every subset holds them all, so its spread over subsets is 0); precision is the share of samples
+    inside the k-NN ball (k = 3) of some reference image, recall the share of reference images inside the ball of some
+    sample."""
+    subset = min(KID_SUBSET, len(input1), size2)
+    m = torch_fidelity.calculate_metrics(input1=input1, input2=input2, fid=True, kid=True, prc=True, verbose=False,
+                                         save_cpu_ram=True, kid_subset_size=subset,
+                                         prc_neighborhood=PRC_NEIGHBOURS, **kwargs)
+    return {"fid": float(m[torch_fidelity.KEY_METRIC_FID]), "kid": float(m[torch_fidelity.KEY_METRIC_KID_MEAN]),
+            "precision": float(m[torch_fidelity.KEY_METRIC_PRECISION]),
+            "recall": float(m[torch_fidelity.KEY_METRIC_RECALL])}
+
+
 def fid(samples: torch.Tensor, reference: torch.Tensor, *, feature_extractor: str, weights_path: str | None = None,
         cuda: bool = False) -> float:
-    """FID between two uint8 image tensors, computed by torch-fidelity with the named feature extractor."""
+    """FID alone between two uint8 image tensors, computed by torch-fidelity with the named feature extractor."""
     metrics = torch_fidelity.calculate_metrics(
         input1=ImageTensors(samples), input2=ImageTensors(reference), fid=True, cuda=cuda, verbose=False,
         save_cpu_ram=True, batch_size=500, feature_extractor=feature_extractor,
@@ -102,9 +124,10 @@ class DigitsScorer:
         real = self.images[self.labels == label].flatten(1).to(images.device, torch.float32)
         return torch.cdist(images.flatten(1).float(), real).min(1).values
 
-    def fid(self, samples: torch.Tensor, forget_class: int) -> float:
+    def fidelity(self, samples: torch.Tensor, forget_class: int) -> dict:
         reference = ((self.images[self.labels != forget_class].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return fid(samples, reference, feature_extractor=DIGITS_EXTRACTOR, weights_path=str(self.weights_path))
+        return fidelity(ImageTensors(samples), ImageTensors(reference), len(reference), cuda=False, batch_size=500,
+                        feature_extractor=DIGITS_EXTRACTOR, feature_extractor_weights_path=str(self.weights_path))
 
     def describe(self, forget_class: int) -> dict:
         kept = int((self.labels != forget_class).sum())

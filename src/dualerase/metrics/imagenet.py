@@ -15,7 +15,7 @@ import torch_fidelity
 import torch_fidelity.registry
 from timm.models import get_pretrained_cfg
 
-from dualerase.metrics.fid import ImageTensors
+from dualerase.metrics.fid import ImageTensors, fidelity
 from dualerase.storage import file_digest, file_stamp
 
 
@@ -151,16 +151,15 @@ class ImageNetScorer:
                  "weights": self.extractor_weights and file_digest(self.extractor_weights)}
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
 
-    def fid(self, samples: torch.Tensor, forget_class: int) -> float:
-        """FID between uint8 samples and the reference folder; the folder's statistics are cached under a name made
-        from `reference_key`, so rebuilt reference images or extractor weights get new statistics."""
-        metrics = torch_fidelity.calculate_metrics(
-            input1=ImageTensors(samples), input2=str(self.reference), samples_find_deep=True,
-            input2_cache_name=f"dualerase-ref-{self.reference.name}-{self.reference_key}-{self.extractor}", fid=True,
-            cuda=torch.cuda.is_available(), verbose=False, batch_size=100, save_cpu_ram=True,
-            feature_extractor=self.extractor, feature_extractor_weights_path=self.extractor_weights,
-            cache_root=str(self.cache_root))
-        return float(metrics[torch_fidelity.KEY_METRIC_FID])
+    def fidelity(self, samples: torch.Tensor, forget_class: int) -> dict:
+        """FID, KID, precision and recall (`fid.fidelity`) of uint8 samples against the reference folder; the folder's
+        features are cached under a name made from `reference_key`, so rebuilt reference images or extractor weights
+        get new ones."""
+        return fidelity(
+            ImageTensors(samples), str(self.reference), int(self.manifest["count"]), samples_find_deep=True,
+            input2_cache_name=f"dualerase-ref-{self.reference.name}-{self.reference_key}-{self.extractor}",
+            cuda=torch.cuda.is_available(), batch_size=100, feature_extractor=self.extractor,
+            feature_extractor_weights_path=self.extractor_weights, cache_root=str(self.cache_root))
 
     def describe(self, forget_class: int) -> dict:
         excluded = self.manifest.get("excluded", [])

@@ -1,5 +1,6 @@
 """What the digits classifier learns to call "not a digit" (seeded synthetic junk: blanks, noise, stripes, grids and
-blobs), and the perturbations through which it learns to still see a digit (shifts, rotations, scaling, junk overlays).
+blobs), and the perturbations through which it learns to still see a digit (shifts, rotations, scaling, blur and
+thicker strokes, junk overlays).
 
 Images are (N, 1, 8, 8) floats in [-1, 1], -1 the blank background. Junk comes only from `junk` and its seed, never
 from an erased model, so the classifier knows nothing of what any erasure produces.

@@ -9,7 +9,7 @@ import torch
 
 class Scorer(Protocol):
     """Scores the samples of a model: class probabilities (for forget accuracy, the forget class's probability and
-    the entropy), FID of retained-class samples, and the protocol's description of both."""
+    the entropy), FID, KID, precision and recall of retained-class samples, and the protocol's description of both."""
 
     @property
     def key(self) -> str:
@@ -18,8 +18,9 @@ class Scorer(Protocol):
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """(N, K) class probabilities of images in [-1, 1]."""
 
-    def fid(self, samples: torch.Tensor, forget_class: int) -> float:
-        """FID of uint8 samples of the retained classes against the reference set without `forget_class`."""
+    def fidelity(self, samples: torch.Tensor, forget_class: int) -> dict:
+        """{"fid", "kid", "precision", "recall"} of uint8 samples of the retained classes against the reference set
+        without `forget_class` (`metrics.fid.fidelity`)."""
 
     def describe(self, forget_class: int) -> dict:
         """The classifier, feature extractor and reference set, as the protocol records them."""

@@ -110,7 +110,10 @@ def _rows(m: dict, sides: tuple[str, ...]) -> list[tuple[str, str, str]]:
             ("forget-class probability", "forget_probability", "{:.3f}"),
             ("forget-class entropy (nats)", "forget_entropy", "{:.3f}"),
             ("retain accuracy", "retain_accuracy", "{:.3f}"),
-            (f"FID ({m['protocol']['feature_extractor'].split(' ')[0]})", "fid", "{:.3f}")]
+            (f"FID ({m['protocol']['feature_extractor'].split(' ')[0]})", "fid", "{:.3f}"),
+            ("KID (same features)", "kid", "{:.4f}"),
+            ("precision (k-NN, k = 3)", "precision", "{:.3f}"),
+            ("recall (k-NN, k = 3)", "recall", "{:.3f}")]
     return [r for r in rows if r[1] == "fid" or any(m[side].get(r[1]) is not None for side in sides)]
 
 

@@ -107,6 +107,13 @@ def markdown(rows: list[dict], cells: list[dict], command: str, diverged: list[s
                      f"{_gap(r['forget_accuracy'], r['base_forget_accuracy'], '+.3f')} | "
                      f"{_gap(r['retain_accuracy'], r['base_retain_accuracy'], '+.3f')} | "
                      f"{_gap(r['fid'], r['base_fid'], '+.2f')} |")
+    quality = ["| method | optimizer | class | FID | KID | precision | recall | gap KID | gap precision | gap recall |",
+               "|---|---|---|---|---|---|---|---|---|---|"]
+    quality += [f"| {r['method']} | {r['optimizer']} | {r['class']} | {_num(r['fid'], '.2f')} | "
+                f"{_num(r.get('kid'), '.4f')} | {_num(r.get('precision'), '.3f')} | {_num(r.get('recall'), '.3f')} | "
+                f"{_gap(r.get('kid'), r.get('base_kid'), '+.4f')} | "
+                f"{_gap(r.get('precision'), r.get('base_precision'), '+.3f')} | "
+                f"{_gap(r.get('recall'), r.get('base_recall'), '+.3f')} |" for r in rows]
     seeds = sorted({m["seed"] for m in cells})
     base = {}
     for m in cells:
@@ -124,7 +131,9 @@ def markdown(rows: list[dict], cells: list[dict], command: str, diverged: list[s
         "(the base model).", "",
         *([f"FID was not finite in {missing} evaluation(s) (null in their metrics.json, with fid_error saying why): "
            "means and stds are over the others, n/a where none is left.", ""] if missing else []),
-        *lines, "", f"Base model (before erasure), scored with the noise of seed {cells[0]['seed']}:", "",
+        *lines, "", "Sample quality of the retained classes, on the features FID uses (means over seeds; KID: unbiased "
+        "MMD; precision and recall: k-NN balls, k = 3):", "", *quality, "",
+        f"Base model (before erasure), scored with the noise of seed {cells[0]['seed']}:", "",
         "| class | FA | FA, published rule | not a digit | retain acc | FID |", "|---|---|---|---|---|---|",
         *base_lines, "",
         *([f"Diverged cells (no after metrics, left out of the table): {len(diverged)}", ""]
@@ -136,6 +145,16 @@ def cell_folder(output: Path, method: str, optimizer: str, cls: str, seed: int) 
 
 
 Cell = tuple[str, str, str, int]  # method, optimizer, class, seed
+
+
+def check_cells(grid, output: Path) -> None:
+    """Refuse, before any work (and in a dry run), a benchmark whose started or finished cells ran with another config:
+    their numbers would sit in one table with the new ones."""
+    for (method, optimizer, cls, seed), cfg in zip(grid.cells, grid.configs):
+        saved = cell_folder(output, method, optimizer, cls, seed) / "config.yaml"
+        if saved.exists() and saved_config(saved) != to_dict(cfg):
+            raise UsageError(f"cell {saved.parent} was run with another config: give a new --output for a changed "
+                             "benchmark")
 
 
 @dataclass
@@ -187,11 +206,9 @@ def bench(grid: Grid, output: Path, *, progress: bool = True, shard: tuple[int, 
     state = processes()
     main = state.is_main_process
     check_writable(output, "--output")  # before the first cell, not after it
+    check_cells(grid, output)
     for i, ((method, optimizer, cls, seed), cfg) in enumerate(zip(grid.cells, grid.configs)):
         out = cell_folder(output, method, optimizer, cls, seed)
-        saved = out / "config.yaml"
-        if saved.exists() and saved_config(saved) != to_dict(cfg):
-            raise UsageError(f"cell {out} was run with another config: give a new --output for a changed benchmark")
         if (out / "metrics.json").exists() or (out / "diverged.txt").exists():  # an interrupted run resumes here
             continue
         if aggregate_only or i % shard[1] != shard[0] or not main_decides(main and claim(out, claim_timeout * 3600)):

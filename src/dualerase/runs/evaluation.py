@@ -14,6 +14,7 @@ import torch
 from dualerase.config import Config
 from dualerase.data.streams import stream_seed
 from dualerase.launch import main_decides, processes
+from dualerase.metrics.fid import FIDELITY
 from dualerase.metrics.scorer import RealDistance, Scorer
 from dualerase.models.dit import SCHEDULER_NAMES, describe_model, learns_sigma
 from dualerase.reports.summary import save_samples
@@ -22,7 +23,7 @@ from dualerase.sampling import class_labels, from_uint8, generate, to_uint8
 from dualerase.storage import atomic_write_json, cache_root, fingerprint
 
 SCORES = ("forget_accuracy", "forget_accuracy_published", "forget_not_a_class", "forget_probability", "forget_entropy",
-          "retain_accuracy", "fid")
+          "retain_accuracy", "fid", "kid", "precision", "recall")
 
 
 FAST_STEPS = 50  # eval.protocol fast: at most this many steps of the configured sampler
@@ -156,9 +157,10 @@ def evaluate(model, w: Workload, cfg: Config, forget_class: int, progress: bool 
     if save_to is not None:
         save_samples(save_to, {"forget": (images[:len(fl)], fl), "retain": (images[len(fl):], rl)})
     try:
-        fid, why = w.scorer.fid(images[len(fl):], forget_class), ""
+        quality, why = w.scorer.fidelity(images[len(fl):], forget_class), ""
     except (np.linalg.LinAlgError, ValueError) as e:  # statistics with inf or NaN: FID is undefined, not a crash
-        fid, why = math.nan, f" ({type(e).__name__}: {str(e).splitlines()[0]})"
+        quality, why = dict.fromkeys(FIDELITY, math.nan), f" ({type(e).__name__}: {str(e).splitlines()[0]})"
+    fid = quality["fid"]
     counted = counts_as_forget(forget, scored[:len(fl)], forget_class, cfg.eval, w.scorer)
     scores = {
         "forget_accuracy": counted.float().mean().item(),
@@ -170,7 +172,8 @@ def evaluate(model, w: Workload, cfg: Config, forget_class: int, progress: bool 
         "forget_probability": forget[:, forget_class].mean().item(),
         "forget_entropy": torch.special.entr(forget).sum(1).mean().item(),  # nats
         "retain_accuracy": (pred[len(fl):] == rl).float().mean().item(),
-        "fid": fid if math.isfinite(fid) else None,  # JSON has no inf or nan: null, and the reason next to it
+        # JSON has no inf or nan: null, and the reason next to it
+        **{k: v if math.isfinite(v) else None for k, v in quality.items()},
         "per_class_accuracy": per_class,
     }
     if not math.isfinite(fid):
