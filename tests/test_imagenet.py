@@ -82,6 +82,11 @@ def test_erase_class_end_to_end_and_pipeline_output(world, tmp_path):
     assert m["protocol"]["retain_samples"] == 6
     assert "WARNING" not in m["protocol"]["reference"]
     assert len(list((out / "samples-after").glob("batch-*.pt"))) == 3  # 10 samples in batches of 4
+    r = m["after"]["robustness"]  # the preset's: guidance scales, unconditional samples, nearest classes
+    assert set(r["forget_accuracy_at_guidance"]) == {"1", "1.5", "4", "7.5"}
+    assert 0 <= r["unconditional_forget_share"] <= 1
+    assert len(r["neighbour_classes"]) == 5 and 207 not in r["neighbour_classes"]
+    assert r["neighbour_fid"] is None and "reference folder" in r["neighbour_fid_error"]
     pipe = DiTPipeline.from_pretrained(out / "model")
     assert pipe.get_label_ids(["golden retriever"]) == [207]
     images = pipe(class_labels=[207], num_inference_steps=2, output_type="np").images

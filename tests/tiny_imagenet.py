@@ -94,6 +94,6 @@ def erase_args(w: dict, out: Path, *extra: str) -> list[str]:
             f"eval.fid_reference={w['reference']}", f"eval.fid_weights={w['inception']}", "eval.forget_samples=4",
             "eval.retain_samples=6", "eval.grid_per_class=2", "eval.grid_classes=3", "sample.steps=3",
             "sample.batch_size=4", "erase.outer_steps=4", "erase.batch_size=2", "erase.checkpoint_every=2",
-            "method.grad_samples=4", "data.retain_images=10"]
+            "method.grad_samples=4", "data.retain_images=10", "robustness.samples=4"]
     return ["golden retriever", "--model", str(w["model"]), "--data", str(w["data"]), "--output", str(out),
             "--quiet", *[x for s in sets for x in ("--set", s)], *extra]

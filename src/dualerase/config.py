@@ -108,6 +108,19 @@ class EvalConfig:
 
 
 @dataclass
+class RobustnessConfig:
+    """Is the class really gone? Measurements beyond the protocol's forget accuracy, made before and after erasure on
+    the evaluation's sampler and noise (each off by default; runs/robustness.py)."""
+
+    samples: Annotated[int, Gt(0)] = 100  # forget-class (and null-class) samples per measurement below
+    # forget accuracy at each of these guidance scales (1.0: none; DiTPipeline's default is 4.0)
+    guidances: list[float] = field(default_factory=list)
+    unconditional: bool = False  # the share of null-class (unconditional) samples that the classifier calls the class
+    # retain accuracy and FID of the k classes the evaluation's classifier confuses most with the forget class
+    neighbours: Annotated[int, Ge(0)] = 0
+
+
+@dataclass
 class Config:
     seed: Annotated[int, Ge(0)] = 0  # erasure batches, Fisher samples and evaluation noise all follow it
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -119,6 +132,7 @@ class Config:
     erase: EraseConfig = field(default_factory=EraseConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
 
 
 def all_keys(obj=None, prefix: str = "") -> list[str]:
@@ -159,6 +173,8 @@ def _validate(cfg: Config) -> None:
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{key} must be a finite number, got {value!r}")
         check_bounds(key, value, bounds(typing.get_type_hints(type(owner), include_extras=True)[name]))
+    if any(not math.isfinite(g) or g < 0 for g in cfg.robustness.guidances):
+        raise ConfigError(f"robustness.guidances must be finite scales >= 0, got {cfg.robustness.guidances}")
     if cfg.model.tie_embedders not in ("auto", True, False):
         raise ConfigError(f"model.tie_embedders must be auto, true or false, got {cfg.model.tie_embedders!r}")
     if cfg.model.timestep_shift not in (None, 0, 1):

@@ -35,7 +35,11 @@ def coerce(key: str, value, hint):
             return value
         if kind in (str, bool) and isinstance(value, kind):
             return value
-    names = " or ".join("null" if k is type(None) else k.__name__ for k in args)
+        if typing.get_origin(kind) is list and isinstance(value, list):
+            (item,) = typing.get_args(kind)
+            return [coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    names = " or ".join("null" if k is type(None) else "a list" if typing.get_origin(k) is list else k.__name__
+                        for k in args)
     raise ConfigError(f"{key} must be {names}, got {value!r}: fix the value in the preset or --set")
 
 

@@ -124,10 +124,18 @@ class DigitsScorer:
         real = self.images[self.labels == label].flatten(1).to(images.device, torch.float32)
         return torch.cdist(images.flatten(1).float(), real).min(1).values
 
-    def fidelity(self, samples: torch.Tensor, forget_class: int) -> dict:
-        reference = ((self.images[self.labels != forget_class].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    def fidelity(self, samples: torch.Tensor, forget_class: int, classes: list[int] | None = None) -> dict:
+        kept = self.labels != forget_class if classes is None else torch.isin(self.labels, torch.tensor(classes))
+        reference = ((self.images[kept].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return fidelity(ImageTensors(samples), ImageTensors(reference), len(reference), cuda=False, batch_size=500,
                         feature_extractor=DIGITS_EXTRACTOR, feature_extractor_weights_path=str(self.weights_path))
+
+    def neighbours(self, forget_class: int, k: int) -> list[int]:
+        """The k digits the classifier confuses most with `forget_class`: the highest mean probability it gives them
+        on the real images of `forget_class`."""
+        probs = probabilities(self.classifier, self.images[self.labels == forget_class])[:, :10]
+        probs[:, forget_class] = -1
+        return probs.mean(0).topk(k).indices.tolist()
 
     def describe(self, forget_class: int) -> dict:
         kept = int((self.labels != forget_class).sum())

@@ -151,10 +151,20 @@ class ImageNetScorer:
                  "weights": self.extractor_weights and file_digest(self.extractor_weights)}
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
 
-    def fidelity(self, samples: torch.Tensor, forget_class: int) -> dict:
+    def neighbours(self, forget_class: int, k: int) -> list[int]:
+        """The k classes whose rows of the classifier's last layer point closest to `forget_class`'s (cosine)."""
+        weight = self.classifier.get_classifier().weight.detach().float()
+        similarity = torch.nn.functional.cosine_similarity(weight, weight[forget_class][None], dim=1)
+        similarity[forget_class] = -2
+        return similarity.topk(k).indices.tolist()
+
+    def fidelity(self, samples: torch.Tensor, forget_class: int, classes: list[int] | None = None) -> dict:
         """FID, KID, precision and recall (`fid.fidelity`) of uint8 samples against the reference folder; the folder's
         features are cached under a name made from `reference_key`, so rebuilt reference images or extractor weights
-        get new ones."""
+        get new ones. Of some `classes` only: not supported (the reference folder mixes all retained classes)."""
+        if classes is not None:
+            raise EvalError("FID of a few classes needs a reference folder of just those classes, which fid-reference "
+                            "does not build yet")
         return fidelity(
             ImageTensors(samples), str(self.reference), int(self.manifest["count"]), samples_find_deep=True,
             input2_cache_name=f"dualerase-ref-{self.reference.name}-{self.reference_key}-{self.extractor}",

@@ -18,9 +18,12 @@ class Scorer(Protocol):
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """(N, K) class probabilities of images in [-1, 1]."""
 
-    def fidelity(self, samples: torch.Tensor, forget_class: int) -> dict:
+    def fidelity(self, samples: torch.Tensor, forget_class: int, classes: list[int] | None = None) -> dict:
         """{"fid", "kid", "precision", "recall"} of uint8 samples of the retained classes against the reference set
-        without `forget_class` (`metrics.fid.fidelity`)."""
+        without `forget_class` (`metrics.fid.fidelity`); with `classes`, of samples and references of those only."""
+
+    def neighbours(self, forget_class: int, k: int) -> list[int]:
+        """The k classes nearest `forget_class` by the classifier (robustness.neighbours)."""
 
     def describe(self, forget_class: int) -> dict:
         """The classifier, feature extractor and reference set, as the protocol records them."""

@@ -152,8 +152,28 @@ def summary(m: dict) -> str:
     lines += [f"{title:36s}{cell('before', key, fmt):>{width}s}{cell('after', key, fmt):>{width}s}"
               for title, key, fmt in rows]
     lines += [f"FID {side}: {m[side]['fid_error']}" for side in ("before", "after") if m[side].get("fid_error")]
+    lines += robustness_lines(m["before"].get("robustness", {}), m["after"].get("robustness", {}))
     lines.append("protocol: " + protocol_line(m["protocol"]))
     return "\n".join(lines)
+
+
+def robustness_lines(before: dict, after: dict) -> list[str]:
+    """The robustness measurements (config section `robustness`), before -> after, a line each."""
+    def num(v, spec=".3f"):
+        return "n/a" if v is None else format(v, spec)
+
+    lines = []
+    for g, fa in after.get("forget_accuracy_at_guidance", {}).items():
+        lines.append(f"forget accuracy at guidance {g}: {num(before.get('forget_accuracy_at_guidance', {}).get(g))} "
+                     f"-> {num(fa)}")
+    if "unconditional_forget_share" in after:
+        lines.append(f"unconditional samples called the class: {num(before.get('unconditional_forget_share'))} -> "
+                     f"{num(after['unconditional_forget_share'])}")
+    if "neighbour_classes" in after:
+        lines.append(f"nearest classes {', '.join(map(str, after['neighbour_classes']))}: retain accuracy "
+                     f"{num(before.get('neighbour_retain_accuracy'))} -> {num(after['neighbour_retain_accuracy'])}, "
+                     f"FID {num(before.get('neighbour_fid'), '.2f')} -> {num(after['neighbour_fid'], '.2f')}")
+    return lines
 
 
 VERDICT_COLORS = {"counted": (214, 39, 40), "another class": (150, 150, 150), "not a digit": (31, 119, 180)}

@@ -144,8 +144,11 @@ def evaluate(model, w: Workload, cfg: Config, forget_class: int, progress: bool 
     fl = class_labels(w.num_classes, cfg.eval.forget_samples, only=forget_class)
     rl = retain_labels(w, cfg, forget_class)
     labels = torch.cat([fl, rl])
+    from dualerase.runs.robustness import leakage, neighbours  # it builds on this module
+
     images = generate(model, w.vae, cfg.sample, labels, precision=cfg.compute.mixed_precision, seed=cfg.seed,
                       cache_dir=cache_dir, desc=f"sample {desc}", progress=progress)
+    robust = leakage(model, w, cfg, forget_class, progress, cache_dir)  # every process samples its share
     if images is None:  # not the main process, which scores
         return None
     images = to_uint8(images)
@@ -176,6 +179,9 @@ def evaluate(model, w: Workload, cfg: Config, forget_class: int, progress: bool 
         **{k: v if math.isfinite(v) else None for k, v in quality.items()},
         "per_class_accuracy": per_class,
     }
+    robust |= neighbours(w, cfg, forget_class, images[len(fl):], rl, pred[len(fl):])
+    if robust:
+        scores["robustness"] = robust
     if not math.isfinite(fid):
         scores["fid_error"] = (f"not finite (torch-fidelity gave {fid}{why}): the features of the samples or of the "
                                "reference are degenerate, e.g. NaN or constant images, or too few distinct samples")
@@ -188,6 +194,7 @@ def evaluate_base(w: Workload, cfg: Config, forget_class: int, progress: bool = 
     Samples in progress are kept per `job` (the output folder), so that concurrent jobs never share a folder."""
     key = fingerprint({"model": w.model_id, "protocol": protocol(cfg, w, forget_class), "class": forget_class,
                        "sample": dataclasses.asdict(cfg.sample), "eval": dataclasses.asdict(cfg.eval),
+                       "robustness": dataclasses.asdict(cfg.robustness),
                        "scorer": w.scorer.key, "scored_at": "uint8", "scores": SCORES})
     path = cache_root() / "evals" / f"{key}.json"
     if not main_decides(path.exists()):
