@@ -2,7 +2,8 @@
 import json
 
 import pytest
-from conftest import TINY
+import torch
+from conftest import SETS, TINY
 
 from dualerase.cli import erase_class
 from dualerase.config import load_config
@@ -48,3 +49,44 @@ def test_robustness_settings_are_checked():
     with pytest.raises(ConfigError, match="a list"):
         load_config("digits", ["robustness.guidances=4.0"])
     assert load_config("digits", ["robustness.guidances=[1, 4.0]"]).robustness.guidances == [1.0, 4.0]
+
+
+RELEARN = ["robustness.relearn_images=[2, 4]", "robustness.relearn_steps=3", "robustness.relearn_at=[0, 1, 3]",
+           "robustness.relearn_batch=2", "erase.probe_samples=4", "erase.probe_steps=2"]
+
+
+def test_the_relearning_attack_probes_a_fine_tuned_copy_and_is_deterministic(monkeypatch):
+    """The attack's mechanics, with the probe replaced by a reading of the weights (a tiny model's samples are all
+    junk, FA 0 at every step): the same seed gives the same curve, another seed another; the model itself is left as
+    it was; step 0 reads the model as given; area and steps to relearn follow their definitions."""
+    from dualerase.runs import robustness
+    from dualerase.runs.workload import prepare
+
+    def weights_reading(self, model):
+        return float(sum(p.double().sum() for p in model.parameters()).abs() % 1)
+
+    monkeypatch.setattr(robustness.ForgetProbe, "__call__", weights_reading)
+    cfg = load_config("digits", SETS + RELEARN + ["robustness.relearn_lr=0.05"])
+    w = prepare(cfg, progress=False)
+    before = {k: v.clone() for k, v in w.model.state_dict().items()}
+    first, second = robustness.relearn(w.model, w, cfg, 3), robustness.relearn(w.model, w, cfg, 3)
+    assert first == second  # the same seed: the same images, timesteps and noise
+    assert all(torch.equal(v, w.model.state_dict()[k]) for k, v in before.items())  # it attacks a copy
+    for k in ("2", "4"):
+        attack = first["relearn"][k]
+        assert attack["images"] == int(k) and list(attack["forget_accuracy"]) == ["0", "1", "3"]
+        curve = list(attack["forget_accuracy"].values())
+        assert curve[0] == weights_reading(None, w.model) and len(set(curve)) == 3  # fine-tuned between probes
+        assert attack["area"] == pytest.approx((0.5 * (curve[0] + curve[1]) + 2 * 0.5 * (curve[1] + curve[2])) / 3)
+        assert attack["steps_to_relearn"] == next((s for s, fa in zip((0, 1, 3), curve) if fa >= 0.5), None)
+    other = load_config("digits", SETS + RELEARN + ["robustness.relearn_lr=0.05", "seed=1"])
+    assert robustness.relearn(w.model, w, other, 3) != first  # another seed, other draws
+
+
+def test_a_run_writes_the_relearning_curves_before_and_after(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert erase_class.main(["3", "--output", str(out), *TINY, *[a for s in RELEARN for a in ("--set", s)]]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    for side in ("before", "after"):
+        assert set(m[side]["robustness"]["relearn"]) == {"2", "4"}
+    assert "relearning on 4 images, forget accuracy at steps 0, 1, 3" in capsys.readouterr().out

@@ -118,6 +118,13 @@ class RobustnessConfig:
     unconditional: bool = False  # the share of null-class (unconditional) samples that the classifier calls the class
     # retain accuracy and FID of the k classes the evaluation's classifier confuses most with the forget class
     neighbours: Annotated[int, Ge(0)] = 0
+    # the relearning attack: fine-tune a copy of the model on k real images of the forget class, for each k here,
+    # with DiT's loss and AdamW; forget accuracy by the probe (erase.probe_samples at erase.probe_steps) at relearn_at
+    relearn_images: list[int] = field(default_factory=list)
+    relearn_steps: Annotated[int, Gt(0)] = 100
+    relearn_at: list[int] = field(default_factory=lambda: [0, 10, 25, 50, 100])
+    relearn_lr: Annotated[float, Gt(0)] = 1e-4
+    relearn_batch: Annotated[int, Gt(0)] = 8  # images per step, drawn from the k
 
 
 @dataclass
@@ -173,8 +180,12 @@ def _validate(cfg: Config) -> None:
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{key} must be a finite number, got {value!r}")
         check_bounds(key, value, bounds(typing.get_type_hints(type(owner), include_extras=True)[name]))
-    if any(not math.isfinite(g) or g < 0 for g in cfg.robustness.guidances):
-        raise ConfigError(f"robustness.guidances must be finite scales >= 0, got {cfg.robustness.guidances}")
+    r = cfg.robustness
+    if any(not math.isfinite(g) or g < 0 for g in r.guidances):
+        raise ConfigError(f"robustness.guidances must be finite scales >= 0, got {r.guidances}")
+    if any(k < 1 for k in r.relearn_images) or any(not 0 <= s <= r.relearn_steps for s in r.relearn_at):
+        raise ConfigError(f"robustness.relearn_images must be >= 1 and robustness.relearn_at within 0..relearn_steps "
+                          f"({r.relearn_steps}), got {r.relearn_images} and {r.relearn_at}")
     if cfg.model.tie_embedders not in ("auto", True, False):
         raise ConfigError(f"model.tie_embedders must be auto, true or false, got {cfg.model.tie_embedders!r}")
     if cfg.model.timestep_shift not in (None, 0, 1):

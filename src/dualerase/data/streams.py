@@ -22,6 +22,7 @@ STREAMS = {
     "erasure": 7,  # torch's global generator during erasure
     "retain_labels": 8,  # labels of the evaluation's retain samples when drawn at random
     "probe": 9,  # noise of the forget-accuracy probe (erase.stop_at_forget_accuracy)
+    "relearn": 10,  # the relearning attack's choice of images, timesteps and noise
 }
 
 

@@ -157,6 +157,10 @@ def summary(m: dict) -> str:
     return "\n".join(lines)
 
 
+def _steps(value) -> str:
+    return "never" if value is None else str(value)
+
+
 def robustness_lines(before: dict, after: dict) -> list[str]:
     """The robustness measurements (config section `robustness`), before -> after, a line each."""
     def num(v, spec=".3f"):
@@ -173,6 +177,13 @@ def robustness_lines(before: dict, after: dict) -> list[str]:
         lines.append(f"nearest classes {', '.join(map(str, after['neighbour_classes']))}: retain accuracy "
                      f"{num(before.get('neighbour_retain_accuracy'))} -> {num(after['neighbour_retain_accuracy'])}, "
                      f"FID {num(before.get('neighbour_fid'), '.2f')} -> {num(after['neighbour_fid'], '.2f')}")
+    for k, attack in after.get("relearn", {}).items():
+        old = before.get("relearn", {}).get(k, {})
+        curve = " / ".join(f"{num(old.get('forget_accuracy', {}).get(s), '.2f')} -> {num(fa, '.2f')}"
+                           for s, fa in attack["forget_accuracy"].items())
+        lines.append(f"relearning on {attack['images']} images, forget accuracy at steps "
+                     f"{', '.join(attack['forget_accuracy'])}: {curve}; steps to relearn "
+                     f"{_steps(old.get('steps_to_relearn', 'n/a'))} -> {_steps(attack['steps_to_relearn'])}")
     return lines
 
 

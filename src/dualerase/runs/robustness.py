@@ -5,18 +5,25 @@ the model before and after erasure with the evaluation's sampler and noise:
   return at DiTPipeline's 4.0), and the share of unconditional (null-class) samples the classifier calls the class,
   since guidance leans on the null branch for every class;
 * collateral damage next to the class: retain accuracy and FID of the k classes the classifier confuses most with the
-  forget class (`Scorer.neighbours`), next to the averages over all retained classes.
+  forget class (`Scorer.neighbours`), next to the averages over all retained classes;
+* the relearning attack (Meta-Unlearning, DiMRA): fine-tune a copy of the model on a few real images of the forget
+  class and watch forget accuracy come back.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 
 import torch
 
 from dualerase.config import Config
+from dualerase.data.streams import stream_seed
 from dualerase.metrics.imagenet import EvalError
+from dualerase.models.dit import make_scheduler
+from dualerase.models.loss import DiTLoss
 from dualerase.runs.evaluation import counts_as_forget
+from dualerase.runs.probe import ForgetProbe
 from dualerase.runs.workload import Workload
 from dualerase.sampling import class_labels, from_uint8, generate, to_uint8
 
@@ -71,3 +78,45 @@ def neighbours(w: Workload, cfg: Config, forget_class: int, images: torch.Tensor
     except EvalError as e:
         out["neighbour_fid"], out["neighbour_fid_error"] = None, str(e)
     return out
+
+
+RELEARNED = 0.5  # "steps to relearn": the first probed step whose forget accuracy reaches this
+
+
+def relearn(model, w: Workload, cfg: Config, forget_class: int) -> dict:
+    """The relearning attack, for each k of robustness.relearn_images: a copy of the model fine-tuned with DiT's loss
+    and AdamW (robustness.relearn_lr, weight decay 0) for robustness.relearn_steps steps of relearn_batch images drawn
+    from k real images of the forget class; forget accuracy by the probe (`ForgetProbe`: erase.probe_samples at
+    erase.probe_steps, its own noise) at every step of robustness.relearn_at. Per k: that curve, the steps to relearn
+    (the first probed step at FA >= RELEARNED; null if none) and the area under the curve (mean FA over the steps,
+    trapezoids). Deterministic given the seed; {} when not asked."""
+    r = cfg.robustness
+    if not r.relearn_images:
+        return {}
+    real = w.real_data(forget_class, cfg, False)  # prepared by the run already; the main process alone gets here
+    probe, loss = ForgetProbe(w, cfg, forget_class), DiTLoss(make_scheduler())
+    out = {}
+    for k in r.relearn_images:
+        gen = torch.Generator().manual_seed(stream_seed(cfg.seed, "relearn") + k)
+        chosen = torch.randperm(len(real.forget_x), generator=gen)[:k]
+        x, y = real.forget_x[chosen], real.forget_y[chosen]
+        attacked = copy.deepcopy(model).train()
+        opt = torch.optim.AdamW(attacked.parameters(), lr=r.relearn_lr, weight_decay=0.0)
+        curve = {}
+        with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
+            torch.manual_seed(stream_seed(cfg.seed, "relearn") + k)  # DiT's loss draws t and noise from it
+            for step in range(r.relearn_steps + 1):
+                if step in r.relearn_at:
+                    curve[step] = probe(attacked.eval())
+                    attacked.train()
+                if step < r.relearn_steps:
+                    batch = torch.randint(0, len(x), (min(r.relearn_batch, len(x)),), generator=gen)
+                    opt.zero_grad(set_to_none=True)
+                    loss(attacked, (x[batch], y[batch])).backward()
+                    opt.step()
+        steps = sorted(curve)
+        area = sum((b - a) * (curve[a] + curve[b]) / 2 for a, b in zip(steps, steps[1:]))
+        out[str(k)] = {"images": len(x), "forget_accuracy": {str(s): curve[s] for s in steps},
+                       "steps_to_relearn": next((s for s in steps if curve[s] >= RELEARNED), None),
+                       "area": area / (steps[-1] - steps[0]) if len(steps) > 1 else curve[steps[0]]}
+    return {"relearn": out}
