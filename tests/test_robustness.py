@@ -90,3 +90,42 @@ def test_a_run_writes_the_relearning_curves_before_and_after(tmp_path, capsys):
     for side in ("before", "after"):
         assert set(m[side]["robustness"]["relearn"]) == {"2", "4"}
     assert "relearning on 4 images, forget accuracy at steps 0, 1, 3" in capsys.readouterr().out
+
+
+def test_the_conditioning_attack_fits_a_new_class_embedding_and_nothing_else():
+    """A model whose class-3 row was replaced by class 5's (the label unlinked, the weights intact): the attack's
+    fitted row lowers DiT's loss on real 3s labelled 3 (the same timesteps and noise before and after), leaves every
+    weight as it was, and changes nothing for other labels."""
+    from dualerase.models.dit import embedders, make_scheduler
+    from dualerase.models.loss import DiTLoss
+    from dualerase.runs.robustness import fitted_embedding
+    from dualerase.runs.workload import prepare
+
+    cfg = load_config("digits", SETS + ["robustness.attack_steps=40", "robustness.attack_lr=0.05",
+                                        "robustness.relearn_batch=16"])
+    w = prepare(cfg, progress=False)
+    unlinked = w.model
+    with torch.no_grad():
+        for e in embedders(unlinked):
+            e.class_embedder.embedding_table.weight[3] = e.class_embedder.embedding_table.weight[5]
+    real = w.real_data(3, cfg, False)
+    x, y = real.forget_x[:64], real.forget_y[:64]
+    attacked = fitted_embedding(unlinked, x, y, 3, 3, cfg, torch.Generator().manual_seed(0))
+    loss, seeds = DiTLoss(make_scheduler()), torch.arange(64)
+    with torch.no_grad():
+        assert loss(attacked, (x, y, seeds)).item() < loss(unlinked, (x, y, seeds)).item()
+        assert all(torch.equal(a, b) for a, b in zip(attacked.state_dict().values(), unlinked.state_dict().values()))
+        fives = torch.full((64,), 5)
+        assert loss(attacked, (x, fives, seeds)).item() == loss(unlinked, (x, fives, seeds)).item()
+
+
+def test_a_run_writes_the_conditioning_attack_before_and_after(tmp_path, capsys):
+    out = tmp_path / "run"
+    sets = ["robustness.attack_steps=2", "robustness.attack_images=4", "erase.probe_samples=4", "erase.probe_steps=2"]
+    assert erase_class.main(["3", "--output", str(out), *TINY, *[a for s in sets for a in ("--set", s)]]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    for side in ("before", "after"):
+        a = m[side]["robustness"]["conditioning_attack"]
+        assert (a["start"], a["steps"], a["images"]) == ("class", 2, 4)
+        assert 0 <= a["forget_accuracy"] <= 1 and 0 <= a["forget_accuracy_before"] <= 1
+    assert "conditioning attack (a new class embedding from the class row, 2 steps)" in capsys.readouterr().out

@@ -125,6 +125,13 @@ class RobustnessConfig:
     relearn_at: list[int] = field(default_factory=lambda: [0, 10, 25, 50, 100])
     relearn_lr: Annotated[float, Gt(0)] = 1e-4
     relearn_batch: Annotated[int, Gt(0)] = 8  # images per step, drawn from the k
+    # the conditioning attack: with the model frozen, a new embedding of the forget class (a row per class embedder,
+    # from the class's own row or the null class's) optimised with Adam so that the model denoises real images of the
+    # class, then forget accuracy by the probe with it; 0 steps: off
+    attack_steps: Annotated[int, Ge(0)] = 0
+    attack_start: Literal["class", "null"] = "class"
+    attack_lr: Annotated[float, Gt(0)] = 1e-2
+    attack_images: Annotated[int, Gt(0)] = 64  # real forget-class images it is fitted to
 
 
 @dataclass

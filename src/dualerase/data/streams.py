@@ -23,6 +23,7 @@ STREAMS = {
     "retain_labels": 8,  # labels of the evaluation's retain samples when drawn at random
     "probe": 9,  # noise of the forget-accuracy probe (erase.stop_at_forget_accuracy)
     "relearn": 10,  # the relearning attack's choice of images, timesteps and noise
+    "attack": 11,  # the conditioning attack's
 }
 
 

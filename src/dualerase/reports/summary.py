@@ -177,6 +177,10 @@ def robustness_lines(before: dict, after: dict) -> list[str]:
         lines.append(f"nearest classes {', '.join(map(str, after['neighbour_classes']))}: retain accuracy "
                      f"{num(before.get('neighbour_retain_accuracy'))} -> {num(after['neighbour_retain_accuracy'])}, "
                      f"FID {num(before.get('neighbour_fid'), '.2f')} -> {num(after['neighbour_fid'], '.2f')}")
+    if "conditioning_attack" in after:
+        a, b = before.get("conditioning_attack", {}), after["conditioning_attack"]
+        lines.append(f"conditioning attack (a new class embedding from the {b['start']} row, {b['steps']} steps): "
+                     f"forget accuracy {num(a.get('forget_accuracy'))} -> {num(b['forget_accuracy'])}")
     for k, attack in after.get("relearn", {}).items():
         old = before.get("relearn", {}).get(k, {})
         curve = " / ".join(f"{num(old.get('forget_accuracy', {}).get(s), '.2f')} -> {num(fa, '.2f')}"

@@ -144,7 +144,7 @@ def evaluate(model, w: Workload, cfg: Config, forget_class: int, progress: bool 
     fl = class_labels(w.num_classes, cfg.eval.forget_samples, only=forget_class)
     rl = retain_labels(w, cfg, forget_class)
     labels = torch.cat([fl, rl])
-    from dualerase.runs.robustness import leakage, neighbours, relearn  # it builds on this module
+    from dualerase.runs.robustness import conditioning_attack, leakage, neighbours, relearn  # it builds on this module
 
     images = generate(model, w.vae, cfg.sample, labels, precision=cfg.compute.mixed_precision, seed=cfg.seed,
                       cache_dir=cache_dir, desc=f"sample {desc}", progress=progress)
@@ -179,8 +179,8 @@ def evaluate(model, w: Workload, cfg: Config, forget_class: int, progress: bool 
         **{k: v if math.isfinite(v) else None for k, v in quality.items()},
         "per_class_accuracy": per_class,
     }
-    robust |= neighbours(w, cfg, forget_class, images[len(fl):], rl, pred[len(fl):]) | relearn(model, w, cfg,
-                                                                                                forget_class)
+    robust |= neighbours(w, cfg, forget_class, images[len(fl):], rl, pred[len(fl):])
+    robust |= relearn(model, w, cfg, forget_class) | conditioning_attack(model, w, cfg, forget_class)
     if robust:
         scores["robustness"] = robust
     if not math.isfinite(fid):

@@ -7,7 +7,10 @@ the model before and after erasure with the evaluation's sampler and noise:
 * collateral damage next to the class: retain accuracy and FID of the k classes the classifier confuses most with the
   forget class (`Scorer.neighbours`), next to the averages over all retained classes;
 * the relearning attack (Meta-Unlearning, DiMRA): fine-tune a copy of the model on a few real images of the forget
-  class and watch forget accuracy come back.
+  class and watch forget accuracy come back;
+* the conditioning attack (UnlearnDiffAtk's question for a class-conditional DiT, as textual inversion): keep the
+  weights, learn a new embedding for the class from its real images, and sample with it. An erasure that only
+  unlinked the label from the concept fails it.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import torch
 from dualerase.config import Config
 from dualerase.data.streams import stream_seed
 from dualerase.metrics.imagenet import EvalError
-from dualerase.models.dit import make_scheduler
+from dualerase.models.dit import embedders, make_scheduler
 from dualerase.models.loss import DiTLoss
 from dualerase.runs.evaluation import counts_as_forget
 from dualerase.runs.probe import ForgetProbe
@@ -120,3 +123,44 @@ def relearn(model, w: Workload, cfg: Config, forget_class: int) -> dict:
                        "steps_to_relearn": next((s for s in steps if curve[s] >= RELEARNED), None),
                        "area": area / (steps[-1] - steps[0]) if len(steps) > 1 else curve[steps[0]]}
     return {"relearn": out}
+
+
+def fitted_embedding(model, x: torch.Tensor, y: torch.Tensor, forget_class: int, start: int, cfg: Config,
+                     gen: torch.Generator):
+    """A frozen copy of the model whose forget-class row of every class embedder (one for tied embedders) is replaced
+    by a trainable vector, started from row `start` and fitted with Adam (robustness.attack_lr, robustness.attack_steps
+    batches of robustness.relearn_batch) to DiT's loss on images `x` of labels `y`."""
+    r = cfg.robustness
+    attacked = copy.deepcopy(model).eval().requires_grad_(False)
+    tables = list({id(e.class_embedder.embedding_table): e.class_embedder.embedding_table
+                   for e in embedders(attacked)}.values())
+    rows = [torch.nn.Parameter(t.weight[start].detach().clone()) for t in tables]
+    for table, row in zip(tables, rows):  # the forget class's label now looks up the trainable row
+        table.register_forward_hook(
+            lambda m, inputs, out, row=row: torch.where((inputs[0] == forget_class)[:, None], row.to(out.dtype), out))
+    loss, opt = DiTLoss(make_scheduler()), torch.optim.Adam(rows, lr=r.attack_lr)
+    with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
+        torch.manual_seed(stream_seed(cfg.seed, "attack"))
+        for _ in range(r.attack_steps):
+            batch = torch.randint(0, len(x), (min(r.relearn_batch, len(x)),), generator=gen)
+            opt.zero_grad(set_to_none=True)
+            loss(attacked, (x[batch], y[batch])).backward()
+            opt.step()
+    return attacked
+
+
+def conditioning_attack(model, w: Workload, cfg: Config, forget_class: int) -> dict:
+    """The conditioning attack, with robustness.attack_steps > 0: `fitted_embedding` from the forget class's own row or
+    the null class's (robustness.attack_start), on robustness.attack_images real images of the class; forget accuracy
+    by the probe with the class's own row and with the fitted one. Deterministic given the seed; {} when off."""
+    r = cfg.robustness
+    if not r.attack_steps:
+        return {}
+    real = w.real_data(forget_class, cfg, False)
+    gen = torch.Generator().manual_seed(stream_seed(cfg.seed, "attack"))
+    chosen = torch.randperm(len(real.forget_x), generator=gen)[:r.attack_images]
+    start = forget_class if r.attack_start == "class" else w.num_classes  # the null class's row
+    attacked = fitted_embedding(model, real.forget_x[chosen], real.forget_y[chosen], forget_class, start, cfg, gen)
+    probe = ForgetProbe(w, cfg, forget_class)
+    return {"conditioning_attack": {"start": r.attack_start, "steps": r.attack_steps, "images": len(chosen),
+                                    "forget_accuracy_before": probe(model), "forget_accuracy": probe(attacked)}}
