@@ -87,6 +87,8 @@ def test_erase_class_end_to_end_and_pipeline_output(world, tmp_path):
     assert 0 <= r["unconditional_forget_share"] <= 1
     assert len(r["neighbour_classes"]) == 5 and 207 not in r["neighbour_classes"]
     assert r["neighbour_fid"] is None and "reference folder" in r["neighbour_fid_error"]
+    assert list(r["relearn"]["2"]["forget_accuracy"]) == ["0", "2"]  # on the latents of 2 real images
+    assert r["conditioning_attack"]["steps"] == 2 and 0 <= r["conditioning_attack"]["forget_accuracy"] <= 1
     pipe = DiTPipeline.from_pretrained(out / "model")
     assert pipe.get_label_ids(["golden retriever"]) == [207]
     images = pipe(class_labels=[207], num_inference_steps=2, output_type="np").images

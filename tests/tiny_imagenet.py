@@ -94,6 +94,8 @@ def erase_args(w: dict, out: Path, *extra: str) -> list[str]:
             f"eval.fid_reference={w['reference']}", f"eval.fid_weights={w['inception']}", "eval.forget_samples=4",
             "eval.retain_samples=6", "eval.grid_per_class=2", "eval.grid_classes=3", "sample.steps=3",
             "sample.batch_size=4", "erase.outer_steps=4", "erase.batch_size=2", "erase.checkpoint_every=2",
-            "method.grad_samples=4", "data.retain_images=10", "robustness.samples=4"]
+            "method.grad_samples=4", "data.retain_images=10", "robustness.samples=4", "robustness.relearn_images=[2]",
+            "robustness.relearn_steps=2", "robustness.relearn_at=[0, 2]", "robustness.attack_steps=2",
+            "erase.probe_samples=2", "erase.probe_steps=2"]
     return ["golden retriever", "--model", str(w["model"]), "--data", str(w["data"]), "--output", str(out),
             "--quiet", *[x for s in sets for x in ("--set", s)], *extra]

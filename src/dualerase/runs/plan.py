@@ -43,13 +43,16 @@ def passes(cfg: Config, num_classes: int, grid_classes: int) -> list[tuple[str, 
     evaluation = (ev.forget_samples + retain_samples) * eval_steps
     r = cfg.robustness  # its samples at each guidance scale (2 passes a step when guided) and unconditional ones
     robust = r.samples * es.steps * (sum(1 if g == 1.0 else 2 for g in r.guidances) + r.unconditional)
+    probe = e.probe_samples * e.probe_steps * guided  # one forget-accuracy probe
+    trained = len(r.relearn_images) * r.relearn_steps * r.relearn_batch + r.attack_steps * r.relearn_batch
+    robust += trained + probe * (len(r.relearn_images) * len(r.relearn_at) + 2 * (r.attack_steps > 0))
     return [
         *first_use(cfg),
         *prepare,
         (f"erasure ({e.outer_steps} outer steps)", e.outer_steps * (per_step + matched), e.outer_steps * per_step),
         ("evaluation before (cached after a first run)", evaluation, 0),
         ("evaluation after", evaluation, 0),
-        *([("robustness before (cached after a first run)", robust, 0), ("robustness after", robust, 0)]
+        *([("robustness before (cached after a first run)", robust, trained), ("robustness after", robust, trained)]
           if robust else []),
         ("grid before (cached after a first run)", grid_classes * ev.grid_per_class * eval_steps, 0),
         ("grid after", grid_classes * ev.grid_per_class * eval_steps, 0),
