@@ -22,6 +22,7 @@ import torch
 
 from dualerase.config import Config
 from dualerase.data.streams import stream_seed
+from dualerase.launch import processes
 from dualerase.metrics.imagenet import EvalError
 from dualerase.models.dit import embedders, make_scheduler
 from dualerase.models.loss import DiTLoss
@@ -43,24 +44,23 @@ def _images(model, w: Workload, cfg: Config, labels: torch.Tensor, guidance: flo
 def leakage(model, w: Workload, cfg: Config, forget_class: int, progress: bool = True,
             cache_dir: Path | None = None) -> dict | None:
     """Forget accuracy at every robustness.guidances scale and, with robustness.unconditional, the share of null-class
-    samples called the forget class; {} when neither is asked for."""
-    r, out = cfg.robustness, {}
-    if r.guidances:
-        out["forget_accuracy_at_guidance"] = {}
-    for g in r.guidances:
-        labels = class_labels(w.num_classes, r.samples, only=forget_class)
-        images = _images(model, w, cfg, labels, g, cache_dir, f"robustness-guidance-{g:g}", progress)
-        if images is None:
-            return None
-        probs = w.scorer.probabilities(images)
-        counted = counts_as_forget(probs, images, forget_class, cfg.eval, w.scorer)
-        out["forget_accuracy_at_guidance"][f"{g:g}"] = counted.float().mean().item()
-    if r.unconditional:
-        labels = torch.full((r.samples,), w.num_classes)  # the null class: the model unconditioned
-        images = _images(model, w, cfg, labels, 1.0, cache_dir, "robustness-unconditional", progress)
-        if images is None:
-            return None
-        top = w.scorer.probabilities(images).argmax(1)
+    samples called the forget class; {} when neither is asked for. Every process samples its share of every set (None
+    on the processes other than the main one, which scores)."""
+    r = cfg.robustness
+    forget = class_labels(w.num_classes, r.samples, only=forget_class)
+    guided = {g: _images(model, w, cfg, forget, g, cache_dir, f"robustness-guidance-{g:g}", progress)
+              for g in r.guidances}
+    unconditioned = _images(model, w, cfg, torch.full((r.samples,), w.num_classes), 1.0, cache_dir,
+                            "robustness-unconditional", progress) if r.unconditional else None  # the null class
+    if not processes().is_main_process:
+        return None
+    def counted(images):
+        return counts_as_forget(w.scorer.probabilities(images), images, forget_class, cfg.eval, w.scorer)
+
+    out = {"forget_accuracy_at_guidance": {f"{g:g}": counted(x).float().mean().item() for g, x in guided.items()}} \
+        if guided else {}
+    if r.unconditional:  # by the top class alone: the question is which class the unconditioned model draws
+        top = w.scorer.probabilities(unconditioned).argmax(1)
         out["unconditional_forget_share"] = (top == forget_class).float().mean().item()
     return out
 
