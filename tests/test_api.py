@@ -9,7 +9,7 @@ import torch
 from conftest import SETS, changed
 from diffusers import DiTPipeline
 from safetensors.torch import load_file
-from tiny_imagenet import build_world
+from tiny_imagenet import ROBUSTNESS, build_world
 
 from dualerase.api import erase_class
 from dualerase.config import load_config
@@ -47,7 +47,7 @@ def test_a_pipeline_in_memory_erases_as_its_folder_does(tmp_path):
             "eval.fid_reference": world["reference"], "eval.fid_weights": world["inception"],
             "eval.forget_samples": 4, "eval.retain_samples": 6, "eval.grid_per_class": 2, "eval.grid_classes": 3,
             "sample.steps": 3, "sample.batch_size": 4, "erase.outer_steps": 2, "erase.batch_size": 2,
-            "method.grad_samples": 4, "data.retain_images": 10, "data.path": world["data"]}
+            "method.grad_samples": 4, "data.retain_images": 10, "data.path": world["data"], **ROBUSTNESS}
     pipe = DiTPipeline.from_pretrained(world["model"])
     in_memory = erase_class("golden retriever", config="imagenet", model=pipe, overrides=sets,
                             output=tmp_path / "memory", progress=False)

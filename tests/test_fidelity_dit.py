@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from conftest import changed
 from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel
-from tiny_imagenet import build_classifier, build_data, build_inception, build_pipeline
+from tiny_imagenet import ROBUSTNESS, build_classifier, build_data, build_inception, build_pipeline
 from torch import nn
 
 from dualerase.cli import erase_class, fid_reference
@@ -371,7 +371,8 @@ def test_erase_class_on_a_converted_pipeline_erases_one_embedder(folder, tmp_pat
             "eval.fa_size=32", f"eval.fid_reference={reference}", "eval.forget_samples=4", "eval.retain_samples=4",
             f"eval.fid_weights={build_inception(tmp_path / 'inception.pth')}", "eval.grid_per_class=1",
             "eval.grid_classes=2", "sample.steps=3", "sample.batch_size=4", "erase.outer_steps=4",
-            "erase.batch_size=2", "erase.checkpoint_every=2", "method.grad_samples=4", "data.retain_images=10"]
+            "erase.batch_size=2", "erase.checkpoint_every=2", "method.grad_samples=4", "data.retain_images=10",
+            *(f"{k}={v}" for k, v in ROBUSTNESS.items())]
     out = tmp_path / "run"
     assert erase_class.main(["207", "--model", str(folder), "--data", str(data), "--output", str(out), "--quiet",
                              *[x for s in sets for x in ("--set", s)]]) == 0

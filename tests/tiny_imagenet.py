@@ -88,14 +88,19 @@ def build_world(base: Path) -> dict:
     return w
 
 
+# The ImageNet presets' robustness measurements, shrunk to seconds.
+ROBUSTNESS = {"robustness.samples": 4, "robustness.relearn_images": [2], "robustness.relearn_steps": 2,
+              "robustness.relearn_at": [0, 2], "robustness.attack_steps": 2, "erase.probe_samples": 2,
+              "erase.probe_steps": 2}
+
+
 def erase_args(w: dict, out: Path, *extra: str) -> list[str]:
     """erase-class arguments that erase golden retriever from the stand-ins in seconds (tiny evaluation, 4 steps)."""
     sets = ["eval.fa_classifier=test_resnet", f"eval.fa_weights={w['classifier']}", "eval.fa_size=32",
             f"eval.fid_reference={w['reference']}", f"eval.fid_weights={w['inception']}", "eval.forget_samples=4",
             "eval.retain_samples=6", "eval.grid_per_class=2", "eval.grid_classes=3", "sample.steps=3",
             "sample.batch_size=4", "erase.outer_steps=4", "erase.batch_size=2", "erase.checkpoint_every=2",
-            "method.grad_samples=4", "data.retain_images=10", "robustness.samples=4", "robustness.relearn_images=[2]",
-            "robustness.relearn_steps=2", "robustness.relearn_at=[0, 2]", "robustness.attack_steps=2",
-            "erase.probe_samples=2", "erase.probe_steps=2"]
+            "method.grad_samples=4", "data.retain_images=10",
+            *(f"{k}={v}" for k, v in ROBUSTNESS.items())]
     return ["golden retriever", "--model", str(w["model"]), "--data", str(w["data"]), "--output", str(out),
             "--quiet", *[x for s in sets for x in ("--set", s)], *extra]
