@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 from conftest import TINY
 
 from dualerase.cli import fid_bench
@@ -21,10 +22,15 @@ def _table(folder: Path) -> str:
 
 
 def test_two_jobs_at_once_run_every_cell_once_and_give_the_table_of_one(tmp_path):
-    assert fid_bench.main([*GRID, "--output", str(tmp_path / "one")]) == 0  # also warms the shared digits cache
+    one_thread = [*GRID, "--set", "compute.threads=1"]  # the two jobs share 2 cores; the protocol names the count
+    threads = torch.get_num_threads()
+    try:
+        assert fid_bench.main([*one_thread, "--output", str(tmp_path / "one")]) == 0  # also warms the digits cache
+    finally:
+        torch.set_num_threads(threads)  # compute.threads set this process's count: the other tests keep theirs
     shared = tmp_path / "shared"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "dualerase.cli.fid_bench", *GRID, "--output", str(shared)]
+    cmd = [sys.executable, "-m", "dualerase.cli.fid_bench", *one_thread, "--output", str(shared)]
     jobs = [subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
             for _ in range(2)]
     errs = [job.communicate(timeout=900)[1] for job in jobs]
