@@ -337,7 +337,7 @@ def test_a_rebuilt_reference_folder_is_never_scored_with_old_numbers(world, tmp_
 def test_a_dit_without_learned_sigma_erases_end_to_end(world, tmp_path, monkeypatch):
     model = build_pipeline(tmp_path / "fixed-dit", out_channels=4)  # out_channels == in_channels: no sigma
     # FID and the rest: the model's samples are not its concern
-    monkeypatch.setattr(ImageNetScorer, "fidelity", lambda self, samples, c: dict.fromkeys(FIDELITY, 1.0))
+    monkeypatch.setattr(ImageNetScorer, "fidelity", lambda self, samples, c, classes=None: dict.fromkeys(FIDELITY, 1.0))
     out = tmp_path / "run"
     assert erase_class.main(args(world, out, "--model", str(model))) == 0
     m = json.loads((out / "metrics.json").read_text())
@@ -359,7 +359,7 @@ def test_a_10_class_model_maps_folders_through_its_labels_and_takes_its_own_clas
     assert fid_reference.main(["--data", str(world["data"]), "--output", str(reference), "--exclude",
                                "golden retriever", "--quiet"]) == 0
     # FID and the rest do not depend on class ids
-    monkeypatch.setattr(ImageNetScorer, "fidelity", lambda self, samples, c: dict.fromkeys(FIDELITY, 1.0))
+    monkeypatch.setattr(ImageNetScorer, "fidelity", lambda self, samples, c, classes=None: dict.fromkeys(FIDELITY, 1.0))
     out = tmp_path / "run"
     assert erase_class.main(args(world, out, "--model", str(model), "--set", f"eval.fa_weights={classifier}",
                                  "--set", f"eval.fid_reference={reference}")) == 0
@@ -381,7 +381,7 @@ def _rewrite_in_place(path: Path, write) -> None:
 
 def test_cached_scores_latents_and_model_ids_follow_content_not_paths(world, tmp_path, monkeypatch):
     # FID's own cache: the next test
-    monkeypatch.setattr(ImageNetScorer, "fidelity", lambda self, samples, c: dict.fromkeys(FIDELITY, 1.0))
+    monkeypatch.setattr(ImageNetScorer, "fidelity", lambda self, samples, c, classes=None: dict.fromkeys(FIDELITY, 1.0))
     model, data = tmp_path / "dit", tmp_path / "train"
     shutil.copytree(world["model"], model)
     shutil.copytree(world["data"], data)

@@ -74,7 +74,7 @@ def test_a_non_finite_fid_is_written_as_null_with_its_reason(tmp_path, monkeypat
     own.mkdir()
     (own / "digits").symlink_to(shared)
     monkeypatch.setenv("DUALERASE_HOME", str(own))
-    monkeypatch.setattr(DigitsScorer, "fidelity", lambda self, samples, forget_class: {
+    monkeypatch.setattr(DigitsScorer, "fidelity", lambda self, samples, forget_class, classes=None: {
         "fid": float("inf"), "kid": 0.01, "precision": 0.5, "recall": 0.5})
     out = tmp_path / "run"
     assert erase_class.main(["3", "--output", str(out), *TINY]) == 0

@@ -119,8 +119,8 @@ def test_the_opt_in_gates_of_forget_accuracy():
     near-white image, a grid pattern (even at probability 1.00) or a weak guess do not count, a confident sample near a
     real one does; without them (both presets now) the top class alone decides, as the published evaluator."""
     from dualerase.metrics.fid import DigitsScorer
+    from dualerase.metrics.scorer import counts_as_forget
     from dualerase.models.digits import load_digits
-    from dualerase.runs.evaluation import counts_as_forget
 
     x, y = load_digits()
     scorer = DigitsScorer(None, None, 1.0, x, y)

@@ -63,7 +63,7 @@ def test_the_relearning_attack_probes_a_fine_tuned_copy_and_is_deterministic(mon
     from dualerase.runs.workload import prepare
 
     def weights_reading(self, model):
-        return float(sum(p.double().sum() for p in model.parameters()).abs() % 1)
+        return float(sum(p.detach().double().sum() for p in model.parameters()).abs() % 1)
 
     monkeypatch.setattr(robustness.ForgetProbe, "__call__", weights_reading)
     cfg = load_config("digits", SETS + RELEARN + ["robustness.relearn_lr=0.05"])

@@ -172,10 +172,10 @@ def test_an_undefined_fid_is_null_with_its_reason_not_a_traceback(tmp_path, monk
     home = _own_cache(tmp_path, monkeypatch)  # the base model's scores are cached: keep these out of the shared cache
     shutil.rmtree(home / "evals", ignore_errors=True)  # and measure them here, not read them from earlier tests
 
-    def overflowing(self, samples, forget_class):  # what torch-fidelity raises on statistics with inf or NaN
+    def overflowing(self, samples, forget_class, classes=None):  # what torch-fidelity raises on inf or NaN statistics
         raise np.linalg.LinAlgError("Array must not contain infs or NaNs")
 
-    monkeypatch.setattr(DigitsScorer, "fid", overflowing)
+    monkeypatch.setattr(DigitsScorer, "fidelity", overflowing)
     out = tmp_path / "out"
     assert erase_class.main(["3", "--output", str(out), *TINY]) == 0
     metrics = json.loads((out / "metrics.json").read_text())

@@ -89,7 +89,7 @@ class EvalConfig:
     # instead: this many samples, labels drawn at random from the other classes
     retain_samples: Annotated[int | None, Ge(2)] = None  # at least 2: FID needs a covariance
     # FA counts a sample if the classifier's top class is the forget class at least this sure and it lies within this
-    # L2 distance of a real image of that class; null: top class alone, as published (evaluation.counts_as_forget)
+    # L2 distance of a real image of that class; null: top class alone, as published (metrics.scorer.counts_as_forget)
     fa_min_confidence: Annotated[float | None, Ge(0), Le(1)] = None
     fa_real_distance: Annotated[float | None, Gt(0)] = None
     grid_per_class: Annotated[int, Gt(0)] = 8  # images per class row of grid.png

@@ -1,5 +1,5 @@
 """What a run asks of a scorer of samples (the digits scorer in metrics/fid.py, the published ImageNet evaluation in
-metrics/imagenet.py)."""
+metrics/imagenet.py), and the forget-accuracy rule that reads its class probabilities."""
 from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
@@ -35,3 +35,25 @@ class RealDistance(Protocol):
 
     def real_distance(self, images: torch.Tensor, label: int) -> torch.Tensor:
         """L2 distance (pixels in [-1, 1]) from each image to the nearest real image of class `label`."""
+
+
+def counts_as_forget(probs: torch.Tensor, images: torch.Tensor, forget_class: int, e, scorer: Scorer) -> torch.Tensor:
+    """Which samples count as the forget class in FA: the classifier's top class is it (of all its classes, "not a
+    digit" included for the digits classifier); opt-in, with at least eval.fa_min_confidence of probability, and
+    within eval.fa_real_distance of a real image of it (`RealDistance.real_distance`; the config refuses the distance
+    for a scorer without it)."""
+    top = probs.max(1)
+    counted = top.indices == forget_class
+    if e.fa_min_confidence is not None:
+        counted &= top.values >= e.fa_min_confidence
+    if e.fa_real_distance is not None:
+        assert isinstance(scorer, RealDistance), "config validation refuses eval.fa_real_distance for this scorer"
+        counted &= scorer.real_distance(images, forget_class) <= e.fa_real_distance
+    return counted
+
+
+def fa_rule(e) -> str:
+    """The FA rule in words, for the protocol."""
+    rule = "top class" if e.fa_min_confidence is None else f"top class with probability >= {e.fa_min_confidence:g}"
+    return rule + ("" if e.fa_real_distance is None else f", within L2 distance {e.fa_real_distance:g} (pixels in "
+                   "[-1, 1]) of a real image of the class")

@@ -15,9 +15,10 @@ from dualerase.config import Config
 from dualerase.data.streams import stream_seed
 from dualerase.launch import main_decides, processes
 from dualerase.metrics.fid import FIDELITY
-from dualerase.metrics.scorer import RealDistance, Scorer
+from dualerase.metrics.scorer import counts_as_forget, fa_rule
 from dualerase.models.dit import SCHEDULER_NAMES, describe_model, learns_sigma
 from dualerase.reports.summary import save_samples
+from dualerase.runs.robustness import conditioning_attack, leakage, neighbours, relearn
 from dualerase.runs.workload import Workload
 from dualerase.sampling import class_labels, from_uint8, generate, to_uint8
 from dualerase.storage import atomic_write_json, cache_root, fingerprint
@@ -43,28 +44,6 @@ def evaluation_config(cfg: Config) -> Config:
         cfg, sample=dataclasses.replace(cfg.sample, steps=min(cfg.sample.steps, FAST_STEPS)),
         eval=dataclasses.replace(e, forget_samples=quarter(e.forget_samples), retain_samples=quarter(e.retain_samples),
                                  retain_samples_per_class=quarter(e.retain_samples_per_class)))
-
-
-def counts_as_forget(probs: torch.Tensor, images: torch.Tensor, forget_class: int, e, scorer: Scorer) -> torch.Tensor:
-    """Which samples count as the forget class in FA: the classifier's top class is it (of all its classes, "not a
-    digit" included for the digits classifier); opt-in, with at least eval.fa_min_confidence of probability, and
-    within eval.fa_real_distance of a real image of it (`RealDistance.real_distance`; the config refuses the distance
-    for a scorer without it)."""
-    top = probs.max(1)
-    counted = top.indices == forget_class
-    if e.fa_min_confidence is not None:
-        counted &= top.values >= e.fa_min_confidence
-    if e.fa_real_distance is not None:
-        assert isinstance(scorer, RealDistance), "config validation refuses eval.fa_real_distance for this scorer"
-        counted &= scorer.real_distance(images, forget_class) <= e.fa_real_distance
-    return counted
-
-
-def fa_rule(e) -> str:
-    """The FA rule in words, for the protocol."""
-    rule = "top class" if e.fa_min_confidence is None else f"top class with probability >= {e.fa_min_confidence:g}"
-    return rule + ("" if e.fa_real_distance is None else f", within L2 distance {e.fa_real_distance:g} (pixels in "
-                   "[-1, 1]) of a real image of the class")
 
 
 def protocol(cfg: Config, w: Workload, forget_class: int) -> dict:
@@ -144,8 +123,6 @@ def evaluate(model, w: Workload, cfg: Config, forget_class: int, progress: bool 
     fl = class_labels(w.num_classes, cfg.eval.forget_samples, only=forget_class)
     rl = retain_labels(w, cfg, forget_class)
     labels = torch.cat([fl, rl])
-    from dualerase.runs.robustness import conditioning_attack, leakage, neighbours, relearn  # it builds on this module
-
     images = generate(model, w.vae, cfg.sample, labels, precision=cfg.compute.mixed_precision, seed=cfg.seed,
                       cache_dir=cache_dir, desc=f"sample {desc}", progress=progress)
     robust = leakage(model, w, cfg, forget_class, progress, cache_dir)  # every process samples its share

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dualerase.config import Config
 from dualerase.data.streams import stream_seed
+from dualerase.metrics.scorer import counts_as_forget
 from dualerase.models.dit import sampler_scheduler
-from dualerase.runs.evaluation import counts_as_forget
 from dualerase.runs.workload import Workload
 from dualerase.sampling import class_labels, from_uint8, sample, to_uint8
 

@@ -24,9 +24,9 @@ from dualerase.config import Config
 from dualerase.data.streams import stream_seed
 from dualerase.launch import processes
 from dualerase.metrics.imagenet import EvalError
+from dualerase.metrics.scorer import counts_as_forget
 from dualerase.models.dit import embedders, make_scheduler
 from dualerase.models.loss import DiTLoss
-from dualerase.runs.evaluation import counts_as_forget
 from dualerase.runs.probe import ForgetProbe
 from dualerase.runs.workload import Workload
 from dualerase.sampling import class_labels, from_uint8, generate, to_uint8
