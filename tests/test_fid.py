@@ -7,7 +7,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 
 from dualerase.config import load_config
 from dualerase.metrics.classifier import save_classifier, train_classifier
-from dualerase.metrics.fid import DIGITS_EXTRACTOR, DigitsFeatureExtractor, ImageTensors, fid, fidelity
+from dualerase.metrics.fid import DIGITS_EXTRACTOR, DigitsFeatureExtractor, ImageTensors, fidelity
 from dualerase.models.digits import load_digits
 
 
@@ -35,7 +35,8 @@ def _weights(tmp_path):
 def test_our_fid_equals_torchmetrics_on_the_same_features(tmp_path):
     weights, images, y = _weights(tmp_path)
     real, fake = images[y != 3], images[y == 3]  # 3s against every other digit: a clear distance
-    ours = fid(fake, real, feature_extractor=DIGITS_EXTRACTOR, weights_path=str(weights))
+    ours = fidelity(ImageTensors(fake), ImageTensors(real), len(real), cuda=False, batch_size=500,
+                    feature_extractor=DIGITS_EXTRACTOR, feature_extractor_weights_path=str(weights))["fid"]
     metric = FrechetInceptionDistance(feature=Features(DigitsFeatureExtractor("d", ["64"], str(weights))))
     metric.update(real, real=True)
     metric.update(fake, real=False)

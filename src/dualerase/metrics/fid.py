@@ -90,16 +90,6 @@ def fidelity(input1, input2, size2: int, **kwargs) -> dict:
             "recall": float(m[torch_fidelity.KEY_METRIC_RECALL])}
 
 
-def fid(samples: torch.Tensor, reference: torch.Tensor, *, feature_extractor: str, weights_path: str | None = None,
-        cuda: bool = False) -> float:
-    """FID alone between two uint8 image tensors, computed by torch-fidelity with the named feature extractor."""
-    metrics = torch_fidelity.calculate_metrics(
-        input1=ImageTensors(samples), input2=ImageTensors(reference), fid=True, cuda=cuda, verbose=False,
-        save_cpu_ram=True, batch_size=500, feature_extractor=feature_extractor,
-        feature_extractor_weights_path=weights_path)
-    return float(metrics[torch_fidelity.KEY_METRIC_FID])
-
-
 class DigitsScorer:
     """The digits protocol: accuracy with the digits classifier, FID on its features against all real images of the
     retained classes."""

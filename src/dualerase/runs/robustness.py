@@ -14,6 +14,7 @@ the model before and after erasure with the evaluation's sampler and noise:
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 from pathlib import Path
@@ -83,6 +84,30 @@ def neighbours(w: Workload, cfg: Config, forget_class: int, images: torch.Tensor
     return out
 
 
+@contextlib.contextmanager
+def _seeded(model, seed: int):
+    """torch's global generators forked and seeded with `seed`: DiT's loss draws its timesteps and noise from them."""
+    with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+def _chosen(w: Workload, cfg: Config, forget_class: int, k: int, gen: torch.Generator):
+    """k real images of the forget class (in the model's input space) and their labels, drawn with `gen`. The run has
+    prepared the data already; only the main process gets here."""
+    real = w.real_data(forget_class, cfg, False)
+    chosen = torch.randperm(len(real.forget_x), generator=gen)[:k]
+    return real.forget_x[chosen], real.forget_y[chosen]
+
+
+def _step(model, opt, x: torch.Tensor, y: torch.Tensor, batch_size: int, gen: torch.Generator, loss: DiTLoss):
+    """One optimizer step on DiT's loss of a batch drawn (with `gen`) from the images `x` of labels `y`."""
+    batch = torch.randint(0, len(x), (min(batch_size, len(x)),), generator=gen)
+    opt.zero_grad(set_to_none=True)
+    loss(model, (x[batch], y[batch])).backward()
+    opt.step()
+
+
 RELEARNED = 0.5  # "steps to relearn": the first probed step whose forget accuracy reaches this
 
 
@@ -96,27 +121,21 @@ def relearn(model, w: Workload, cfg: Config, forget_class: int) -> dict:
     r = cfg.robustness
     if not r.relearn_images:
         return {}
-    real = w.real_data(forget_class, cfg, False)  # prepared by the run already; the main process alone gets here
     probe, loss = ForgetProbe(w, cfg, forget_class), DiTLoss(make_scheduler())
     out = {}
     for k in r.relearn_images:
         gen = torch.Generator().manual_seed(stream_seed(cfg.seed, "relearn") + k)
-        chosen = torch.randperm(len(real.forget_x), generator=gen)[:k]
-        x, y = real.forget_x[chosen], real.forget_y[chosen]
+        x, y = _chosen(w, cfg, forget_class, k, gen)
         attacked = copy.deepcopy(model).train()
         opt = torch.optim.AdamW(attacked.parameters(), lr=r.relearn_lr, weight_decay=0.0)
         curve = {}
-        with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
-            torch.manual_seed(stream_seed(cfg.seed, "relearn") + k)  # DiT's loss draws t and noise from it
+        with _seeded(model, stream_seed(cfg.seed, "relearn") + k):
             for step in range(r.relearn_steps + 1):
                 if step in r.relearn_at:
                     curve[step] = probe(attacked.eval())
                     attacked.train()
                 if step < r.relearn_steps:
-                    batch = torch.randint(0, len(x), (min(r.relearn_batch, len(x)),), generator=gen)
-                    opt.zero_grad(set_to_none=True)
-                    loss(attacked, (x[batch], y[batch])).backward()
-                    opt.step()
+                    _step(attacked, opt, x, y, r.relearn_batch, gen, loss)
         steps = sorted(curve)
         area = sum((b - a) * (curve[a] + curve[b]) / 2 for a, b in zip(steps, steps[1:]))
         out[str(k)] = {"images": len(x), "forget_accuracy": {str(s): curve[s] for s in steps},
@@ -139,13 +158,9 @@ def fitted_embedding(model, x: torch.Tensor, y: torch.Tensor, forget_class: int,
         table.register_forward_hook(
             lambda m, inputs, out, row=row: torch.where((inputs[0] == forget_class)[:, None], row.to(out.dtype), out))
     loss, opt = DiTLoss(make_scheduler()), torch.optim.Adam(rows, lr=r.attack_lr)
-    with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
-        torch.manual_seed(stream_seed(cfg.seed, "attack"))
+    with _seeded(model, stream_seed(cfg.seed, "attack")):
         for _ in range(r.attack_steps):
-            batch = torch.randint(0, len(x), (min(r.relearn_batch, len(x)),), generator=gen)
-            opt.zero_grad(set_to_none=True)
-            loss(attacked, (x[batch], y[batch])).backward()
-            opt.step()
+            _step(attacked, opt, x, y, r.relearn_batch, gen, loss)
     return attacked
 
 
@@ -156,11 +171,10 @@ def conditioning_attack(model, w: Workload, cfg: Config, forget_class: int) -> d
     r = cfg.robustness
     if not r.attack_steps:
         return {}
-    real = w.real_data(forget_class, cfg, False)
     gen = torch.Generator().manual_seed(stream_seed(cfg.seed, "attack"))
-    chosen = torch.randperm(len(real.forget_x), generator=gen)[:r.attack_images]
+    x, y = _chosen(w, cfg, forget_class, r.attack_images, gen)
     start = forget_class if r.attack_start == "class" else w.num_classes  # the null class's row
-    attacked = fitted_embedding(model, real.forget_x[chosen], real.forget_y[chosen], forget_class, start, cfg, gen)
+    attacked = fitted_embedding(model, x, y, forget_class, start, cfg, gen)
     probe = ForgetProbe(w, cfg, forget_class)
-    return {"conditioning_attack": {"start": r.attack_start, "steps": r.attack_steps, "images": len(chosen),
+    return {"conditioning_attack": {"start": r.attack_start, "steps": r.attack_steps, "images": len(x),
                                     "forget_accuracy_before": probe(model), "forget_accuracy": probe(attacked)}}
