@@ -6,6 +6,7 @@ from pathlib import Path
 from huggingface_hub import ModelCard, ModelCardData
 
 from dualerase.errors import UsageError
+from dualerase.reports.summary import number as _num
 from dualerase.reports.summary import protocol_line
 
 TEMPLATE = """---
@@ -56,10 +57,6 @@ NOTE = {"pipeline": SAMPLER,
                              "--model <this folder> --set sample.guidance=4`. ",
         "transformer": "Without a VAE it cannot be sampled by `DiTPipeline`: `sample-grid base <this folder>` "
                        "(dualerase, with the run's `--config`) draws it beside the model it was erased from. "}
-
-
-def _num(value, spec=".3f") -> str:
-    return "n/a" if value is None else format(value, spec)
 
 
 def _quality(scores: dict) -> str:

@@ -101,6 +101,11 @@ def protocol_line(p: dict) -> str:
             f"classifier {p['classifier']}{rule}, seed {p['seed']}{software}")
 
 
+def number(value: float | None, spec: str = ".3f") -> str:
+    """A score as text, or n/a for one that could not be computed (a non-finite FID, a class without samples)."""
+    return "n/a" if value is None else format(value, spec)
+
+
 def _rows(m: dict, sides: tuple[str, ...]) -> list[tuple[str, str, str]]:
     """(title, score, format) of the scores `m[side]` has: an older run has no published-rule FA, only the digits
     classifier has a "not a digit" class; a FID that is not finite still shows, as n/a."""
@@ -163,27 +168,25 @@ def _steps(value) -> str:
 
 def robustness_lines(before: dict, after: dict) -> list[str]:
     """The robustness measurements (config section `robustness`), before -> after, a line each."""
-    def num(v, spec=".3f"):
-        return "n/a" if v is None else format(v, spec)
-
     lines = []
     for g, fa in after.get("forget_accuracy_at_guidance", {}).items():
-        lines.append(f"forget accuracy at guidance {g}: {num(before.get('forget_accuracy_at_guidance', {}).get(g))} "
-                     f"-> {num(fa)}")
+        lines.append(f"forget accuracy at guidance {g}: {number(before.get('forget_accuracy_at_guidance', {}).get(g))} "
+                     f"-> {number(fa)}")
     if "unconditional_forget_share" in after:
-        lines.append(f"unconditional samples called the class: {num(before.get('unconditional_forget_share'))} -> "
-                     f"{num(after['unconditional_forget_share'])}")
+        lines.append(f"unconditional samples called the class: {number(before.get('unconditional_forget_share'))} -> "
+                     f"{number(after['unconditional_forget_share'])}")
     if "neighbour_classes" in after:
         lines.append(f"nearest classes {', '.join(map(str, after['neighbour_classes']))}: retain accuracy "
-                     f"{num(before.get('neighbour_retain_accuracy'))} -> {num(after['neighbour_retain_accuracy'])}, "
-                     f"FID {num(before.get('neighbour_fid'), '.2f')} -> {num(after['neighbour_fid'], '.2f')}")
+                     f"{number(before.get('neighbour_retain_accuracy'))} -> "
+                     f"{number(after['neighbour_retain_accuracy'])}, "
+                     f"FID {number(before.get('neighbour_fid'), '.2f')} -> {number(after['neighbour_fid'], '.2f')}")
     if "conditioning_attack" in after:
         a, b = before.get("conditioning_attack", {}), after["conditioning_attack"]
         lines.append(f"conditioning attack (a new class embedding from the {b['start']} row, {b['steps']} steps): "
-                     f"forget accuracy {num(a.get('forget_accuracy'))} -> {num(b['forget_accuracy'])}")
+                     f"forget accuracy {number(a.get('forget_accuracy'))} -> {number(b['forget_accuracy'])}")
     for k, attack in after.get("relearn", {}).items():
         old = before.get("relearn", {}).get(k, {})
-        curve = " / ".join(f"{num(old.get('forget_accuracy', {}).get(s), '.2f')} -> {num(fa, '.2f')}"
+        curve = " / ".join(f"{number(old.get('forget_accuracy', {}).get(s), '.2f')} -> {number(fa, '.2f')}"
                            for s, fa in attack["forget_accuracy"].items())
         lines.append(f"relearning on {attack['images']} images, forget accuracy at steps "
                      f"{', '.join(attack['forget_accuracy'])}: {curve}; steps to relearn "

@@ -19,6 +19,7 @@ from dualerase.errors import UsageError
 from dualerase.integrations.claims import claim
 from dualerase.launch import main_decides, processes
 from dualerase.reports.plots import plot_curves
+from dualerase.reports.summary import number as _num
 from dualerase.reports.summary import protocol_line
 from dualerase.runs.evaluation import SCORES
 from dualerase.runs.job import mean_std, run
@@ -52,11 +53,6 @@ def read_spec(name_or_path: str) -> dict:
         if not isinstance(spec[key], list):
             raise UsageError(f"{key} in {path} must be a list, e.g. {key}: {SPEC_KEYS[key]}")
     return spec
-
-
-def _num(value: float | None, spec: str) -> str:
-    """A table number, or n/a for a score that could not be computed (a non-finite FID)."""
-    return "n/a" if value is None else format(value, spec)
 
 
 def _gap(after: float | None, before: float | None, spec: str) -> str:
