@@ -90,6 +90,7 @@ def test_a_run_writes_the_relearning_curves_before_and_after(tmp_path, capsys):
     for side in ("before", "after"):
         assert set(m[side]["robustness"]["relearn"]) == {"2", "4"}
     assert "relearning on 4 images, forget accuracy at steps 0, 1, 3" in capsys.readouterr().out
+    assert (out / "relearn_curve.png").stat().st_size
 
 
 def test_the_conditioning_attack_fits_a_new_class_embedding_and_nothing_else():
@@ -129,3 +130,70 @@ def test_a_run_writes_the_conditioning_attack_before_and_after(tmp_path, capsys)
         assert (a["start"], a["steps"], a["images"]) == ("class", 2, 4)
         assert 0 <= a["forget_accuracy"] <= 1 and 0 <= a["forget_accuracy_before"] <= 1
     assert "conditioning attack (a new class embedding from the class row, 2 steps)" in capsys.readouterr().out
+
+
+def _cell(method: str, optimizer: str, seed: int, area: float, relearned: int | None) -> dict:
+    """A finished cell's metrics with a robustness record, as a run writes it."""
+    def side(fa: float, attack: float, curve: list[float], steps: int | None) -> dict:
+        return {"forget_accuracy": fa, "retain_accuracy": 0.9, "fid": 5.0,
+                "robustness": {"forget_accuracy_at_guidance": {"4": fa}, "conditioning_attack": {
+                    "start": "class", "steps": 200, "forget_accuracy": attack},
+                    "relearn": {"8": {"images": 8, "forget_accuracy": dict(zip(("0", "50", "100"), curve)),
+                                      "steps_to_relearn": steps, "area": sum(curve) / 3}}}}
+    return {"method": method, "optimizer": optimizer, "forget_class": 3, "seed": seed,
+            "protocol": {"sampler": "ddpm", "steps": 10, "guidance": 1.0, "forget_samples": 10, "retain_samples": 90,
+                         "reference": "held-out digits", "feature_extractor": "digits net", "classifier": "digits net",
+                         "seed": seed},
+            "before": side(0.9, 1.0, [0.9, 1.0, 1.0], 0),
+            "after": side(0.0, 0.1 * seed, [0.0, area, 2 * area], relearned)}
+
+
+def test_fid_bench_tabulates_the_robustness_numbers_and_draws_the_relearning_curves(tmp_path):
+    """Robustness scores are aggregated like the protocol's (mean and std over seeds, the base beside them), with the
+    share of runs that relearned, and relearn_curve.png holds a line per method and optimizer."""
+    from dualerase.runs.bench import aggregate, markdown, relearn_panels
+
+    cells = [_cell("ga", "dual", s, 0.1, None) for s in (0, 1)] + [_cell("ga", "shared", s, 0.3, 100 if s else None)
+                                                                 for s in (0, 1)]
+    rows = {r["optimizer"]: r for r in aggregate(cells)}
+    assert rows["dual"]["relearn 8 relearned"] == 0.0 and rows["shared"]["relearn 8 relearned"] == 0.5
+    assert rows["shared"]["relearn 8 final"] == pytest.approx(0.6) and rows["dual"]["base_attack FA"] == 1.0
+    assert rows["dual"]["attack FA"] == pytest.approx(0.05) and rows["dual"]["attack FA_std"] == pytest.approx(0.0707,
+                                                                                                                 abs=1e-4)
+    text = markdown(list(rows.values()), cells, "fid-bench")
+    assert ("| ga | shared | 3 | 0.900 -> 0.000 +- 0.000 | 1.000 -> 0.050 +- 0.071 | 0.967 -> 0.300 +- 0.000 | "
+            "1.000 -> 0.600 +- 0.000 | 1.000 -> 0.500 +- 0.707 |") in text
+    assert relearn_panels(cells, tmp_path / "relearn_curve.png") and (tmp_path / "relearn_curve.png").stat().st_size
+    bare = [{**c, "before": {k: v for k, v in c["before"].items() if k != "robustness"},
+             "after": {k: v for k, v in c["after"].items() if k != "robustness"}} for c in cells]
+    assert "Is the class really gone?" not in markdown(aggregate(bare), bare, "fid-bench")
+    assert not relearn_panels(bare, tmp_path / "none.png") and not (tmp_path / "none.png").exists()
+
+
+DATA_NOUN = """  1 This is a license header line of WordNet's data files.
+00001740 03 n 01 entity 0 000 | that which exists
+00002000 03 n 01 animal 0 001 @ 00001740 n 0000 | a living thing
+00003000 05 n 01 dog 0 002 @ 00002000 n 0000 ~ 00004000 n 0000 | a canine
+00004000 05 n 02 retriever 0 hound 0 002 ~ 00005000 n 0000 @ 00003000 n 0000 | a dog
+00005000 05 n 01 golden_retriever 0 001 @ 00004000 n 0000 | a retriever
+00006000 05 n 01 Labrador 0 002 @i 00004000 n 0000 @ 00003000 n 0000 | another retriever
+00007000 05 n 01 cat 0 001 @ 00002000 n 0000 | a feline
+"""
+
+
+def test_wordnet_chains_follow_the_first_hypernym_and_siblings_are_fewest_edges_away(tmp_path):
+    """The table builder reads data.noun's pointers (word count in hex, other pointers before the hypernym, an
+    instance hypernym); the shipped table gives golden retriever's siblings as the four other retrievers."""
+    from dualerase.data import wordnet
+    from dualerase.data.classes import imagenet
+
+    (tmp_path / "data.noun").write_text(DATA_NOUN)
+    chains = wordnet.hypernym_chains(tmp_path / "data.noun", ["n00005000", "n00006000", "n00007000", "n00009999"])
+    assert chains == [["n00005000", "n00004000", "n00003000", "n00002000", "n00001740"],
+                      ["n00006000", "n00004000", "n00003000", "n00002000", "n00001740"],
+                      ["n00007000", "n00002000", "n00001740"], ["n00009999"]]
+    synsets = imagenet().synsets
+    assert wordnet.siblings(synsets, 207, 5) == [205, 206, 208, 209, 159]  # the retrievers, then a tie by index
+    assert wordnet.distance(synsets[207], synsets[208]) == 2 and wordnet.distance(synsets[207], synsets[207]) == 0
+    assert wordnet.siblings(["n00000001", *synsets[:3]], 0, 2) is None  # not an ImageNet synset: no WordNet rule
+    assert wordnet.siblings(None, 0, 2) is None

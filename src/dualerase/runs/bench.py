@@ -19,6 +19,8 @@ from dualerase.errors import UsageError
 from dualerase.integrations.claims import claim
 from dualerase.launch import main_decides, processes
 from dualerase.reports.plots import plot_curves
+from dualerase.reports.robustness import flatten, plot_relearn
+from dualerase.reports.robustness import table as robustness_table
 from dualerase.reports.summary import number as _num
 from dualerase.reports.summary import protocol_line
 from dualerase.runs.evaluation import SCORES
@@ -59,8 +61,18 @@ def _gap(after: float | None, before: float | None, spec: str) -> str:
     return "n/a" if after is None or before is None else format(after - before, spec)
 
 
+def _scores(side: dict) -> dict:
+    return {**side, **flatten(side.get("robustness", {}))}
+
+
+def robust_keys(cells: list[dict]) -> list[str]:
+    """The robustness scores (reports.robustness.flatten) any cell measured after erasure, in the order first met."""
+    return list(dict.fromkeys(k for m in cells for k in flatten(m["after"].get("robustness", {}))))
+
+
 def aggregate(cells: list[dict]) -> list[dict]:
-    """Rows per (method, optimizer, class) over seeds, then per (method, optimizer) over classes.
+    """Rows per (method, optimizer, class) over seeds, then per (method, optimizer) over classes, of every score of
+    SCORES and of the robustness section.
 
     A class row holds mean and std across seeds; an "all" row holds the mean over classes of those means and of
     those stds (the spread across runs, as in the paper's Std column), and the gap to the base model; a single class
@@ -68,13 +80,15 @@ def aggregate(cells: list[dict]) -> list[dict]:
     def key(m):
         return m["method"], m["optimizer"], str(m["forget_class"])
 
+    scores = [*SCORES, *robust_keys(cells)]
+
     per_class = []
     for (method, optimizer, cls), group in itertools.groupby(sorted(cells, key=key), key=key):
         group = list(group)
         row = {"method": method, "optimizer": optimizer, "class": cls, "runs": len(group)}
-        for score in SCORES:
-            row[score], row[f"{score}_std"] = mean_std([m["after"].get(score) for m in group])
-            row[f"base_{score}"] = mean_std([m["before"].get(score) for m in group])[0]
+        for score in scores:
+            row[score], row[f"{score}_std"] = mean_std([_scores(m["after"]).get(score) for m in group])
+            row[f"base_{score}"] = mean_std([_scores(m["before"]).get(score) for m in group])[0]
         per_class.append(row)
     overall = []
     for (method, optimizer), group in itertools.groupby(per_class, key=lambda r: (r["method"], r["optimizer"])):
@@ -82,7 +96,7 @@ def aggregate(cells: list[dict]) -> list[dict]:
         if len(group) == 1:  # one class: its row says it all
             continue
         row = {"method": method, "optimizer": optimizer, "class": "all", "runs": sum(r["runs"] for r in group)}
-        for score in SCORES:
+        for score in scores:
             for col in (score, f"{score}_std", f"base_{score}"):
                 row[col] = mean_std([r[col] for r in group])[0]
         overall.append(row)
@@ -127,13 +141,26 @@ def markdown(rows: list[dict], cells: list[dict], command: str, diverged: list[s
         "(the base model).", "",
         *([f"FID was not finite in {missing} evaluation(s) (null in their metrics.json, with fid_error saying why): "
            "means and stds are over the others, n/a where none is left.", ""] if missing else []),
-        *lines, "", "Sample quality of the retained classes, on the features FID uses (means over seeds; KID: unbiased "
-        "MMD; precision and recall: k-NN balls, k = 3):", "", *quality, "",
+        *lines, "", *robustness_table(rows, robust_keys(cells)),
+        "Sample quality of the retained classes, on the features FID uses (means over seeds; KID: unbiased MMD; "
+        "precision and recall: k-NN balls, k = 3):", "", *quality, "",
         f"Base model (before erasure), scored with the noise of seed {cells[0]['seed']}:", "",
         "| class | FA | FA, published rule | not a digit | retain acc | FID |", "|---|---|---|---|---|---|",
         *base_lines, "",
         *([f"Diverged cells (no after metrics, left out of the table): {len(diverged)}", ""]
           + [f"* {d}" for d in diverged] + [""] if diverged else [])])
+
+
+def relearn_panels(cells: list[dict], path: Path) -> bool:
+    """relearn_curve.png of a benchmark: a row per class, a line per method and optimizer (its band over seeds) and
+    the base model's line."""
+    panels: dict[str, dict[str, list[dict]]] = {}
+    for m in cells:
+        lines = panels.setdefault(f"class {m['forget_class']}", {"base": []})
+        lines["base"].append(m["before"].get("robustness", {}).get("relearn", {}))
+        after = m["after"].get("robustness", {}).get("relearn", {})
+        lines.setdefault(f"{m['method']} {m['optimizer']}", []).append(after)
+    return plot_relearn(panels, path)
 
 
 def cell_folder(output: Path, method: str, optimizer: str, cls: str, seed: int) -> Path:
@@ -246,5 +273,6 @@ def bench(grid: Grid, output: Path, *, progress: bool = True, shard: tuple[int, 
                             [f"* {name}" for name in result.pending]) + "\n"
     atomic_write_text(output / "results.md", table)
     plot_curves(logs, output)
+    relearn_panels(result.cells, output / "relearn_curve.png")
     result.table = table
     return result

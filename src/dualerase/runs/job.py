@@ -21,6 +21,7 @@ from dualerase.integrations.tracking import Trackers, check_trackers
 from dualerase.launch import processes
 from dualerase.models.pretrained import load_model
 from dualerase.reports.plots import plot_forget_curve
+from dualerase.reports.robustness import plot_relearn
 from dualerase.reports.summary import sample_grid, save_image
 from dualerase.runs.checkpoint import checkpoint_base, latest_checkpoint
 from dualerase.runs.erasure import Erased, check_processes, check_pseudo_class, erase, save_model
@@ -220,6 +221,8 @@ def _run(cfg: Config, forget_class: int, output: Path, *, overwrite: bool, resum
         if cfg.erase.stop_at_forget_accuracy is not None:
             plot_forget_curve(erased.log, cfg.erase.stop_at_forget_accuracy, cfg.erase.outer_steps,
                               output / "forget_curve.png")
+        plot_relearn({"": {"before": [before.get("robustness", {}).get("relearn", {})],
+                           "after": [after.get("robustness", {}).get("relearn", {})]}}, output / "relearn_curve.png")
         model_card(metrics, pipeline=w.vae is not None, num_classes=w.num_classes).save(output / "model" / "README.md")
         shutil.copyfile(output / "config.yaml", output / "model" / CARD_CONFIG)  # uploaded with the card it links
         for stale in output.glob("checkpoint-*"):  # the finished model supersedes them

@@ -4,8 +4,9 @@ the model before and after erasure with the evaluation's sampler and noise:
 * leakage under the sampler's knobs: forget accuracy at other guidance scales (a class can hide at guidance 1 and
   return at DiTPipeline's 4.0), and the share of unconditional (null-class) samples the classifier calls the class,
   since guidance leans on the null branch for every class;
-* collateral damage next to the class: retain accuracy and FID of the k classes the classifier confuses most with the
-  forget class (`Scorer.neighbours`), next to the averages over all retained classes;
+* collateral damage next to the class: retain accuracy and FID of its k nearest classes (ImageNet classes: their
+  WordNet siblings, `data.wordnet`; other classes: those the classifier confuses most with it, `Scorer.neighbours`),
+  next to the averages over all retained classes;
 * the relearning attack (Meta-Unlearning, DiMRA): fine-tune a copy of the model on a few real images of the forget
   class and watch forget accuracy come back;
 * the conditioning attack (UnlearnDiffAtk's question for a class-conditional DiT, as textual inversion): keep the
@@ -23,6 +24,7 @@ import torch
 
 from dualerase.config import Config
 from dualerase.data.streams import stream_seed
+from dualerase.data.wordnet import siblings
 from dualerase.launch import processes
 from dualerase.metrics.imagenet import EvalError
 from dualerase.metrics.scorer import counts_as_forget
@@ -73,10 +75,12 @@ def neighbours(w: Workload, cfg: Config, forget_class: int, images: torch.Tensor
     k = min(cfg.robustness.neighbours, w.num_classes - 1)
     if not k:
         return {}
-    near = w.scorer.neighbours(forget_class, k)
+    wordnet = siblings(w.classes.synsets, forget_class, k)  # ImageNet classes: their WordNet siblings
+    near = wordnet or w.scorer.neighbours(forget_class, k)
     mine = torch.isin(labels, torch.tensor(near))
     accuracy = (predicted[mine] == labels[mine]).float().mean().item() if mine.any() else None  # none drawn
-    out = {"neighbour_classes": near, "neighbour_retain_accuracy": accuracy}
+    out = {"neighbour_classes": near, "neighbours_by": "WordNet" if wordnet else "classifier",
+           "neighbour_retain_accuracy": accuracy}
     try:
         out["neighbour_fid"] = w.scorer.fidelity(images[mine], forget_class, classes=near)["fid"]
     except EvalError as e:
