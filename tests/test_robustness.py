@@ -49,6 +49,7 @@ def test_robustness_settings_are_checked():
     with pytest.raises(ConfigError, match="a list"):
         load_config("digits", ["robustness.guidances=4.0"])
     assert load_config("digits", ["robustness.guidances=[1, 4.0]"]).robustness.guidances == [1.0, 4.0]
+    assert load_config("digits", ["robustness.attack_start=null"]).robustness.attack_start == "null"  # not None
 
 
 RELEARN = ["robustness.relearn_images=[2, 4]", "robustness.relearn_steps=3", "robustness.relearn_at=[0, 1, 3]",
@@ -89,8 +90,9 @@ def test_a_run_writes_the_relearning_curves_before_and_after(tmp_path, capsys):
     m = json.loads((out / "metrics.json").read_text())
     for side in ("before", "after"):
         assert set(m[side]["robustness"]["relearn"]) == {"2", "4"}
-    assert "relearning on 4 images, forget accuracy at steps 0, 1, 3" in capsys.readouterr().out
-    assert (out / "relearn_curve.png").stat().st_size
+    printed = capsys.readouterr().out
+    assert "relearning on 4 images, forget accuracy at steps 0, 1, 3" in printed
+    assert (out / "relearn_curve.png").stat().st_size and "log.jsonl, relearn_curve.png" in printed.splitlines()[-1]
 
 
 def test_the_conditioning_attack_fits_a_new_class_embedding_and_nothing_else():

@@ -26,6 +26,8 @@ def coerce(key: str, value, hint):
     for kind in (a for a in args if a is not type(None)):
         if typing.get_origin(kind) is typing.Literal:
             choices = typing.get_args(kind)
+            if value is None and "null" in choices:  # YAML reads the choice's word as None
+                return "null"
             if any(value == c and type(value) is type(c) for c in choices):
                 return value
             raise ConfigError(f"{key} = {value!r} is not valid{suggest(str(value), [str(c) for c in choices])}")

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     from dualerase.metrics.imagenet import EvalError
     from dualerase.reports.summary import scores_text, summary
     from dualerase.runs.checkpoint import disk_full
-    from dualerase.runs.job import dry_run, run_trials, score
+    from dualerase.runs.job import dry_run, run_trials, score, written
     from dualerase.runs.plan import config_text
     from dualerase.unlearn import DivergenceError
 
@@ -96,8 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                              resume=args.resume, progress=not args.quiet, report_to=args.report_to)
         if processes().is_main_process:
             print(summary(metrics))
-            print(f"wrote {output}/: metrics.json, {'trial-s*/: ' if args.trials > 1 else ''}model/, grid.png, "
-                  "config.yaml, log.jsonl")
+            print(f"wrote {output}/: {written(output)}")
             if args.push_to_hub:
                 print(f"pushed {output / 'model'} to {push_to_hub(output / 'model', args.push_to_hub)}")
     except (ConfigError, UsageError, EvalError) as e:

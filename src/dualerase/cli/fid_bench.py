@@ -93,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     if not processes().is_main_process:  # under a multi-process launch the main process writes the tables
         return 0
     print(result.table)
-    print(f"wrote {args.output}/: results.md, results.csv, results.json, forget_loss.png, grad_norms.png")
+    written = [p for p in ("results.md", "results.csv", "results.json", "forget_loss.png", "grad_norms.png",
+                           "relearn_curve.png") if (args.output / p).exists()]
+    print(f"wrote {args.output}/: {', '.join(written)}")
     return 0
 
 

@@ -235,6 +235,15 @@ def _run(cfg: Config, forget_class: int, output: Path, *, overwrite: bool, resum
     return metrics if main else json.loads((output / "metrics.json").read_text())
 
 
+RUN_FILES = ("metrics.json", "model/", "grid.png", "config.yaml", "log.jsonl", "forget_curve.png", "relearn_curve.png")
+
+
+def written(output: Path) -> str:
+    """What a finished run left in `output`, for its last line: the files of RUN_FILES there, and its trial folders."""
+    return ", ".join([n for n in RUN_FILES if (output / n).exists()] + sorted(f"{p.name}/"
+                                                                              for p in output.glob("trial-s*")))
+
+
 def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
     """Mean and sample std of the values that are there (a non-finite FID is stored as null); None when none is, and
     a std of None from a single value (one seed has no spread to report, not a spread of 0)."""

@@ -168,6 +168,16 @@ def fitted_embedding(model, x: torch.Tensor, y: torch.Tensor, forget_class: int,
     return attacked
 
 
+def unlinked(model, forget_class: int, other: int):
+    """The control the conditioning attack must fail: a copy of the model whose `forget_class` rows of the class
+    embedders are `other`'s, its label unlinked from the concept and every other weight kept."""
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        for e in embedders(model):
+            e.class_embedder.embedding_table.weight[forget_class] = e.class_embedder.embedding_table.weight[other]
+    return model
+
+
 def conditioning_attack(model, w: Workload, cfg: Config, forget_class: int) -> dict:
     """The conditioning attack, with robustness.attack_steps > 0: `fitted_embedding` from the forget class's own row or
     the null class's (robustness.attack_start), on robustness.attack_images real images of the class; forget accuracy
