@@ -1,6 +1,7 @@
 """The commands end to end on the embedded digits default, shrunk to seconds, and their bad-input errors."""
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -289,6 +290,24 @@ def test_dry_run_checks_and_counts_without_running(tmp_path, capsys):
     # a tracker that is not installed is refused by the dry run too (wandb is not among the test extras)
     assert erase_class.main(["7", "--output", str(out), "--dry-run", "--report-to", "wandb"]) == 2
     assert "wandb" in capsys.readouterr().err
+
+
+def test_dry_run_estimates_each_phase_from_the_throughput_measured_now(tmp_path, capsys, monkeypatch):
+    """A pass with a backward pass at the forward-and-backward rate (the classifier's own in its training), a pass
+    without at the forward rate; the cached phases' share said apart. The CLI measures the rates for real."""
+    from dualerase.config import load_config
+    from dualerase.runs import plan
+
+    monkeypatch.setattr(plan, "throughput", lambda cfg: {"forward": 0.1, "backward": 0.2, "classifier": 0.5})
+    rows = [("erasure", 1000, 400), ("evaluation before (cached after a first run)", 500, 0),
+            ("digits classifier training, once", 200, 200)]
+    # 400 x 0.2 + 600 x 0.1 = 140 s; 500 x 0.1 = 50 s (cached); 200 x 0.5 = 100 s: 290 s in all
+    assert plan.estimate(load_config("digits"), rows).startswith(
+        "time: about 4.8 min on this machine (0.8 min of it in phases cached after a first run), from 100000 us per "
+        "image forward and 200000 us forward and backward")
+    monkeypatch.undo()
+    assert erase_class.main(["7", "--output", str(tmp_path / "never"), "--dry-run"]) == 0
+    assert re.search(r"time: about \d+\.\d min on this machine", capsys.readouterr().out)
 
 
 def test_dry_run_lists_the_one_time_training_of_the_digits_models(tmp_path, capsys, monkeypatch):

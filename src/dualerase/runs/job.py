@@ -35,7 +35,7 @@ from dualerase.runs.evaluation import (
     grid_images,
     protocol,
 )
-from dualerase.runs.plan import passes, passes_table
+from dualerase.runs.plan import estimate, passes, passes_table
 from dualerase.runs.sources import real_data
 from dualerase.runs.workload import check_inputs, classes_of, model_settings, prepare
 from dualerase.storage import atomic_write_json, atomic_write_text
@@ -106,10 +106,9 @@ def dry_run(cfg: Config, class_arg: str, output: Path, trials: int, overwrite: b
     head = (f"dry run: erase class {forget_class} ({classes.short(forget_class)}) with {cfg.method.name}, "
             f"{cfg.erase.optimizer} optimizer(s), seed {cfg.seed}" + (f", {trials} trials" if trials > 1 else "") +
             f", into {output}" + (" (already finished: nothing would run)" if finished else ""))
-    return (f"{head}\nnetwork passes per run (one pass = one image through the network):\n"
-            f"{passes_table(passes(cfg, len(classes), shown))}\n"
-            "time: not estimated, no throughput has been measured for this model and device (after a run, "
-            "metrics.json `timings` has each phase's seconds)")
+    rows = passes(cfg, len(classes), shown)
+    return (f"{head}\nnetwork passes per run (one pass = one image through the network):\n{passes_table(rows)}\n"
+            f"{estimate(cfg, rows)}")
 
 
 def score(cfg: Config, class_arg: str, progress: bool = True) -> dict:

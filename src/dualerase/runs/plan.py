@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import time
 
+import torch
 import yaml
 
 from dualerase.config import Config, to_dict
@@ -80,3 +82,55 @@ def passes_table(rows: list[tuple[str, int, int]]) -> str:
     lines += [f"{name:{width}s}  {fwd:>14,d}  {bwd:>14,d}" for name, fwd, bwd in rows]
     lines.append(f"{'total':{width}s}  {sum(r[1] for r in rows):>14,d}  {sum(r[2] for r in rows):>14,d}")
     return "\n".join(lines)
+
+
+def _per_image(fn, n: int, repeats: int = 3) -> float:
+    fn()  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats / n
+
+
+def throughput(cfg: Config) -> dict[str, float]:
+    """Seconds per image measured now, on this machine with compute.threads, at erase.batch_size images a batch: the
+    digits DiT's forward pass without gradients (sampling), its forward and backward pass of DiT's loss (training,
+    erasure, attacks), and the digits classifier's forward and backward pass (its training). Random weights of the
+    recipe's shapes: time does not depend on their values."""
+    from dualerase.metrics.classifier import DigitsNet
+    from dualerase.models.digits import NUM_CLASSES, SIZE
+    from dualerase.models.dit import build_dit, make_scheduler
+    from dualerase.models.loss import DiTLoss
+
+    d, n, threads = cfg.digits, cfg.erase.batch_size, torch.get_num_threads()
+    torch.set_num_threads(cfg.compute.threads or threads)
+    try:
+        model = build_dit(num_classes=NUM_CLASSES, sample_size=SIZE, in_channels=1, patch_size=d.patch_size,
+                          layers=d.layers, heads=d.heads, head_dim=d.head_dim)
+        x, y, t = torch.randn(n, 1, SIZE, SIZE), torch.randint(0, NUM_CLASSES, (n,)), torch.randint(0, 1000, (n,))
+        with torch.no_grad():
+            forward = _per_image(lambda: model(x, timestep=t, class_labels=y), n)
+        loss, net = DiTLoss(make_scheduler()), DigitsNet()
+        return {"forward": forward, "backward": _per_image(lambda: loss(model, (x, y)).backward(), n),
+                "classifier": _per_image(lambda: net(x).logsumexp(1).mean().backward(), n)}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def estimate(cfg: Config, rows: list[tuple[str, int, int]]) -> str:
+    """The dry run's time line: for the digits default, each phase's passes at the throughput measured now (a pass
+    with a backward one at the forward-and-backward rate); the rest (scoring, FID features, Python) is not counted."""
+    if cfg.model.source != "digits":
+        return ("time: not estimated, no throughput has been measured for this model and device (after a run, "
+                "metrics.json `timings` has each phase's seconds)")
+    rate = throughput(cfg)
+
+    def seconds(name: str, fwd: int, bwd: int) -> float:
+        return bwd * rate["classifier" if "classifier" in name else "backward"] + (fwd - bwd) * rate["forward"]
+
+    total = sum(seconds(*r) for r in rows)
+    cached = sum(seconds(*r) for r in rows if "cached" in r[0])
+    return (f"time: about {total / 60:.1f} min on this machine ({cached / 60:.1f} min of it in phases cached after a "
+            f"first run), from {rate['forward'] * 1e6:.0f} us per image forward and {rate['backward'] * 1e6:.0f} us "
+            f"forward and backward of the digits DiT measured just now at batch {cfg.erase.batch_size} with "
+            f"{cfg.compute.threads or torch.get_num_threads()} threads; scoring and FID features not counted")
