@@ -39,13 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(parser, argv)
     if isinstance(args, int):  # --help, --version or a bad argument: answered before torch is imported
         return args
-    from dualerase.data.folders import check_writable
     from dualerase.integrations.claims import shard_of
     from dualerase.launch import processes
     from dualerase.metrics.imagenet import EvalError
-    from dualerase.runs.bench import bench, cell_folder, check_cells, plan
-    from dualerase.runs.plan import config_text, passes
-    from dualerase.runs.workload import check_inputs
+    from dualerase.runs.bench import bench, dry_run, plan, tuned
+    from dualerase.runs.plan import config_text
 
     try:
         grid = plan(args.spec, classes=args.classes, methods=args.methods, optimizers=args.optimizers,
@@ -58,22 +56,12 @@ def main(argv: list[str] | None = None) -> int:
             print(config_text(configs[0]), end="")
             return 0
         if args.dry_run:  # every check a real run makes before its first cell
-            check_writable(args.output, "--output")
-            check_inputs(configs[0])
-            check_cells(grid, args.output)
-            todo = [c for c in grid.cells if not (cell_folder(args.output, *c) / "metrics.json").exists()]
-            shown = min(len(grid.classes), configs[0].eval.grid_classes)
-            total = [sum(p[i] for cfg in configs for p in passes(cfg, len(grid.classes), shown)) for i in (1, 2)]
-            print(f"dry run: {len(grid.cells)} cells, {len(grid.cells) - len(todo)} finished in {args.output}, "
-                  f"{len(todo)} to run:")
-            print("\n".join(f"  {m} / {o} / class {c} / seed {s}" for m, o, c, s in todo))
-            print(f"network passes of all {len(grid.cells)} cells (one pass = one image through the network; base "
-                  f"evaluations are shared across cells of one class and seed): {total[0]:,d} forward, "
-                  f"{total[1]:,d} backward")
+            print(dry_run(grid, args.output))
             return 0
-        result = bench(grid, args.output, progress=not args.quiet, claim_timeout=args.claim_timeout,
-                       shard=shard_of(args.shard) if args.shard else (0, 1), aggregate_only=args.aggregate,
-                       command="fid-bench " + " ".join(argv if argv is not None else sys.argv[1:]))
+        run = tuned if spec["tune"] is not None else bench
+        result = run(grid, args.output, progress=not args.quiet, claim_timeout=args.claim_timeout,
+                     shard=shard_of(args.shard) if args.shard else (0, 1), aggregate_only=args.aggregate,
+                     command="fid-bench " + " ".join(argv if argv is not None else sys.argv[1:]))
     except (ConfigError, UsageError, EvalError) as e:
         if is_main_process():  # under a launcher every process fails alike: one line, not one per process
             print(f"fid-bench: error: {e}", file=sys.stderr)

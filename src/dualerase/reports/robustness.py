@@ -10,7 +10,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from dualerase.reports.plots import _save
-from dualerase.reports.summary import number
+from dualerase.reports.summary import method, number
 
 
 def flatten(r: dict) -> dict[str, float | None]:
@@ -45,7 +45,7 @@ def table(rows: list[dict], keys: list[str]) -> list[str]:
             std = r.get(f"{k}_std")
             cells.append(f"{number(r.get(f'base_{k}'), spec)} -> {number(r.get(k), spec)}"
                          + (f" +- {number(std, spec)}" if std is not None else ""))
-        lines.append(f"| {r['method']} | {r['optimizer']} | {r['class']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {method(r)} | {r['optimizer']} | {r['class']} | " + " | ".join(cells) + " |")
     return ["Is the class really gone? The robustness measurements (README, \"Is the class really gone?\"), base model "
             "-> after erasure, means over seeds (+- their std). `guidance g`: forget accuracy at that guidance scale; "
             "`unconditional`: share of null-class samples called the class; `attack FA`: forget accuracy under the "

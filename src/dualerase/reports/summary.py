@@ -101,6 +101,11 @@ def protocol_line(p: dict) -> str:
             f"classifier {p['classifier']}{rule}, seed {p['seed']}{software}")
 
 
+def method(row: dict) -> str:
+    """A table row's method, with the setting it ran at when a tuning grid or a sweep gave it one."""
+    return row["method"] + (f" ({row['setting']})" if row.get("setting") else "")
+
+
 def number(value: float | None, spec: str = ".3f") -> str:
     """A score as text, or n/a for one that could not be computed (a non-finite FID, a class without samples)."""
     return "n/a" if value is None else format(value, spec)

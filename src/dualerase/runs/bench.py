@@ -19,18 +19,18 @@ from dualerase.errors import UsageError
 from dualerase.integrations.claims import claim
 from dualerase.launch import main_decides, processes
 from dualerase.reports.plots import plot_curves
-from dualerase.reports.robustness import flatten, plot_relearn
-from dualerase.reports.robustness import table as robustness_table
-from dualerase.reports.summary import number as _num
-from dualerase.reports.summary import protocol_line
+from dualerase.reports.robustness import flatten
+from dualerase.reports.tables import markdown, relearn_panels, robust_keys
 from dualerase.runs.evaluation import SCORES
 from dualerase.runs.job import mean_std, run
-from dualerase.runs.workload import classes_of
+from dualerase.runs.plan import passes
+from dualerase.runs.tuning import plot_sensitivity, select, settings_of, sweep_settings, tune_spec, write_tuned
+from dualerase.runs.workload import check_inputs, classes_of
 from dualerase.storage import atomic_write_json, atomic_write_text
 from dualerase.unlearn import DivergenceError
 
 SPEC_KEYS = {"config": "digits", "methods": ["sfron"], "optimizers": ["dual", "shared"], "classes": ["3"],
-             "seeds": [0], "set": []}
+             "seeds": [0], "set": [], "tune": None, "sweep": None}  # tune, sweep: runs/tuning.py
 
 
 def read_spec(name_or_path: str) -> dict:
@@ -57,17 +57,8 @@ def read_spec(name_or_path: str) -> dict:
     return spec
 
 
-def _gap(after: float | None, before: float | None, spec: str) -> str:
-    return "n/a" if after is None or before is None else format(after - before, spec)
-
-
 def _scores(side: dict) -> dict:
     return {**side, **flatten(side.get("robustness", {}))}
-
-
-def robust_keys(cells: list[dict]) -> list[str]:
-    """The robustness scores (reports.robustness.flatten) any cell measured after erasure, in the order first met."""
-    return list(dict.fromkeys(k for m in cells for k in flatten(m["after"].get("robustness", {}))))
 
 
 def aggregate(cells: list[dict]) -> list[dict]:
@@ -78,24 +69,26 @@ def aggregate(cells: list[dict]) -> list[dict]:
     those stds (the spread across runs, as in the paper's Std column), and the gap to the base model; a single class
     gets no "all" row."""
     def key(m):
-        return m["method"], m["optimizer"], str(m["forget_class"])
+        return m["method"], m["optimizer"], setting_label(m.get("setting", ())), str(m["forget_class"])
 
     scores = [*SCORES, *robust_keys(cells)]
 
     per_class = []
-    for (method, optimizer, cls), group in itertools.groupby(sorted(cells, key=key), key=key):
+    for (method, optimizer, setting, cls), group in itertools.groupby(sorted(cells, key=key), key=key):
         group = list(group)
-        row = {"method": method, "optimizer": optimizer, "class": cls, "runs": len(group)}
+        row = {"method": method, "optimizer": optimizer, "setting": setting, "class": cls, "runs": len(group)}
         for score in scores:
             row[score], row[f"{score}_std"] = mean_std([_scores(m["after"]).get(score) for m in group])
             row[f"base_{score}"] = mean_std([_scores(m["before"]).get(score) for m in group])[0]
         per_class.append(row)
     overall = []
-    for (method, optimizer), group in itertools.groupby(per_class, key=lambda r: (r["method"], r["optimizer"])):
+    for (method, optimizer, setting), group in itertools.groupby(
+            per_class, key=lambda r: (r["method"], r["optimizer"], r["setting"])):
         group = list(group)
         if len(group) == 1:  # one class: its row says it all
             continue
-        row = {"method": method, "optimizer": optimizer, "class": "all", "runs": sum(r["runs"] for r in group)}
+        row = {"method": method, "optimizer": optimizer, "setting": setting, "class": "all",
+               "runs": sum(r["runs"] for r in group)}
         for score in scores:
             for col in (score, f"{score}_std", f"base_{score}"):
                 row[col] = mean_std([r[col] for r in group])[0]
@@ -103,78 +96,28 @@ def aggregate(cells: list[dict]) -> list[dict]:
     return overall + per_class
 
 
-def markdown(rows: list[dict], cells: list[dict], command: str, diverged: list[str] = ()) -> str:
-    """results.md: the paper-shaped table (mean +- std across seeds) and the gap to the base model."""
-    head = ("| method | optimizer | class | runs | FA (lower better) | FA, published rule | not a digit | retain acc "
-            "| FID | gap FA | gap retain acc | gap FID |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
-    lines = [head]
-    for r in rows:
-        lines.append(f"| {r['method']} | {r['optimizer']} | {r['class']} | {r['runs']} | "
-                     f"{_num(r['forget_accuracy'], '.3f')} +- {_num(r['forget_accuracy_std'], '.3f')} | "
-                     f"{_num(r['forget_accuracy_published'], '.3f')} | {_num(r['forget_not_a_class'], '.3f')} | "
-                     f"{_num(r['retain_accuracy'], '.3f')} +- {_num(r['retain_accuracy_std'], '.3f')} | "
-                     f"{_num(r['fid'], '.2f')} +- {_num(r['fid_std'], '.2f')} | "
-                     f"{_gap(r['forget_accuracy'], r['base_forget_accuracy'], '+.3f')} | "
-                     f"{_gap(r['retain_accuracy'], r['base_retain_accuracy'], '+.3f')} | "
-                     f"{_gap(r['fid'], r['base_fid'], '+.2f')} |")
-    quality = ["| method | optimizer | class | FID | KID | precision | recall | gap KID | gap precision | gap recall |",
-               "|---|---|---|---|---|---|---|---|---|---|"]
-    quality += [f"| {r['method']} | {r['optimizer']} | {r['class']} | {_num(r['fid'], '.2f')} | "
-                f"{_num(r.get('kid'), '.4f')} | {_num(r.get('precision'), '.3f')} | {_num(r.get('recall'), '.3f')} | "
-                f"{_gap(r.get('kid'), r.get('base_kid'), '+.4f')} | "
-                f"{_gap(r.get('precision'), r.get('base_precision'), '+.3f')} | "
-                f"{_gap(r.get('recall'), r.get('base_recall'), '+.3f')} |" for r in rows]
-    seeds = sorted({m["seed"] for m in cells})
-    base = {}
-    for m in cells:
-        base.setdefault(str(m["forget_class"]), m["before"])
-    base_lines = [f"| {c} | {_num(b['forget_accuracy'], '.3f')} | {_num(b.get('forget_accuracy_published'), '.3f')} | "
-                  f"{_num(b.get('forget_not_a_class'), '.3f')} | {_num(b['retain_accuracy'], '.3f')} | "
-                  f"{_num(b['fid'], '.2f')} |" for c, b in sorted(base.items())]
-    missing = sum(m[side]["fid"] is None for m in cells for side in ("before", "after"))
-    proto = protocol_line({**cells[0]["protocol"], "seed": ", ".join(map(str, seeds))})
-    return "\n".join([
-        "# fid-bench results", "", f"Command: `{command}`", "",
-        f"Protocol: {proto}.", "",
-        "Each cell is one erasure. `+-` is the sample standard deviation across seeds (n/a from a single seed); an "
-        "`all` row averages the per-class means and the per-class standard deviations. Gaps are after minus before "
-        "(the base model).", "",
-        *([f"FID was not finite in {missing} evaluation(s) (null in their metrics.json, with fid_error saying why): "
-           "means and stds are over the others, n/a where none is left.", ""] if missing else []),
-        *lines, "", *robustness_table(rows, robust_keys(cells)),
-        "Sample quality of the retained classes, on the features FID uses (means over seeds; KID: unbiased MMD; "
-        "precision and recall: k-NN balls, k = 3):", "", *quality, "",
-        f"Base model (before erasure), scored with the noise of seed {cells[0]['seed']}:", "",
-        "| class | FA | FA, published rule | not a digit | retain acc | FID |", "|---|---|---|---|---|---|",
-        *base_lines, "",
-        *([f"Diverged cells (no after metrics, left out of the table): {len(diverged)}", ""]
-          + [f"* {d}" for d in diverged] + [""] if diverged else [])])
+def setting_label(setting) -> str:
+    """A cell's setting (its own overrides, from a tuning grid or a sweep) as the tables show it."""
+    return " ".join(setting)
 
 
-def relearn_panels(cells: list[dict], path: Path) -> bool:
-    """relearn_curve.png of a benchmark: a row per class, a line per method and optimizer (its band over seeds) and
-    the base model's line."""
-    panels: dict[str, dict[str, list[dict]]] = {}
-    for m in cells:
-        lines = panels.setdefault(f"class {m['forget_class']}", {"base": []})
-        lines["base"].append(m["before"].get("robustness", {}).get("relearn", {}))
-        after = m["after"].get("robustness", {}).get("relearn", {})
-        lines.setdefault(f"{m['method']} {m['optimizer']}", []).append(after)
-    return plot_relearn(panels, path)
+def cell_name(method: str, optimizer: str, cls: str, seed: int, setting=()) -> str:
+    return f"{method} / {optimizer} / class {cls} / seed {seed}" + (f" / {setting_label(setting)}" if setting else "")
 
 
-def cell_folder(output: Path, method: str, optimizer: str, cls: str, seed: int) -> Path:
-    return output / "cells" / f"{method}-{optimizer}-{cls.replace(' ', '_')}-s{seed}"
+def cell_folder(output: Path, method: str, optimizer: str, cls: str, seed: int, setting=()) -> Path:
+    tag = "".join(f"-{key.split('.')[-1]}{value}" for key, value in (item.split("=", 1) for item in setting))
+    return output / "cells" / f"{method}-{optimizer}-{cls.replace(' ', '_')}-s{seed}{tag.replace(' ', '')}"
 
 
-Cell = tuple[str, str, str, int]  # method, optimizer, class, seed
+Cell = tuple[str, str, str, int, tuple]  # method, optimizer, class, seed, setting (overrides of its own)
 
 
 def check_cells(grid, output: Path) -> None:
     """Refuse, before any work (and in a dry run), a benchmark whose started or finished cells ran with another config:
     their numbers would sit in one table with the new ones."""
-    for (method, optimizer, cls, seed), cfg in zip(grid.cells, grid.configs):
-        saved = cell_folder(output, method, optimizer, cls, seed) / "config.yaml"
+    for cell, cfg in zip(grid.cells, grid.configs):
+        saved = cell_folder(output, *cell) / "config.yaml"
         if saved.exists() and saved_config(saved) != to_dict(cfg):
             raise UsageError(f"cell {saved.parent} was run with another config: give a new --output for a changed "
                              "benchmark")
@@ -193,18 +136,79 @@ class Grid:
 def plan(spec: str = "digits", *, classes: list | None = None, methods: list[str] | None = None,
          optimizers: list[str] | None = None, seeds: list[int] | None = None, overrides: list[str] = ()) -> Grid:
     """Read the spec, apply the choices, and check every cell's config and class before any cell runs."""
-    spec = read_spec(spec)
+    where, spec = spec, read_spec(spec)
     for name, value in (("classes", classes), ("methods", methods), ("optimizers", optimizers), ("seeds", seeds)):
         if value:
             spec[name] = list(value)
-    cells = list(itertools.product(spec["methods"], spec["optimizers"], map(str, spec["classes"]), spec["seeds"]))
-    configs = [load_config(spec["config"], [*spec["set"], *overrides, f"method.name={method}",
-                                            f"erase.optimizer={optimizer}", f"seed={seed}"])
-               for method, optimizer, _, seed in cells]  # every cell's config checked before any cell runs
-    known = classes_of(configs[0])
+    spec["overrides"] = list(overrides)
+    if spec["tune"] is not None:
+        spec["tune"] = tune_spec(spec, where)
+
+    def settings(optimizer: str) -> list[list[str]]:  # a sweep's values, with the key of the optimizer mode
+        return sweep_settings(spec, where, optimizer) if spec["sweep"] is not None else [[]]
+
+    cells = [(method, optimizer, str(cls), seed, tuple(setting)) for method in spec["methods"]
+             for optimizer in spec["optimizers"] for setting in settings(optimizer)
+             for cls in spec["classes"] for seed in spec["seeds"]]
+    grid = Grid(spec, cells, configs_of(spec, cells), classes_of(load_config(spec["config"], spec["set"])))
     for cls in spec["classes"]:
-        resolve_class(str(cls), known)
-    return Grid(spec, cells, configs, known)
+        resolve_class(str(cls), grid.classes)
+    return grid
+
+
+def configs_of(spec: dict, cells: list[Cell], extra: list[str] = ()) -> list[Config]:
+    """Every cell's config (checked before any cell runs): the spec's preset and overrides, the command line's, the
+    `extra` ones (a tuning run's), the cell's setting, then its method, optimizer and seed."""
+    return [load_config(spec["config"], [*spec["set"], *spec["overrides"], *extra, *setting, f"method.name={method}",
+                                         f"erase.optimizer={optimizer}", f"seed={seed}"])
+            for method, optimizer, _, seed, setting in cells]
+
+
+def tuning_grid(grid: Grid) -> Grid:
+    """The tuning run of a spec with `tune`: each method's grid of settings on the tuning seeds, under tune.set."""
+    spec, tune = grid.spec, grid.spec["tune"]
+    cells = [(method, optimizer, str(cls), seed, tuple(setting)) for method in spec["methods"]
+             for optimizer in spec["optimizers"] for setting in settings_of(tune, method, optimizer)
+             for cls in tune["classes"] or spec["classes"] for seed in tune["seeds"]]
+    return Grid(spec, cells, configs_of(spec, cells, tune["set"]), grid.classes)
+
+
+def dry_run(grid: Grid, output: Path) -> str:
+    """Every check a real run makes before its first cell, then the cells to run (a tuning run's first) and their
+    network passes."""
+    check_writable(output, "--output")
+    check_inputs(grid.configs[0])
+    parts = [("tuning cells, in tune/", tuning_grid(grid), output / "tune")] if grid.spec["tune"] is not None else []
+    lines = []
+    for name, g, out in [*parts, ("cells" + (" (each pair at the setting tuning chooses)" if parts else ""), grid,
+                                  output)]:
+        check_cells(g, out)
+        todo = [c for c in g.cells if not (cell_folder(out, *c) / "metrics.json").exists()]
+        shown = min(len(g.classes), g.configs[0].eval.grid_classes)
+        total = [sum(p[i] for cfg in g.configs for p in passes(cfg, len(g.classes), shown)) for i in (1, 2)]
+        lines += [f"dry run: {len(g.cells)} {name}, {len(g.cells) - len(todo)} finished in {out}, {len(todo)} to run:",
+                  *(f"  {cell_name(*c)}" for c in todo),
+                  f"network passes of all {len(g.cells)} cells (one pass = one image through the network; base "
+                  f"evaluations are shared across cells of one class and seed): {total[0]:,d} forward, "
+                  f"{total[1]:,d} backward"]
+    return "\n".join(lines)
+
+
+def tuned(grid: Grid, output: Path, **kwargs) -> BenchResult:
+    """A spec with `tune`: the tuning run in output/tune, each (method, optimizer)'s operating point chosen from it
+    alone (`tuning.select`) and written to output/tuned/, then the reporting grid at those settings in output."""
+    tuning = bench(tuning_grid(grid), output / "tune", **kwargs)
+    if tuning.pending or not tuning.cells:
+        return tuning  # other jobs run the rest of the tuning grid
+    chosen = select(tuning.cells, grid.spec["tune"]["fa_target"], grid.spec["tune"]["retain_drop"])
+    if processes().is_main_process:
+        write_tuned(chosen, grid.spec, output / "tuned")
+    missing = {(m, o) for m, o, *_ in grid.cells} - set(chosen)
+    if missing:
+        raise UsageError(f"no tuning cell of {sorted(missing)} finished (all diverged?): see {output / 'tune'}")
+    grid.cells = [(m, o, c, s, tuple(chosen[(m, o)]["setting"])) for m, o, c, s, _ in grid.cells]
+    grid.configs = configs_of(grid.spec, grid.cells)
+    return bench(grid, output, **kwargs)
 
 
 @dataclass
@@ -230,14 +234,14 @@ def bench(grid: Grid, output: Path, *, progress: bool = True, shard: tuple[int, 
     main = state.is_main_process
     check_writable(output, "--output")  # before the first cell, not after it
     check_cells(grid, output)
-    for i, ((method, optimizer, cls, seed), cfg) in enumerate(zip(grid.cells, grid.configs)):
-        out = cell_folder(output, method, optimizer, cls, seed)
+    for i, ((method, optimizer, cls, seed, setting), cfg) in enumerate(zip(grid.cells, grid.configs)):
+        out = cell_folder(output, method, optimizer, cls, seed, setting)
         if (out / "metrics.json").exists() or (out / "diverged.txt").exists():  # an interrupted run resumes here
             continue
         if aggregate_only or i % shard[1] != shard[0] or not main_decides(main and claim(out, claim_timeout * 3600)):
             continue  # another shard's, or another job's (claimed)
         if main:
-            print(f"fid-bench: cell {i + 1}/{len(grid.cells)}: {method} / {optimizer} / class {cls} / seed {seed}",
+            print(f"fid-bench: cell {i + 1}/{len(grid.cells)}: {cell_name(method, optimizer, cls, seed, setting)}",
                   file=sys.stderr)
         try:
             run(cfg, cls, out, resume="latest", progress=progress)  # a killed cell continues
@@ -246,12 +250,12 @@ def bench(grid: Grid, output: Path, *, progress: bool = True, shard: tuple[int, 
                 atomic_write_text(out / "diverged.txt", str(e))
     state.wait_for_everyone()
     result, logs = BenchResult(output), {}
-    for method, optimizer, cls, seed in grid.cells:  # every finished cell, in the grid's order, whichever job ran it
-        out = cell_folder(output, method, optimizer, cls, seed)
-        name = f"{method} / {optimizer} / class {cls} / seed {seed}"
-        logs[method, optimizer, cls, seed] = out / "log.jsonl"
+    for method, optimizer, cls, seed, setting in grid.cells:  # every finished cell, in the grid's order, whoever ran it
+        out = cell_folder(output, method, optimizer, cls, seed, setting)
+        name = cell_name(method, optimizer, cls, seed, setting)
+        logs[method, optimizer, cls, seed] = out / "log.jsonl"  # a sweep draws sensitivity.png instead
         if (out / "metrics.json").exists():
-            result.cells.append(json.loads((out / "metrics.json").read_text()))
+            result.cells.append({**json.loads((out / "metrics.json").read_text()), "setting": list(setting)})
         elif (out / "diverged.txt").exists():
             result.diverged.append(f"{name}: {(out / 'diverged.txt').read_text()}")
         else:
@@ -272,7 +276,10 @@ def bench(grid: Grid, output: Path, *, progress: bool = True, shard: tuple[int, 
         table += "\n".join([f"Not finished when these tables were written: {len(result.pending)} cell(s)", ""] +
                             [f"* {name}" for name in result.pending]) + "\n"
     atomic_write_text(output / "results.md", table)
-    plot_curves(logs, output)
+    if grid.spec["sweep"] is None:
+        plot_curves(logs, output)
+    else:
+        plot_sensitivity(result.cells, grid.spec["sweep"], output / "sensitivity.png")
     relearn_panels(result.cells, output / "relearn_curve.png")
     result.table = table
     return result

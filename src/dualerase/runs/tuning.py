@@ -1,0 +1,165 @@
+"""A fair comparison: every method at its own best setting, and the sensitivity DualOptim claims.
+
+A benchmark spec may hold
+* `tune:` a grid of settings per method (`grid: {method: {key: [values]}}`, or one per optimizer mode
+  `{method: {dual: {...}, shared: {...}}}`; every combination a setting), run on the tuning seeds (`seeds`, never the
+  reporting ones) and classes (`classes`, default the spec's) under extra overrides (`set`, e.g. the fast
+  protocol). Each (method, optimizer) pair's operating point is chosen by `select`: the lowest FID among the settings
+  whose forget accuracy is at most `fa_target` and whose retain accuracy is within `retain_drop` of the base
+  model's, else the lowest forget accuracy. The chosen settings are written as configs
+  (`tuned/<method>-<optimizer>.yaml`) and the reporting grid runs each pair at its own;
+* `sweep:` one key (`key`, or one per optimizer mode: the forget lr of dual mode is the shared lr of shared) over
+  `values`: every cell of the grid at every value, and `sensitivity.png`, forget accuracy and FID against the value,
+  dual vs shared, a panel per method with a band over seeds.
+"""
+from __future__ import annotations
+
+import itertools
+import statistics
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from dualerase.config import load_config
+from dualerase.errors import UsageError
+from dualerase.reports.plots import COLORS, _save
+from dualerase.runs.plan import config_text
+from dualerase.storage import atomic_write_text
+
+TUNE_KEYS = {"seeds": [100, 101], "classes": None, "set": [], "grid": {}, "fa_target": 0.05, "retain_drop": 0.03}
+
+
+def tune_spec(spec: dict, where: str) -> dict:
+    """The spec's `tune` block with TUNE_KEYS' defaults, checked: known keys, a grid of lists per known method, and
+    tuning seeds that are not reporting seeds."""
+    tune = spec["tune"]
+    if not isinstance(tune, dict) or set(tune) - set(TUNE_KEYS):
+        raise UsageError(f"tune in {where} must be a mapping of {', '.join(TUNE_KEYS)}")
+    tune = {**TUNE_KEYS, **tune}
+    overlap = set(tune["seeds"]) & set(spec["seeds"])
+    if overlap:
+        raise UsageError(f"tune.seeds and seeds in {where} share {sorted(overlap)}: tuning seeds must never be "
+                         "reporting seeds")
+    for method in tune["grid"]:
+        for optimizer in spec["optimizers"]:
+            keys = _grid(tune, method, optimizer)
+            if not isinstance(keys, dict) or not all(isinstance(v, list) and v for v in keys.values()):
+                raise UsageError(f"tune.grid.{method} in {where} must map config keys to lists of values, or dual "
+                                 "and shared to such mappings")
+    return tune
+
+
+def _grid(tune: dict, method: str, optimizer: str) -> dict:
+    keys = tune["grid"].get(method) or {}
+    return keys.get(optimizer) or {} if isinstance(keys, dict) and set(keys) & {"dual", "shared"} else keys
+
+
+def settings_of(tune: dict, method: str, optimizer: str) -> list[list[str]]:
+    """Every combination of the method's tuning grid (its optimizer mode's, when the grid has one per mode), as
+    overrides; [[]] (its preset as it is) when it has none."""
+    keys = _grid(tune, method, optimizer)
+    return [[f"{k}={v}" for k, v in zip(keys, values)] for values in itertools.product(*keys.values())] or [[]]
+
+
+def sweep_key(sweep: dict, optimizer: str) -> str:
+    """The swept key: one for both modes, or one per mode (the forget lr in dual mode is the shared lr in shared)."""
+    return sweep["key"][optimizer] if isinstance(sweep["key"], dict) else sweep["key"]
+
+
+def sweep_settings(spec: dict, where: str, optimizer: str) -> list[list[str]]:
+    sweep = spec["sweep"]
+    if not isinstance(sweep, dict) or set(sweep) != {"key", "values"} or not isinstance(sweep["values"], list) or (
+            isinstance(sweep["key"], dict) and not set(spec["optimizers"]) <= set(sweep["key"])):
+        raise UsageError(f"sweep in {where} must be a mapping of key (a config key, or one per optimizer mode: "
+                         "{dual: ..., shared: ...}) and values (a list)")
+    return [[f"{sweep_key(sweep, optimizer)}={v}"] for v in sweep["values"]]
+
+
+def _mean(cells: list[dict], side: str, score: str) -> float | None:
+    values = [m[side][score] for m in cells if m[side].get(score) is not None]
+    return statistics.fmean(values) if values else None
+
+
+def _or_inf(value: float | None) -> float:
+    return float("inf") if value is None else value
+
+
+def select(cells: list[dict], fa_target: float, retain_drop: float) -> dict[tuple[str, str], dict]:
+    """Each (method, optimizer) pair's operating point from its tuning cells (metrics with their `setting`): means
+    over classes and seeds per setting; the lowest FID among the settings with FA <= fa_target and retain accuracy
+    at least the base model's minus retain_drop; if none, the lowest FA (then FID). Returns, per pair, the chosen
+    setting with its means and the rule that chose it."""
+    groups: dict[tuple, list[dict]] = {}
+    for m in cells:
+        groups.setdefault((m["method"], m["optimizer"], tuple(m["setting"])), []).append(m)
+    scored: dict[tuple[str, str], list[dict]] = {}
+    for (method, optimizer, setting), group in groups.items():
+        scored.setdefault((method, optimizer), []).append({
+            "setting": list(setting), "runs": len(group), "fa": _mean(group, "after", "forget_accuracy"),
+            "retain": _mean(group, "after", "retain_accuracy"),
+            "base_retain": _mean(group, "before", "retain_accuracy"), "fid": _mean(group, "after", "fid")})
+    chosen = {}
+    for pair, points in scored.items():
+        ok = [p for p in points if p["fa"] is not None and p["fa"] <= fa_target and p["retain"] is not None
+              and p["retain"] >= p["base_retain"] - retain_drop]
+        if ok:
+            best = min(ok, key=lambda p: _or_inf(p["fid"]))
+            rule = f"lowest FID with FA <= {fa_target:g} and retain accuracy within {retain_drop:g} of the base"
+        else:
+            best = min(points, key=lambda p: (_or_inf(p["fa"]), _or_inf(p["fid"])))
+            rule = f"no setting met FA <= {fa_target:g} with retain accuracy within {retain_drop:g}: lowest FA"
+        chosen[pair] = {**best, "rule": rule, "candidates": len(points)}
+    return chosen
+
+
+def write_tuned(chosen: dict[tuple[str, str], dict], spec: dict, folder: Path) -> list[Path]:
+    """tuned/<method>-<optimizer>.yaml: the reporting config of each pair at its chosen setting (every key, as
+    `--config` reads it), headed by the rule and the tuning means that chose it."""
+    paths = []
+    for (method, optimizer), point in sorted(chosen.items()):
+        cfg = load_config(spec["config"], [*spec["set"], *point["setting"], f"method.name={method}",
+                                           f"erase.optimizer={optimizer}"])
+        head = (f"# {method} / {optimizer}, tuned by fid-bench on seeds {spec['tune']['seeds']}: "
+                f"{' '.join(point['setting']) or 'the preset as it is'}\n# chosen by: {point['rule']} "
+                f"(of {point['candidates']} settings); tuning means: FA {point['fa']}, retain accuracy "
+                f"{point['retain']} (base {point['base_retain']}), FID {point['fid']}\n")
+        path = folder / f"{method}-{optimizer}.yaml"
+        atomic_write_text(path, head + config_text(cfg))
+        paths.append(path)
+    return paths
+
+
+def _value(setting: list[str]) -> float:
+    return float(setting[0].split("=", 1)[1])
+
+
+def plot_sensitivity(cells: list[dict], sweep: dict, path: Path) -> None:
+    """sensitivity.png: forget accuracy (top row) and FID (bottom row) against the swept value, a column per method,
+    dual and shared in their colours: per seed the mean over classes, then the mean over seeds with a +-1 std band."""
+    methods = sorted({m["method"] for m in cells})
+    fig = Figure(figsize=(3.6 * len(methods), 5.4))
+    axes = fig.subplots(2, len(methods), squeeze=False)
+    for col, method in enumerate(methods):
+        for row, (score, label) in enumerate((("forget_accuracy", "forget accuracy"), ("fid", "FID"))):
+            ax = axes[row][col]
+            for optimizer, color in COLORS.items():
+                mine = [m for m in cells if m["method"] == method and m["optimizer"] == optimizer]
+                values = sorted({_value(m["setting"]) for m in mine})
+                if not values:
+                    continue
+                per_seed = [[statistics.fmean(x) for seed in sorted({m["seed"] for m in mine})
+                             if (x := [m["after"][score] for m in mine if _value(m["setting"]) == v
+                                       and m["seed"] == seed and m["after"].get(score) is not None])]
+                            for v in values]
+                mean = np.array([statistics.fmean(s) if s else np.nan for s in per_seed])
+                std = np.array([statistics.stdev(s) if len(s) > 1 else 0.0 for s in per_seed])
+                ax.plot(values, mean, "-o", ms=3, color=color, label=optimizer)
+                ax.fill_between(values, mean - std, mean + std, color=color, alpha=0.2)
+            if len({_value(m["setting"]) for m in cells}) > 1 and min(_value(m["setting"]) for m in cells) > 0:
+                ax.set_xscale("log")
+            ax.set_title(f"{method}: {label}", fontsize=9)
+            ax.set_xlabel(" / ".join(f"{v} ({k})" for k, v in sweep["key"].items()) if isinstance(sweep["key"], dict)
+                          else sweep["key"], fontsize=8)
+            ax.legend(fontsize=7)
+    _save(fig, path)
