@@ -23,6 +23,7 @@ from dualerase.models.dit import (
     embedder_copies_equal,
     embedders_tied,
     make_scheduler,
+    sampler_scheduler,
     set_norm_eps,
     set_timestep_shift,
 )
@@ -244,7 +245,7 @@ def test_one_block_has_no_copies_to_tell_by():
     ("model.tie_embedders=maybe", "must be auto, true or false"),
     ("model.timestep_shift=2", "must be null, 0 .original DiT. or 1"),
     ("model.norm_eps=0", "must be > 0"),
-    ("sample.timestep_spacing=linear", "valid: leading, linspace, trailing"),
+    ("sample.timestep_spacing=linear", "valid: dit, leading, linspace, trailing"),
     ("sample.guidance_channels=0", "must be > 0"),
 ])
 def test_bad_settings_are_one_line_errors(item, message):
@@ -381,7 +382,7 @@ def test_erase_class_on_a_converted_pipeline_erases_one_embedder(folder, tmp_pat
     assert protocol["timestep_shift"] == 0
     assert protocol["norm_eps"] == 1e-6
     assert protocol["guidance_channels"] == 3
-    assert protocol["timestep_spacing"] == "linspace"
+    assert protocol["timestep_spacing"] == "dit"
     assert protocol["model_parameters"] == sum(p.numel() for p in original_dit().parameters())
     pipe = DiTPipeline.from_pretrained(out / "model")
     assert embedder_copies_equal(pipe.transformer)
@@ -404,8 +405,7 @@ def dit_sample(model, labels, *, steps, guidance, channels_guided, gen):
     learned-range variance between the clipped posterior variance and beta, no noise at the last step, guidance on
     the first `channels_guided` epsilon channels. The initial noise and each step's noise come from `gen`, in the order
     our sampler draws them."""
-    stride = 999 / (steps - 1)
-    kept = [round(i * stride) for i in range(steps)]
+    kept = dits_steps(steps)
     ac_all = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000, dtype=np.float64))
     betas = 1 - ac_all[kept] / np.append(1.0, ac_all[kept][:-1])
     alphas = 1 - betas
@@ -434,15 +434,34 @@ def dit_sample(model, labels, *, steps, guidance, channels_guided, gen):
     return x
 
 
-def test_the_steps_are_dits_respaced_steps():
-    scheduler = make_scheduler()
-    scheduler.set_timesteps(250)
-    assert scheduler.timesteps[0] == 999
-    assert scheduler.timesteps[-1] == 0
-    assert scheduler.timesteps.tolist() == [round(i * 999 / 249) for i in range(250)][::-1]
+def dits_steps(n: int) -> list[int]:
+    """DiT's space_timesteps(1000, "n"), written from its description: start at index 0, add the fractional stride
+    999 / (n - 1) n times, keep round() of each running sum (Python's round: half to even)."""
+    out, position = [], 0.0
+    for _ in range(n):
+        out.append(round(position))
+        position += 999 / (n - 1)
+    return out
+
+
+@pytest.mark.parametrize("steps", [250, 100, 21, 43, 61, 2])
+def test_the_steps_are_dits_respaced_steps(steps):
+    """At 21 steps DiT keeps 499 where diffusers' linspace keeps 500; at 43, 833 against 832; at 61, 167 against 166."""
+    for kind in ("ddpm", "dpm-solver++"):
+        scheduler = sampler_scheduler(kind)
+        scheduler.set_timesteps(steps)
+        assert scheduler.timesteps.tolist() == dits_steps(steps)[::-1]
+    assert (499 in dits_steps(21)) and (833 in dits_steps(43)) and (167 in dits_steps(61))
+
+
+
+def test_other_spacings_are_diffusers():
     leading = make_scheduler(timestep_spacing="leading")
     leading.set_timesteps(250)
     assert leading.timesteps[0] == 996  # diffusers' default
+    linspace = make_scheduler(timestep_spacing="linspace")
+    linspace.set_timesteps(21)
+    assert 500 in linspace.timesteps.tolist()
 
 
 def test_our_sampler_is_dits_sampler(folder):

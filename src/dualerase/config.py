@@ -74,8 +74,9 @@ class SampleConfig:
     guidance: Annotated[float, Ge(0)] = 1.5  # classifier-free guidance scale (1: no guidance)
     # guide only the first k epsilon channels (DiT's sampler: 3); null: all
     guidance_channels: Annotated[int | None, Gt(0)] = None
-    # linspace: DiT's respacing (from t = 999); diffusers' leading, or trailing
-    timestep_spacing: Literal["linspace", "leading", "trailing"] = "linspace"
+    # dit: DiT's space_timesteps (from t = 999); diffusers' linspace (the same but for one step at some odd counts),
+    # leading or trailing
+    timestep_spacing: Literal["dit", "linspace", "leading", "trailing"] = "dit"
     batch_size: Annotated[int, Gt(0)] = 500
 
 

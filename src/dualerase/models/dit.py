@@ -171,23 +171,53 @@ def drop_labels(labels: torch.Tensor, p: float, null_class: int, generator: torc
     return torch.where(drop, null_class, labels)
 
 
-def make_scheduler(num_train_timesteps: int = 1000, timestep_spacing: str = "linspace") -> DDPMScheduler:
+def space_timesteps(num_timesteps: int, steps: int) -> list[int]:
+    """The steps DiT's `space_timesteps(T, "n")` keeps, descending: the stride (T - 1) / (n - 1) added up in floating
+    point and each sum rounded (half to even). Mostly diffusers' "linspace" steps, but at 278 of the counts 2-1000
+    one step differs (at 21 steps the middle one is 499, against linspace's 500)."""
+    stride, at, kept = (num_timesteps - 1) / (steps - 1) if steps > 1 else 1, 0.0, []
+    for _ in range(steps):
+        kept.append(round(at))
+        at += stride
+    return kept[::-1]
+
+
+class _DiTSpaced:
+    """A diffusers scheduler that steps through `space_timesteps` (sample.timestep_spacing=dit)."""
+
+    def set_timesteps(self, num_inference_steps=None, device=None, **kwargs):
+        super().set_timesteps(device=device, timesteps=space_timesteps(self.config.num_train_timesteps,
+                                                                       num_inference_steps))
+
+
+class DiTSpacedDDPMScheduler(_DiTSpaced, DDPMScheduler):
+    pass
+
+
+class DiTSpacedDPMSolverMultistepScheduler(_DiTSpaced, DPMSolverMultistepScheduler):
+    pass
+
+
+def make_scheduler(num_train_timesteps: int = 1000, timestep_spacing: str = "dit") -> DDPMScheduler:
     """DiT's diffusion: linear betas 1e-4..0.02, sampled with the model's learned variance.
 
-    "linspace" spacing keeps round(i (T - 1) / (n - 1)), the steps of DiT's `space_timesteps(T, "n")` (from t = 999);
-    diffusers' default "leading" starts at 996 for 250 steps. The scheduler re-derives each step's beta from
-    alphas_cumprod at the kept steps, as DiT's respacing does."""
-    return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="linear", beta_start=1e-4,
-                         beta_end=0.02, variance_type="learned_range", clip_sample=False,
-                         timestep_spacing=timestep_spacing)
+    "dit" spacing steps through DiT's `space_timesteps(T, "n")` (from t = 999); diffusers' "linspace" keeps
+    round(i (T - 1) / (n - 1)), the same but for one step at some odd counts; its default "leading" starts at 996 for
+    250 steps. The scheduler re-derives each step's beta from alphas_cumprod at the kept steps, as DiT's respacing
+    does."""
+    cls = DiTSpacedDDPMScheduler if timestep_spacing == "dit" else DDPMScheduler
+    return cls(num_train_timesteps=num_train_timesteps, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+               variance_type="learned_range", clip_sample=False,
+               timestep_spacing="linspace" if timestep_spacing == "dit" else timestep_spacing)
 
 
 SCHEDULER_NAMES = {"ddpm": "DDPM", "ddim": "DDIM (eta 0)", "dpm-solver++": "DPM-Solver++ (2nd order)"}
 
 
-def sampler_scheduler(kind: str = "ddpm", timestep_spacing: str = "linspace"):
+def sampler_scheduler(kind: str = "ddpm", timestep_spacing: str = "dit"):
     """The scheduler of sample.scheduler on DiT's diffusion: "ddpm" (DiT's sampler, learned variance), "ddim" (eta 0,
-    deterministic), or "dpm-solver++" (2nd-order multistep); the last two read epsilon only (fixed variance)."""
+    deterministic), or "dpm-solver++" (2nd-order multistep); the last two read epsilon only (fixed variance). DDIM
+    steps by a fixed stride in diffusers whatever the spacing: "dit" gives it diffusers' "linspace" steps."""
     ddpm = make_scheduler(timestep_spacing=timestep_spacing)
     if kind == "ddpm":
         return ddpm
@@ -196,7 +226,8 @@ def sampler_scheduler(kind: str = "ddpm", timestep_spacing: str = "linspace"):
     if kind == "ddim":
         return DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=True)
     if kind == "dpm-solver++":
-        return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2)
+        cls = DiTSpacedDPMSolverMultistepScheduler if timestep_spacing == "dit" else DPMSolverMultistepScheduler
+        return cls(**common, algorithm_type="dpmsolver++", solver_order=2)
     raise ValueError(f"unknown sample.scheduler {kind!r}: use ddpm, ddim or dpm-solver++")
 
 
