@@ -215,3 +215,53 @@ def test_sa_published_values_and_joint_step():
     assert sa.forget_reduction == "sum"
     assert sa.retain_reduction == "sum"
     assert _sa(forget_reduction="mean").forget_reduction == "mean"
+
+
+@pytest.fixture
+def learned_dit():
+    """A tiny DiT with learned sigma, as DiT-XL/2 and the digits DiT: its loss has the VB term."""
+    torch.manual_seed(0)
+    return build_dit(num_classes=5, sample_size=4, in_channels=1, patch_size=2, layers=2, heads=2, head_dim=8)
+
+
+def _eps_sum(model, x0, y, seeds):
+    """SA's and SalUn's DDPM loss, written from the description: the epsilon MSE summed over pixels, batch mean."""
+    t, e, xt = _noised(x0, seeds)
+    eps = model(xt, t, class_labels=y).sample[:, :1]
+    return ((eps - e) ** 2).flatten(1).sum(1).mean()
+
+
+def test_sa_keeps_the_variance_term_on_replay_only_by_default(learned_dit):
+    """On a learned-sigma DiT, SA's surrogate loss is its DDPM code's epsilon loss (the noise surrogate does not train
+    the variance head); the replay loss is DiT's, VB term included; method.variance_term chooses otherwise."""
+    x0, y, seeds = _batch(label=1, n=4)
+    full = DiTLoss(make_scheduler())(learned_dit, (x0, y, seeds), reduction="sum")
+    eps_only = _eps_sum(learned_dit, x0, y, seeds)
+    assert full > eps_only * 1.001  # the VB term is there to be dropped
+
+    def sa_of(**cfg):
+        sa = _sa(ewc_lambda=0.0, **cfg)
+        sa.fisher = {n: torch.zeros_like(p) for n, p in learned_dit.named_parameters()}
+        sa.anchor = {n: p.detach().clone() for n, p in learned_dit.named_parameters()}
+        return sa
+
+    sa = sa_of()
+    assert torch.allclose(sa.forget_loss(learned_dit, (x0, y, seeds)), eps_only, rtol=1e-5)
+    assert torch.allclose(sa.retain_loss(learned_dit, (x0, y, seeds)), full, rtol=1e-5)
+    both, none = sa_of(variance_term="both"), sa_of(variance_term="none")
+    assert torch.allclose(both.forget_loss(learned_dit, (x0, y, seeds)), full, rtol=1e-5)
+    assert torch.allclose(none.retain_loss(learned_dit, (x0, y, seeds)), eps_only, rtol=1e-5)
+
+
+def test_salun_losses_on_a_learned_sigma_dit(learned_dit):
+    """SalUn's forget loss matches epsilons only, whatever the variance term; its retain loss is DiT's summed loss
+    (VB included) unless method.variance_term=none, which gives its DDPM code's epsilon loss."""
+    x0, y, seeds = _batch(label=3, n=4)
+    assert torch.allclose(_salun().retain_loss(learned_dit, (x0, y, seeds)),
+                          DiTLoss(make_scheduler())(learned_dit, (x0, y, seeds), reduction="sum"), rtol=1e-5)
+    assert torch.allclose(_salun(variance_term="none").retain_loss(learned_dit, (x0, y, seeds)),
+                          _eps_sum(learned_dit, x0, y, seeds), rtol=1e-5)
+    torch.manual_seed(5)
+    a = _salun().forget_loss(learned_dit, (x0, y, seeds))
+    torch.manual_seed(5)
+    assert torch.equal(a, _salun(variance_term="none").forget_loss(learned_dit, (x0, y, seeds)))

@@ -82,13 +82,15 @@ class DiTLoss:
         x0, labels, t, noise = self.draws(model, batch)
         return x0, labels, t, noise, self._xt(x0, t, noise)
 
-    def __call__(self, model: DiTTransformer2DModel, batch, reduce: bool = True,
-                 reduction: str = "mean") -> torch.Tensor:
+    def __call__(self, model: DiTTransformer2DModel, batch, reduce: bool = True, reduction: str = "mean",
+                 variance: bool = True) -> torch.Tensor:
         """DiT's loss per sample, averaged over the batch (`reduce`). `reduction` "mean": averaged over pixels, as DiT
-        trains; "sum": summed over pixels, as the DDPM code of SalUn and Selective Amnesia (a pixel-count larger)."""
-        return self.of_draws(model, *self.draws(model, batch), reduce=reduce, reduction=reduction)
+        trains; "sum": summed over pixels, as the DDPM code of SalUn and Selective Amnesia (a pixel-count larger).
+        `variance` False: the epsilon MSE alone, without the learned-variance term (that DDPM code's loss)."""
+        return self.of_draws(model, *self.draws(model, batch), reduce=reduce, reduction=reduction, variance=variance)
 
-    def of_draws(self, model, x0, labels, t, noise, reduce: bool = True, reduction: str = "mean") -> torch.Tensor:
+    def of_draws(self, model, x0, labels, t, noise, reduce: bool = True, reduction: str = "mean",
+                 variance: bool = True) -> torch.Tensor:
         """The loss of the batch that `draws` came from, as a pure function of those tensors: no generator and no
         query of the model's device, which is only called (so torch.func can vmap it, e.g. per-sample gradients)."""
         xt = self._xt(x0, t, noise)
@@ -96,7 +98,7 @@ class DiTLoss:
         channels = x0.shape[1]
         eps = out[:, :channels]
         loss = ((eps - noise) ** 2).flatten(1).mean(1)
-        if out.shape[1] == 2 * channels:
+        if variance and out.shape[1] == 2 * channels:
             loss = loss + self._vb(eps.detach(), out[:, channels:], x0, xt, t)
         loss = loss * _pixels(x0, reduction)
         return loss.mean() if reduce else loss

@@ -27,6 +27,10 @@ class MethodConfig:
     forget_reduction: Literal["mean", "sum"] | None = None
     # (GA, SFR-on: mean as DiT; SalUn: mean / sum; SA: sum / sum)
     retain_reduction: Literal["mean", "sum"] | None = None
+    # the loss's learned-variance term (DiT's VB) in the data losses: on forget and retain losses ("both"), on retain
+    # losses only, or on neither (the epsilon MSE of SalUn's and SA's DDPM code); null: the method's (SA: retain, so
+    # that its surrogate noise does not train the variance head; the others: both, DiT's loss)
+    variance_term: Literal["both", "retain", "none"] | None = None
     gamma: Annotated[float, Ge(0)] = 1.0  # SFR-on: mask threshold on the Fisher ratio F_f / F_r
     top_p: Annotated[float, Gt(0), Le(1)] = 0.5  # SalUn: share of weights the mask keeps
     pseudo_class: int | None = None  # SalUn: class forget images are relabelled as (null: (c_f + 1) mod K)

@@ -33,7 +33,8 @@ class Method:
     `clip_then_mask` clips the whole gradient before masking it (SalUn's order) instead of after.
     `forget_reduction` / `retain_reduction` are the loss scales of the method's own paper ("mean" over pixels, as
     DiT trains, or "sum" over pixels, as the DDPM code of SalUn and SA), so that a published alpha or lambda means
-    what it meant there; `method.forget_reduction` / `method.retain_reduction` override them. `published` holds the
+    what it meant there; `method.forget_reduction` / `method.retain_reduction` override them. `variance_term` says
+    which data losses keep the loss's learned-variance term (`method.variance_term` overrides it). `published` holds the
     method's own published values of other config keys (dotted key -> value), applied under presets and --set.
     """
 
@@ -43,6 +44,7 @@ class Method:
     clip_then_mask = False
     forget_reduction = "mean"
     retain_reduction = "mean"
+    variance_term = "both"
     published: dict = {}
 
     def __init__(self, cfg, loss, *, forget_class: int, num_classes: int):
@@ -51,6 +53,8 @@ class Method:
         self.forget_class = forget_class
         self.num_classes = num_classes
         self.forget_reduction, self.retain_reduction = self.reductions(cfg).values()
+        term = cfg.variance_term or self.variance_term  # which data losses keep the model's learned-variance term
+        self.forget_variance, self.retain_variance = term == "both", term in ("both", "retain")
 
     @classmethod
     def reductions(cls, cfg) -> dict[str, str]:
@@ -67,7 +71,7 @@ class Method:
 
     def retain_loss(self, model: torch.nn.Module, batch) -> torch.Tensor:
         """Keep the other classes: the plain training loss on retain data."""
-        return self.loss(model, batch, reduction=self.retain_reduction)
+        return self.loss(model, batch, reduction=self.retain_reduction, variance=self.retain_variance)
 
     def prepare(self, model: torch.nn.Module, forget: Callable[[int], Iterator], retain: Callable[[int], Iterator],
                 progress: bool = True, partial=None) -> dict[str, torch.Tensor] | None:

@@ -8,4 +8,4 @@ class GradientAscent(Method):
     name = "ga"
 
     def forget_loss(self, model, batch):
-        return -self.loss(model, batch, reduction=self.forget_reduction)
+        return -self.loss(model, batch, reduction=self.forget_reduction, variance=self.forget_variance)

@@ -18,6 +18,7 @@ class SelectiveAmnesia(Method):
     joint = True
     forget_reduction = "sum"
     retain_reduction = "sum"
+    variance_term = "retain"  # the surrogate is noise: its variance is not the data's
     published = {"erase.alpha_schedule": "constant", "erase.retain_clip": 1.0, "erase.retain_label_dropout": 0.0}
 
     def data(self, source):
@@ -51,8 +52,9 @@ class SelectiveAmnesia(Method):
         return torch.stack(terms).sum()
 
     def forget_loss(self, model, batch):
-        return self.loss(model, batch, reduction=self.forget_reduction)
+        return self.loss(model, batch, reduction=self.forget_reduction, variance=self.forget_variance)
 
     def retain_loss(self, model, batch):
-        return (self.cfg.replay_weight * self.loss(model, batch, reduction=self.retain_reduction)
+        return (self.cfg.replay_weight * self.loss(model, batch, reduction=self.retain_reduction,
+                                                   variance=self.retain_variance)
                 + self.cfg.ewc_lambda * self.ewc_penalty(model))
