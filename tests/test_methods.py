@@ -150,3 +150,13 @@ def test_salun_mask_count_is_exact_and_keeps_the_largest(values, split, fraction
     assert int(kept.sum()) == max(1, int(fraction * len(values)))  # as SalUn: int(top_p * N)
     if not kept.all():
         assert flat[kept].min() >= flat[~kept].max()
+
+
+def test_salun_pseudo_label_dropout_is_drawn_per_sample_seed_apart_from_the_noise():
+    """method.pseudo_label_dropout drops SalUn's target labels to the null class (K) by a draw of each sample's own
+    (the same seeds give the same drops), about the share asked; 0 (the default) drops none."""
+    labels, seeds = torch.full((400,), 1), torch.arange(400) * 7919
+    dropped = _method("salun", pseudo_label_dropout=0.3).pseudo_labels(labels, seeds)
+    assert set(dropped.tolist()) == {2, 5} and 0.22 < (dropped == 5).float().mean() < 0.38
+    assert torch.equal(dropped, _method("salun", pseudo_label_dropout=0.3).pseudo_labels(labels, seeds))
+    assert (_method("salun").pseudo_labels(labels, seeds) == 2).all()

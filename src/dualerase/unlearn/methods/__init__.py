@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from annotated_types import Ge, Gt, Le
+from annotated_types import Ge, Gt, Le, Lt
 
 from dualerase.unlearn.methods.base import Method
 from dualerase.unlearn.methods.ga import GradientAscent
@@ -34,6 +34,9 @@ class MethodConfig:
     gamma: Annotated[float, Ge(0)] = 1.0  # SFR-on: mask threshold on the Fisher ratio F_f / F_r
     top_p: Annotated[float, Gt(0), Le(1)] = 0.5  # SalUn: share of weights the mask keeps
     pseudo_class: int | None = None  # SalUn: class forget images are relabelled as (null: (c_f + 1) mod K)
+    # SalUn: label dropout of the pseudo-class target, drawn apart from the forget batch's (erase.forget_label_dropout);
+    # SalUn's code runs its forget step in train mode, 0.1 on both
+    pseudo_label_dropout: Annotated[float, Ge(0), Lt(1)] = 0.0
     saliency_batch: Annotated[int, Gt(0)] = 128  # SalUn: forget images per clipped saliency gradient
     # SalUn: guidance scale of the saliency loss (DiT's convention; SalUn's w = 2)
     saliency_guidance: Annotated[float, Gt(0)] = 3.0

@@ -23,15 +23,24 @@ class SalUn(Method):
     retain_reduction = "sum"
     published = {"erase.alpha": 1e-3, "erase.alpha_schedule": "constant", "erase.mask_retain": True}
 
-    def pseudo_labels(self, labels: torch.Tensor) -> torch.Tensor:
-        """The class forget images are pushed towards: `pseudo_class`, or (c_f + 1) mod K as in SalUn."""
+    def pseudo_labels(self, labels: torch.Tensor, seeds: torch.Tensor | None = None) -> torch.Tensor:
+        """The class forget images are pushed towards: `pseudo_class`, or (c_f + 1) mod K as in SalUn; each dropped to
+        the null class with probability `pseudo_label_dropout` (SalUn's target pass in train mode), drawn apart from
+        the prediction's dropout: from each sample's seed moved into a range the noise seeds never use, else (no seeds)
+        from torch's global generator."""
         pseudo = self.cfg.pseudo_class
         if pseudo is None:
             pseudo = (self.forget_class + 1) % self.num_classes
-        return torch.full_like(labels, pseudo)
+        out = torch.full_like(labels, pseudo)
+        if self.cfg.pseudo_label_dropout:
+            draws = torch.rand(len(labels)) if seeds is None else torch.cat(
+                [torch.rand(1, generator=torch.Generator().manual_seed(int(s) | 1 << 62)) for s in seeds])
+            out = torch.where(draws.to(out.device) < self.cfg.pseudo_label_dropout, self.num_classes, out)
+        return out
 
     def forget_loss(self, model, batch):
-        return self.loss.match(model, batch, self.pseudo_labels(batch[1]), reduction=self.forget_reduction)
+        seeds = batch[2] if len(batch) > 2 else None
+        return self.loss.match(model, batch, self.pseudo_labels(batch[1], seeds), reduction=self.forget_reduction)
 
     def prepare(self, model, forget, retain, progress=True, partial=None):
         size = self.cfg.saliency_batch
