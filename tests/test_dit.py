@@ -210,3 +210,22 @@ def test_our_sampler_gives_ditpipelines_images_for_the_same_noise():
     # The comparison can fail: guidance on 3 of the 4 channels, or other noise, lands far away.
     assert (ours(guidance_channels=3) - theirs).abs().max() > 1e-3
     assert (ours(seed=seed + 1) - theirs).abs().max() > 1e-3
+
+
+def test_the_first_training_names_its_cache_and_suggests_one_thread_on_a_busy_machine(tmp_path, monkeypatch, capsys):
+    from dualerase.models.digits import DigitsRecipe, prepare_digits_dit
+
+    monkeypatch.setenv("DUALERASE_HOME", str(tmp_path))
+    monkeypatch.setattr("os.getloadavg", lambda: (3.0, 3.0, 3.0))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        folder = prepare_digits_dit(DigitsRecipe(steps=2), progress=True)
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert f"training the digits model once (2 steps), cached at {folder}" in out
+    assert "the machine is busy (load 3.0" in out and "--set compute.threads=1" in out
+    monkeypatch.setattr("os.getloadavg", lambda: (0.1, 0.1, 0.1))
+    prepare_digits_dit(DigitsRecipe(steps=3), progress=True)
+    assert "busy" not in capsys.readouterr().out
