@@ -150,7 +150,8 @@ def plan(spec: str = "digits", *, classes: list | None = None, methods: list[str
     cells = [(method, optimizer, str(cls), seed, tuple(setting)) for method in spec["methods"]
              for optimizer in spec["optimizers"] for setting in settings(optimizer)
              for cls in spec["classes"] for seed in spec["seeds"]]
-    grid = Grid(spec, cells, configs_of(spec, cells), classes_of(load_config(spec["config"], spec["set"])))
+    configs = configs_of(spec, cells)
+    grid = Grid(spec, cells, configs, classes_of(configs[0]))  # the command line's model, if it names one
     for cls in spec["classes"]:
         resolve_class(str(cls), grid.classes)
     return grid
