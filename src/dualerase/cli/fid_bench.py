@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     from dualerase.integrations.claims import shard_of
     from dualerase.launch import processes
     from dualerase.metrics.imagenet import EvalError
-    from dualerase.runs.bench import bench, dry_run, plan, tuned
+    from dualerase.runs.bench import BENCH_FILES, bench, dry_run, plan, tuned
+    from dualerase.runs.job import written
     from dualerase.runs.plan import config_text
 
     try:
@@ -81,9 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     if not processes().is_main_process:  # under a multi-process launch the main process writes the tables
         return 0
     print(result.table)
-    written = [p for p in ("results.md", "results.csv", "results.json", "forget_loss.png", "grad_norms.png",
-                           "relearn_curve.png") if (args.output / p).exists()]
-    print(f"wrote {args.output}/: {', '.join(written)}")
+    print(f"wrote {args.output}/: {written(args.output, BENCH_FILES)}")
     return 0
 
 

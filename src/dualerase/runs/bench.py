@@ -29,6 +29,8 @@ from dualerase.runs.workload import check_inputs, classes_of
 from dualerase.storage import atomic_write_json, atomic_write_text
 from dualerase.unlearn import DivergenceError
 
+BENCH_FILES = ("results.md", "results.csv", "results.json", "forget_loss.png", "grad_norms.png", "sensitivity.png",
+               "relearn_curve.png")  # what a benchmark writes into its output folder
 SPEC_KEYS = {"config": "digits", "methods": ["sfron"], "optimizers": ["dual", "shared"], "classes": ["3"],
              "seeds": [0], "set": [], "tune": None, "sweep": None}  # tune, sweep: runs/tuning.py
 
@@ -75,11 +77,11 @@ def aggregate(cells: list[dict]) -> list[dict]:
 
     per_class = []
     for (method, optimizer, setting, cls), group in itertools.groupby(sorted(cells, key=key), key=key):
-        group = list(group)
-        row = {"method": method, "optimizer": optimizer, "setting": setting, "class": cls, "runs": len(group)}
+        sides = [(_scores(m["after"]), _scores(m["before"])) for m in group]
+        row = {"method": method, "optimizer": optimizer, "setting": setting, "class": cls, "runs": len(sides)}
         for score in scores:
-            row[score], row[f"{score}_std"] = mean_std([_scores(m["after"]).get(score) for m in group])
-            row[f"base_{score}"] = mean_std([_scores(m["before"]).get(score) for m in group])[0]
+            row[score], row[f"{score}_std"] = mean_std([after.get(score) for after, _ in sides])
+            row[f"base_{score}"] = mean_std([before.get(score) for _, before in sides])[0]
         per_class.append(row)
     overall = []
     for (method, optimizer, setting), group in itertools.groupby(
@@ -202,13 +204,14 @@ def tuned(grid: Grid, output: Path, **kwargs) -> BenchResult:
     if tuning.pending or not tuning.cells:
         return tuning  # other jobs run the rest of the tuning grid
     chosen = select(tuning.cells, grid.spec["tune"]["fa_target"], grid.spec["tune"]["retain_drop"])
-    if processes().is_main_process:
-        write_tuned(chosen, grid.spec, output / "tuned")
     missing = {(m, o) for m, o, *_ in grid.cells} - set(chosen)
     if missing:
         raise UsageError(f"no tuning cell of {sorted(missing)} finished (all diverged?): see {output / 'tune'}")
     grid.cells = [(m, o, c, s, tuple(chosen[(m, o)]["setting"])) for m, o, c, s, _ in grid.cells]
     grid.configs = configs_of(grid.spec, grid.cells)
+    if processes().is_main_process:
+        write_tuned(chosen, {(m, o): cfg for (m, o, *_), cfg in zip(grid.cells, grid.configs)}, grid.spec,
+                    output / "tuned")
     return bench(grid, output, **kwargs)
 
 

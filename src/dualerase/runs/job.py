@@ -237,10 +237,11 @@ def _run(cfg: Config, forget_class: int, output: Path, *, overwrite: bool, resum
 RUN_FILES = ("metrics.json", "model/", "grid.png", "config.yaml", "log.jsonl", "forget_curve.png", "relearn_curve.png")
 
 
-def written(output: Path) -> str:
-    """What a finished run left in `output`, for its last line: the files of RUN_FILES there, and its trial folders."""
-    return ", ".join([n for n in RUN_FILES if (output / n).exists()] + sorted(f"{p.name}/"
-                                                                              for p in output.glob("trial-s*")))
+def written(output: Path, names: tuple[str, ...] = RUN_FILES) -> str:
+    """What a finished command left in `output`, for its last line: the files of `names` there, and a run's trial
+    folders."""
+    return ", ".join([n for n in names if (output / n).exists()] + sorted(f"{p.name}/"
+                                                                          for p in output.glob("trial-s*")))
 
 
 def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:

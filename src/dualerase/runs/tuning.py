@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from dualerase.config import load_config
+from dualerase.config import Config
 from dualerase.errors import UsageError
 from dualerase.reports.plots import COLORS, _save
+from dualerase.runs.job import mean_std
 from dualerase.runs.plan import config_text
 from dualerase.storage import atomic_write_text
 
@@ -77,8 +78,7 @@ def sweep_settings(spec: dict, where: str, optimizer: str) -> list[list[str]]:
 
 
 def _mean(cells: list[dict], side: str, score: str) -> float | None:
-    values = [m[side][score] for m in cells if m[side].get(score) is not None]
-    return statistics.fmean(values) if values else None
+    return mean_std([m[side].get(score) for m in cells])[0]
 
 
 def _or_inf(value: float | None) -> float:
@@ -113,13 +113,13 @@ def select(cells: list[dict], fa_target: float, retain_drop: float) -> dict[tupl
     return chosen
 
 
-def write_tuned(chosen: dict[tuple[str, str], dict], spec: dict, folder: Path) -> list[Path]:
-    """tuned/<method>-<optimizer>.yaml: the reporting config of each pair at its chosen setting (every key, as
-    `--config` reads it), headed by the rule and the tuning means that chose it."""
+def write_tuned(chosen: dict[tuple[str, str], dict], configs: dict[tuple[str, str], Config], spec: dict,
+                folder: Path) -> list[Path]:
+    """tuned/<method>-<optimizer>.yaml: the reporting config of each pair at its chosen setting (`configs`, one
+    reporting cell's each; every key, as `--config` reads it), headed by the rule and the tuning means that chose it."""
     paths = []
     for (method, optimizer), point in sorted(chosen.items()):
-        cfg = load_config(spec["config"], [*spec["set"], *point["setting"], f"method.name={method}",
-                                           f"erase.optimizer={optimizer}"])
+        cfg = configs[method, optimizer]
         head = (f"# {method} / {optimizer}, tuned by fid-bench on seeds {spec['tune']['seeds']}: "
                 f"{' '.join(point['setting']) or 'the preset as it is'}\n# chosen by: {point['rule']} "
                 f"(of {point['candidates']} settings); tuning means: FA {point['fa']}, retain accuracy "
