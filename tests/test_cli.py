@@ -318,6 +318,22 @@ def test_dry_run_lists_the_one_time_training_of_the_digits_models(tmp_path, caps
     assert "digits DiT training, once (6000 steps; then cached)" in text and "768,000" in text
     assert "digits classifier training, once (60 epochs; then cached)" in text and f"{60 * 2156:,d}" in text
     assert not (tmp_path / "empty-cache" / "digits").exists()  # counted, not trained
+    # fid-bench's dry run sums its cells: the training once, the base model's evaluation once per class and seed
+    from dualerase.runs import plan
+    from dualerase.runs.bench import plan as bench_plan
+
+    monkeypatch.setattr(plan, "throughput", lambda cfg: {"forward": 1e-3, "backward": 2e-3, "classifier": 1e-3})
+    choice = {"methods": ["ga", "sfron"], "optimizers": ["dual"], "classes": ["3"], "seeds": [0, 1]}
+    assert fid_bench.main([*(a for k, v in choice.items() for a in (f"--{k}", *map(str, v))),
+                           "--output", str(tmp_path / "bench"), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    rows = {m[1]: (m[2], m[3]) for m in re.finditer(r"^(\S.*?)\s{2,}([\d,]+)\s+([\d,]+)$", text, re.M)}
+    one = {name: fwd for name, fwd, _ in plan.passes(bench_plan("digits", **choice).configs[0], 10, 10)}
+    assert rows["digits DiT training, once (6000 steps; then cached)"] == ("768,000", "768,000")
+    before, erasure = "evaluation before (cached after a first run)", "erasure (200 outer steps)"
+    assert rows[before][0] == f"{2 * one[before]:,d}"  # seeds 0 and 1
+    assert rows[erasure][0] == f"{4 * one[erasure]:,d}"  # every cell
+    assert "time: about" in text and not (tmp_path / "bench").exists()
 
 
 def test_fid_bench_dry_run_lists_the_cells_and_writes_nothing(tmp_path, capsys):

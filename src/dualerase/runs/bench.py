@@ -23,7 +23,7 @@ from dualerase.reports.robustness import flatten
 from dualerase.reports.tables import markdown, relearn_panels, robust_keys
 from dualerase.runs.evaluation import SCORES
 from dualerase.runs.job import mean_std, run
-from dualerase.runs.plan import passes
+from dualerase.runs.plan import cells_passes, estimate, passes_table
 from dualerase.runs.tuning import plot_sensitivity, select, settings_of, sweep_settings, tune_spec, write_tuned
 from dualerase.runs.workload import check_inputs, classes_of
 from dualerase.storage import atomic_write_json, atomic_write_text
@@ -188,12 +188,12 @@ def dry_run(grid: Grid, output: Path) -> str:
         check_cells(g, out)
         todo = [c for c in g.cells if not (cell_folder(out, *c) / "metrics.json").exists()]
         shown = min(len(g.classes), g.configs[0].eval.grid_classes)
-        total = [sum(p[i] for cfg in g.configs for p in passes(cfg, len(g.classes), shown)) for i in (1, 2)]
+        rows = cells_passes([(c, cfg) for c, cfg in zip(g.cells, g.configs) if c in todo], len(g.classes), shown)
         lines += [f"dry run: {len(g.cells)} {name}, {len(g.cells) - len(todo)} finished in {out}, {len(todo)} to run:",
-                  *(f"  {cell_name(*c)}" for c in todo),
-                  f"network passes of all {len(g.cells)} cells (one pass = one image through the network; base "
-                  f"evaluations are shared across cells of one class and seed): {total[0]:,d} forward, "
-                  f"{total[1]:,d} backward"]
+                  *(f"  {cell_name(*c)}" for c in todo)]
+        if rows:  # the base model's evaluations are shared by the cells of one class and seed
+            lines += [f"network passes of the {len(todo)} cells to run, in one job (one pass = one image through the "
+                      f"network):", passes_table(rows), estimate(g.configs[0], rows)]
     return "\n".join(lines)
 
 

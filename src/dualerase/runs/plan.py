@@ -76,6 +76,24 @@ def first_use(cfg: Config) -> list[tuple[str, int, int]]:
     return out
 
 
+def cells_passes(cells: list[tuple[tuple, Config]], num_classes: int, grid_classes: int) -> list[tuple[str, int, int]]:
+    """The phases of several erase-class runs summed, each given as (fid-bench's cell: (method, optimizer, class,
+    seed, ...), its config): the one-time training of the digits models counted once, the base model's cached phases
+    once per class and seed."""
+    totals: dict[str, tuple[int, int]] = {}
+    seen = set()
+    for cell, cfg in cells:
+        for name, fwd, bwd in passes(cfg, num_classes, grid_classes):
+            once = name if "once" in name else (cell[2], cell[3], name) if "cached" in name else None
+            if once is not None:
+                if once in seen:
+                    continue
+                seen.add(once)
+            f, b = totals.get(name, (0, 0))
+            totals[name] = (f + fwd, b + bwd)
+    return [(name, f, b) for name, (f, b) in totals.items()]
+
+
 def passes_table(rows: list[tuple[str, int, int]]) -> str:
     width = max(len(r[0]) for r in rows)
     lines = [f"{'phase':{width}s}  {'forward':>14s}  {'backward':>14s}"]
