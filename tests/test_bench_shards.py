@@ -51,6 +51,16 @@ def test_shards_split_the_grid_and_aggregate_writes_the_table(tmp_path, capsys):
     assert fid_bench.main([*GRID, "--output", str(out), "--shard", "1/2"]) == 0  # the last shard writes the tables
     assert "Not finished" not in (out / "results.md").read_text()
     assert fid_bench.main([*GRID, "--output", str(out), "--shard", "2/2"]) == 2
+    # a cell's record alone (metrics.json, config.yaml, log.jsonl), carried to another folder, counts as finished
+    carried = tmp_path / "carried"
+    for cell in (out / "cells").iterdir():
+        (carried / "cells" / cell.name).mkdir(parents=True)
+        for name in ("metrics.json", "config.yaml", "log.jsonl"):
+            (carried / "cells" / cell.name / name).write_bytes((cell / name).read_bytes())
+    capsys.readouterr()
+    assert fid_bench.main([*GRID, "--output", str(carried)]) == 0
+    assert "fid-bench: cell" not in capsys.readouterr().err  # nothing ran again
+    assert _table(carried) == _table(out)
 
 
 def test_a_claim_is_kept_while_its_job_lives_and_taken_over_when_it_is_gone(tmp_path):
