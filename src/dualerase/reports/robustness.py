@@ -89,6 +89,6 @@ def plot_relearn(panels: dict[str, dict[str, list[dict]]], path: Path) -> bool:
             ax.set_title(f"{title + ': ' if title else ''}relearning on {k} images", fontsize=9)
             ax.set_xlabel("attack step", fontsize=8)
             ax.set_ylabel("forget accuracy (probe)", fontsize=8)
-            ax.legend(fontsize=6)
+            ax.legend(fontsize=6, handlelength=4)  # long enough to show a dashed line as dashed
     _save(fig, path)
     return True
