@@ -166,6 +166,9 @@ def test_fid_bench_tabulates_the_robustness_numbers_and_draws_the_relearning_cur
     assert ("| ga | shared | 3 | 0.900 -> 0.000 +- 0.000 | 1.000 -> 0.050 +- 0.071 | 0.967 -> 0.300 +- 0.000 | "
             "1.000 -> 0.600 +- 0.000 | 1.000 -> 0.500 +- 0.707 |") in text
     assert relearn_panels(cells, tmp_path / "relearn_curve.png") and (tmp_path / "relearn_curve.png").stat().st_size
+    # more lines in a row than matplotlib has colours (a colour per method, both optimizers): still drawn
+    many = [_cell(m, o, 0, 0.1, None) for m in ("ga", "sfron", "salun", "sa", "m5", "m6") for o in ("dual", "shared")]
+    assert relearn_panels(many, tmp_path / "many.png")
     bare = [{**c, "before": {k: v for k, v in c["before"].items() if k != "robustness"},
              "after": {k: v for k, v in c["after"].items() if k != "robustness"}} for c in cells]
     assert "Is the class really gone?" not in markdown(aggregate(bare), bare, "fid-bench")

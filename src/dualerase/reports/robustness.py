@@ -69,9 +69,8 @@ def plot_relearn(panels: dict[str, dict[str, list[dict]]], path: Path) -> bool:
         return False
     fig = Figure(figsize=(4.2 * len(ks), 3.2 * len(panels)))
     axes = fig.subplots(len(panels), len(ks), squeeze=False)
+    methods: dict[str, str] = {}  # a colour per method, the same in every panel
     for row, (title, lines) in zip(axes, panels.items()):
-        colors = iter(f"C{i}" for i in range(10))
-        methods: dict[str, str] = {}
         for ax, k in zip(row, ks):
             for name, records in lines.items():
                 runs = [_curve(r[k]) for r in records if k in r]
@@ -79,7 +78,7 @@ def plot_relearn(panels: dict[str, dict[str, list[dict]]], path: Path) -> bool:
                     continue
                 steps, values = runs[0][0], np.stack([v for _, v in runs])
                 base = "base" in name or "before" in name
-                color = "grey" if base else methods.setdefault(name.split()[0], next(colors))
+                color = "grey" if base else methods.setdefault(name.split()[0], f"C{len(methods) % 10}")
                 style = ":" if base else "--" if "shared" in name else "-"
                 ax.plot(steps, values.mean(0), style, marker="o", ms=3, color=color, label=name)
                 if len(runs) > 1:
