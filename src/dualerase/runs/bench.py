@@ -186,12 +186,12 @@ def dry_run(grid: Grid, output: Path) -> str:
     for name, g, out in [*parts, ("cells" + (" (each pair at the setting tuning chooses)" if parts else ""), grid,
                                   output)]:
         check_cells(g, out)
-        todo = [c for c in g.cells if not (cell_folder(out, *c) / "metrics.json").exists()]
+        todo = [(c, cfg) for c, cfg in zip(g.cells, g.configs) if not (cell_folder(out, *c) / "metrics.json").exists()]
         shown = min(len(g.classes), g.configs[0].eval.grid_classes)
-        rows = cells_passes([(c, cfg) for c, cfg in zip(g.cells, g.configs) if c in todo], len(g.classes), shown)
+        rows = cells_passes(todo, len(g.classes), shown)
         lines += [f"dry run: {len(g.cells)} {name}, {len(g.cells) - len(todo)} finished in {out}, {len(todo)} to run:",
-                  *(f"  {cell_name(*c)}" for c in todo)]
-        if rows:  # the base model's evaluations are shared by the cells of one class and seed
+                  *(f"  {cell_name(*c)}" for c, _ in todo)]
+        if rows:
             lines += [f"network passes of the {len(todo)} cells to run, in one job (one pass = one image through the "
                       f"network):", passes_table(rows), estimate(g.configs[0], rows)]
     return "\n".join(lines)

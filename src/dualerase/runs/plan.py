@@ -85,10 +85,9 @@ def cells_passes(cells: list[tuple[tuple, Config]], num_classes: int, grid_class
     for cell, cfg in cells:
         for name, fwd, bwd in passes(cfg, num_classes, grid_classes):
             once = name if "once" in name else (cell[2], cell[3], name) if "cached" in name else None
-            if once is not None:
-                if once in seen:
-                    continue
-                seen.add(once)
+            if once is not None and once in seen:
+                continue
+            seen.add(once)
             f, b = totals.get(name, (0, 0))
             totals[name] = (f + fwd, b + bwd)
     return [(name, f, b) for name, (f, b) in totals.items()]
