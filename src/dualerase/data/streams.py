@@ -24,6 +24,7 @@ STREAMS = {
     "probe": 9,  # noise of the forget-accuracy probe (erase.stop_at_forget_accuracy)
     "relearn": 10,  # the relearning attack's choice of images, timesteps and noise
     "attack": 11,  # the conditioning attack's
+    "fisher_replay": 12,  # SA's samples of the forget class for its Fisher (method.fisher_classes=all)
 }
 
 

@@ -38,10 +38,12 @@ class DiTLoss:
     Called as `loss(model, (x0, labels))` or `loss(model, (x0, labels, seeds))`; with per-sample seeds a sample's
     timestep and noise depend on its seed alone, so a batch split across processes is noised exactly as when whole.
     `draws` and `of_draws` split a call into its random draws and a pure function of them (per-sample gradients).
-    Label dropout is applied to the batches beforehand (`drop_labels`).
+    Label dropout is applied to the batches beforehand (`drop_labels`). With `antithetic`, the second half of a
+    batch's timesteps mirrors the first (`antithetic`), as in the training step of SalUn's and SA's DDPM code.
     """
 
-    def __init__(self, scheduler: DDPMScheduler):
+    def __init__(self, scheduler: DDPMScheduler, antithetic: bool = False):
+        self.antithetic = antithetic
         betas = scheduler.betas.double()
         alphas = 1.0 - betas
         ac = torch.cumprod(alphas, 0)
@@ -71,7 +73,12 @@ class DiTLoss:
         else:
             t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device)
             noise = torch.randn_like(x0)
-        return x0, labels.to(x0.device), t, noise
+        return x0, labels.to(x0.device), self.mirrored(t) if self.antithetic else t, noise
+
+    def mirrored(self, t: torch.Tensor) -> torch.Tensor:
+        """Antithetic timesteps: the first n // 2 + 1 of `t`, then T - 1 - t of the first n - (n // 2 + 1) of them."""
+        half = len(t) // 2 + 1
+        return torch.cat([t[:half], self.num_timesteps - 1 - t[:len(t) - half]])
 
     def _xt(self, x0, t, noise):
         """x_t: x0 noised to timestep t with the given noise."""
@@ -117,9 +124,8 @@ class DiTLoss:
     def guided(self, model: DiTTransformer2DModel, batch, guidance: float) -> torch.Tensor:
         """SalUn's saliency loss: (eps - eps_guided)^2 summed over pixels, averaged over the batch, where eps_guided =
         uncond + guidance * (cond - uncond) and timesteps are antithetic (t, then T - 1 - t for the second half)."""
-        x0, labels, t, noise, _ = self._noised(model, batch)
-        half = len(t) // 2 + 1
-        t = torch.cat([t[:half], self.num_timesteps - 1 - t[:len(t) - half]])
+        x0, labels, t, noise = self.draws(model, batch)
+        t = self.mirrored(t)
         xt = self._xt(x0, t, noise)
         channels = x0.shape[1]
         null = torch.full_like(labels, model.config.num_embeds_ada_norm)
@@ -128,13 +134,15 @@ class DiTLoss:
         eps = uncond + guidance * (cond - uncond)
         return ((eps - noise) ** 2).flatten(1).sum(1).mean()
 
-    def timestep_sum(self, model: DiTTransformer2DModel, batch, timesteps: int, chunk: int):
+    def timestep_sum(self, model: DiTTransformer2DModel, batch, timesteps: int, chunk: int,
+                     label_dropout: float = 0.0):
         """Selective Amnesia's Fisher loss of one sample: the epsilon loss summed over pixels and over all T timesteps,
         each with its own noise; yielded in chunks of timesteps, so that a caller back-propagates piece by piece.
 
         With `timesteps` K < T, K stratified timesteps (one uniform draw in each of K equal strata) stand for all T,
         each weighted T / K: the summed gradient is then unbiased (its square, the Fisher, gains the estimate's
-        variance)."""
+        variance). `label_dropout`: each timestep's label is the null class with this probability (SA's `save_fim`
+        runs the model in train mode), drawn after the timesteps and noise from the sample's generator."""
         x0, labels, *seeds = batch
         if len(x0) != 1:
             raise ValueError("timestep_sum takes one sample at a time")
@@ -146,12 +154,16 @@ class DiTLoss:
             t = (edges + torch.rand(timesteps, generator=gen) * self.num_timesteps / timesteps).long()
             weight = self.num_timesteps / timesteps
         noise = torch.randn((len(t), *x0.shape[1:]), generator=gen)
+        labels = labels.expand(len(t))
+        if label_dropout:
+            labels = torch.where(torch.rand(len(t), generator=gen) < label_dropout,
+                                 model.config.num_embeds_ada_norm, labels)
         x0, labels = x0.to(model.device, model.dtype), labels.to(model.device)
         channels = x0.shape[1]
         for i in range(0, len(t), chunk):
             tc, nc = t[i:i + chunk].to(x0.device), noise[i:i + chunk].to(x0.device, x0.dtype)
             xt = self._xt(x0, tc, nc)
-            eps = model(xt, tc, class_labels=labels.expand(len(tc))).sample[:, :channels]
+            eps = model(xt, tc, class_labels=labels[i:i + chunk]).sample[:, :channels]
             yield weight * ((eps - nc) ** 2).sum()
 
     def _vb(self, eps, v, x0, xt, t):

@@ -29,14 +29,17 @@ def latest_checkpoint(output: Path) -> Path | None:
 
 
 def save_checkpoint(output: Path, step: int, model: torch.nn.Module, optimizers, base: str | None = None,
-                    keep: int = 2) -> Path:
+                    keep: int = 2, ema: dict[str, torch.Tensor] | None = None) -> Path:
     """Write checkpoint-<step> (step = outer steps finished) via a temporary folder, then drop all but `keep`. `base`
-    is the id of the model erasure started from (path and content digest), which a resume must run on again."""
+    is the id of the model erasure started from (path and content digest), which a resume must run on again; `ema`
+    the moving average of the weights (erase.ema_decay)."""
     final = output / f"checkpoint-{step}"
     tmp = output / f".checkpoint-{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(unshared(model.state_dict()), str(tmp / "model.safetensors"))
+    if ema is not None:
+        save_file({n: t.contiguous() for n, t in ema.items()}, str(tmp / "ema.safetensors"))
     forget, retain = optimizers
     torch.save({"forget": forget.state_dict(), "retain": None if retain is forget else retain.state_dict(),
                 "step": step, "rng": torch.get_rng_state(),
@@ -78,9 +81,13 @@ def unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizers) -> int:
-    """Restore weights, optimizer states and RNG from `path`; returns the number of outer steps finished."""
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizers, ema: dict[str, torch.Tensor] | None = None) -> int:
+    """Restore weights, optimizer states, RNG and (into `ema`, in place) the moving average from `path`; returns the
+    number of outer steps finished."""
     model.load_state_dict(load_file(str(path / "model.safetensors")))
+    if ema is not None:
+        for n, t in load_file(str(path / "ema.safetensors")).items():
+            ema[n].copy_(t)
     state = torch.load(path / "state.pt", weights_only=False, map_location="cpu")  # states follow their params
     forget, retain = optimizers
     forget.load_state_dict(state["forget"])

@@ -63,7 +63,8 @@ def erase(w: Workload, cfg: Config, forget_class: int, real: RealData, output: P
     model = copy.deepcopy(w.model)
     if cfg.compute.gradient_checkpointing:
         model.enable_gradient_checkpointing()
-    method = make_method(cfg.method, DiTLoss(make_scheduler()), forget_class=forget_class, num_classes=w.num_classes)
+    method = make_method(cfg.method, DiTLoss(make_scheduler(), antithetic=cfg.method.antithetic_timesteps),
+                         forget_class=forget_class, num_classes=w.num_classes)
     t0 = time.perf_counter()
     # SA's replay samples of the base model depend on the model, class, sampler and seed only: kept in the cache, so
     # that both optimizer modes (and a resumed run) read the samples the first run drew
@@ -103,12 +104,14 @@ def erase(w: Workload, cfg: Config, forget_class: int, real: RealData, output: P
         mask = {k: v.bool() for k, v in mask.items()}
     t1 = time.perf_counter()
     optimizers = make_optimizers([p for p in model.parameters() if p.requires_grad], e)
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    ema = {n: p.detach().clone() for n, p in trained} if e.ema_decay else None  # SA's EMA of the weights
     start = 0
     checkpoint = None
     if resume:
         checkpoint = latest_checkpoint(output) if resume == "latest" else Path(resume)
     if checkpoint is not None:
-        start = load_checkpoint(checkpoint, model, optimizers)
+        start = load_checkpoint(checkpoint, model, optimizers, ema)
     else:
         torch.manual_seed(stream_seed(cfg.seed, "erasure"))
     log_path = output / "log.jsonl"
@@ -126,6 +129,9 @@ def erase(w: Workload, cfg: Config, forget_class: int, real: RealData, output: P
     with (open(log_path, "a") if main else contextlib.nullcontext()) as log_file, autocast(precision):
         def on_step(record) -> bool:
             finished = record["step"] + 1
+            if ema is not None:
+                for n, p in trained:
+                    ema[n].lerp_(p.detach(), 1 - e.ema_decay)
             stop = False
             if probe.due(finished):
                 if main:
@@ -137,7 +143,7 @@ def erase(w: Workload, cfg: Config, forget_class: int, real: RealData, output: P
                 if trackers is not None:
                     trackers.log({k: v for k, v in record.items() if k != "step"}, step=finished)
                 if e.checkpoint_every and finished % e.checkpoint_every == 0 and finished < e.outer_steps and not stop:
-                    save_checkpoint(output, finished, model, optimizers, w.model_id)
+                    save_checkpoint(output, finished, model, optimizers, w.model_id, ema=ema)
             return stop
 
         try:
@@ -145,6 +151,10 @@ def erase(w: Workload, cfg: Config, forget_class: int, real: RealData, output: P
                     start_step=start, progress=progress and main)
         except DivergenceError as err:
             raise diverged(err, output) from None
+    if ema is not None:  # the erased model is the average
+        with torch.no_grad():
+            for n, p in trained:
+                p.copy_(ema[n])
     t2 = time.perf_counter()
     state.wait_for_everyone()
     log = [json.loads(line) for line in log_path.read_text().splitlines()]

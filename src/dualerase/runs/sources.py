@@ -35,9 +35,10 @@ class Source:
         noise = torch.rand((len(like) // 2, 3, size, size), generator=gen) * 2 - 1
         return encode(noise, self.w.vae, seed=stream_seed(self.cfg.seed, "surrogate"), progress=False)
 
-    def replay(self, labels: torch.Tensor) -> torch.Tensor:
-        """Samples the original model generates for `labels` with the evaluation sampler, in its input space; every
-        process gets all of them (every process trains on the replay)."""
+    def replay(self, labels: torch.Tensor, stream: str = "replay") -> torch.Tensor:
+        """Samples the original model generates for `labels` with the evaluation sampler, in its input space, from the
+        named random stream; every process gets all of them (every process trains on the replay)."""
+        cache = self.replay_dir if stream == "replay" or self.replay_dir is None else self.replay_dir / stream
         return generate(self.w.model, self.w.vae, self.cfg.sample, labels, precision=self.cfg.compute.mixed_precision,
-                        seed=stream_seed(self.cfg.seed, "replay"), cache_dir=self.replay_dir, desc="replay",
+                        seed=stream_seed(self.cfg.seed, stream), cache_dir=cache, desc=stream.replace("_", " "),
                         progress=self.progress, decode=False, everywhere=True)

@@ -41,6 +41,9 @@ class EraseConfig:
     batch_size: Annotated[int, Gt(0)] = 1  # forget and retain batch size
     # save checkpoint-<step> (weights, both optimizers, RNG) every N outer steps; 0: never
     checkpoint_every: Annotated[int, Ge(0)] = 50
+    # the erased model is an exponential moving average of the weights after each outer step, started at the base
+    # model's, with this decay (SA evaluates such an EMA, 0.9999); null: the weights themselves, as DualOptim
+    ema_decay: Annotated[float | None, Gt(0), Lt(1)] = None
     # Share of labels replaced by the null class, per kind of batch (applied by the pipeline's data). Forget batches:
     # 0, so gradient ascent never hits the unconditional branch that guidance uses for every class. Retain batches:
     # DiT's 0.1, so retain steps keep that branch trained. (The public code runs both at 0.1, in train mode.)

@@ -47,6 +47,14 @@ class MethodConfig:
     fisher_timesteps: Annotated[int, Gt(0)] = 1000
     # SA: timesteps per forward/backward pass of that sum (memory, not results)
     fisher_chunk: Annotated[int, Gt(0)] = 100
+    # SA: the classes of its Fisher's replay samples: the retained ones, or all (SA's save_fim: every class, the
+    # forget class as often as each other one)
+    fisher_classes: Literal["retain", "all"] = "retain"
+    # SA: label dropout of each timestep of its Fisher loss (save_fim runs in train mode: 0.1)
+    fisher_label_dropout: Annotated[float, Ge(0), Lt(1)] = 0.0
+    # every loss's timesteps antithetic within its batch (t, then T - 1 - t), as the training step of SalUn's and SA's
+    # DDPM code; false: each drawn from its sample's seed
+    antithetic_timesteps: bool = False
 
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (GradientAscent, SFRon, SalUn, SelectiveAmnesia)}

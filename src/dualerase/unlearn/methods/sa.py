@@ -10,7 +10,9 @@ class SelectiveAmnesia(Method):
     replay_weight * training loss on samples the ORIGINAL model generated for other classes, plus the EWC penalty
     ewc_lambda * sum_i F_i (theta_i - theta*_i)^2. Both data losses are summed over pixels, as in SA's code.
     F is SA's Fisher: per replay sample, the gradient of the pixel-summed epsilon loss summed over all timesteps,
-    squared, averaged over samples (`fisher_timesteps` < T: a stratified subsample, rescaled).
+    squared, averaged over samples (`fisher_timesteps` < T: a stratified subsample, rescaled). Its samples are replays
+    of the retained classes, or (`fisher_classes` all, as SA's save_fim) of every class, the forget class included;
+    each timestep's label is dropped to the null class with probability `fisher_label_dropout`.
     SA's single loss is one step (what the shared mode runs); the dual mode splits it: surrogate in the forget step,
     replay and EWC in the retain step. Replay batches get no label dropout and the whole gradient is clipped to 1."""
 
@@ -27,14 +29,30 @@ class SelectiveAmnesia(Method):
         real = source.real
         others = torch.tensor([c for c in range(self.num_classes) if c != self.forget_class])
         replay_labels = others.repeat_interleave(self.cfg.replay_per_class)
+        if self.cfg.fisher_classes == "all":  # replays of the forget class too, from a stream of their own
+            self.forget_replay = source.replay(torch.full((self.cfg.replay_per_class,), self.forget_class),
+                                               stream="fisher_replay")
         return source.surrogate(real.forget_x), real.forget_y, source.replay(replay_labels), replay_labels
+
+    def fisher_samples(self, retain):
+        """SA's Fisher samples: the retain stream's single replays; with `fisher_classes` all, each one is swapped
+        for a replay of the forget class with probability 1/K (every class equally often), drawn from its seed."""
+        for batch in retain:
+            if self.cfg.fisher_classes == "all":
+                x, y, seeds = batch
+                gen = torch.Generator().manual_seed(int(seeds[0]) ^ 0x5A5A)
+                if torch.rand(1, generator=gen) < 1 / self.num_classes:
+                    i = torch.randint(0, len(self.forget_replay), (1,), generator=gen)
+                    batch = self.forget_replay[i], torch.full_like(y, self.forget_class), seeds
+            yield batch
 
     def prepare(self, model, forget, retain, progress=True, partial=None):
         def loss(m, batch):
-            return self.loss.timestep_sum(m, batch, self.cfg.fisher_timesteps, self.cfg.fisher_chunk)
+            return self.loss.timestep_sum(m, batch, self.cfg.fisher_timesteps, self.cfg.fisher_chunk,
+                                          self.cfg.fisher_label_dropout)
 
-        self.fisher = fisher_diagonal(model, loss, retain(1), self.cfg.grad_samples, desc="fisher replay",
-                                      progress=progress, partial=partial)
+        self.fisher = fisher_diagonal(model, loss, self.fisher_samples(retain(1)), self.cfg.grad_samples,
+                                      desc="fisher replay", progress=progress, partial=partial)
         self.anchor = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         return None
 
