@@ -52,7 +52,7 @@ def test_tuning_runs_on_its_own_seeds_and_the_report_uses_the_chosen_setting(tmp
     monkeypatch.setattr("dualerase.runs.bench.select", spy)
     tune = {"seeds": [100], "grid": {"ga": {"dual": {"erase.forget_lr": [1e-4, 1e-3]}}}, "set": ["sample.steps=3"]}
     out = tmp_path / "bench"
-    assert fid_bench.main([_spec(tmp_path, tune=tune), "--output", str(out), "--quiet"]) == 0
+    assert fid_bench.main([_spec(tmp_path, tune=tune, seeds=[1, 0]), "--output", str(out), "--quiet"]) == 0
     assert seen == [100, 100]
     assert sorted(p.name for p in (out / "tune" / "cells").iterdir()) == ["ga-dual-3-s100-forget_lr0.0001",
                                                                           "ga-dual-3-s100-forget_lr0.001"]
@@ -60,6 +60,7 @@ def test_tuning_runs_on_its_own_seeds_and_the_report_uses_the_chosen_setting(tmp
     chosen = yaml.safe_load(preset)["erase"]["forget_lr"]
     assert chosen in (1e-4, 1e-3) and preset.startswith("# ga / dual, tuned by fid-bench on seeds [100]")
     assert yaml.safe_load(preset)["sample"]["steps"] == 4  # the reporting protocol, not the tuning one
+    assert yaml.safe_load(preset)["seed"] == 1  # the first reporting seed, not the last cell's
     assert f"| ga (erase.forget_lr={chosen}) | dual | 3 |" in (out / "results.md").read_text()
     bad = _spec(tmp_path, tune={**tune, "seeds": [0]})
     assert fid_bench.main([bad, "--output", str(tmp_path / "never"), "--quiet"]) == 2

@@ -14,6 +14,7 @@ A benchmark spec may hold
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import statistics
 from pathlib import Path
@@ -116,10 +117,11 @@ def select(cells: list[dict], fa_target: float, retain_drop: float) -> dict[tupl
 def write_tuned(chosen: dict[tuple[str, str], dict], configs: dict[tuple[str, str], Config], spec: dict,
                 folder: Path) -> list[Path]:
     """tuned/<method>-<optimizer>.yaml: the reporting config of each pair at its chosen setting (`configs`, one
-    reporting cell's each; every key, as `--config` reads it), headed by the rule and the tuning means that chose it."""
+    reporting cell's each; every key, as `--config` reads it, the seed the first reporting seed), headed by the rule
+    and the tuning means that chose it."""
     paths = []
     for (method, optimizer), point in sorted(chosen.items()):
-        cfg = configs[method, optimizer]
+        cfg = dataclasses.replace(configs[method, optimizer], seed=spec["seeds"][0])
         head = (f"# {method} / {optimizer}, tuned by fid-bench on seeds {spec['tune']['seeds']}: "
                 f"{' '.join(point['setting']) or 'the preset as it is'}\n# chosen by: {point['rule']} "
                 f"(of {point['candidates']} settings); tuning means: FA {point['fa']}, retain accuracy "

@@ -1,0 +1,90 @@
+"""The measured effect of each published choice the project does not make by default (README, "Fidelity to the
+published code"): each switch is run on the digits tuning cell it concerns, at the operating point the tuning chose for
+that method and optimizer mode (seed 100, fast protocol, the cell's own config.yaml), and printed next to that cell.
+
+    python benchmarks/fidelity_effects.py --records benchmarks/records/digits-tuned --output fidelity-effects
+    python benchmarks/fidelity_effects.py ... --classes 3 7 --only sa-save-fim
+
+Finished runs in --output are read again, not rerun (a killed call continues). The runs use the code of the commit it
+prints; the tuning cells are those of the records' commit (their README).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import header, table  # noqa: E402
+
+# name: (methods it concerns, --set values that switch it on)
+SWITCHES = {
+    "as-tuned": (["salun", "sa"], []),  # nothing switched: this commit reproduces the tuning cell
+    "no-variance-term": (["salun", "sa"], ["method.variance_term=none"]),
+    "salun-train-mode-dropout": (["salun"], ["erase.forget_label_dropout=0.1", "method.pseudo_label_dropout=0.1"]),
+    "sa-save-fim": (["sa"], ["method.fisher_classes=all", "method.fisher_label_dropout=0.1"]),
+    "antithetic": (["salun", "sa"], ["method.antithetic_timesteps=true"]),
+    "sa-ema": (["sa"], ["erase.ema_decay=0.9999"]),
+}
+SCORES = ("forget_accuracy", "retain_accuracy", "fid")
+
+
+def tuned_cell(records: Path, method: str, optimizer: str, forget: str) -> Path:
+    """The tuning cell of `forget` at the setting chosen for (method, optimizer), named by tuned/<pair>.yaml's head."""
+    head = (records / "tuned" / f"{method}-{optimizer}.yaml").read_text().splitlines()[0]
+    setting = head.split(": ", 1)[1].split()  # e.g. erase.forget_lr=0.0001 erase.alpha=1.0
+    suffix = "-".join(f"{k.rsplit('.', 1)[1]}{v}" for k, v in (s.split("=") for s in setting))
+    (cell,) = (records / "tune" / "cells").glob(f"{method}-{optimizer}-{forget}-s*-{suffix}")
+    return cell
+
+
+def scores(cell: Path) -> dict:
+    after = json.loads((cell / "metrics.json").read_text())["after"]
+    return {k: after[k] for k in SCORES}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--records", type=Path, required=True, help="a finished tuning stage: tune/cells/ and tuned/")
+    p.add_argument("--output", type=Path, required=True, help="where the switched runs go (and are found again)")
+    p.add_argument("--classes", nargs="+", default=["3"], help="forget classes (default: 3)")
+    p.add_argument("--optimizers", nargs="+", default=["dual", "shared"])
+    p.add_argument("--only", nargs="+", choices=list(SWITCHES), help="these switches only")
+    args = p.parse_args(argv)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    rows = []
+    for name in args.only or SWITCHES:
+        methods, sets = SWITCHES[name]
+        for method in methods:
+            for optimizer in args.optimizers:
+                tuned, switched = [], []
+                for forget in args.classes:
+                    cell = tuned_cell(args.records, method, optimizer, forget)
+                    out = args.output / name / cell.name
+                    if not (out / "metrics.json").exists():
+                        cmd = ["erase-class", forget, "--config", str(cell / "config.yaml"), "--output", str(out),
+                               "--quiet", "--overwrite", *(a for s in sets for a in ("--set", s))]
+                        print(" ".join(cmd), flush=True)
+                        subprocess.run(cmd, check=True)
+                    tuned.append(scores(cell))
+                    switched.append(scores(out))
+                row = {"switch": name, "method": method, "optimizer": optimizer}
+                for key, short in zip(SCORES, ("FA", "retain", "FID")):
+                    row[f"{short} tuned"] = statistics.fmean(s[key] for s in tuned)
+                    row[f"{short} switched"] = statistics.fmean(s[key] for s in switched)
+                rows.append(row)
+    print(header("published choices switched on, at each pair's tuned setting",
+                 {"commit": commit, "records": args.records, "classes": " ".join(args.classes), "seed": 100,
+                  "protocol": "fast (the tuning cells' config.yaml)"}))
+    print(" ".join(f"{n}: {' '.join(SWITCHES[n][1])};" for n in args.only or SWITCHES))
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
