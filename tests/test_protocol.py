@@ -68,8 +68,8 @@ def test_fast_protocol_quarters_the_samples_and_says_so(tmp_path):
 
 
 def test_a_benchmark_samples_the_base_model_once_per_class(tmp_path, monkeypatch):
-    """2 classes x 2 methods x 2 optimizer modes: the base model's scores are sampled twice (once per class) and its
-    grid once (digits grids show all ten classes whatever the forget class); every other cell reads the cache."""
+    """2 classes x 2 methods: the base model's scores are sampled twice (once per class) and its grid once (digits
+    grids show all ten classes whatever the forget class); every other cell reads the cache."""
     calls = []
     real_evaluate, real_sample = evaluation.evaluate, sampling.sample
 
@@ -86,14 +86,14 @@ def test_a_benchmark_samples_the_base_model_once_per_class(tmp_path, monkeypatch
     monkeypatch.setattr(evaluation, "evaluate", counting_evaluate)
     monkeypatch.setattr(sampling, "sample", counting_sample)
     monkeypatch.setenv("DUALERASE_HOME", str(tmp_path / "cache"))  # a cache no other test has filled
-    args = ["--classes", "3", "5", "--seeds", "0", "--methods", "ga", "sfron", "--optimizers", "dual", "shared",
+    args = ["--classes", "3", "5", "--seeds", "0", "--methods", "ga", "sfron", "--optimizers", "dual",
             "--output", str(tmp_path / "bench"), *TINY]
     assert fid_bench.main(args) == 0
     base = [c for c in calls if c[0] == "evaluate" and c[2]]
     assert sorted(c[1] for c in base) == [3, 5]
     base_grids = [c for c in calls if c[0] == "grid" and "base-grid" in c[1]]
-    assert len(base_grids) == 8 and len({c[1] for c in base_grids}) == 1
-    assert [c[2] for c in base_grids] == [False] + [True] * 7  # sampled by the first cell, read by the others
+    assert len(base_grids) == 4 and len({c[1] for c in base_grids}) == 1
+    assert [c[2] for c in base_grids] == [False] + [True] * 3  # sampled by the first cell, read by the others
 
 
 def test_sa_replay_is_drawn_once_for_both_optimizer_modes(tmp_path, monkeypatch):

@@ -39,7 +39,7 @@ class DiTLoss:
     timestep and noise depend on its seed alone, so a batch split across processes is noised exactly as when whole.
     `draws` and `of_draws` split a call into its random draws and a pure function of them (per-sample gradients).
     Label dropout is applied to the batches beforehand (`drop_labels`). With `antithetic`, the second half of a
-    batch's timesteps mirrors the first (`antithetic`), as in the training step of SalUn's and SA's DDPM code.
+    batch's timesteps mirrors the first (`mirrored`), as in the training step of SalUn's and SA's DDPM code.
     """
 
     def __init__(self, scheduler: DDPMScheduler, antithetic: bool = False):

@@ -124,12 +124,16 @@ def write_tuned(chosen: dict[tuple[str, str], dict], configs: dict[tuple[str, st
         cfg = dataclasses.replace(configs[method, optimizer], seed=spec["seeds"][0])
         head = (f"# {method} / {optimizer}, tuned by fid-bench on seeds {spec['tune']['seeds']}: "
                 f"{' '.join(point['setting']) or 'the preset as it is'}\n# chosen by: {point['rule']} "
-                f"(of {point['candidates']} settings); tuning means: FA {point['fa']}, retain accuracy "
-                f"{point['retain']} (base {point['base_retain']}), FID {point['fid']}\n")
+                f"(of {point['candidates']} settings); tuning means: FA {_short(point['fa'])}, retain accuracy "
+                f"{_short(point['retain'])} (base {_short(point['base_retain'])}), FID {_short(point['fid'])}\n")
         path = folder / f"{method}-{optimizer}.yaml"
         atomic_write_text(path, head + config_text(cfg))
         paths.append(path)
     return paths
+
+
+def _short(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4g}"
 
 
 def _value(setting: list[str]) -> float:
