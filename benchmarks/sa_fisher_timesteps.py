@@ -35,14 +35,15 @@ def flat(fisher):
 
 def save_fim(model, x, y, loss, forget=3, dropout=0.1):
     keep = y != forget
+
     def fisher(xs, ys, p):
         return fisher_diagonal(model, lambda m, b: loss.timestep_sum(m, b, SUBSAMPLE, 1000, p), stream(xs, ys),
                                SAMPLES, progress=False)
 
     ours, every, published = fisher(x[keep], y[keep], 0.0), fisher(x, y, 0.0), fisher(x, y, dropout)
 
-    def rows(fisher):
-        table = sum(f.sum(1) for n, f in fisher.items() if n.endswith("class_embedder.embedding_table.weight"))
+    def rows(diagonal):
+        table = sum(f.sum(1) for n, f in diagonal.items() if n.endswith("class_embedder.embedding_table.weight"))
         return table / table.sum()
 
     print(f"{SAMPLES} real digits, {SUBSAMPLE} stratified timesteps, digits DiT (default recipe), torch "

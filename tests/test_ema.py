@@ -19,6 +19,7 @@ def steps(monkeypatch):
 
     def recording(model, *args, on_step, **kwargs):
         seen["start"] = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
         def step(record):
             seen["weights"].append({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
             if record["step"] == seen["stop_at"]:

@@ -103,8 +103,8 @@ def erase(w: Workload, cfg: Config, forget_class: int, real: RealData, output: P
     if mask is not None:
         mask = {k: v.bool() for k, v in mask.items()}
     t1 = time.perf_counter()
-    optimizers = make_optimizers([p for p in model.parameters() if p.requires_grad], e)
     trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    optimizers = make_optimizers([p for _, p in trained], e)
     ema = {n: p.detach().clone() for n, p in trained} if e.ema_decay else None  # SA's EMA of the weights
     start = 0
     checkpoint = None
