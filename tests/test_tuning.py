@@ -77,3 +77,18 @@ def test_a_sweep_runs_every_value_and_draws_the_sensitivity_figure(tmp_path):
         assert f"| ga (erase.forget_lr={lr}) | dual | 3 |" in table
         assert f"| ga (erase.shared_lr={lr}) | shared | 3 |" in table
     assert (out / "sensitivity.png").stat().st_size and not (out / "forget_loss.png").exists()
+
+
+def test_a_sensitivity_curve_averages_classes_then_seeds_and_counts_the_diverged_cells():
+    lr = [["erase.forget_lr=1e-4"], ["erase.forget_lr=1e-3"]]
+    cells = [_cell("ga", "dual", lr[0], 0, 0.2, 0.9, 4.0), {**_cell("ga", "dual", lr[0], 0, 0.4, 0.9, 6.0),
+                                                            "forget_class": 7},
+             _cell("ga", "dual", lr[0], 1, 0.0, 0.9, 8.0), _cell("ga", "dual", lr[1], 0, 0.0, 0.5, 90.0),
+             _cell("ga", "shared", lr[0], 0, 0.9, 0.9, 3.0)]  # another mode: not this curve
+    diverged = [{"method": "ga", "optimizer": "dual", "seed": s, "setting": lr[1]} for s in (1, 2)]
+    curve = tuning.sensitivity_series(cells, diverged, "ga", "dual", "fid")
+    # seed 0 at 1e-4: classes 3 and 7 average to 5.0; seed 1: 8.0; mean 6.5, sample std of (5, 8)
+    assert curve["values"] == [1e-4, 1e-3] and curve["mean"] == pytest.approx([6.5, 90.0])
+    assert curve["std"] == pytest.approx([2.1213203, 0.0]) and curve["diverged"] == [0, 2] and curve["runs"] == [3, 3]
+    only_diverged = tuning.sensitivity_series([], diverged, "ga", "dual", "fid")
+    assert only_diverged["mean"] == [None] and only_diverged["diverged"] == [2]

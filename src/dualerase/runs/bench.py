@@ -253,7 +253,7 @@ def bench(grid: Grid, output: Path, *, progress: bool = True, shard: tuple[int, 
             if main:
                 atomic_write_text(out / "diverged.txt", str(e))
     state.wait_for_everyone()
-    result, logs = BenchResult(output), {}
+    result, logs, broken = BenchResult(output), {}, []
     for method, optimizer, cls, seed, setting in grid.cells:  # every finished cell, in the grid's order, whoever ran it
         out = cell_folder(output, method, optimizer, cls, seed, setting)
         name = cell_name(method, optimizer, cls, seed, setting)
@@ -262,6 +262,7 @@ def bench(grid: Grid, output: Path, *, progress: bool = True, shard: tuple[int, 
             result.cells.append({**json.loads((out / "metrics.json").read_text()), "setting": list(setting)})
         elif (out / "diverged.txt").exists():
             result.diverged.append(f"{name}: {(out / 'diverged.txt').read_text()}")
+            broken.append({"method": method, "optimizer": optimizer, "seed": seed, "setting": list(setting)})
         else:
             result.pending.append(name)
     if (result.pending and not aggregate_only) or not result.cells:
@@ -283,7 +284,7 @@ def bench(grid: Grid, output: Path, *, progress: bool = True, shard: tuple[int, 
     if grid.spec["sweep"] is None:
         plot_curves(logs, output)
     else:
-        plot_sensitivity(result.cells, grid.spec["sweep"], output / "sensitivity.png")
+        plot_sensitivity(result.cells, broken, grid.spec["sweep"], output / "sensitivity.png")
     relearn_panels(result.cells, output / "relearn_curve.png")
     result.table = table
     return result
