@@ -166,18 +166,19 @@ def plot_sensitivity(cells: list[dict], diverged: list[dict], sweep: dict, path:
     swept = sorted({_value(m["setting"]) for m in cells + diverged})
     fig = Figure(figsize=(3.6 * len(methods), 5.8))
     axes = fig.subplots(2, len(methods), squeeze=False)
+    scores = (("forget_accuracy", "forget accuracy"), ("fid", "FID"))
+    base = {s: [m["before"][s] for m in cells if m["before"].get(s) is not None] for s, _ in scores}
     for col, method in enumerate(methods):
-        for row, (score, label) in enumerate((("forget_accuracy", "forget accuracy"), ("fid", "FID"))):
+        for row, (score, label) in enumerate(scores):
             ax = axes[row][col]
-            base = [m["before"][score] for m in cells if m["before"].get(score) is not None]
-            if base:
-                ax.axhline(statistics.fmean(base), color="0.5", ls="--", lw=1, label="base model")
+            if base[score]:
+                ax.axhline(statistics.fmean(base[score]), color="0.5", ls="--", lw=1, label="base model")
             for optimizer, color in COLORS.items():
                 curve = sensitivity_series(cells, diverged, method, optimizer, score)
                 if not curve["values"]:
                     continue
                 x = np.array(curve["values"])
-                mean = np.array([np.nan if v is None else v for v in curve["mean"]])
+                mean = np.array(curve["mean"], dtype=float)  # None (every seed diverged): not drawn
                 std = np.array(curve["std"])
                 ax.plot(x, mean, "-o", ms=3, color=color, label=optimizer)
                 ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2)
