@@ -1,5 +1,10 @@
 """A fair comparison: per-method tuning on seeds of its own, the rule that picks each pair's operating point, and the
 sensitivity sweep (runs/tuning.py)."""
+import shutil
+import socket
+import subprocess
+import sys
+
 import pytest
 import yaml
 from conftest import SETS
@@ -65,6 +70,37 @@ def test_tuning_runs_on_its_own_seeds_and_the_report_uses_the_chosen_setting(tmp
     bad = _spec(tmp_path, tune={**tune, "seeds": [0]})
     assert fid_bench.main([bad, "--output", str(tmp_path / "never"), "--quiet"]) == 2
     assert "tuning seeds must never be reporting seeds" in capsys.readouterr().err
+
+
+def test_a_job_done_with_its_tuning_cells_waits_for_another_jobs_then_takes_its_share_of_the_report(
+        tmp_path, monkeypatch, capsys):
+    """Two jobs over one folder: the one that finds the last tuning cell running in the other job waits for it, then
+    runs reporting cells, rather than exiting and leaving the whole report to the other job."""
+    tune = {"seeds": [100], "grid": {"ga": {"dual": {"erase.forget_lr": [1e-4, 1e-3]}}}}
+    spec = _spec(tmp_path, tune=tune)
+    alone = tmp_path / "alone"
+    assert fid_bench.main([spec, "--output", str(alone), "--quiet"]) == 0
+    shared, (*done, last) = tmp_path / "shared", sorted((alone / "tune" / "cells").iterdir())
+    for cell in done:
+        shutil.copytree(cell, shared / "tune" / "cells" / cell.name)
+    # the other job: holds the last tuning cell's claim and finishes the cell after 2 s (its record moved in whole)
+    finish = "import os, shutil, sys, time; time.sleep(2); shutil.copytree(sys.argv[1], sys.argv[2] + '.tmp'); " \
+             "os.rename(sys.argv[2] + '.tmp', sys.argv[2])"
+    other = subprocess.Popen([sys.executable, "-c", finish, str(last), str(shared / "tune" / "cells" / last.name)])
+    (shared / "tune" / "claims").mkdir(parents=True)
+    (shared / "tune" / "claims" / last.name).write_text(f"{socket.gethostname()} {other.pid}")
+    monkeypatch.setattr("dualerase.runs.bench.TUNING_POLL_S", 0.2)
+    capsys.readouterr()
+    try:
+        assert fid_bench.main([spec, "--output", str(shared), "--quiet"]) == 0
+    finally:
+        other.wait()
+    err = capsys.readouterr().err
+    assert "waiting for 1 tuning cell(s) other jobs run" in err and "left to other jobs" not in err
+    started = [line.split(": ", 2)[2] for line in err.splitlines() if line.startswith("fid-bench: cell ")]
+    assert len(started) == 1 and "seed 0" in started[0]  # the reporting cell, no tuning cell
+    assert (shared / "tuned" / "ga-dual.yaml").read_text() == (alone / "tuned" / "ga-dual.yaml").read_text()
+    assert (shared / "results.md").exists()
 
 
 def test_a_sweep_runs_every_value_and_draws_the_sensitivity_figure(tmp_path):

@@ -22,9 +22,18 @@ def claim(cell: Path, stale_after: float) -> bool:
     seconds). Several jobs over one output folder (a job array, several machines) thus never run a cell twice. Two
     jobs that find the same dead claim at the same instant may both take it; the cell's result is the same either
     way."""
-    path = cell.parent.parent / "claims" / cell.name  # beside the cells: a cell folder holds a run and nothing else
+    path = _claim_path(cell)
     path.parent.mkdir(parents=True, exist_ok=True)
     return _take(path, lambda: _idle(path, cell) > stale_after)
+
+
+def claimed(cell: Path) -> bool:
+    """Whether some job has claimed the cell (a finished cell keeps its claim)."""
+    return _claim_path(cell).exists()
+
+
+def _claim_path(cell: Path) -> Path:
+    return cell.parent.parent / "claims" / cell.name  # beside the cells: a cell folder holds a run and nothing else
 
 
 @contextlib.contextmanager

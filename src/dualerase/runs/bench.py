@@ -7,6 +7,7 @@ import io
 import itertools
 import json
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from dualerase.config import PRESETS, Config, load_config, preset_names, saved_c
 from dualerase.data.classes import Classes, resolve_class
 from dualerase.data.folders import check_writable
 from dualerase.errors import UsageError
-from dualerase.integrations.claims import claim
+from dualerase.integrations.claims import claim, claimed
 from dualerase.launch import main_decides, processes
 from dualerase.reports.plots import plot_curves
 from dualerase.reports.robustness import flatten
@@ -29,6 +30,7 @@ from dualerase.runs.workload import check_inputs, classes_of
 from dualerase.storage import atomic_write_json, atomic_write_text
 from dualerase.unlearn import DivergenceError
 
+TUNING_POLL_S = 30.0  # how often a job that finished its tuning cells looks whether the other jobs' are done
 BENCH_FILES = ("results.md", "results.csv", "results.json", "forget_loss.png", "grad_norms.png", "sensitivity.png",
                "relearn_curve.png")  # what a benchmark writes into its output folder
 SPEC_KEYS = {"config": "digits", "methods": ["sfron"], "optimizers": ["dual", "shared"], "classes": ["3"],
@@ -200,7 +202,12 @@ def dry_run(grid: Grid, output: Path) -> str:
 def tuned(grid: Grid, output: Path, **kwargs) -> BenchResult:
     """A spec with `tune`: the tuning run in output/tune, each (method, optimizer)'s operating point chosen from it
     alone (`tuning.select`) and written to output/tuned/, then the reporting grid at those settings in output."""
-    tuning = bench(tuning_grid(grid), output / "tune", **kwargs)
+    tuning, wait = bench(tuning_grid(grid), output / "tune", **kwargs), not kwargs.get("aggregate_only")
+    if wait and main_decides(tuning.running) and processes().is_main_process:  # wait, then share the report
+        print(f"fid-bench: waiting for {tuning.running} tuning cell(s) other jobs run", file=sys.stderr)
+    while wait and main_decides(tuning.running):
+        time.sleep(TUNING_POLL_S)
+        tuning = bench(tuning_grid(grid), output / "tune", **kwargs)  # also takes over the cells of a dead job
     if tuning.pending or not tuning.cells:
         return tuning  # other jobs run the rest of the tuning grid
     chosen = select(tuning.cells, grid.spec["tune"]["fa_target"], grid.spec["tune"]["retain_drop"])
@@ -225,6 +232,7 @@ class BenchResult:
     cells: list[dict] = field(default_factory=list)
     diverged: list[str] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)
+    running: int = 0  # of the pending cells, those claimed by a job (running, or dead and not yet taken over)
     table: str | None = None
 
 
@@ -265,6 +273,7 @@ def bench(grid: Grid, output: Path, *, progress: bool = True, shard: tuple[int, 
             broken.append({"method": method, "optimizer": optimizer, "seed": seed, "setting": list(setting)})
         else:
             result.pending.append(name)
+            result.running += claimed(out)
     if (result.pending and not aggregate_only) or not result.cells:
         return result  # other jobs (or shards) run the rest: the last job to finish writes the tables
     result.rows = aggregate(result.cells)
