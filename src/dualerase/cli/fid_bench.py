@@ -69,9 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if result.pending and not args.aggregate:  # other jobs (or shards) run these: the last job to finish writes
         if is_main_process():
-            print(f"fid-bench: {len(result.pending)} cell(s) of {result.output} are left to other "
-                  "jobs (--shard, or claimed in their folders); the job that finishes last writes the tables, or run "
-                  "this command with --aggregate", file=sys.stderr)
+            print(f"fid-bench: {len(result.pending)} cell(s) of {result.output} are left to other jobs (--shard, or "
+                  "claimed in their folders); the job that finishes last writes the tables, or run this command with "
+                  "--aggregate", file=sys.stderr)
         return 0
     if not result.cells:  # with --aggregate: nothing finished yet; else every cell ran and diverged
         why = f"every cell diverged: {'; '.join(result.diverged)}" if result.diverged else \

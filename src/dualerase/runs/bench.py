@@ -202,12 +202,13 @@ def dry_run(grid: Grid, output: Path) -> str:
 def tuned(grid: Grid, output: Path, **kwargs) -> BenchResult:
     """A spec with `tune`: the tuning run in output/tune, each (method, optimizer)'s operating point chosen from it
     alone (`tuning.select`) and written to output/tuned/, then the reporting grid at those settings in output."""
-    tuning, wait = bench(tuning_grid(grid), output / "tune", **kwargs), not kwargs.get("aggregate_only")
-    if wait and main_decides(tuning.running) and processes().is_main_process:  # wait, then share the report
-        print(f"fid-bench: waiting for {tuning.running} tuning cell(s) other jobs run", file=sys.stderr)
-    while wait and main_decides(tuning.running):
+    stage = tuning_grid(grid)
+    tuning, polls = bench(stage, output / "tune", **kwargs), 0
+    while not kwargs.get("aggregate_only") and main_decides(tuning.running):  # wait, then share the report
+        if polls == 0 and processes().is_main_process:
+            print(f"fid-bench: waiting for {tuning.running} tuning cell(s) other jobs run", file=sys.stderr)
         time.sleep(TUNING_POLL_S)
-        tuning = bench(tuning_grid(grid), output / "tune", **kwargs)  # also takes over the cells of a dead job
+        tuning, polls = bench(stage, output / "tune", **kwargs), polls + 1  # also takes over a dead job's cells
     if tuning.pending or not tuning.cells:
         return tuning  # other jobs run the rest of the tuning grid
     chosen = select(tuning.cells, grid.spec["tune"]["fa_target"], grid.spec["tune"]["retain_drop"])

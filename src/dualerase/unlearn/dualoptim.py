@@ -31,7 +31,7 @@ class EraseConfig:
     retain_lr: Annotated[float, Gt(0)] = 5e-5  # eta_r
     retain_weight_decay: Annotated[float, Ge(0)] = 0.0
     shared_lr: Annotated[float, Gt(0)] = 1e-4  # eta of the shared-optimizer baseline
-    alpha: Annotated[float, Ge(0)] = 1.0  # forget-loss weight (SalUn: the retain loss's, its alpha_weights)
+    alpha: Annotated[float, Ge(0)] = 1.0  # forget-loss weight (SalUn's alpha_weights: the retain loss's)
     # "cosine": alpha_t = alpha * (1 + cos(pi t / T_o)) / 2; "constant"
     alpha_schedule: Literal["cosine", "constant"] = "cosine"
     # global grad-norm clip of forget steps (after the mask); null: none
