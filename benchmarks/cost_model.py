@@ -17,7 +17,7 @@ from benchmarks.common import header, table  # noqa: E402
 from benchmarks.gpu_check import VAE_XL, XL, build_vae  # noqa: E402
 from dualerase.config import load_config  # noqa: E402
 from dualerase.models.dit import build_dit  # noqa: E402
-from dualerase.runs.bench import read_spec  # noqa: E402
+from dualerase.bench.spec import read_spec  # noqa: E402
 from dualerase.runs.evaluation import evaluation_config  # noqa: E402
 from dualerase.runs.plan import passes  # noqa: E402
 
@@ -46,15 +46,15 @@ def main(argv=None) -> None:
                    help="config override for every cell, e.g. eval.protocol=fast")
     args = p.parse_args(argv)
     spec = read_spec(args.spec)
-    spec["set"] = [*spec["set"], *args.overrides]
+    spec.set = [*spec.set, *args.overrides]
     dit_gflop, vae_gflop = gflop_per_image()
     totals: dict[str, list[float]] = {}  # phase -> [forward passes, backward passes, images decoded]
     shared = set()
-    for method in spec["methods"]:
-        for mode in spec["optimizers"]:
-            for cls in spec["classes"]:
-                for seed in spec["seeds"]:
-                    cfg = load_config(spec["config"], [*spec["set"], f"method.name={method}",
+    for method in spec.methods:
+        for mode in spec.optimizers:
+            for cls in spec.classes:
+                for seed in spec.seeds:
+                    cfg = load_config(spec.config, [*spec.set, f"method.name={method}",
                                                        f"erase.optimizer={mode}", f"seed={seed}"])
                     guided = 1 if cfg.sample.guidance == 1.0 else 2
                     eval_steps = evaluation_config(cfg).sample.steps * guided  # passes per image evaluated
@@ -79,7 +79,7 @@ def main(argv=None) -> None:
     total = sum(hours.values())
     for r in rows:
         r["share"] = f"{hours[r['phase']] / total:.1%}"
-    cells = len(spec["methods"]) * len(spec["optimizers"]) * len(spec["classes"]) * len(spec["seeds"])
+    cells = len(spec.methods) * len(spec.optimizers) * len(spec.classes) * len(spec.seeds)
     print(header(f"cost model of fid-bench {args.spec}: {cells} cells", {
         **{k: v for k, v in vars(args).items() if k != "spec"}, "DiT GFLOP/forward": round(dit_gflop, 1),
         "VAE decode GFLOP/image": round(vae_gflop, 1)}))

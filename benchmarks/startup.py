@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import header, table  # noqa: E402
 
 COMMANDS = ("erase_class", "sample_grid", "fid_bench", "fid_reference")
-RUN_IMPORTS = "import dualerase.runs.job, dualerase.runs.bench, dualerase.metrics.imagenet"
+RUN_IMPORTS = "import dualerase.runs.job, dualerase.bench.bench, dualerase.metrics.imagenet"
 
 
 def seconds(code: str, repeats: int) -> float:

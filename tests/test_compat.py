@@ -3,7 +3,9 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from dualerase.cli import erase_class, sample_grid
 
@@ -14,10 +16,21 @@ SETS = ["digits.steps=30", "digits.layers=1", "digits.heads=2", "digits.head_dim
 ARGS = ["--quiet"] + [a for s in SETS for a in ("--set", s)]
 
 
+def _sample_folders(samples: Path) -> None:
+    """samples/forget/ and samples/retain/ as 0.1.0 wrote them: one PNG per image of the .npz beside them
+    (the fixture keeps the arrays only; the PNGs held the same pixels)."""
+    for side in ("forget", "retain"):
+        images = np.load(samples / f"{side}.npz")["arr_0"]
+        (samples / side).mkdir()
+        for i, image in enumerate(images):
+            Image.fromarray(image[..., 0]).save(samples / side / f"{i:06d}.png")
+
+
 @pytest.fixture
 def old(tmp_path, monkeypatch):
     """A copy of the fixture, its cache as DUALERASE_HOME; yields (folder, {cache file: mtime} as written)."""
     shutil.copytree(FIXTURE, tmp_path, dirs_exist_ok=True)
+    _sample_folders(tmp_path / "finished" / "samples")
     monkeypatch.setenv("DUALERASE_HOME", str(tmp_path / "home"))
     yield tmp_path, {p: p.stat().st_mtime_ns for p in (tmp_path / "home").rglob("*") if p.is_file()}
 

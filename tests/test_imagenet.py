@@ -30,7 +30,8 @@ from dualerase.errors import UsageError
 from dualerase.metrics.fid import FIDELITY
 from dualerase.metrics.imagenet import ImageNetScorer
 from dualerase.models.dit import build_dit, make_scheduler
-from dualerase.runs import bench, evaluation
+from dualerase.bench import spec as bench
+from dualerase.runs import evaluation
 from dualerase.runs.workload import classes_of, prepare
 from dualerase.sampling import sample
 
@@ -313,10 +314,10 @@ def test_a_hub_style_transformer2dmodel_folder_loads_as_the_same_dit(tmp_path):
 
 def test_the_table2_benchmark_spec_names_the_papers_classes():
     spec = bench.read_spec("imagenet")
-    names = [IMAGENET.short(resolve_class(c, IMAGENET)) for c in spec["classes"]]
+    names = [IMAGENET.short(resolve_class(c, IMAGENET)) for c in spec.classes]
     assert names == ["sulphur-crested cockatoo", "golden retriever", "white wolf", "Arctic fox", "otter"]
-    assert spec["config"] == "imagenet"
-    assert set(spec["optimizers"]) == {"shared", "dual"}
+    assert spec.config == "imagenet"
+    assert set(spec.optimizers) == {"shared", "dual"}
 
 
 def test_a_rebuilt_reference_folder_is_never_scored_with_old_numbers(world, tmp_path):

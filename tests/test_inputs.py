@@ -17,7 +17,8 @@ from dualerase.data import folders as data
 from dualerase.data.folders import load_images
 from dualerase.metrics.fid import DigitsScorer
 from dualerase.reports.summary import sample_grid, summary
-from dualerase.runs import bench, grid, job
+from dualerase.bench import bench
+from dualerase.runs import grid, job
 from dualerase.storage import atomic_write_json
 
 

@@ -19,8 +19,11 @@ MAY_IMPORT = {
     "dualerase.config": {"dualerase.unlearn", "dualerase.metrics", "dualerase.models", "dualerase.fields", *BASE},
     "dualerase.integrations": {"dualerase.config", "dualerase.reports", *BASE},
 }
-EVERYTHING = set(MAY_IMPORT) | {"dualerase.runs", "dualerase.api", "dualerase.cli", "dualerase"}
-MAY_IMPORT |= {"dualerase.runs": EVERYTHING - {"dualerase.api", "dualerase.cli", "dualerase"},
+EVERYTHING = set(MAY_IMPORT) | {"dualerase.runs", "dualerase.bench", "dualerase.api", "dualerase.cli",
+                                 "dualerase"}
+MAY_IMPORT |= {"dualerase.runs": EVERYTHING - {"dualerase.bench", "dualerase.api", "dualerase.cli",
+                                               "dualerase"},
+               "dualerase.bench": EVERYTHING - {"dualerase.api", "dualerase.cli", "dualerase"},
                "dualerase.api": EVERYTHING - {"dualerase.cli", "dualerase"},
                "dualerase.cli": EVERYTHING, "dualerase.__main__": {"dualerase.cli"},  # cli: __version__ too
                "dualerase": {"dualerase.api", "dualerase.config"}}

@@ -61,7 +61,7 @@ def test_fast_protocol_quarters_the_samples_and_says_so(tmp_path):
     assert m["protocol"]["retain_samples"] == 9 * 2  # TINY's 10 per class, quartered
     assert len(list((out / "samples" / "forget").glob("*.png"))) == 3
     assert "Protocol: FAST (for quick looks only" in (out / "model" / "README.md").read_text()  # said once
-    from dualerase.runs.bench import markdown
+    from dualerase.bench.bench import markdown
 
     table = markdown([], [m], "fid-bench digits")
     assert "Protocol: FAST (for quick looks only" in table and "PROTOCOL" not in table

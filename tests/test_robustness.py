@@ -153,7 +153,7 @@ def _cell(method: str, optimizer: str, seed: int, area: float, relearned: int | 
 def test_fid_bench_tabulates_the_robustness_numbers_and_draws_the_relearning_curves(tmp_path):
     """Robustness scores are aggregated like the protocol's (mean and std over seeds, the base beside them), with the
     share of runs that relearned, and relearn_curve.png holds a line per method and optimizer."""
-    from dualerase.runs.bench import aggregate, markdown, relearn_panels
+    from dualerase.bench.bench import aggregate, markdown, relearn_panels
 
     cells = [_cell("ga", "dual", s, 0.1, None) for s in (0, 1)] + [_cell("ga", "shared", s, 0.3, 100 if s else None)
                                                                  for s in (0, 1)]

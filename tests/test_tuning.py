@@ -1,5 +1,5 @@
 """A fair comparison: per-method tuning on seeds of its own, the rule that picks each pair's operating point, and the
-sensitivity sweep (runs/tuning.py)."""
+sensitivity sweep (bench/tuning.py, reports/sensitivity.py)."""
 import shutil
 import socket
 import subprocess
@@ -10,7 +10,8 @@ import yaml
 from conftest import SETS
 
 from dualerase.cli import fid_bench
-from dualerase.runs import tuning
+from dualerase.bench import tuning
+from dualerase.reports import sensitivity
 
 
 def _cell(method, optimizer, setting, seed, fa, retain, fid, base_retain=0.95):
@@ -54,7 +55,7 @@ def test_tuning_runs_on_its_own_seeds_and_the_report_uses_the_chosen_setting(tmp
         seen.extend(m["seed"] for m in cells)
         return select(cells, *args)
 
-    monkeypatch.setattr("dualerase.runs.bench.select", spy)
+    monkeypatch.setattr("dualerase.bench.bench.select", spy)
     tune = {"seeds": [100], "grid": {"ga": {"dual": {"erase.forget_lr": [1e-4, 1e-3]}}}, "set": ["sample.steps=3"]}
     out = tmp_path / "bench"
     assert fid_bench.main([_spec(tmp_path, tune=tune, seeds=[1, 0]), "--output", str(out), "--quiet"]) == 0
@@ -89,7 +90,7 @@ def test_a_job_done_with_its_tuning_cells_waits_for_another_jobs_then_takes_its_
     other = subprocess.Popen([sys.executable, "-c", finish, str(last), str(shared / "tune" / "cells" / last.name)])
     (shared / "tune" / "claims").mkdir(parents=True)
     (shared / "tune" / "claims" / last.name).write_text(f"{socket.gethostname()} {other.pid}")
-    monkeypatch.setattr("dualerase.runs.bench.TUNING_POLL_S", 0.2)
+    monkeypatch.setattr("dualerase.bench.bench.TUNING_POLL_S", 0.2)
     capsys.readouterr()
     try:
         assert fid_bench.main([spec, "--output", str(shared), "--quiet"]) == 0
@@ -122,9 +123,9 @@ def test_a_sensitivity_curve_averages_classes_then_seeds_and_counts_the_diverged
              _cell("ga", "dual", lr[0], 1, 0.0, 0.9, 8.0), _cell("ga", "dual", lr[1], 0, 0.0, 0.5, 90.0),
              _cell("ga", "shared", lr[0], 0, 0.9, 0.9, 3.0)]  # another mode: not this curve
     diverged = [{"method": "ga", "optimizer": "dual", "seed": s, "setting": lr[1]} for s in (1, 2)]
-    curve = tuning.sensitivity_series(cells, diverged, "ga", "dual", "fid")
+    curve = sensitivity.sensitivity_series(cells, diverged, "ga", "dual", "fid")
     # seed 0 at 1e-4: classes 3 and 7 average to 5.0; seed 1: 8.0; mean 6.5, sample std of (5, 8)
     assert curve["values"] == [1e-4, 1e-3] and curve["mean"] == pytest.approx([6.5, 90.0])
     assert curve["std"] == pytest.approx([2.1213203, 0.0]) and curve["diverged"] == [0, 2] and curve["runs"] == [3, 3]
-    only_diverged = tuning.sensitivity_series([], diverged, "ga", "dual", "fid")
+    only_diverged = sensitivity.sensitivity_series([], diverged, "ga", "dual", "fid")
     assert only_diverged["mean"] == [None] and only_diverged["diverged"] == [2]

@@ -20,7 +20,8 @@ from dualerase.errors import UsageError
 from dualerase.launch import processes
 from dualerase.models.dit import separate_copies
 from dualerase.models.pretrained import load_model
-from dualerase.runs.bench import BenchResult, bench, plan
+from dualerase.bench.bench import BenchResult, run_spec
+from dualerase.bench.cells import plan
 from dualerase.runs.grid import draw
 from dualerase.runs.job import run_trials
 from dualerase.runs.workload import model_settings
@@ -86,7 +87,7 @@ def fid_bench(spec: str | Path = "digits", *, output: str | Path = "bench", clas
     Finished cells in `output` are reused, and a killed benchmark continues where it stopped."""
     grid = plan(str(spec), classes=classes, methods=methods, optimizers=optimizers, seeds=seeds,
                 overrides=_sets(overrides))
-    return bench(grid, Path(output), progress=progress, command=f"fid_bench({str(spec)!r})")
+    return run_spec(grid, Path(output), progress=progress, command=f"fid_bench({str(spec)!r})")
 
 
 def _sets(overrides: dict | None) -> list[str]:

@@ -163,7 +163,12 @@ def all_keys(obj=None, prefix: str = "") -> list[str]:
     return keys
 
 
-def _apply(obj, data: dict, prefix: str = "") -> None:
+def apply_mapping(obj, data: dict, prefix: str = "") -> None:
+    """Set the fields of a config section from a nested mapping, each value checked against its type.
+
+    Raises:
+        ConfigError: an unknown key (with the closest valid ones) or a value of the wrong type.
+    """
     if not isinstance(data, dict):
         raise ConfigError(f"section {prefix.rstrip('.') or 'top level'} must be a mapping of keys to values")
     hints = typing.get_type_hints(type(obj), include_extras=True)
@@ -174,7 +179,7 @@ def _apply(obj, data: dict, prefix: str = "") -> None:
             raise ConfigError(f"unknown config key {key!r}{suggest(key, all_keys())}")
         current = getattr(obj, name)
         if dataclasses.is_dataclass(current):
-            _apply(current, value, f"{key}.")
+            apply_mapping(current, value, f"{key}.")
         else:
             setattr(obj, name, coerce(key, value, hints[name]))
 
@@ -250,17 +255,17 @@ def load_config(name_or_path: str = "digits", overrides: list[str] = ()) -> Conf
     parsed = [parse_set(item) for item in overrides]
     chosen = Config()  # which method the preset and the command line choose
     for item in [data, *parsed]:
-        _apply(chosen, item)
+        apply_mapping(chosen, item)
     cfg = Config()
     for key, value in METHODS[chosen.method.name].published.items() if chosen.method.name in METHODS else ():
-        _apply(cfg, parse_set(f"{key}={value}"))
-    _apply(cfg, data)
+        apply_mapping(cfg, parse_set(f"{key}={value}"))
+    apply_mapping(cfg, data)
     for item in parsed:
-        _apply(cfg, item)
+        apply_mapping(cfg, item)
     if cfg.method.name in per_method:
-        _apply(cfg, per_method[cfg.method.name])
+        apply_mapping(cfg, per_method[cfg.method.name])
         for item in parsed:  # the command line still wins
-            _apply(cfg, item)
+            apply_mapping(cfg, item)
     _validate(cfg)
     return cfg
 
@@ -285,7 +290,7 @@ def saved_config(path: Path) -> dict | None:
     with to_dict of the config a resume is given; None when it holds a key this version no longer has."""
     cfg = Config()
     try:
-        _apply(cfg, yaml.safe_load(path.read_text()) or {})
+        apply_mapping(cfg, yaml.safe_load(path.read_text()) or {})
     except ConfigError:
         return None
     return to_dict(cfg)

@@ -36,13 +36,20 @@ def main(argv: list[str] | None = None) -> int:
                              "changed for this long (default 6)")
     parser.add_argument("--aggregate", action="store_true",
                         help="run nothing: write the tables from the cells finished so far")
+    parser.add_argument("--records", type=Path, metavar="DIR",
+                        help="a folder of benchmark records (cells.jsonl, logs.tar.xz): its cells, where it "
+                             "has any, are written into --output first (finished there); once the tables "
+                             "are written, the records are written anew from --output's cells")
     args = parse(parser, argv)
     if isinstance(args, int):  # --help, --version or a bad argument: answered before torch is imported
         return args
+    from dualerase.bench.bench import BENCH_FILES, dry_run, run_spec
+    from dualerase.bench.cells import plan
+    from dualerase.bench.records import CELLS, LOGS, pack, unpack
+    from dualerase.data.folders import check_writable
     from dualerase.integrations.claims import shard_of
     from dualerase.launch import processes
     from dualerase.metrics.imagenet import EvalError
-    from dualerase.runs.bench import BENCH_FILES, bench, dry_run, plan, tuned
     from dualerase.runs.job import written
     from dualerase.runs.plan import config_text
 
@@ -51,18 +58,24 @@ def main(argv: list[str] | None = None) -> int:
                     seeds=args.seeds, overrides=args.overrides)
         spec, configs = grid.spec, grid.configs
         if args.print_config:
-            print(f"# {len(grid.cells)} cells: every (method, optimizer, class, seed) of methods {spec['methods']}, "
-                  f"optimizers {spec['optimizers']}, classes {spec['classes']}, seeds {spec['seeds']}; the config of "
-                  "the first:")
+            print(f"# {len(grid.cells)} cells: every (method, optimizer, class, seed) of methods "
+                  f"{spec.methods}, optimizers {spec.optimizers}, classes {spec.classes}, seeds "
+                  f"{spec.seeds}; the config of the first:")
             print(config_text(configs[0]), end="")
             return 0
         if args.dry_run:  # every check a real run makes before its first cell
             print(dry_run(grid, args.output))
             return 0
-        run = tuned if spec["tune"] is not None else bench
-        result = run(grid, args.output, progress=not args.quiet, claim_timeout=args.claim_timeout,
-                     shard=shard_of(args.shard) if args.shard else (0, 1), aggregate_only=args.aggregate,
-                     command="fid-bench " + " ".join(argv if argv is not None else sys.argv[1:]))
+        if args.records is not None and (args.records / CELLS).exists() and is_main_process():
+            check_writable(args.output, "--output")
+            unpack(args.records, args.output)
+        command = "fid-bench " + " ".join(argv if argv is not None else sys.argv[1:])
+        result = run_spec(grid, args.output, progress=not args.quiet,
+                          claim_timeout=args.claim_timeout,
+                          shard=shard_of(args.shard) if args.shard else (0, 1),
+                          aggregate_only=args.aggregate, command=command)
+        if args.records is not None and not result.pending and is_main_process():
+            count = pack(args.output, args.records, spec.config)
     except (ConfigError, UsageError, EvalError) as e:
         if is_main_process():  # under a launcher every process fails alike: one line, not one per process
             print(f"fid-bench: error: {e}", file=sys.stderr)
@@ -83,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(result.table)
     print(f"wrote {args.output}/: {written(args.output, BENCH_FILES)}")
+    if args.records is not None and not result.pending:
+        logs = ", their logs in logs.tar.xz" if (args.records / LOGS).exists() else ""
+        print(f"wrote {args.records}/: {count} cells in {CELLS}{logs}")
     return 0
 
 

@@ -1,0 +1,1 @@
+"""fid-bench: benchmark specs, their cells, the tuning stage, the tables and the committed records."""
