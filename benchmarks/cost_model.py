@@ -15,9 +15,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import header, table  # noqa: E402
 from benchmarks.gpu_check import VAE_XL, XL, build_vae  # noqa: E402
+from dualerase.bench.spec import read_spec  # noqa: E402
 from dualerase.config import load_config  # noqa: E402
 from dualerase.models.dit import build_dit  # noqa: E402
-from dualerase.bench.spec import read_spec  # noqa: E402
 from dualerase.runs.evaluation import evaluation_config  # noqa: E402
 from dualerase.runs.plan import passes  # noqa: E402
 

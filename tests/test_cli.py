@@ -319,8 +319,8 @@ def test_dry_run_lists_the_one_time_training_of_the_digits_models(tmp_path, caps
     assert "digits classifier training, once (60 epochs; then cached)" in text and f"{60 * 2156:,d}" in text
     assert not (tmp_path / "empty-cache" / "digits").exists()  # counted, not trained
     # fid-bench's dry run sums its cells: the training once, the base model's evaluation once per class and seed
-    from dualerase.runs import plan
     from dualerase.bench.cells import plan as bench_plan
+    from dualerase.runs import plan
 
     monkeypatch.setattr(plan, "throughput", lambda cfg: {"forward": 1e-3, "backward": 2e-3, "classifier": 1e-3})
     choice = {"methods": ["ga", "sfron"], "optimizers": ["dual"], "classes": ["3"], "seeds": [0, 1]}
@@ -344,8 +344,8 @@ def test_fid_bench_dry_run_lists_the_cells_and_writes_nothing(tmp_path, capsys):
     assert "4 cells, 0 finished" in text and "sa / dual / class 3 / seed 1" in text
     assert not out.exists()
     # a cell started under another config is refused by the dry run, as by the real run before its first cell
-    from dualerase.config import to_dict
     from dualerase.bench.cells import cell_folder, plan
+    from dualerase.config import to_dict
 
     grid = plan("digits", methods=["ga"], optimizers=["dual"], classes=[3], seeds=[0])
     cell = cell_folder(out, "ga", "dual", "3", 0)

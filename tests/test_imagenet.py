@@ -22,6 +22,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tiny_imagenet import SYNSETS, build_classifier, build_inception, build_pipeline, build_world, erase_args
 
+from dualerase.bench import spec as bench
 from dualerase.cli import erase_class, fid_bench, fid_reference, sample_grid
 from dualerase.config import load_config
 from dualerase.data.classes import imagenet, resolve_class
@@ -30,7 +31,6 @@ from dualerase.errors import UsageError
 from dualerase.metrics.fid import FIDELITY
 from dualerase.metrics.imagenet import ImageNetScorer
 from dualerase.models.dit import build_dit, make_scheduler
-from dualerase.bench import spec as bench
 from dualerase.runs import evaluation
 from dualerase.runs.workload import classes_of, prepare
 from dualerase.sampling import sample

@@ -11,13 +11,13 @@ import torch
 from conftest import TINY
 from PIL import Image, ImageDraw
 
+from dualerase.bench import bench
 from dualerase.cli import erase_class, fid_reference
 from dualerase.cli import sample_grid as grid_command
 from dualerase.data import folders as data
 from dualerase.data.folders import load_images
 from dualerase.metrics.fid import DigitsScorer
 from dualerase.reports.summary import sample_grid, summary
-from dualerase.bench import bench
 from dualerase.runs import grid, job
 from dualerase.storage import atomic_write_json
 

@@ -9,8 +9,8 @@ import pytest
 import yaml
 from conftest import SETS
 
-from dualerase.cli import fid_bench
 from dualerase.bench import tuning
+from dualerase.cli import fid_bench
 from dualerase.reports import sensitivity
 
 

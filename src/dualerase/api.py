@@ -15,17 +15,17 @@ import torch
 import yaml
 from diffusers import DiTPipeline, DiTTransformer2DModel
 
-from dualerase.config import Config, load_config, to_dict
+from dualerase.bench.bench import BenchResult, run_spec
+from dualerase.bench.cells import plan
+from dualerase.config import Config, load_config
 from dualerase.errors import UsageError
 from dualerase.launch import processes
 from dualerase.models.dit import separate_copies
 from dualerase.models.pretrained import load_model
-from dualerase.bench.bench import BenchResult, run_spec
-from dualerase.bench.cells import plan
 from dualerase.runs.grid import draw
 from dualerase.runs.job import run_trials
 from dualerase.runs.workload import model_settings
-from dualerase.storage import atomic_write_text, cache_root, fingerprint, replace_folder
+from dualerase.storage import cache_root, fingerprint, replace_folder
 
 
 @dataclass
@@ -103,17 +103,7 @@ def _sets(overrides: dict | None) -> list[str]:
 
 def _config(config: str | Path | Config | None, default: str, sets: list[str]) -> Config:
     """A preset name, a YAML path or a Config in memory, with `--set` items applied."""
-    if isinstance(config, Config):
-        return load_config(_written(to_dict(config)), sets)
-    return load_config(str(config) if config is not None else default, sets)
-
-
-def _written(settings: dict) -> str:
-    """A Config given in memory, as the YAML file load_config reads (in the cache, by content)."""
-    path = cache_root() / "configs" / f"{fingerprint(settings)}.yaml"
-    if not path.exists():
-        atomic_write_text(path, yaml.safe_dump(settings, sort_keys=False))
-    return str(path)
+    return load_config(config if config is not None else default, sets)
 
 
 def _model_folder(model) -> str:

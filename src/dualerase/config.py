@@ -1,6 +1,7 @@
 """The one config schema: every option with its one default, presets that override a few, and `--set` overrides."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import typing
@@ -241,11 +242,27 @@ def parse_set(item: str) -> dict:
     return value
 
 
-def load_config(name_or_path: str = "digits", overrides: list[str] = ()) -> Config:
-    """The schema defaults, updated by the chosen method's own published values (`Method.published`), then by a
-    preset (name or YAML path), then by the preset's `per_method` section for that method, then by `key=value`
-    overrides in order."""
-    data = _read_preset(name_or_path)
+def load_config(preset: str | Path | Config | dict = "digits", overrides: list[str] = ()) -> Config:
+    """A config: the schema defaults under a preset and `key=value` overrides.
+
+    In order: the schema defaults, the chosen method's own published values (`Method.published`), the
+    preset, its `per_method` section for that method, then the overrides in order.
+
+    Args:
+        preset: a preset name, a YAML path, or a config in memory (a `Config`, or a nested dict of
+            sections as a preset file holds it).
+        overrides: `--set` items, `key=value` with the value read as YAML.
+
+    Raises:
+        ConfigError: an unknown preset, key or method, or a value its field does not allow.
+    """
+    if isinstance(preset, Config):
+        data = to_dict(preset)
+    elif isinstance(preset, dict):
+        data = copy.deepcopy(preset)
+    else:
+        data = _read_preset(str(preset))
+    name_or_path = preset if isinstance(preset, (str, Path)) else "given in memory"
     if not isinstance(data, dict):
         raise ConfigError(f"config {name_or_path!r} must be a YAML mapping of sections")
     per_method = data.pop("per_method", None) or {}
