@@ -17,7 +17,7 @@ from diffusers import DiTPipeline, DiTTransformer2DModel
 
 from dualerase.bench.bench import BenchResult, run_spec
 from dualerase.bench.cells import plan
-from dualerase.config import Config, load_config
+from dualerase.config import Config, load_config, model_overrides
 from dualerase.errors import UsageError
 from dualerase.launch import processes
 from dualerase.models.dit import separate_copies
@@ -51,7 +51,7 @@ def erase_class(forget_class: int | str, *, config: str | Path | Config = "digit
     dualerase.unlearn.DivergenceError when erasure diverges."""
     sets = _sets(overrides)
     if model is not None:
-        sets = ["model.source=diffusers", f"model.path={_model_folder(model)}"] + sets
+        sets = model_overrides(_model_folder(model)) + sets
     cfg = _config(config, "digits", sets)
     cls = str(forget_class)
     out = Path(output) if output is not None else Path("runs") / (
@@ -72,7 +72,7 @@ def sample_grid(models: list[str | Path] = ("base",), *, config: str | Path | Co
     `models`: "base" (the config's base model), model folders or erase_class output folders. `model`: the base model
     as a hub id or folder (as `--model`). `classes`: ids, synsets or names (default: all, at most eval.grid_classes);
     `mark`: a class to frame in red."""
-    sets = (["model.source=diffusers", f"model.path={model}"] if model is not None else []) + _sets(overrides)
+    sets = model_overrides(model) + _sets(overrides)
     cfg = _config(config, "imagenet" if model is not None else "digits", sets)
     draw(cfg, [str(m) for m in models], Path(output), per_class=per_class, classes=classes, mark=mark, seed=seed,
          progress=progress)

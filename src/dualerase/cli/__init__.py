@@ -34,9 +34,17 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
     except SystemExit as e:  # --help, --version
         return int(e.code or 0)
     except UsageError as e:
-        if is_main_process():
-            print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        return 2
+        return fail(parser.prog, e)
+
+
+def fail(prog: str, error: Exception | str, code: int = 2) -> int:
+    """Print a command's error as one line and return its exit code (2: bad input).
+
+    Under a launcher every process fails alike: only the main one prints.
+    """
+    if is_main_process():
+        print(f"{prog}: error: {error}", file=sys.stderr)
+    return code
 
 
 def resume_command(prog: str, argv: list[str]) -> str:

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from dualerase.cli import METHOD_NAMES, CommandParser, parse, resume_command
+from dualerase.cli import METHOD_NAMES, CommandParser, fail, parse, resume_command
 from dualerase.errors import ConfigError, UsageError
 from dualerase.integrations.tracking import TRACKERS
 from dualerase.launch import is_main_process
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(build_parser(), argv)
     if isinstance(args, int):  # --help, --version or a bad argument: answered before torch is imported
         return args
-    from dualerase.config import load_config
+    from dualerase.config import load_config, model_overrides
     from dualerase.integrations.card import check_hub, push_to_hub
     from dualerase.launch import processes
     from dualerase.metrics.imagenet import EvalError
@@ -68,10 +68,10 @@ def main(argv: list[str] | None = None) -> int:
 
     output = None
     try:
-        overrides = (["model.source=diffusers", f"model.path={args.model}"] if args.model else []) + \
-            ([f"data.path={args.data}"] if args.data else []) + args.overrides
-        overrides += [f"{key}={value}" for key, value in (("method.name", args.method), ("erase.optimizer",
-                      args.optimizer), ("seed", args.seed)) if value is not None]
+        overrides = model_overrides(args.model) + ([f"data.path={args.data}"] if args.data else [])
+        overrides += args.overrides
+        chosen = (("method.name", args.method), ("erase.optimizer", args.optimizer), ("seed", args.seed))
+        overrides += [f"{key}={value}" for key, value in chosen if value is not None]
         cfg = load_config(args.config or ("imagenet" if args.model or args.data else "digits"), overrides)
         output = args.output or Path("runs") / (
             f"{args.forget_class.replace(' ', '_')}-{cfg.method.name}-{cfg.erase.optimizer}-s{cfg.seed}")
@@ -100,17 +100,17 @@ def main(argv: list[str] | None = None) -> int:
             if args.push_to_hub:
                 print(f"pushed {output / 'model'} to {push_to_hub(output / 'model', args.push_to_hub)}")
     except (ConfigError, UsageError, EvalError) as e:
-        if is_main_process():  # under a launcher every process fails alike: one line, not one per process
-            print(f"erase-class: error: {e}", file=sys.stderr)
-        return 2
+        return fail("erase-class", e)
     except (DivergenceError, OSError, KeyboardInterrupt) as e:  # diverged, a full disk, Ctrl-C: how to continue
-        message = disk_full(e, output) if isinstance(e, OSError) else str(e) if isinstance(e, DivergenceError) else \
-            f"interrupted: continue with `{resume_command('erase-class', sys.argv[1:] if argv is None else argv)}`"
-        if message is None:
+        if isinstance(e, KeyboardInterrupt):
+            again = resume_command("erase-class", sys.argv[1:] if argv is None else argv)
+            if is_main_process():
+                print(f"erase-class: interrupted: continue with `{again}`", file=sys.stderr)
+            return 130
+        message = disk_full(e, output) if isinstance(e, OSError) else str(e)
+        if message is None:  # an OSError other than a full disk
             raise
-        if is_main_process():
-            print(f"erase-class: {'' if isinstance(e, KeyboardInterrupt) else 'error: '}{message}", file=sys.stderr)
-        return 130 if isinstance(e, KeyboardInterrupt) else 1
+        return fail("erase-class", message, 1)
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from dualerase.cli import CommandParser, parse
+from dualerase.cli import CommandParser, fail, parse
 from dualerase.errors import ConfigError, UsageError
 from dualerase.launch import is_main_process
 from dualerase.storage import preset_names
@@ -77,9 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.records is not None and not result.pending and is_main_process():
             count = pack(args.output, args.records, spec.config)
     except (ConfigError, UsageError, EvalError) as e:
-        if is_main_process():  # under a launcher every process fails alike: one line, not one per process
-            print(f"fid-bench: error: {e}", file=sys.stderr)
-        return 2
+        return fail("fid-bench", e)
     if result.pending and not args.aggregate:  # other jobs (or shards) run these: the last job to finish writes
         if is_main_process():
             print(f"fid-bench: {len(result.pending)} cell(s) of {result.output} are left to other jobs (--shard, or "
@@ -87,11 +85,10 @@ def main(argv: list[str] | None = None) -> int:
                   "--aggregate", file=sys.stderr)
         return 0
     if not result.cells:  # with --aggregate: nothing finished yet; else every cell ran and diverged
-        why = f"every cell diverged: {'; '.join(result.diverged)}" if result.diverged else \
-            f"no cell of this benchmark has finished in {args.output} yet: run it without --aggregate first"
-        if is_main_process():
-            print(f"fid-bench: error: {why}", file=sys.stderr)
-        return 1
+        if result.diverged:
+            return fail("fid-bench", f"every cell diverged: {'; '.join(result.diverged)}", 1)
+        return fail("fid-bench", f"no cell of this benchmark has finished in {args.output} yet: run it "
+                    "without --aggregate first", 1)
     if not processes().is_main_process:  # under a multi-process launch the main process writes the tables
         return 0
     print(result.table)

@@ -4,9 +4,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from dualerase.cli import CommandParser, parse
+from dualerase.cli import CommandParser, fail, parse
 from dualerase.errors import UsageError
-from dualerase.launch import is_main_process
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,9 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         manifest = build(args.data, args.output, count=args.count, exclude=exclude, size=args.size, seed=args.seed,
                          progress=not args.quiet)
     except UsageError as e:
-        if is_main_process():  # under a launcher every process fails alike: one line, not one per process
-            print(f"fid-reference: error: {e}", file=sys.stderr)
-        return 2
+        return fail("fid-reference", e)
     print(f"wrote {args.output}: {manifest['count']} images of {manifest['classes']} classes at {args.size} px "
           f"(excluded: {', '.join(classes.short(c) for c in exclude) or 'none'}); use --set eval.fid_reference="
           f"{args.output}")

@@ -4,9 +4,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from dualerase.cli import CommandParser, parse
+from dualerase.cli import CommandParser, fail, parse
 from dualerase.errors import ConfigError, UsageError
-from dualerase.launch import is_main_process
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,18 +27,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(parser, argv)
     if isinstance(args, int):  # --help, --version or a bad argument: answered before torch is imported
         return args
-    from dualerase.config import load_config
+    from dualerase.config import load_config, model_overrides
     from dualerase.runs.grid import draw
 
     try:
-        model_args = ["model.source=diffusers", f"model.path={args.model}"] if args.model else []
-        cfg = load_config(args.config or ("imagenet" if args.model else "digits"), model_args + args.overrides)
+        cfg = load_config(args.config or ("imagenet" if args.model else "digits"),
+                          model_overrides(args.model) + args.overrides)
         done = draw(cfg, args.models, args.output, per_class=args.per_class, classes=args.classes, mark=args.mark,
                     seed=args.seed, progress=not args.quiet)
     except (ConfigError, UsageError) as e:
-        if is_main_process():  # under a launcher every process fails alike: one line, not one per process
-            print(f"sample-grid: error: {e}", file=sys.stderr)
-        return 2
+        return fail("sample-grid", e)
     print(done)
     return 0
 
