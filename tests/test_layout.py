@@ -98,3 +98,29 @@ def test_no_source_file_is_over_300_lines_and_the_cli_is_thin():
         assert len(path.read_text().splitlines()) <= 300, name
     for command in (SRC / "dualerase" / "cli").glob("*.py"):
         assert len(command.read_text().splitlines()) < 120, command.name
+
+
+def _map_rows() -> dict[str, str]:
+    """CONTRIBUTING.md's layout map: each row's first column (the folders or modules it names) -> the row."""
+    rows = {}
+    for line in (ROOT / "CONTRIBUTING.md").read_text().splitlines():
+        if line.startswith("| `"):
+            rows[line.split(" | ")[0]] = line
+    return rows
+
+
+def test_contributing_maps_every_module_and_each_layer_once():
+    """The one layout map names every module in the row of its folder, and every layer in MAY_IMPORT."""
+    rows = _map_rows()
+    for path in (SRC / "dualerase").rglob("*.py"):
+        parts = path.relative_to(SRC / "dualerase").parts
+        if len(parts) == 1:  # a top-level module: named in a row's first column
+            assert any(f"`{parts[0]}`" in first for first in rows), parts[0]
+        elif parts[-1] != "__init__.py":  # in its folder's row: the file, or the sub-folder holding it
+            row = next((r for first, r in rows.items() if f"`{parts[0]}/`" in first), None)
+            assert row is not None, f"no row for {parts[0]}/"
+            named = parts[1] if len(parts) == 2 else f"{parts[1]}/"
+            assert f"`{named}" in row, f"{'/'.join(parts)} is not in the map's row for {parts[0]}/"
+    for layer in MAY_IMPORT:
+        name = layer.removeprefix("dualerase").lstrip(".") or "__init__"
+        assert any(f"`{name}/`" in first or f"`{name}.py`" in first for first in rows), layer
