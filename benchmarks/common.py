@@ -1,4 +1,5 @@
-"""What every benchmark prints above its table: the machine, threads, library versions and its settings; and timing."""
+"""What every benchmark prints above its table: the machine, threads, library versions and its
+settings; and timing."""
 from __future__ import annotations
 
 import os
@@ -11,8 +12,10 @@ from pathlib import Path
 
 import torch
 
-DIGITS = dict(num_classes=10, sample_size=8, in_channels=1, patch_size=2, layers=4, heads=4, head_dim=16)
-SMALL_LATENT = dict(num_classes=10, sample_size=16, in_channels=4, patch_size=2, layers=4, heads=4, head_dim=32)
+DIGITS = dict(num_classes=10, sample_size=8, in_channels=1, patch_size=2, layers=4, heads=4,
+              head_dim=16)
+SMALL_LATENT = dict(num_classes=10, sample_size=16, in_channels=4, patch_size=2, layers=4, heads=4,
+                    head_dim=32)
 
 
 def cpu_name() -> str:
@@ -24,10 +27,12 @@ def cpu_name() -> str:
 
 
 def header(title: str, settings: dict) -> str:
-    """Lines naming the benchmark, the machine, torch's thread count, library versions and the settings."""
+    """Lines naming the benchmark, the machine, torch's thread count, library versions and the
+    settings."""
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_name()
     libs = ", ".join(f"{name} {version(name)}" for name in ("torch", "diffusers", "accelerate"))
-    lines = [f"# {title}", f"machine: {platform.platform()}, {device}, {torch.get_num_threads()} torch threads",
+    lines = [f"# {title}",
+             f"machine: {platform.platform()}, {device}, {torch.get_num_threads()} torch threads",
              f"versions: python {platform.python_version()}, {libs}",
              "settings: " + ", ".join(f"{k}={v}" for k, v in settings.items())]
     return "\n".join(lines)
@@ -43,8 +48,8 @@ def table(rows: list[dict]) -> str:
 
 
 def interleaved(candidates: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
-    """Median wall seconds of each candidate, run in turn `repeats` times (A, B, A, B, ...) so that drift in the
-    machine's speed hits all of them alike."""
+    """Median wall seconds of each candidate, run in turn `repeats` times (A, B, A, B, ...) so that
+    drift in the machine's speed hits all of them alike."""
     times = {name: [] for name in candidates}
     for _ in range(repeats):
         for name, fn in candidates.items():

@@ -1,6 +1,6 @@
-"""The digits main command (`erase-class N` with the default preset) timed phase by phase: runs it in a fresh process
-(with --cold, on an empty cache: the digits DiT and classifier are trained first) and prints each phase's seconds and
-share, from the run's metrics.json timings."""
+"""The digits main command (`erase-class N` with the default preset) timed phase by phase: runs it
+in a fresh process (with --cold, on an empty cache: the digits DiT and classifier are trained first)
+and prints each phase's seconds and share, from the run's metrics.json timings."""
 from __future__ import annotations
 
 import argparse
@@ -26,13 +26,15 @@ PHASES = [("prepare_s", "workload: load (cold: train) the digits DiT and classif
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("digit", nargs="?", default="3")
-    p.add_argument("--cold", action="store_true", help="on an empty cache (DUALERASE_HOME in a temporary folder)")
+    p.add_argument("--cold", action="store_true",
+                   help="on an empty cache (DUALERASE_HOME in a temporary folder)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, **({"DUALERASE_HOME": str(Path(tmp) / "cache")} if args.cold else {})}
         out = Path(tmp) / "run"
-        cmd = [sys.executable, "-m", "dualerase.cli.erase_class", args.digit, "--output", str(out), "--quiet"]
+        cmd = [sys.executable, "-m", "dualerase.cli.erase_class", args.digit, "--output", str(out),
+               "--quiet"]
         cmd += [a for kv in args.overrides for a in ("--set", kv)]
         start = time.perf_counter()
         subprocess.run(cmd, env=env, check=True)
@@ -45,10 +47,12 @@ def main(argv=None) -> None:
     rows.append({"phase": "process start, imports, exit", "s": wall - t["total_s"],
                  "share": f"{(wall - t['total_s']) / wall:.1%}"})
     rows.append({"phase": "wall time of the command", "s": wall, "share": "100%"})
-    print(header(f"erase-class {args.digit} on the digits default, {'cold (empty cache)' if args.cold else 'warm'}",
+    print(header(f"erase-class {args.digit} on the digits default, "
+                 f"{'cold (empty cache)' if args.cold else 'warm'}",
                  {"overrides": args.overrides or "none", "outer steps": m["outer_steps"],
                   "sampler": f"{m['protocol']['sampler']}, {m['protocol']['steps']} steps",
-                  "samples": f"{m['protocol']['forget_samples']} forget / {m['protocol']['retain_samples']} retain"}))
+                  "samples": f"{m['protocol']['forget_samples']} forget / "
+                             f"{m['protocol']['retain_samples']} retain"}))
     print(table(rows))
 
 

@@ -1,4 +1,5 @@
-"""On a CUDA GPU (skipped without one): a tiny erasure and sampling, and an erasure checkpoint round trip."""
+"""On a CUDA GPU (skipped without one): a tiny erasure and sampling, and an erasure checkpoint round
+trip."""
 import pytest
 import torch
 from conftest import changed, snapshot
@@ -10,23 +11,27 @@ from dualerase.sampling import sample
 from dualerase.unlearn import EraseConfig, make_optimizers, unlearn
 from dualerase.unlearn.methods import MethodConfig, make_method
 
-pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
 def _model():
     torch.manual_seed(0)
-    return build_dit(num_classes=5, sample_size=8, in_channels=4, patch_size=2, layers=2, heads=2, head_dim=8).cuda()
+    return build_dit(num_classes=5, sample_size=8, in_channels=4, patch_size=2, layers=2, heads=2,
+                     head_dim=8).cuda()
 
 
 def _batches(label, seed):
     gen = torch.Generator().manual_seed(seed)
     while True:
-        y = torch.full((4,), label) if label is not None else torch.randint(1, 5, (4,), generator=gen)
+        y = (torch.full((4,), label) if label is not None
+             else torch.randint(1, 5, (4,), generator=gen))
         yield torch.randn(4, 4, 8, 8, generator=gen).cuda(), y.cuda()
 
 
 def _erase(model, steps, optimizers=None, start=0):
-    method = make_method(MethodConfig(name="ga"), DiTLoss(make_scheduler()), forget_class=0, num_classes=5)
+    method = make_method(MethodConfig(name="ga"), DiTLoss(make_scheduler()), forget_class=0,
+                         num_classes=5)
     cfg = EraseConfig(outer_steps=steps, batch_size=4)
     optimizers = optimizers or make_optimizers(list(model.parameters()), cfg)
     with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -42,8 +47,8 @@ def test_tiny_erasure_and_sampling_on_cuda():
     assert len(log) == 3
     assert all(torch.isfinite(torch.tensor(r["forget_loss"])) for r in log)
     assert changed(model, before)
-    images = sample(model, make_scheduler(), torch.tensor([0, 1, 2]), num_steps=2, guidance=1.5, seed=0,
-                    batch_size=2, progress=False)
+    images = sample(model, make_scheduler(), torch.tensor([0, 1, 2]), num_steps=2, guidance=1.5,
+                    seed=0, batch_size=2, progress=False)
     assert images.shape == (3, 4, 8, 8)
     assert torch.isfinite(images).all()
 
@@ -64,6 +69,7 @@ def test_checkpoint_round_trip_on_cuda(tmp_path):
     assert len(loaded) == len(states)
     for a, b in zip(states, loaded):
         assert all(torch.equal(a[k].cpu(), b[k].cpu()) for k in a)
-    assert all(v.is_cuda for s in loaded for k, v in s.items() if k != "step")  # states follow their params
+    # states follow their params
+    assert all(v.is_cuda for s in loaded for k, v in s.items() if k != "step")
     assert torch.equal(torch.cuda.get_rng_state(), rng)
     _erase(fresh, 3, fresh_opt, start=2)  # and it trains on from there

@@ -1,4 +1,5 @@
-"""The engine's invariants: Algorithm 1's step counts, the alpha schedule, separate states, masks that hold."""
+"""The engine's invariants: Algorithm 1's step counts, the alpha schedule, separate states, masks
+that hold."""
 import math
 
 import pytest
@@ -42,8 +43,8 @@ ASCENT = Fn(_ascent, _mse)
 
 
 def _cfg(**kw):
-    base = dict(outer_steps=1, forget_steps=1, retain_steps=1, forget_lr=1e-2, retain_lr=1e-2, shared_lr=1e-2,
-                alpha_schedule="constant", forget_clip=None)
+    base = dict(outer_steps=1, forget_steps=1, retain_steps=1, forget_lr=1e-2, retain_lr=1e-2,
+                shared_lr=1e-2, alpha_schedule="constant", forget_clip=None)
     base.update(kw)
     return EraseConfig(**base)
 
@@ -59,8 +60,8 @@ def test_step_counts_and_order():
         calls.append("r")
         return _mse(model, batch)
 
-    log = unlearn(_model(), Fn(forget, retain), _data(1), _data(2), _cfg(outer_steps=3, forget_steps=2, retain_steps=3),
-                  progress=False)
+    log = unlearn(_model(), Fn(forget, retain), _data(1), _data(2),
+                  _cfg(outer_steps=3, forget_steps=2, retain_steps=3), progress=False)
     assert calls == list("ffrrr" * 3)
     assert [r["step"] for r in log] == [0, 1, 2]
 
@@ -71,8 +72,8 @@ def test_alpha_schedule():
     assert alpha_at(5, cfg) == pytest.approx(1.0)
     assert alpha_at(9, cfg) == pytest.approx(2.0 * (1 + math.cos(math.pi * 0.9)) / 2)
     assert alpha_at(7, EraseConfig(outer_steps=10, alpha=2.0, alpha_schedule="constant")) == 2.0
-    log = unlearn(_model(), ASCENT, _data(1), _data(2), _cfg(outer_steps=4, alpha_schedule="cosine"),
-                  progress=False)
+    log = unlearn(_model(), ASCENT, _data(1), _data(2),
+                  _cfg(outer_steps=4, alpha_schedule="cosine"), progress=False)
     assert [r["alpha"] for r in log] == pytest.approx([1.0, (1 + math.cos(math.pi / 4)) / 2, 0.5,
                                                        (1 + math.cos(3 * math.pi / 4)) / 2])
 
@@ -87,7 +88,8 @@ def test_dual_states_are_disjoint_and_forget_state_sees_only_forget_gradients():
             progress=False)
     assert len(optim_r.state) == 0
     assert len(optim_f.state) == 2
-    # After Adam's first step exp_avg = (1 - beta1) * grad: the forget state holds the forget gradient alone.
+    # After Adam's first step exp_avg = (1 - beta1) * grad: the forget state holds the forget
+    # gradient alone.
     model2 = _model()
     x, y = next(_data(1))
     (-((model2(x) - y) ** 2).mean()).backward()
@@ -105,17 +107,19 @@ def test_shared_mode_uses_one_state():
     model = _model()
     optim_f, optim_r = make_optimizers(list(model.parameters()), _cfg(optimizer="shared"))
     assert optim_f is optim_r
-    unlearn(model, ASCENT, _data(1), _data(2), _cfg(optimizer="shared"), optimizers=(optim_f, optim_r),
-            progress=False)
+    unlearn(model, ASCENT, _data(1), _data(2), _cfg(optimizer="shared"),
+            optimizers=(optim_f, optim_r), progress=False)
     assert all(int(optim_f.state[p]["step"]) == 2 for p in model.parameters())
 
 
 def _mask(model):
-    return {n: (torch.arange(p.numel()).reshape(p.shape) % 2 == 0) for n, p in model.named_parameters()}
+    return {n: (torch.arange(p.numel()).reshape(p.shape) % 2 == 0)
+            for n, p in model.named_parameters()}
 
 
 def _forget_after_retain(mode, weight_decay=0.0):
-    """A retain step (building momentum), then a masked forget step; returns (before, after, mask) of that step."""
+    """A retain step (building momentum), then a masked forget step; returns (before, after, mask)
+    of that step."""
     model = _model()
     mask = _mask(model)
     cfg = _cfg(optimizer=mode, forget_weight_decay=weight_decay, retain_weight_decay=weight_decay)
@@ -138,7 +142,8 @@ def test_dual_forget_step_never_moves_masked_coordinates(weight_decay):
 
 
 def test_shared_forget_step_after_retain_step_moves_masked_coordinates():
-    """The paper's point: momentum from unmasked retain steps leaks through the mask of a shared optimizer."""
+    """The paper's point: momentum from unmasked retain steps leaks through the mask of a shared
+    optimizer."""
     before, after, mask = _forget_after_retain("shared")
     moved = sum(int((after[n].detach()[~m] != before[n][~m]).sum()) for n, m in mask.items())
     assert moved > 0
@@ -149,16 +154,17 @@ def test_forget_gradients_are_masked_then_clipped():
     mask = _mask(model)
     before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
     cfg = _cfg(forget_optimizer="sgd", forget_lr=1.0, forget_clip=1.0, retain_steps=0)
-    log = unlearn(model, Fn(lambda m, b: 1000 * _ascent(m, b), _mse), _data(1), _data(2), cfg, mask=mask,
-                  progress=False)
+    log = unlearn(model, Fn(lambda m, b: 1000 * _ascent(m, b), _mse), _data(1), _data(2), cfg,
+                  mask=mask, progress=False)
     delta = torch.cat([p.detach().flatten() for p in model.parameters()]) - before
     keep = torch.cat([m.flatten() for m in mask.values()])
     assert log[0]["forget_grad_norm"] > 1.0  # logged before clipping
-    assert delta.norm().item() == pytest.approx(1.0, rel=1e-5)  # SGD step of lr 1 on the clipped gradient
+    # SGD step of lr 1 on the clipped gradient
+    assert delta.norm().item() == pytest.approx(1.0, rel=1e-5)
     assert torch.all(delta[~keep] == 0)
 
 
 def test_non_finite_loss_stops_with_the_step_and_side():
     with pytest.raises(DivergenceError, match="forget step at outer step 0"):
-        unlearn(_model(), Fn(lambda m, b: _ascent(m, b) * float("nan"), _mse), _data(1), _data(2), _cfg(),
-                progress=False)
+        unlearn(_model(), Fn(lambda m, b: _ascent(m, b) * float("nan"), _mse), _data(1), _data(2),
+                _cfg(), progress=False)

@@ -1,4 +1,5 @@
-"""erase.ema_decay: the erased model is the moving average SA evaluates; a resumed run averages as an unbroken one."""
+"""erase.ema_decay: the erased model is the moving average SA evaluates; a resumed run averages as
+an unbroken one."""
 import pytest
 import torch
 from conftest import TINY
@@ -13,15 +14,18 @@ RUN = ["3", *TINY, "--set", "erase.outer_steps=6", "--set", "erase.checkpoint_ev
 
 @pytest.fixture
 def steps(monkeypatch):
-    """Records the trained weights after every outer step; `stop_at` (set by a test) interrupts the run there."""
+    """Records the trained weights after every outer step; `stop_at` (set by a test) interrupts the
+    run there."""
     seen = {"weights": [], "stop_at": None, "start": None}
     real = erasure.unlearn
 
     def recording(model, *args, on_step, **kwargs):
-        seen["start"] = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        seen["start"] = {n: p.detach().clone()
+                         for n, p in model.named_parameters() if p.requires_grad}
 
         def step(record):
-            seen["weights"].append({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+            seen["weights"].append({n: p.detach().clone()
+                                    for n, p in model.named_parameters() if p.requires_grad})
             if record["step"] == seen["stop_at"]:
                 raise KeyboardInterrupt
             return on_step(record)
@@ -49,7 +53,8 @@ def test_the_erased_model_is_the_moving_average_and_a_resumed_run_averages_alike
         assert torch.allclose(whole[n], a, atol=1e-6), n
     assert any(not torch.allclose(whole[n], last[n]) for n in last)  # not the raw weights
 
-    steps["stop_at"] = 4  # after checkpoint-4: steps 4 and 5 run again from it, the average from its saved state
+    # after checkpoint-4: steps 4 and 5 run again from it, the average from its saved state
+    steps["stop_at"] = 4
     assert erase_class.main([*RUN, "--output", str(tmp_path / "cut")]) == 130
     steps["stop_at"] = None
     assert erase_class.main([*RUN, "--output", str(tmp_path / "cut"), "--resume", "latest"]) == 0

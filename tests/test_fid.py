@@ -1,6 +1,7 @@
-"""Our FID (torch-fidelity, the digits classifier's features) against torchmetrics' FrechetInceptionDistance fed the
-same images through the same features: two independent implementations of the Frechet distance must agree; KID against
-torchmetrics' KernelInceptionDistance, precision and recall against a transcription of their definition."""
+"""Our FID (torch-fidelity, the digits classifier's features) against torchmetrics'
+FrechetInceptionDistance fed the same images through the same features: two independent
+implementations of the Frechet distance must agree; KID against torchmetrics'
+KernelInceptionDistance, precision and recall against a transcription of their definition."""
 import pytest
 import torch
 from torchmetrics.image.fid import FrechetInceptionDistance
@@ -12,7 +13,8 @@ from dualerase.models.digits import load_digits
 
 
 class Features(torch.nn.Module):
-    """torchmetrics' custom feature model: uint8 images -> the same 64-d features torch-fidelity gets."""
+    """torchmetrics' custom feature model: uint8 images -> the same 64-d features torch-fidelity
+    gets."""
 
     num_features = 64
 
@@ -36,8 +38,10 @@ def test_our_fid_equals_torchmetrics_on_the_same_features(tmp_path):
     weights, images, y = _weights(tmp_path)
     real, fake = images[y != 3], images[y == 3]  # 3s against every other digit: a clear distance
     ours = fidelity(ImageTensors(fake), ImageTensors(real), len(real), cuda=False, batch_size=500,
-                    feature_extractor=DIGITS_EXTRACTOR, feature_extractor_weights_path=str(weights))["fid"]
-    metric = FrechetInceptionDistance(feature=Features(DigitsFeatureExtractor("d", ["64"], str(weights))))
+                    feature_extractor=DIGITS_EXTRACTOR,
+                    feature_extractor_weights_path=str(weights))["fid"]
+    metric = FrechetInceptionDistance(
+        feature=Features(DigitsFeatureExtractor("d", ["64"], str(weights))))
     metric.update(real, real=True)
     metric.update(fake, real=False)
     assert ours > 1
@@ -45,14 +49,16 @@ def test_our_fid_equals_torchmetrics_on_the_same_features(tmp_path):
 
 
 def test_kid_precision_and_recall_against_independent_versions(tmp_path):
-    """KID: torchmetrics' KernelInceptionDistance (cubic polynomial kernel, one subset holding every image). Precision
-    and recall (Kynkaanniemi et al., 2019), transcribed from their definition: each set's k-NN radius per image (k = 3);
-    precision is the share of generated images inside some real image's ball, recall the converse."""
+    """KID: torchmetrics' KernelInceptionDistance (cubic polynomial kernel, one subset holding every
+    image). Precision and recall (Kynkaanniemi et al., 2019), transcribed from their definition:
+    each set's k-NN radius per image (k = 3); precision is the share of generated images inside some
+    real image's ball, recall the converse."""
     from torchmetrics.image.kid import KernelInceptionDistance
 
     weights, images, y = _weights(tmp_path)
     real = images[y == 1][:150]
-    fake = torch.cat([images[y == 1][150:], torch.flip(images[y == 7][:118], dims=[2])])  # 32 real 1s, 118 flipped 7s
+    # 32 real 1s, 118 flipped 7s
+    fake = torch.cat([images[y == 1][150:], torch.flip(images[y == 7][:118], dims=[2])])
     ours = fidelity(ImageTensors(fake), ImageTensors(real), len(real), cuda=False, batch_size=500,
                     feature_extractor=DIGITS_EXTRACTOR, feature_extractor_weights_path=str(weights))
     features = Features(DigitsFeatureExtractor("d", ["64"], str(weights)))

@@ -13,7 +13,8 @@ from dualerase.unlearn.saliency import gradient_sum, mask_fraction, top_fraction
 
 
 def _method(name, model=None, **cfg):
-    return make_method(MethodConfig(name=name, **cfg), DiTLoss(make_scheduler()), forget_class=1, num_classes=5)
+    return make_method(MethodConfig(name=name, **cfg), DiTLoss(make_scheduler()), forget_class=1,
+                       num_classes=5)
 
 
 def _batch(label=1, n=4):
@@ -60,14 +61,18 @@ def test_sfron_fisher_diagonals_are_the_loops_when_vmapped(tiny_dit):
     def stream(label):  # endless seeded single samples, as the pipeline's batches(x, y, 1, seed)
         gen = torch.Generator().manual_seed(label)
         while True:
-            x, seed = torch.rand(1, 1, 4, 4, generator=gen) * 2 - 1, torch.randint(0, 99, (1,), generator=gen)
+            x, seed = (torch.rand(1, 1, 4, 4, generator=gen) * 2 - 1,
+                       torch.randint(0, 99, (1,), generator=gen))
             yield x, torch.tensor([label]), seed
 
-    looped, vmapped = _method("sfron", grad_samples=6, fisher_batch=1), _method("sfron", grad_samples=6)
-    assert vmapped.cfg.fisher_batch == 16  # the default: vmapped (more than the 6 samples: one chunk)
+    looped, vmapped = (_method("sfron", grad_samples=6, fisher_batch=1),
+                       _method("sfron", grad_samples=6))
+    # the default: vmapped (more than the 6 samples: one chunk)
+    assert vmapped.cfg.fisher_batch == 16
     for method in (looped, vmapped):
         method.prepare(tiny_dit, lambda b: stream(1), lambda b: stream(2), progress=False)
-    for a, b in [(looped.fisher_forget, vmapped.fisher_forget), (looped.fisher_retain, vmapped.fisher_retain)]:
+    for a, b in [(looped.fisher_forget, vmapped.fisher_forget),
+                 (looped.fisher_retain, vmapped.fisher_retain)]:
         scale = max(float(f.max()) for f in a.values())
         assert all(torch.allclose(a[n], b[n], rtol=1e-4, atol=1e-6 * scale) for n in a)
 
@@ -75,10 +80,12 @@ def test_sfron_fisher_diagonals_are_the_loops_when_vmapped(tiny_dit):
 def test_sa_penalty_is_zero_at_the_original_weights_and_quadratic_away(tiny_dit):
     sa = _method("sa", grad_samples=3)
     replay = iter([_batch(label=c, n=1) for c in (0, 2, 3)])
-    sa.cfg.fisher_timesteps = 20  # a stratified subsample of the 1000 timesteps keeps this test fast
+    # a stratified subsample of the 1000 timesteps keeps this test fast
+    sa.cfg.fisher_timesteps = 20
     assert sa.prepare(tiny_dit, lambda b: iter([]), lambda b: replay, progress=False) is None
     assert sa.ewc_penalty(tiny_dit).item() == 0.0
-    name, param = next((n, p) for n, p in tiny_dit.named_parameters() if sa.fisher[n].abs().sum() > 0)
+    name, param = next((n, p) for n, p in tiny_dit.named_parameters()
+                       if sa.fisher[n].abs().sum() > 0)
     with torch.no_grad():
         param.add_(0.5)
     assert torch.isclose(sa.ewc_penalty(tiny_dit), (sa.fisher[name] * 0.25).sum())
@@ -107,8 +114,8 @@ def _ones():
 def test_alpha_can_weight_the_retain_loss():
     model = torch.nn.Linear(2, 1)
     before = snapshot(model)
-    cfg = EraseConfig(outer_steps=1, alpha=0.0, alpha_schedule="constant", forget_steps=0, retain_optimizer="sgd",
-                      retain_lr=1.0)
+    cfg = EraseConfig(outer_steps=1, alpha=0.0, alpha_schedule="constant", forget_steps=0,
+                      retain_optimizer="sgd", retain_lr=1.0)
     unlearn(model, _Sum("retain"), _ones(), _ones(), cfg, progress=False)
     assert not changed(model, before)  # alpha 0 on retain: no move
     unlearn(model, _Sum("forget"), _ones(), _ones(), cfg, progress=False)
@@ -119,21 +126,26 @@ def test_joint_methods_take_one_shared_step_per_outer_step():
     model = torch.nn.Linear(2, 1)
     shared = EraseConfig(outer_steps=3, optimizer="shared")
     opts = make_optimizers(list(model.parameters()), shared)
-    log = unlearn(model, _Sum("retain", joint=True), _ones(), _ones(), shared, optimizers=opts, progress=False)
+    log = unlearn(model, _Sum("retain", joint=True), _ones(), _ones(), shared, optimizers=opts,
+                  progress=False)
     assert int(opts[0].state[model.weight]["step"]) == 3
     assert log[0]["joint_grad_norm"] is not None
     dual = EraseConfig(outer_steps=3, optimizer="dual")
     opts = make_optimizers(list(model.parameters()), dual)
-    unlearn(model, _Sum("retain", joint=True), _ones(), _ones(), dual, optimizers=opts, progress=False)
+    unlearn(model, _Sum("retain", joint=True), _ones(), _ones(), dual, optimizers=opts,
+            progress=False)
     assert int(opts[0].state[model.weight]["step"]) == 3
     assert int(opts[1].state[model.weight]["step"]) == 3
 
 
 def test_salun_mask_keeps_exactly_the_share_asked_when_scores_tie():
-    # Most gradients of a DiT are exactly zero for a single class: a threshold test would keep every tied zero.
+    # Most gradients of a DiT are exactly zero for a single class: a threshold test would keep every
+    # tied zero.
     mask = top_fraction_mask({"a": torch.tensor([0.0, 0.0, 0.0, 1.0])}, 0.5)
-    assert mask["a"].tolist() == [True, False, False, True]  # the top score, then the first tie by rank
-    mask = top_fraction_mask({"a": torch.zeros(3), "b": torch.tensor([[0.0, 2.0], [0.0, 0.0]])}, 3 / 7)
+    # the top score, then the first tie by rank
+    assert mask["a"].tolist() == [True, False, False, True]
+    mask = top_fraction_mask({"a": torch.zeros(3), "b": torch.tensor([[0.0, 2.0], [0.0, 0.0]])},
+                             3 / 7)
     assert mask["a"].tolist() == [True, True, False]
     assert mask["b"].tolist() == [[False, True], [False, False]]
     assert mask_fraction(top_fraction_mask({"a": torch.ones(10)}, 0.3)) == 0.3
@@ -153,10 +165,12 @@ def test_salun_mask_count_is_exact_and_keeps_the_largest(values, split, fraction
 
 
 def test_salun_pseudo_label_dropout_is_drawn_per_sample_seed_apart_from_the_noise():
-    """method.pseudo_label_dropout drops SalUn's target labels to the null class (K) by a draw of each sample's own
-    (the same seeds give the same drops), about the share asked; 0 (the default) drops none."""
+    """method.pseudo_label_dropout drops SalUn's target labels to the null class (K) by a draw of
+    each sample's own (the same seeds give the same drops), about the share asked; 0 (the default)
+    drops none."""
     labels, seeds = torch.full((400,), 1), torch.arange(400) * 7919
     dropped = _method("salun", pseudo_label_dropout=0.3).pseudo_labels(labels, seeds)
     assert set(dropped.tolist()) == {2, 5} and 0.22 < (dropped == 5).float().mean() < 0.38
-    assert torch.equal(dropped, _method("salun", pseudo_label_dropout=0.3).pseudo_labels(labels, seeds))
+    assert torch.equal(dropped,
+                       _method("salun", pseudo_label_dropout=0.3).pseudo_labels(labels, seeds))
     assert (_method("salun").pseudo_labels(labels, seeds) == 2).all()

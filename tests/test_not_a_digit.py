@@ -1,5 +1,5 @@
-"""The digits classifier's "not a digit" class: the seeded junk it learns it from, the perturbations it learns digits
-through, and the validation of the forget-accuracy rule built on it."""
+"""The digits classifier's "not a digit" class: the seeded junk it learns it from, the perturbations
+it learns digits through, and the validation of the forget-accuracy rule built on it."""
 import torch
 
 from dualerase.metrics.not_a_digit import (
@@ -37,7 +37,8 @@ def test_perturbations_against_a_direct_transcription():
     up = torch.roll(x, -1, dims=2)
     up[..., -1, :] = -1
     assert torch.allclose(shifted(x, 0, -1), up, atol=1e-6)
-    # no rotation, scale 1, no shift: the image itself; a quarter turn: the transposed-and-flipped image
+    # no rotation, scale 1, no shift: the image itself; a quarter turn: the transposed-and-flipped
+    # image
     same = affine(x, torch.zeros(3), torch.ones(3), torch.zeros(3, 2))
     assert torch.allclose(same, x, atol=1e-6)
     turned = affine(x, torch.full((3,), 90.0), torch.ones(3), torch.zeros(3, 2))
@@ -58,13 +59,15 @@ def test_validation_sets_are_fixed():
 
 
 def test_the_default_classifier_sees_digits_through_perturbations_and_junk_as_no_digit():
-    """The validation the rule was adopted on: on every fixed set, real and perturbed held-out digits are counted as
-    their digit (top class of 11) at >= 0.9, pure junk as any digit at <= 0.02."""
+    """The validation the rule was adopted on: on every fixed set, real and perturbed held-out
+    digits are counted as their digit (top class of 11) at >= 0.9, pure junk as any digit at
+    <= 0.02."""
     from dualerase.config import load_config
     from dualerase.metrics.classifier import load_classifier, probabilities
     from dualerase.models.digits import load_digits, prepare_digits_classifier, train_test_split
 
-    net = load_classifier(prepare_digits_classifier(load_config("digits").classifier, progress=False)[0])
+    net = load_classifier(prepare_digits_classifier(load_config("digits").classifier,
+                                                    progress=False)[0])
     x, y = load_digits()
     _, test = train_test_split(y)
     for name, (images, labels) in validation_sets(x[test], y[test]).items():
@@ -79,7 +82,8 @@ def test_verdict_rows_frame_each_sample_in_its_verdicts_colour():
     from dualerase.reports.summary import VERDICT_COLORS, verdict_rows
 
     images = torch.zeros(3, 1, 8, 8, dtype=torch.uint8)
-    picture = verdict_rows([("digit 3, seed 0", images, ["counted", "another class", "not a digit"])], scale=4)
+    picture = verdict_rows(
+        [("digit 3, seed 0", images, ["counted", "another class", "not a digit"])], scale=4)
     size = 8 * 4 + 4  # each image and its 2-pixel frame
     corners = [picture.getpixel((picture.width - (3 - i) * (size + 2), 20)) for i in range(3)]
     assert corners == [VERDICT_COLORS[v] for v in ("counted", "another class", "not a digit")]

@@ -12,8 +12,10 @@ def test_sfron_mask_hand_case():
     f_forget = {"w": torch.tensor([1.0, 2.0, 0.0, 4.0, 3.0])}
     f_retain = {"w": torch.tensor([2.0, 1.0, 0.0, 1.0, 1.0])}
     # ratios: 0.5, 2, (0+eps)/(0+eps) = 1, 4, 3
-    assert sfron_mask(f_forget, f_retain, gamma=1.0)["w"].tolist() == [False, True, True, True, True]
-    assert sfron_mask(f_forget, f_retain, gamma=3.0)["w"].tolist() == [False, False, False, True, True]
+    assert sfron_mask(f_forget, f_retain, gamma=1.0)["w"].tolist() == \
+        [False, True, True, True, True]
+    assert sfron_mask(f_forget, f_retain, gamma=3.0)["w"].tolist() == \
+        [False, False, False, True, True]
     assert mask_fraction(sfron_mask(f_forget, f_retain, gamma=3.0)) == 0.4
 
 
@@ -44,7 +46,8 @@ def test_a_killed_fisher_loop_continues_from_its_saved_partial_sums(tiny_dit, tm
     def dying(model, batch):
         calls["n"] += 1
         if calls["n"] == 8:
-            raise KeyboardInterrupt  # killed at the 8th sample: sums after 3 and 6 samples were saved
+            # killed at the 8th sample: sums after 3 and 6 samples were saved
+            raise KeyboardInterrupt
         return loss(model, batch)
 
     partial = PartialSums(tmp_path, every=3)
@@ -66,10 +69,12 @@ def test_a_killed_fisher_loop_continues_from_its_saved_partial_sums(tiny_dit, tm
 
 
 def _seeded(n, channels=1, size=4, classes=5):
-    """A function giving the same stream of n seeded single-sample batches each call, and a count of those drawn."""
+    """A function giving the same stream of n seeded single-sample batches each call, and a count of
+    those drawn."""
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(n, channels, size, size, generator=gen) * 2 - 1
-    y, seeds = torch.randint(0, classes, (n,), generator=gen), torch.randint(0, 2**62, (n,), generator=gen)
+    y, seeds = (torch.randint(0, classes, (n,), generator=gen),
+                torch.randint(0, 2**62, (n,), generator=gen))
     drawn = {"n": 0}
 
     def stream():
@@ -80,14 +85,16 @@ def _seeded(n, channels=1, size=4, classes=5):
 
 
 def _assert_close(a, b, rtol=1e-4):
-    """Every Fisher tensor equal up to float rounding, relative to the largest value (key biases get float noise)."""
+    """Every Fisher tensor equal up to float rounding, relative to the largest value (key biases get
+    float noise)."""
     scale = max(float(f.abs().max()) for f in a.values())
     for n in a:
         assert torch.allclose(a[n], b[n], rtol=rtol, atol=rtol * 1e-2 * scale), n
 
 
 @pytest.mark.parametrize("chunk", [4, 16])  # 4 does not divide 10; 16 is more than all of them
-@pytest.mark.parametrize("tied", [False, True])  # tied: one embedder shared by every block, as DiT-XL/2
+# tied: one embedder shared by every block, as DiT-XL/2
+@pytest.mark.parametrize("tied", [False, True])
 def test_vmapped_fisher_equals_the_batch_1_loop(tiny_dit, chunk, tied):
     from dualerase.models.dit import make_scheduler, tie_embedders
     from dualerase.models.loss import DiTLoss
@@ -101,9 +108,11 @@ def test_vmapped_fisher_equals_the_batch_1_loop(tiny_dit, chunk, tied):
     tiny_dit.train()
     before = {n: p for n, p in tiny_dit.named_parameters(remove_duplicate=False)}
     vmapped = fisher_diagonal(tiny_dit, loss, stream(), 10, progress=False, chunk=chunk)
-    assert drawn["n"] == 20 and not tiny_dit.training  # the stream read once each, the model measured in eval mode
+    # the stream read once each, the model measured in eval mode
+    assert drawn["n"] == 20 and not tiny_dit.training
     assert all(p.grad is None for p in tiny_dit.parameters())
-    # every parameter is its own object again (torch's functional_call leaves tied modules holding stand-ins)
+    # every parameter is its own object again (torch's functional_call leaves tied modules holding
+    # stand-ins)
     assert all(p is before[n] for n, p in tiny_dit.named_parameters(remove_duplicate=False))
     copy.deepcopy(tiny_dit)
     assert vmapped.keys() == loop.keys()
@@ -130,15 +139,19 @@ def test_a_killed_vmapped_fisher_continues_from_its_saved_partial_sums(tiny_dit,
                 raise KeyboardInterrupt
             return super().draws(model, batch)
 
-    # killed in the third chunk of 4 (sums saved at chunk ends, after 4 and 8 samples), or in the loop at sample 8
+    # killed in the third chunk of 4 (sums saved at chunk ends, after 4 and 8 samples), or in the
+    # loop at sample 8
     for chunk, die_at, saved in [(4, 10, 8), (1, 8, 6)]:
         partial = PartialSums(tmp_path / str(chunk), every=3)
         with pytest.raises(KeyboardInterrupt):
-            fisher_diagonal(tiny_dit, Counting(die_at), stream(), 12, progress=False, partial=partial, chunk=chunk)
+            fisher_diagonal(tiny_dit, Counting(die_at), stream(), 12, progress=False,
+                            partial=partial, chunk=chunk)
         assert partial.load("fisher")[0] == saved
         counting = Counting()
-        resumed = fisher_diagonal(tiny_dit, counting, stream(), 12, progress=False, partial=partial, chunk=4)
-        assert counting.n == 12 - saved  # the samples done were not redone (after the loop's 6: chunks 6-9, 10-11)
+        resumed = fisher_diagonal(tiny_dit, counting, stream(), 12, progress=False, partial=partial,
+                                  chunk=4)
+        # the samples done were not redone (after the loop's 6: chunks 6-9, 10-11)
+        assert counting.n == 12 - saved
         _assert_close(whole, resumed, rtol=1e-6 if chunk == 4 else 1e-4)
 
 
@@ -150,13 +163,15 @@ def test_processes_share_the_stream_alike_whatever_the_chunk(tiny_dit, monkeypat
     stream, drawn = _seeded(10)
     loss = DiTLoss(make_scheduler())
     whole = fisher_diagonal(tiny_dit, loss, stream(), 10, progress=False)
-    monkeypatch.setattr(saliency.dist, "all_reduce", lambda t: None)  # each simulated process keeps its own sums
+    # each simulated process keeps its own sums
+    monkeypatch.setattr(saliency.dist, "all_reduce", lambda t: None)
     for chunk in (1, 2, 4):
         shares = []
         for rank in range(3):
             monkeypatch.setattr(saliency, "world", lambda r=rank: (r, 3))
             drawn["n"] = 0
-            shares.append(fisher_diagonal(tiny_dit, loss, stream(), 10, progress=False, chunk=chunk))
+            shares.append(fisher_diagonal(tiny_dit, loss, stream(), 10, progress=False,
+                                          chunk=chunk))
             assert drawn["n"] == 10  # every process reads the whole stream
         _assert_close(whole, {n: sum(s[n] for s in shares) for n in whole})
 
@@ -172,7 +187,8 @@ def test_the_vmapped_way_runs_under_bf16_autocast(tiny_dit):
         vmapped = fisher_diagonal(tiny_dit, loss, stream(), 8, progress=False, chunk=4)
     assert all(f.dtype == torch.float32 for f in vmapped.values())
     assert any(not torch.allclose(exact[n], vmapped[n], rtol=1e-4) for n in exact)  # bf16 did run
-    _assert_close(exact, vmapped, rtol=0.2)  # bf16's rounding (the loop under autocast is as far from float32)
+    # bf16's rounding (the loop under autocast is as far from float32)
+    _assert_close(exact, vmapped, rtol=0.2)
 
 
 def test_other_losses_and_checkpointed_models_fall_back_to_the_loop(tiny_dit):
@@ -181,11 +197,14 @@ def test_other_losses_and_checkpointed_models_fall_back_to_the_loop(tiny_dit):
 
     model = torch.nn.Linear(3, 1, bias=False)
     xs = [torch.tensor([[1.0, 2.0, 0.0]]), torch.tensor([[3.0, 0.0, 1.0]])]
-    fisher = fisher_diagonal(model, lambda m, x: m(x).sum(), iter(xs), num_samples=2, progress=False, chunk=2)
-    assert torch.equal(fisher["weight"], torch.tensor([[5.0, 2.0, 0.5]]))  # a plain callable: no draws, the loop
+    fisher = fisher_diagonal(model, lambda m, x: m(x).sum(), iter(xs), num_samples=2,
+                             progress=False, chunk=2)
+    # a plain callable: no draws, the loop
+    assert torch.equal(fisher["weight"], torch.tensor([[5.0, 2.0, 0.5]]))
     stream, _ = _seeded(4)
     loss = DiTLoss(make_scheduler())
     tiny_dit.enable_gradient_checkpointing()  # torch.func can't go through activation checkpointing
     loop = fisher_diagonal(tiny_dit, loss, stream(), 4, progress=False)
-    assert all(torch.equal(loop[n], f) for n, f in fisher_diagonal(tiny_dit, loss, stream(), 4, progress=False,
-                                                                    chunk=4).items())
+    assert all(torch.equal(loop[n], f)
+               for n, f in fisher_diagonal(tiny_dit, loss, stream(), 4, progress=False,
+                                           chunk=4).items())
