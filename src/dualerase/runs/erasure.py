@@ -1,10 +1,8 @@
-"""Erasure: the method's preparation (mask, Fisher, replay; cached and shared across runs), then Algorithm 1 on a copy
-of the base model, checkpointed; and the erased model's folder."""
+"""Erasure: the method's preparation (mask, Fisher, replay; cached and shared across runs), then
+Algorithm 1 on a copy of the base model, checkpointed; and the erased model's folder."""
 from __future__ import annotations
 
-import contextlib
 import copy
-import dataclasses
 import json
 import os
 import shutil
@@ -13,22 +11,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from dualerase.config import Config
 from dualerase.data.streams import batches, shard, stream_seed
 from dualerase.errors import UsageError
 from dualerase.launch import main_decides, processes
-from dualerase.models.dit import describe_model, make_scheduler, separate_copies
+from dualerase.models.dit import make_scheduler, separate_copies
 from dualerase.models.loss import DiTLoss
 from dualerase.models.pretrained import save_pipeline, write_record
-from dualerase.runs.checkpoint import PartialSums, latest_checkpoint, load_checkpoint, save_checkpoint
+from dualerase.runs.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from dualerase.runs.probe import ForgetProbe
-from dualerase.runs.sources import Source
-from dualerase.runs.workload import RealData, Workload
+from dualerase.runs.sources import Prepared, prepare_method
+from dualerase.runs.workload import Job, RealData, Workload
 from dualerase.sampling import autocast
-from dualerase.storage import atomic_path, atomic_write_text, cache_root, fingerprint, link, replace_folder
-from dualerase.unlearn import DivergenceError, make_optimizers, unlearn
+from dualerase.storage import atomic_write_text, replace_folder
+from dualerase.unlearn import DivergenceError, EraseConfig, make_optimizers, unlearn
 from dualerase.unlearn.dualoptim import batches_per_step
 from dualerase.unlearn.methods import make_method
 from dualerase.unlearn.saliency import mask_fraction
@@ -36,8 +33,9 @@ from dualerase.unlearn.saliency import mask_fraction
 
 @dataclass
 class Erased:
-    """What an erasure gives: the erased model, its per-step log, timings, and the share of weights the mask keeps
-    (None without a mask)."""
+    """What an erasure gives: the erased model, its per-step log, timings, and the mask's share.
+
+    `mask_kept_fraction` is the share of weights the mask keeps (None without a mask)."""
 
     model: torch.nn.Module
     log: list[dict]
@@ -45,141 +43,211 @@ class Erased:
     mask_kept_fraction: float | None
 
 
-def erase(w: Workload, cfg: Config, forget_class: int, real: RealData, output: Path, *, resume: str | None = None,
-          progress: bool = True, trackers=None) -> Erased:
-    """The method's preparation (mask, Fisher, replay) then Algorithm 1 on a copy of the base model.
+def erase(w: Workload, cfg: Config, forget_class: int, real: RealData, output: Path, *,
+          resume: str | None = None, progress: bool = True, trackers=None) -> Erased:
+    """The method's preparation (mask, Fisher, replay), then Algorithm 1 on a copy of the model.
 
-    Writes output/prepared.safetensors (mask and method state, reused on resume), output/log.jsonl and
-    checkpoint-<step> folders every `erase.checkpoint_every` outer steps. `real` is the base model's real data
-    (`sources.real_data`); `resume` is "latest" or a checkpoint folder; `trackers` (tracking.Trackers) get every
-    step's record. With erase.stop_at_forget_accuracy the forget-accuracy probe may end erasure early (`probe.py`).
-    Every process runs this; only the main one writes. A divergence raises DivergenceError with the advice of
-    `diverged`."""
-    state = processes()
-    main = state.is_main_process
-    e = cfg.erase
+    Writes output/prepared.safetensors, output/log.jsonl and a checkpoint-<step> folder every
+    `erase.checkpoint_every` outer steps; `resume` ("latest" or a checkpoint folder) continues
+    from one. `real` is the base model's real data (`sources.real_data`); `trackers`
+    (tracking.Trackers) get every step's record. With erase.stop_at_forget_accuracy the probe may
+    end erasure early (`probe.py`). Every process runs this; only the main one writes.
+
+    Raises:
+        DivergenceError: erasure diverged; its message is the advice of `diverged`."""
+    job = Job(w, cfg, forget_class, progress)
     check_processes(cfg)
     torch.manual_seed(cfg.seed)
     model = copy.deepcopy(w.model)
     if cfg.compute.gradient_checkpointing:
         model.enable_gradient_checkpointing()
-    method = make_method(cfg.method, DiTLoss(make_scheduler(), antithetic=cfg.method.antithetic_timesteps),
-                         forget_class=forget_class, num_classes=w.num_classes)
-    t0 = time.perf_counter()
-    # SA's replay samples of the base model depend on the model, class, sampler and seed only: kept in the cache, so
-    # that both optimizer modes (and a resumed run) read the samples the first run drew
-    replay = fingerprint({"model": w.model_id, "class": forget_class, "seed": cfg.seed, "sample":
-                          dataclasses.asdict(cfg.sample), "per_class": cfg.method.replay_per_class,
-                          "precision": cfg.compute.mixed_precision})
-    xf, yf, xr, yr = method.data(Source(w, cfg, real, progress, replay_dir=cache_root() / "replay" / replay))
-    prepared = output / "prepared.safetensors"
-    # The method's preparation depends on the model, class, data, method config and seed only: it is cached (Fisher
-    # diagonals and mask, safetensors) and linked into every run that needs the same, e.g. both optimizer modes.
-    key = fingerprint({"model": w.model_id, "data": real.key, "class": forget_class, "seed": cfg.seed,
-                       "precision": cfg.compute.mixed_precision, "settings": describe_model(w.model),
-                       **{k: dataclasses.asdict(getattr(cfg, k)) for k in ("method", "sample")}})
-    shared = cache_root() / "prepared" / f"{key}.safetensors"
-    if main and not prepared.exists() and shared.exists():
-        link(shared, prepared)
-    state.wait_for_everyone()
-    if prepared.exists():
-        tensors = load_file(str(prepared))
-        mask = {k[5:]: v for k, v in tensors.items() if k.startswith("mask.")} or None
-        method.load_state({k[6:]: v.to(state.device) for k, v in tensors.items() if k.startswith("state.")}, w.model)
-    else:
-        partial = PartialSums(output / "prepare-partial", state.process_index, state.num_processes)
-        with autocast(cfg.compute.mixed_precision):
-            mask = method.prepare(model, lambda size: batches(xf, yf, size, stream_seed(cfg.seed, "forget_samples")),
-                                  lambda size: batches(xr, yr, size, stream_seed(cfg.seed, "retain_samples")),
-                                  progress and main, partial=partial)
-        if main:
-            tensors = {f"mask.{k}": v.to(torch.uint8).cpu() for k, v in (mask or {}).items()}
-            tensors.update({f"state.{k}": v.contiguous().cpu() for k, v in method.state().items()})
-            with atomic_path(shared) as tmp:
-                save_file(tensors, str(tmp))
-            link(shared, prepared)
-        state.wait_for_everyone()
-        shutil.rmtree(partial.folder, ignore_errors=True)
-    if mask is not None:
-        mask = {k: v.bool() for k, v in mask.items()}
-    t1 = time.perf_counter()
-    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    optimizers = make_optimizers([p for _, p in trained], e)
-    ema = {n: p.detach().clone() for n, p in trained} if e.ema_decay else None  # SA's EMA of the weights
-    start = 0
+    loss = DiTLoss(make_scheduler(), antithetic=cfg.method.antithetic_timesteps)
+    method = make_method(cfg.method, loss, forget_class=forget_class, num_classes=w.num_classes)
+    started = time.perf_counter()
+    prepared = prepare_method(job, method, model, real, output)
+    prepared_at = time.perf_counter()
+    training = Training.of(model, cfg.erase)
+    start, history = restore(output, resume, training, cfg.seed)
+    forget_data, retain_data = streams(job, method, prepared, start)
+    hook = StepHook(job, training, ForgetProbe(w, cfg, forget_class, history), output, trackers)
+    with hook, autocast(cfg.compute.mixed_precision):
+        try:
+            unlearn(model, method, forget_data, retain_data, cfg.erase, mask=prepared.mask,
+                    optimizers=training.optimizers, on_step=hook, start_step=start,
+                    progress=progress and processes().is_main_process)
+        except DivergenceError as err:
+            raise diverged(err, output) from None
+    return finish(training, output, start, prepared.mask, (started, prepared_at))
+
+
+@dataclass
+class Training:
+    """The copy of the base model that erasure trains, with its parameters, optimizers and EMA."""
+
+    model: torch.nn.Module
+    params: list[tuple[str, torch.nn.Parameter]]
+    optimizers: tuple  # (Optim_f, Optim_r): the same object twice in shared mode
+    ema: dict[str, torch.Tensor] | None  # SA's moving average of the weights (erase.ema_decay)
+
+    @classmethod
+    def of(cls, model: torch.nn.Module, erase_cfg: EraseConfig) -> Training:
+        """Fresh optimizers of `model`'s trained parameters and, with erase.ema_decay, an EMA."""
+        params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        optimizers = make_optimizers([p for _, p in params], erase_cfg)
+        ema = {n: p.detach().clone() for n, p in params} if erase_cfg.ema_decay else None
+        return cls(model, params, optimizers, ema)
+
+
+def restore(output: Path, resume: str | None, training: Training,
+            seed: int) -> tuple[int, list[dict]]:
+    """The outer steps already done and their log records: restored from a checkpoint, or none.
+
+    A resumed run loads `resume` ("latest" or a checkpoint folder) into `training`, RNG included;
+    a fresh one seeds the erasure's stream. The main process cuts output/log.jsonl back to the
+    steps done."""
     checkpoint = None
     if resume:
         checkpoint = latest_checkpoint(output) if resume == "latest" else Path(resume)
+    start = 0
     if checkpoint is not None:
-        start = load_checkpoint(checkpoint, model, optimizers, ema)
+        start = load_checkpoint(checkpoint, training.model, training.optimizers, training.ema)
     else:
-        torch.manual_seed(stream_seed(cfg.seed, "erasure"))
+        torch.manual_seed(stream_seed(seed, "erasure"))
     log_path = output / "log.jsonl"
     done = log_path.read_text().splitlines()[:start] if start and log_path.exists() else []
-    if main:
+    if processes().is_main_process:
         atomic_write_text(log_path, "".join(line + "\n" for line in done))
-    probe = ForgetProbe(w, cfg, forget_class, [json.loads(line) for line in done])
-    per_f, per_r = batches_per_step(method, e)
-    rank, world = state.process_index, state.num_processes
-    forget_data = shard(batches(xf, yf, e.batch_size, stream_seed(cfg.seed, "forget_batches"), e.forget_label_dropout,
-                                w.num_classes, start=start * per_f), rank, world)
-    retain_data = shard(batches(xr, yr, e.batch_size, stream_seed(cfg.seed, "retain_batches"), e.retain_label_dropout,
-                                w.num_classes, start=start * per_r), rank, world)
-    precision = cfg.compute.mixed_precision
-    with (open(log_path, "a") if main else contextlib.nullcontext()) as log_file, autocast(precision):
-        def on_step(record) -> bool:
-            finished = record["step"] + 1
-            if ema is not None:
-                for n, p in trained:
-                    ema[n].lerp_(p.detach(), 1 - e.ema_decay)
-            stop = False
-            if probe.due(finished):
-                if main:
-                    record["probe_forget_accuracy"] = probe(model)
-                stop = main_decides(main and probe.stop(record["probe_forget_accuracy"]))
-            if main:
-                log_file.write(json.dumps(record) + "\n")
-                log_file.flush()
-                if trackers is not None:
-                    trackers.log({k: v for k, v in record.items() if k != "step"}, step=finished)
-                if e.checkpoint_every and finished % e.checkpoint_every == 0 and finished < e.outer_steps and not stop:
-                    save_checkpoint(output, finished, model, optimizers, w.model_id, ema=ema)
-            return stop
+    return start, [json.loads(line) for line in done]
 
-        try:
-            unlearn(model, method, forget_data, retain_data, e, mask=mask, optimizers=optimizers, on_step=on_step,
-                    start_step=start, progress=progress and main)
-        except DivergenceError as err:
-            raise diverged(err, output) from None
-    if ema is not None:  # the erased model is the average
+
+def streams(job: Job, method, prepared: Prepared, start: int) -> tuple:
+    """This process's share of the endless forget and retain batches, from outer step `start` on."""
+    erase_cfg, seed, state = job.cfg.erase, job.cfg.seed, processes()
+    per_f, per_r = batches_per_step(method, erase_cfg)
+    forget = batches(prepared.forget_x, prepared.forget_y, erase_cfg.batch_size,
+                     stream_seed(seed, "forget_batches"), erase_cfg.forget_label_dropout,
+                     job.w.num_classes, start=start * per_f)
+    retain = batches(prepared.retain_x, prepared.retain_y, erase_cfg.batch_size,
+                     stream_seed(seed, "retain_batches"), erase_cfg.retain_label_dropout,
+                     job.w.num_classes, start=start * per_r)
+    rank, world = state.process_index, state.num_processes
+    return shard(forget, rank, world), shard(retain, rank, world)
+
+
+class StepHook:
+    """`unlearn`'s on_step: after every outer step the EMA, probe, log line, trackers, checkpoint.
+
+    Used as a context manager, which holds output/log.jsonl open on the main process."""
+
+    def __init__(self, job: Job, training: Training, probe: ForgetProbe, output: Path,
+                 trackers=None):
+        """The hook of a run's erasure; `trackers` (tracking.Trackers) get every step's record."""
+        self.job, self.training, self.probe = job, training, probe
+        self.output, self.trackers = output, trackers
+        self.main = processes().is_main_process
+        self.log_file = None
+
+    def __enter__(self) -> StepHook:
+        """Open the log for appending (on the main process)."""
+        if self.main:
+            self.log_file = open(self.output / "log.jsonl", "a")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """Close the log."""
+        if self.log_file is not None:
+            self.log_file.close()
+
+    def __call__(self, record: dict) -> bool:
+        """A finished step's duties, in order; returns True to end erasure there (an early stop)."""
+        finished = record["step"] + 1
+        self.update_ema()
+        stop = self.probe_due(record, finished)
+        if self.main:
+            self.write(record)
+            self.track(record, finished)
+            if self.checkpoint_due(finished, stop):
+                self.checkpoint(finished)
+        return stop
+
+    def update_ema(self) -> None:
+        """Move the EMA towards the weights by 1 - erase.ema_decay (nothing without an EMA)."""
+        if self.training.ema is None:
+            return
+        for n, p in self.training.params:
+            self.training.ema[n].lerp_(p.detach(), 1 - self.job.cfg.erase.ema_decay)
+
+    def probe_due(self, record: dict, finished: int) -> bool:
+        """Probe when due (the main process, into `record`); whether every process stops here."""
+        if not self.probe.due(finished):
+            return False
+        if self.main:
+            record["probe_forget_accuracy"] = self.probe(self.training.model)
+        return main_decides(self.main and self.probe.stop(record["probe_forget_accuracy"]))
+
+    def write(self, record: dict) -> None:
+        """Append the step's record to output/log.jsonl, flushed: a killed run keeps it."""
+        self.log_file.write(json.dumps(record) + "\n")
+        self.log_file.flush()
+
+    def track(self, record: dict, finished: int) -> None:
+        """Send the step's record to the trackers, if any."""
+        if self.trackers is not None:
+            self.trackers.log({k: v for k, v in record.items() if k != "step"}, step=finished)
+
+    def checkpoint_due(self, finished: int, stop: bool) -> bool:
+        """Every erase.checkpoint_every steps, but not after the last step nor at an early stop."""
+        erase_cfg = self.job.cfg.erase
+        return bool(erase_cfg.checkpoint_every and finished % erase_cfg.checkpoint_every == 0
+                    and finished < erase_cfg.outer_steps and not stop)
+
+    def checkpoint(self, finished: int) -> None:
+        """Write checkpoint-<finished> with the base model's id and the EMA."""
+        save_checkpoint(self.output, finished, self.training.model, self.training.optimizers,
+                        self.job.w.model_id, ema=self.training.ema)
+
+
+def finish(training: Training, output: Path, start: int, mask: dict | None,
+           times: tuple[float, float]) -> Erased:
+    """The erased model (the EMA, if kept), its whole log and timings, once every process is done.
+
+    `times` are the perf_counter readings when the preparation started and ended."""
+    if training.ema is not None:  # the erased model is the average
         with torch.no_grad():
-            for n, p in trained:
-                p.copy_(ema[n])
-    t2 = time.perf_counter()
-    state.wait_for_everyone()
-    log = [json.loads(line) for line in log_path.read_text().splitlines()]
-    steps = len(log) - start
-    timings = {"prepare_method_s": t1 - t0, "erase_s": t2 - t1, "erase_steps_per_s": steps / max(t2 - t1, 1e-9),
-               "processes": world}
-    return Erased(model.eval(), log, timings, None if mask is None else mask_fraction(mask))
+            for n, p in training.params:
+                p.copy_(training.ema[n])
+    (started, prepared_at), erased_at = times, time.perf_counter()
+    processes().wait_for_everyone()
+    log = [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
+    steps, erase_s = len(log) - start, erased_at - prepared_at
+    timings = {"prepare_method_s": prepared_at - started, "erase_s": erase_s,
+               "erase_steps_per_s": steps / max(erase_s, 1e-9),
+               "processes": processes().num_processes}
+    return Erased(training.model.eval(), log, timings,
+                  None if mask is None else mask_fraction(mask))
 
 
 def diverged(err: DivergenceError, output: Path) -> DivergenceError:
-    """The divergence with what to do about it: the last good checkpoint, and which learning rate or clip to lower."""
+    """The divergence with what to do: the last good checkpoint, which rate or clip to lower."""
     last = latest_checkpoint(output)
     keep = f"the last good checkpoint is {last}" if last else "no checkpoint was reached"
-    side = "retain" if err.side == "retain" else "forget"  # a joint step is clipped and stepped as a forget step
-    advice = (f"lower erase.{side}_lr (or erase.shared_lr) or clip harder with a smaller erase.{side}_clip, then "
-              "run again")
-    return DivergenceError(err.side, err.step, err.reason, f"erasure diverged at the {err}; {keep}; {advice}")
+    # a joint step is clipped and stepped as a forget step
+    side = "retain" if err.side == "retain" else "forget"
+    advice = (f"lower erase.{side}_lr (or erase.shared_lr) or clip harder with a smaller "
+              f"erase.{side}_clip, then run again")
+    return DivergenceError(err.side, err.step, err.reason,
+                           f"erasure diverged at the {err}; {keep}; {advice}")
 
 
 def save_model(model, w: Workload, folder: Path) -> None:
-    """A latent model: a complete DiTPipeline folder with class names. Otherwise the transformer's save_pretrained.
-    Tied embedders are written as equal copies (diffusers' layout); `dualerase.json` records the settings. Both are
-    written into a temporary folder, then swapped in: never a half-written model folder."""
+    """Write the erased model's folder, swapped in whole: never a half-written model folder.
+
+    A latent model: a complete DiTPipeline folder with class names. Otherwise the transformer's
+    save_pretrained. Tied embedders are written as equal copies (diffusers' layout);
+    `dualerase.json` records the settings. Both are written into a temporary folder first."""
     if w.vae is not None:
-        save_pipeline(folder, model, w.vae, w.pretrained.scheduler_config, dict(enumerate(w.classes.names)))
+        save_pipeline(folder, model, w.vae, w.pretrained.scheduler_config,
+                      dict(enumerate(w.classes.names)))
         return
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -190,23 +258,36 @@ def save_model(model, w: Workload, folder: Path) -> None:
 
 
 def check_processes(cfg: Config) -> None:
-    """The launch agrees with the config: data parallelism splits every erasure batch evenly over the processes, and
-    a mixed precision chosen by `accelerate launch` (its flag or `accelerate config`) is the config's."""
+    """Refuse a launch that disagrees with the config.
+
+    Data parallelism must split every erasure batch evenly over the processes, and a mixed
+    precision chosen by `accelerate launch` (its flag or `accelerate config`) must be the config's.
+
+    Raises:
+        UsageError: either does not hold."""
     launched = os.environ.get("ACCELERATE_MIXED_PRECISION")
     if launched is not None and launched != cfg.compute.mixed_precision:
-        fix = (f"--set compute.mixed_precision={launched}" if launched in ("no", "bf16")
-               else "--set compute.mixed_precision=bf16 (fp16 is not supported: its loss scaling is not implemented)")
-        raise UsageError(f"accelerate launch asks for mixed precision {launched} but compute.mixed_precision is "
-                         f"{cfg.compute.mixed_precision}: make them agree, with {fix} or accelerate launch "
-                         f"--mixed_precision {cfg.compute.mixed_precision}")
+        if launched in ("no", "bf16"):
+            fix = f"--set compute.mixed_precision={launched}"
+        else:
+            fix = ("--set compute.mixed_precision=bf16 (fp16 is not supported: its loss scaling is "
+                   "not implemented)")
+        raise UsageError(f"accelerate launch asks for mixed precision {launched} but "
+                         f"compute.mixed_precision is {cfg.compute.mixed_precision}: make them "
+                         f"agree, with {fix} or accelerate launch --mixed_precision "
+                         f"{cfg.compute.mixed_precision}")
     n = processes().num_processes
     if cfg.erase.batch_size % n:
-        raise UsageError(f"erase.batch_size {cfg.erase.batch_size} does not split over {n} processes: set it to a "
-                         f"multiple of {n}")
+        raise UsageError(f"erase.batch_size {cfg.erase.batch_size} does not split over {n} "
+                         f"processes: set it to a multiple of {n}")
 
 
 def check_pseudo_class(cfg: Config, forget_class: int, num_classes: int) -> None:
+    """Refuse a method.pseudo_class that is the forget class or no class of the model.
+
+    Raises:
+        UsageError: it is."""
     pseudo = cfg.method.pseudo_class
     if pseudo is not None and not (0 <= pseudo < num_classes and pseudo != forget_class):
-        raise UsageError(f"method.pseudo_class {pseudo} must be a class other than {forget_class} in "
-                         f"0..{num_classes - 1}")
+        raise UsageError(f"method.pseudo_class {pseudo} must be a class other than {forget_class} "
+                         f"in 0..{num_classes - 1}")

@@ -1,5 +1,5 @@
-"""The evaluation protocol: what every number is measured with, the scores of a model, and the base model's cached
-scores."""
+"""The evaluation protocol: what every number is measured with, the scores of a model, and the
+base model's cached scores."""
 from __future__ import annotations
 
 import dataclasses
@@ -23,51 +23,70 @@ from dualerase.runs.workload import Workload
 from dualerase.sampling import class_labels, from_uint8, generate, to_uint8
 from dualerase.storage import atomic_write_json, cache_root, fingerprint
 
-SCORES = ("forget_accuracy", "forget_accuracy_published", "forget_not_a_class", "forget_probability", "forget_entropy",
-          "retain_accuracy", "fid", "kid", "precision", "recall")
+SCORES = ("forget_accuracy", "forget_accuracy_published", "forget_not_a_class",
+          "forget_probability", "forget_entropy", "retain_accuracy", "fid", "kid", "precision",
+          "recall")
 
 
 FAST_STEPS = 50  # eval.protocol fast: at most this many steps of the configured sampler
 
 
 def evaluation_config(cfg: Config) -> Config:
-    """The config the evaluation samples and scores under: `cfg` itself for eval.protocol full; for fast, the same
-    sampler at no more than FAST_STEPS steps and a quarter of every sample count (FID of fewer samples reads higher:
-    compare fast numbers with fast numbers only). The erasure and the method's replay keep the configured sampler.
-    The sampler stays the configured one: on digits, DDIM and DPM-Solver++ read the forget accuracy of partly erased
-    models far lower than DDPM does (0.005 against 0.195), DDPM at 50 steps within 0.05 (docs/performance.md)."""
+    """The config the evaluation samples and scores under (eval.protocol).
+
+    `cfg` itself for eval.protocol full; for fast, the same sampler at no more than FAST_STEPS
+    steps and a quarter of every sample count (FID of fewer samples reads higher: compare fast
+    numbers with fast numbers only). The erasure and the method's replay keep the configured
+    sampler. The sampler stays the configured one: on digits, DDIM and DPM-Solver++ read the
+    forget accuracy of partly erased models far lower than DDPM does (0.005 against 0.195), DDPM
+    at 50 steps within 0.05 (docs/performance.md)."""
     if cfg.eval.protocol == "full":
         return cfg
-    e = cfg.eval
-    quarter = lambda n: None if n is None else max(1, n // 4)  # noqa: E731
+    eval_cfg = cfg.eval
     return dataclasses.replace(
         cfg, sample=dataclasses.replace(cfg.sample, steps=min(cfg.sample.steps, FAST_STEPS)),
-        eval=dataclasses.replace(e, forget_samples=quarter(e.forget_samples), retain_samples=quarter(e.retain_samples),
-                                 retain_samples_per_class=quarter(e.retain_samples_per_class)))
+        eval=dataclasses.replace(eval_cfg, forget_samples=_quarter(eval_cfg.forget_samples),
+                                 retain_samples=_quarter(eval_cfg.retain_samples),
+                                 retain_samples_per_class=_quarter(
+                                     eval_cfg.retain_samples_per_class)))
+
+
+def _quarter(n: int | None) -> int | None:
+    """A quarter of a sample count, at least 1; None stays None."""
+    return None if n is None else max(1, n // 4)
 
 
 def protocol(cfg: Config, w: Workload, forget_class: int) -> dict:
     """Everything needed to reproduce or compare the numbers."""
+    if cfg.eval.protocol == "full":
+        name = "full"
+    else:
+        name = "fast: for quick looks only; published comparisons need the full protocol"
+    if cfg.sample.scheduler == "ddpm" and learns_sigma(w.model):
+        variance = "learned variance"
+    else:
+        variance = "fixed variance"
+    if cfg.eval.retain_samples is None:
+        retain_drawn = f"{cfg.eval.retain_samples_per_class} per retained class"
+    else:
+        retain_drawn = "drawn uniformly at random from the retained classes"
     return {
-        "protocol": "full" if cfg.eval.protocol == "full" else "fast: for quick looks only; published comparisons need "
-                    "the full protocol",
-        "sampler": f"{SCHEDULER_NAMES[cfg.sample.scheduler]} (diffusers, " + (
-            "learned variance" if cfg.sample.scheduler == "ddpm" and learns_sigma(w.model) else "fixed variance") + ")",
+        "protocol": name,
+        "sampler": f"{SCHEDULER_NAMES[cfg.sample.scheduler]} (diffusers, " + variance + ")",
         "steps": cfg.sample.steps,
         "guidance": cfg.sample.guidance,
         "guidance_channels": cfg.sample.guidance_channels or "all",
         "timestep_spacing": cfg.sample.timestep_spacing,
-        "sample_batch_size": cfg.sample.batch_size,  # each batch's noise is keyed by its first sample
+        # each batch's noise is keyed by its first sample
+        "sample_batch_size": cfg.sample.batch_size,
         **describe_model(w.model),  # embedders, timestep_shift, norm_eps, model_parameters
-        "precision": "bf16 autocast" if cfg.compute.mixed_precision == "bf16" else
-                     "float32, TF32 matmuls" if cfg.compute.tf32 and processes().device.type == "cuda" else "float32",
+        "precision": precision_of(cfg),
         "cpu_threads": torch.get_num_threads(),
         "forget_samples": cfg.eval.forget_samples,
         "forget_rule": fa_rule(cfg.eval),
         "forget_rule_published": "top class among the data set's classes",
         "retain_samples": len(retain_labels(w, cfg, forget_class)),
-        "retain_labels": f"{cfg.eval.retain_samples_per_class} per retained class" if cfg.eval.retain_samples is None
-        else "drawn uniformly at random from the retained classes",
+        "retain_labels": retain_drawn,
         **w.scorer.describe(forget_class),
         "seed": cfg.seed,
         "versions": versions(),
@@ -75,7 +94,16 @@ def protocol(cfg: Config, w: Workload, forget_class: int) -> dict:
     }
 
 
-VERSIONED = ("torch", "diffusers", "torch-fidelity", "timm")  # what a score can drift with between installs
+def precision_of(cfg: Config) -> str:
+    """The arithmetic the samples are computed in, as the protocol states it."""
+    if cfg.compute.mixed_precision == "bf16":
+        return "bf16 autocast"
+    if cfg.compute.tf32 and processes().device.type == "cuda":
+        return "float32, TF32 matmuls"
+    return "float32"
+
+
+VERSIONED = ("torch", "diffusers", "torch-fidelity", "timm")  # what a score can drift with
 
 
 def versions() -> dict:
@@ -83,6 +111,7 @@ def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     def one(name):
+        """The installed version of `name`, or "not installed"."""
         try:
             return version(name)
         except PackageNotFoundError:
@@ -102,8 +131,10 @@ def device_name() -> str:
 
 
 def retain_labels(w: Workload, cfg: Config, forget_class: int) -> torch.Tensor:
-    """Labels of the retain samples: eval.retain_samples_per_class of each other class, or eval.retain_samples drawn
-    uniformly at random (seeded) from the other classes."""
+    """Labels of the retain samples, every class but the forget class.
+
+    eval.retain_samples_per_class of each other class, or eval.retain_samples drawn uniformly at
+    random (seeded) from the other classes."""
     if cfg.eval.retain_samples is None:
         return class_labels(w.num_classes, cfg.eval.retain_samples_per_class, exclude=forget_class)
     gen = torch.Generator().manual_seed(stream_seed(cfg.seed, "retain_labels"))
@@ -111,21 +142,35 @@ def retain_labels(w: Workload, cfg: Config, forget_class: int) -> torch.Tensor:
     return labels + (labels >= forget_class).long()  # skip the forget class
 
 
-def evaluate(model, w: Workload, cfg: Config, forget_class: int, progress: bool = True, desc: str = "",
-             cache_dir: Path | None = None, save_to: Path | None = None) -> dict:
-    """Forget accuracy, the forget class's mean probability and the entropy of the predicted distribution on its
-    samples (as the published evaluator reports), retain accuracy (per class too) and FID of the retained classes'
-    samples.
+def evaluate(model, w: Workload, cfg: Config, forget_class: int, progress: bool = True,
+             desc: str = "", cache_dir: Path | None = None, save_to: Path | None = None) -> dict:
+    """The protocol's scores of `model`, and the robustness measurements the config asks for.
 
-    Samples are scored at 8-bit precision; with `cache_dir` finished sample batches survive a kill; with `save_to`
-    they are also written as PNG folders and ADM-style .npz files (`save_samples`). Every process samples its share;
-    the main process scores (the others get None)."""
+    Forget accuracy, the forget class's mean probability and the entropy of the predicted
+    distribution on its samples (as the published evaluator reports), retain accuracy (per class
+    too) and FID of the retained classes' samples. Samples are scored at 8-bit precision.
+
+    Args:
+        model: the model to score.
+        w: the base model's workload (classes, scorer).
+        cfg: the evaluation's config (`evaluation_config`).
+        forget_class: the erased class.
+        progress: show progress bars.
+        desc: the progress bars' name for the samples.
+        cache_dir: where finished sample batches survive a kill; None keeps none.
+        save_to: also write the samples there as PNG folders and ADM-style .npz files
+            (`save_samples`).
+
+    Returns:
+        The scores on the main process, which scores; None on the others (every process samples
+        its share)."""
     fl = class_labels(w.num_classes, cfg.eval.forget_samples, only=forget_class)
     rl = retain_labels(w, cfg, forget_class)
     labels = torch.cat([fl, rl])
-    images = generate(model, w.vae, cfg.sample, labels, precision=cfg.compute.mixed_precision, seed=cfg.seed,
-                      cache_dir=cache_dir, desc=f"sample {desc}", progress=progress)
-    robust = leakage(model, w, cfg, forget_class, progress, cache_dir)  # every process samples its share
+    images = generate(model, w.vae, cfg.sample, labels, precision=cfg.compute.mixed_precision,
+                      seed=cfg.seed, cache_dir=cache_dir, desc=f"sample {desc}", progress=progress)
+    # every process samples its share
+    robust = leakage(model, w, cfg, forget_class, progress, cache_dir)
     if images is None:  # not the main process, which scores
         return None
     images = to_uint8(images)
@@ -133,22 +178,29 @@ def evaluate(model, w: Workload, cfg: Config, forget_class: int, progress: bool 
     probs = w.scorer.probabilities(scored)
     pred = probs.argmax(1)
     forget = probs[:len(fl)]
-    per_class = {str(c): (pred[labels == c] == c).float().mean().item() for c in labels.unique().tolist()}
+    per_class = {str(c): (pred[labels == c] == c).float().mean().item()
+                 for c in labels.unique().tolist()}
     if save_to is not None:
         save_samples(save_to, {"forget": (images[:len(fl)], fl), "retain": (images[len(fl):], rl)})
     try:
         quality, why = w.scorer.fidelity(images[len(fl):], forget_class), ""
-    except (np.linalg.LinAlgError, ValueError) as e:  # statistics with inf or NaN: FID is undefined, not a crash
-        quality, why = dict.fromkeys(FIDELITY, math.nan), f" ({type(e).__name__}: {str(e).splitlines()[0]})"
+    except (np.linalg.LinAlgError, ValueError) as err:
+        # statistics with inf or NaN: FID is undefined, not a crash
+        quality = dict.fromkeys(FIDELITY, math.nan)
+        why = f" ({type(err).__name__}: {str(err).splitlines()[0]})"
     fid = quality["fid"]
     counted = counts_as_forget(forget, scored[:len(fl)], forget_class, cfg.eval, w.scorer)
+    # the published rule: the top class among the data set's classes alone
+    published = (forget[:, :w.num_classes].argmax(1) == forget_class).float().mean().item()
+    # the share the classifier calls none of the classes ("not a digit"); null for a classifier
+    # without that class
+    not_a_class = None
+    if forget.shape[1] > w.num_classes:
+        not_a_class = (forget.argmax(1) >= w.num_classes).float().mean().item()
     scores = {
         "forget_accuracy": counted.float().mean().item(),
-        # the published rule: the top class among the data set's classes alone
-        "forget_accuracy_published": (forget[:, :w.num_classes].argmax(1) == forget_class).float().mean().item(),
-        # the share the classifier calls none of the classes ("not a digit"); null for a classifier without that class
-        "forget_not_a_class": (forget.argmax(1) >= w.num_classes).float().mean().item()
-        if forget.shape[1] > w.num_classes else None,
+        "forget_accuracy_published": published,
+        "forget_not_a_class": not_a_class,
         "forget_probability": forget[:, forget_class].mean().item(),
         "forget_entropy": torch.special.entr(forget).sum(1).mean().item(),  # nats
         "retain_accuracy": (pred[len(fl):] == rl).float().mean().item(),
@@ -157,21 +209,26 @@ def evaluate(model, w: Workload, cfg: Config, forget_class: int, progress: bool 
         "per_class_accuracy": per_class,
     }
     robust |= neighbours(w, cfg, forget_class, images[len(fl):], rl, pred[len(fl):])
-    robust |= relearn(model, w, cfg, forget_class) | conditioning_attack(model, w, cfg, forget_class)
+    robust |= relearn(model, w, cfg, forget_class)
+    robust |= conditioning_attack(model, w, cfg, forget_class)
     if robust:
         scores["robustness"] = robust
     if not math.isfinite(fid):
-        scores["fid_error"] = (f"not finite (torch-fidelity gave {fid}{why}): the features of the samples or of the "
-                               "reference are degenerate, e.g. NaN or constant images, or too few distinct samples")
+        scores["fid_error"] = (f"not finite (torch-fidelity gave {fid}{why}): the features of the "
+                               "samples or of the reference are degenerate, e.g. NaN or constant "
+                               "images, or too few distinct samples")
     return scores
 
 
 def evaluate_base(w: Workload, cfg: Config, forget_class: int, progress: bool = True,
                   job: Path | None = None) -> dict:
-    """The base model's scores, cached by model, protocol, seed and class: they do not change between erasures.
-    Samples in progress are kept per `job` (the output folder), so that concurrent jobs never share a folder."""
-    key = fingerprint({"model": w.model_id, "protocol": protocol(cfg, w, forget_class), "class": forget_class,
-                       "sample": dataclasses.asdict(cfg.sample), "eval": dataclasses.asdict(cfg.eval),
+    """The base model's scores, cached by model, protocol, seed and class.
+
+    They do not change between erasures. Samples in progress are kept per `job` (the output
+    folder), so that concurrent jobs never share a folder."""
+    key = fingerprint({"model": w.model_id, "protocol": protocol(cfg, w, forget_class),
+                       "class": forget_class, "sample": dataclasses.asdict(cfg.sample),
+                       "eval": dataclasses.asdict(cfg.eval),
                        "robustness": dataclasses.asdict(cfg.robustness),
                        "scorer": w.scorer.key, "scored_at": "uint8", "scores": SCORES})
     path = cache_root() / "evals" / f"{key}.json"
@@ -186,26 +243,32 @@ def evaluate_base(w: Workload, cfg: Config, forget_class: int, progress: bool = 
 
 
 def grid_classes(w: Workload, cfg: Config, forget_class: int) -> list[int]:
-    """The classes grid.png shows: all of them, or the forget class and the lowest others up to eval.grid_classes."""
+    """The classes grid.png shows: all, or the forget class and the lowest others to a limit.
+
+    The limit is eval.grid_classes."""
     if w.num_classes <= cfg.eval.grid_classes:
         return list(range(w.num_classes))
-    return sorted([forget_class] + [c for c in range(w.num_classes) if c != forget_class][:cfg.eval.grid_classes - 1])
+    others = [c for c in range(w.num_classes) if c != forget_class]
+    return sorted([forget_class] + others[:cfg.eval.grid_classes - 1])
 
 
 def base_grid_cache(w: Workload, cfg: Config, classes: list[int]) -> Path:
-    """Where the base model's grid samples are kept across runs (same model, sampler, seed and classes): a benchmark
-    samples them once, not once per method, mode and class."""
-    key = fingerprint({"model": w.model_id, "sample": dataclasses.asdict(cfg.sample), "seed": cfg.seed,
-                       "classes": classes, "per_class": cfg.eval.grid_per_class,
+    """Where the base model's grid samples are kept across runs.
+
+    Keyed by model, sampler, seed and classes: a benchmark samples them once, not once per method,
+    mode and class."""
+    key = fingerprint({"model": w.model_id, "sample": dataclasses.asdict(cfg.sample),
+                       "seed": cfg.seed, "classes": classes, "per_class": cfg.eval.grid_per_class,
                        "precision": cfg.compute.mixed_precision})
     return cache_root() / "evals" / f"base-grid-{key}"
 
 
 def grid_images(model, w: Workload, cfg: Config, classes: list[int], progress: bool = True,
                 cache_dir: Path | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """`grid_per_class` samples of each class, with the same noise for every model (so rows compare); the images
-    only on the main process, which draws the grid."""
+    """`grid_per_class` samples of each class, with the same noise for every model (rows compare).
+
+    The images only on the main process, which draws the grid (None on the others)."""
     labels = torch.tensor(classes).repeat_interleave(cfg.eval.grid_per_class)
-    images = generate(model, w.vae, cfg.sample, labels, precision=cfg.compute.mixed_precision, seed=cfg.seed,
-                      cache_dir=cache_dir, desc="sample grid", progress=progress)
+    images = generate(model, w.vae, cfg.sample, labels, precision=cfg.compute.mixed_precision,
+                      seed=cfg.seed, cache_dir=cache_dir, desc="sample grid", progress=progress)
     return (None if images is None else to_uint8(images)), labels
