@@ -1,4 +1,6 @@
-"""dualerase: erase a class from a class-conditional diffusion transformer with DualOptim, and measure it.
+"""dualerase: erase a class from a class-conditional diffusion transformer, and measure it.
+
+The erasure is DualOptim's; from Python:
 
     from dualerase import erase_class
     result = erase_class(3)  # the embedded digits default
@@ -7,8 +9,9 @@
 import os
 from importlib.metadata import PackageNotFoundError, version
 
-# MKL's conditional numerical reproducibility: CPU results no longer depend on memory alignment, so the same command
-# with the same seed on the same machine gives the same weights bit for bit (set before torch loads MKL).
+# MKL's conditional numerical reproducibility: CPU results no longer depend on memory alignment, so
+# the same command with the same seed on the same machine gives the same weights bit for bit (set
+# before torch loads MKL).
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 try:
@@ -17,9 +20,11 @@ except PackageNotFoundError:  # run from a source tree that was never installed
     __version__ = "0+unknown"
 
 # The public API, imported on first use: `import dualerase` alone loads no torch.
-_API = {"erase_class": "dualerase.api", "sample_grid": "dualerase.api", "fid_bench": "dualerase.api",
-        "ErasureResult": "dualerase.api", "Config": "dualerase.config", "load_config": "dualerase.config"}
-__all__ = ["Config", "ErasureResult", "__version__", "erase_class", "fid_bench", "load_config", "sample_grid"]
+_API = {"erase_class": "dualerase.api", "sample_grid": "dualerase.api",
+        "fid_bench": "dualerase.api", "ErasureResult": "dualerase.api",
+        "Config": "dualerase.config", "load_config": "dualerase.config"}
+__all__ = ["Config", "ErasureResult", "__version__", "erase_class", "fid_bench", "load_config",
+           "sample_grid"]
 
 
 def __getattr__(name: str):

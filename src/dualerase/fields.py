@@ -1,5 +1,7 @@
-"""Config values checked against their field's type: `Literal` choices, numbers (ints accepted for floats, and
-1e-4 as YAML 1.1 leaves it, a string), and annotated-types bounds (Gt, Ge, Lt, Le); with one-line errors."""
+"""Config values checked against their field's type, with one-line errors.
+
+The type gives `Literal` choices, numbers (ints accepted for floats, and 1e-4 as YAML 1.1 leaves it,
+a string), and annotated-types bounds (Gt, Ge, Lt, Le)."""
 from __future__ import annotations
 
 import difflib
@@ -12,15 +14,21 @@ from dualerase.errors import ConfigError
 
 
 def suggest(word: str, options) -> str:
+    """A hint for a message: the `options` close to `word`, else all of them."""
     close = difflib.get_close_matches(word, list(options), n=3)
-    return f" (did you mean {', '.join(close)}?)" if close else f" (valid: {', '.join(sorted(options))})"
+    return (f" (did you mean {', '.join(close)}?)" if close
+            else f" (valid: {', '.join(sorted(options))})")
 
 
 def coerce(key: str, value, hint):
-    """Check `value` against the field's type (its `Literal` choices too); ints are accepted for floats."""
+    """`value` checked against the field's type `hint`, as that type (ints accepted for floats).
+
+    `Literal` choices are checked too, and list items one by one. A value that does not fit raises
+    ConfigError naming `key`."""
     if typing.get_origin(hint) is typing.Annotated:
         hint = typing.get_args(hint)[0]
-    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    args = (typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType)
+            else (hint,))
     if value is None and type(None) in args:
         return None
     for kind in (a for a in args if a is not type(None)):
@@ -30,7 +38,8 @@ def coerce(key: str, value, hint):
                 return "null"
             if any(value == c and type(value) is type(c) for c in choices):
                 return value
-            raise ConfigError(f"{key} = {value!r} is not valid{suggest(str(value), [str(c) for c in choices])}")
+            raise ConfigError(f"{key} = {value!r} is not valid"
+                              f"{suggest(str(value), [str(c) for c in choices])}")
         if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         if kind is int and isinstance(value, int) and not isinstance(value, bool):
@@ -40,9 +49,17 @@ def coerce(key: str, value, hint):
         if typing.get_origin(kind) is list and isinstance(value, list):
             (item,) = typing.get_args(kind)
             return [coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
-    names = " or ".join("null" if k is type(None) else "a list" if typing.get_origin(k) is list else k.__name__
-                        for k in args)
+    names = " or ".join(_type_name(k) for k in args)
     raise ConfigError(f"{key} must be {names}, got {value!r}: fix the value in the preset or --set")
+
+
+def _type_name(kind) -> str:
+    """How a message names a type: "null", "a list", or the type's name."""
+    if kind is type(None):
+        return "null"
+    if typing.get_origin(kind) is list:
+        return "a list"
+    return kind.__name__
 
 
 def bounds(hint) -> list:
@@ -51,7 +68,7 @@ def bounds(hint) -> list:
 
 
 def check_bounds(key: str, value, bounds: list) -> None:
-    """A one-line error when `value` breaks a bound: "must be > 0", "must be in [0, 1)"..."""
+    """A one-line ConfigError when `value` breaks a bound: "must be > 0", "must be in [0, 1)"."""
     if value is None or not bounds:
         return
     low = next((("(", b.gt) for b in bounds if isinstance(b, Gt)), None) or \

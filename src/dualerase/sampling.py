@@ -1,4 +1,4 @@
-"""Class-conditional sampling with classifier-free guidance, for any diffusers scheduler, class count and space."""
+"""Class-conditional sampling with classifier-free guidance, for any scheduler, classes, space."""
 from __future__ import annotations
 
 import contextlib
@@ -13,8 +13,11 @@ from dualerase.models.dit import fixed_variance, learns_sigma, num_classes, samp
 from dualerase.storage import atomic_path
 
 
-def class_labels(num_classes: int, per_class: int, *, only: int | None = None, exclude: int | None = None):
-    """Balanced labels: `per_class` of each class, or of class `only`, or of every class but `exclude`."""
+def class_labels(num_classes: int, per_class: int, *, only: int | None = None,
+                 exclude: int | None = None):
+    """Balanced labels: `per_class` of each class, of class `only`, or of every class but `exclude`.
+
+    Giving both `only` and `exclude` raises ValueError."""
     if only is not None and exclude is not None:
         raise ValueError("give `only` or `exclude`, not both")
     classes = [only] if only is not None else [c for c in range(num_classes) if c != exclude]
@@ -28,23 +31,38 @@ def sample(model, scheduler, labels: torch.Tensor, *, num_steps: int, guidance: 
            guidance_channels: int | None = None) -> torch.Tensor:
     """Sample one image per label, in [-1, 1] (decoded through `vae` for latent models).
 
-    Guidance mixes the conditional and null-class predictions on the epsilon channels, or on the first
-    `guidance_channels` of them only (DiT's `forward_with_cfg` guides 3 of 4 latent channels "for exact
-    reproducibility"; the others come from the conditional half). A learned variance is taken from the conditional
-    half and passed to schedulers that use it (variance_type "learned"/"learned_range"); a model without one (out
-    channels = in channels) samples with the fixed posterior variance instead. The initial noise, then each step's
-    noise, are drawn from one CPU generator per batch.
-    With `cache_dir`, every finished batch is stored there (as 8-bit images, the precision every evaluation reads; as
-    floats with `quantize=False`, e.g. for latents) and a later call with the same arguments reuses it: a killed
-    sampling run resumes where it stopped.
-    `shard=(rank, world)` makes this process draw only batches rank, rank + world, ... (each batch's noise depends on
-    its position alone, so the shards together are exactly the unsharded samples); it returns only those.
+    A learned variance is taken from the conditional half and passed to schedulers that use it
+    (variance_type "learned"/"learned_range"); a model without one (out channels = in channels)
+    samples with the fixed posterior variance instead. The initial noise, then each step's noise,
+    are drawn from one CPU generator per batch, seeded by (`seed`, the batch's first index).
+
+    Args:
+        model: the DiT.
+        scheduler: a diffusers scheduler; `num_steps` of its timesteps are run.
+        labels: one class label per image.
+        num_steps: sampling steps.
+        guidance: the guidance scale (1: no guidance, no null-class pass).
+        seed: the sampling seed.
+        batch_size: images per batch (part of the sampling protocol: it keys the noise).
+        vae: decodes latents; None: the samples are what the model makes.
+        progress: show a progress bar (on rank 0); `desc` names it.
+        cache_dir: every finished batch is stored there (as 8-bit images, the precision every
+            evaluation reads; as floats with `quantize=False`, e.g. for latents) and a later call
+            with the same arguments reuses it: a killed sampling run resumes where it stopped.
+        shard: (rank, world): this process draws only batches rank, rank + world, ... (each
+            batch's noise depends on its position alone, so the shards together are exactly the
+            unsharded samples) and returns only those.
+        quantize: store 8-bit images in `cache_dir`, and return what a cache read gives back.
+        guidance_channels: guide only the first this many epsilon channels (DiT's
+            `forward_with_cfg` guides 3 of 4 latent channels "for exact reproducibility"; the
+            others come from the conditional half); None: all of them.
     """
     was_training = model.training
     model.eval()
     null = num_classes(model)
     channels, size = model.config.in_channels, model.config.sample_size
-    device, dtype = model.device, model.dtype  # read once: diffusers finds each by walking every module
+    # read once: diffusers finds each by walking every module
+    device, dtype = model.device, model.dtype
     guided = channels if guidance_channels is None else guidance_channels
     learned = getattr(scheduler.config, "variance_type", None) in ("learned", "learned_range")
     if learned and not learns_sigma(model):  # nothing to read a learned variance from
@@ -53,8 +71,8 @@ def sample(model, scheduler, labels: torch.Tensor, *, num_steps: int, guidance: 
     images = []
     rank, world = shard
     starts = list(range(0, len(labels), batch_size))[rank::world]
-    bar = tqdm(total=sum(len(labels[s:s + batch_size]) for s in starts) * num_steps, desc=desc, unit="step",
-               disable=not progress or rank != 0)
+    bar = tqdm(total=sum(len(labels[s:s + batch_size]) for s in starts) * num_steps, desc=desc,
+               unit="step", disable=not progress or rank != 0)
     for start in starts:
         y = labels[start:start + batch_size].to(device)
         stored = cache_dir / f"batch-{start:08d}-{len(y)}.pt" if cache_dir is not None else None
@@ -106,7 +124,9 @@ def from_uint8(images: torch.Tensor) -> torch.Tensor:
 
 
 def autocast(precision: str):
-    """bf16 autocast on the process's device when compute.mixed_precision is bf16 (weights stay float32)."""
+    """bf16 autocast on the process's device for `precision` bf16 (compute.mixed_precision).
+
+    Weights stay float32; `precision` "no" gives a context that does nothing."""
     if precision == "no":
         return contextlib.nullcontext()
     return torch.autocast(processes().device.type, dtype=torch.bfloat16)
@@ -115,14 +135,16 @@ def autocast(precision: str):
 def generate(model, vae, sampler, labels: torch.Tensor, *, precision: str, seed: int,
              cache_dir: Path | None, desc: str, progress: bool, decode: bool = True,
              everywhere: bool = False) -> torch.Tensor | None:
-    """Samples for `labels`, sharded across processes by batch: each process draws its batches into `cache_dir`, then
-    the main process (every process with `everywhere`) reads them all back; the others get None. One process needs no
-    cache_dir. Without `decode`, a latent model's samples stay latents (kept as floats). `sampler` is the config's
-    `sample` section; `precision` its `compute.mixed_precision`."""
+    """Samples for `labels`, sharded across processes by batch (`sample`).
+
+    Each process draws its batches into `cache_dir`, then the main process (every process with
+    `everywhere`) reads them all back; the others get None. One process needs no cache_dir. Without
+    `decode`, a latent model's samples stay latents (kept as floats). `sampler` is the config's
+    `sample` section; `precision` the config's `compute.mixed_precision`."""
     state = processes()
-    kwargs = dict(num_steps=sampler.steps, guidance=sampler.guidance, seed=seed, batch_size=sampler.batch_size,
-                  vae=vae if decode else None, desc=desc, cache_dir=cache_dir, quantize=decode,
-                  guidance_channels=sampler.guidance_channels)
+    kwargs = dict(num_steps=sampler.steps, guidance=sampler.guidance, seed=seed,
+                  batch_size=sampler.batch_size, vae=vae if decode else None, desc=desc,
+                  cache_dir=cache_dir, quantize=decode, guidance_channels=sampler.guidance_channels)
     scheduler = sampler_scheduler(sampler.scheduler, sampler.timestep_spacing)
     with autocast(precision):
         images = sample(model, scheduler, labels, progress=progress, shard=(state.process_index,
@@ -132,4 +154,5 @@ def generate(model, vae, sampler, labels: torch.Tensor, *, precision: str, seed:
     state.wait_for_everyone()
     if not (everywhere or state.is_main_process):
         return None
-    return sample(model, scheduler, labels, progress=False, **kwargs)  # every batch is on disk: reads only
+    # every batch is on disk: reads only
+    return sample(model, scheduler, labels, progress=False, **kwargs)

@@ -1,1 +1,1 @@
-"""Data: class vocabularies, ImageNet-style image folders with the latent cache, and the random streams of a run."""
+"""Data: class vocabularies, image folders and the latent cache, random streams, the FID set."""

@@ -1,4 +1,4 @@
-"""ImageNet-style image folders: DiT's preprocessing, forget and retain sets, and the latent cache."""
+"""ImageNet-style image folders: DiT's preprocessing, forget and retain sets, the latent cache."""
 from __future__ import annotations
 
 import os
@@ -20,25 +20,30 @@ EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
 def scan(root: Path, classes: Classes) -> dict[int, list[Path]]:
-    """Image files per class index. Sub-folders are synsets when the model's classes are ImageNet's or a subset of
-    them (any subset of its classes), else named after the model's classes (its id2label); a model that names no
-    classes gets them in sorted order (then there must be one per class)."""
+    """The image files of each class index in an ImageNet-style folder `root`.
+
+    Sub-folders are synsets when the model's classes are ImageNet's or a subset of them (any subset
+    of its classes), else named after the model's classes (its id2label); a model that names no
+    classes gets them in sorted order (then there must be one per class). A folder that does not
+    fit raises UsageError, saying which sub-folder and why."""
     check_data_folder(root)
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
-        raise UsageError(f"--data {root} holds no class sub-folders: give an ImageNet-style train folder (one "
-                         "sub-folder of images per class, e.g. n02099601/)")
+        raise UsageError(f"--data {root} holds no class sub-folders: give an ImageNet-style train "
+                         "folder (one sub-folder of images per class, e.g. n02099601/)")
     if classes.synsets:
         index = {s: i for i, s in enumerate(classes.synsets)}
         unknown = [p.name for p in folders if p.name not in index]
         more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
         if unknown and (len(classes) == 1000 or unknown[0] not in imagenet().synsets):
-            raise UsageError(f"--data {root}: sub-folder {unknown[0]!r}{more} is not an ImageNet synset: move it out "
-                             "of the data folder, or name class folders by synset, e.g. n02099601")
+            raise UsageError(f"--data {root}: sub-folder {unknown[0]!r}{more} is not an ImageNet "
+                             "synset: move it out of the data folder, or name class folders by "
+                             "synset, e.g. n02099601")
         if unknown:
             name = imagenet().names[imagenet().synsets.index(unknown[0])].split(",")[0]
-            raise UsageError(f"--data {root}: sub-folder {unknown[0]!r} ({name}){more} is not one of the model's "
-                             f"{len(classes)} classes ({listing(classes)}): give a data folder of the model's classes")
+            raise UsageError(f"--data {root}: sub-folder {unknown[0]!r} ({name}){more} is not one "
+                             f"of the model's {len(classes)} classes ({listing(classes)}): give a "
+                             "data folder of the model's classes")
         numbered = {index[p.name]: p for p in folders}
     elif classes.named:  # the model's own names (id2label), or the folders' when it has none
         index = {}
@@ -48,53 +53,66 @@ def scan(root: Path, classes: Classes) -> dict[int, list[Path]]:
         numbered = {}
         for p in folders:
             found = index.get(p.name.strip().lower(), set())
-            if len(found) > 1:  # the model's own names repeat: the folder cannot say which class it holds
+            # the model's own names repeat: the folder cannot say which class it holds
+            if len(found) > 1:
                 same = " and ".join(f"{c} ({classes.names[c]!r})" for c in sorted(found))
-                raise UsageError(f"--data {root}: sub-folder {p.name!r} names more than one class: the model's "
-                                 f"id2label gives classes {same} the same name; give the model distinct class names "
-                                 "(its id2label in model_index.json)")
+                raise UsageError(f"--data {root}: sub-folder {p.name!r} names more than one class: "
+                                 f"the model's id2label gives classes {same} the same name; give "
+                                 "the model distinct class names (its id2label in "
+                                 "model_index.json)")
             if len(found) != 1 or min(found) in numbered:
-                why = "is not one of" if not found else f"names the same class as {numbered[min(found)].name!r}, of"
-                raise UsageError(f"--data {root}: sub-folder {p.name!r} {why} the model's {len(classes)} classes "
-                                 f"({listing(classes)}): name each class folder after its class, once")
+                why = ("is not one of" if not found
+                       else f"names the same class as {numbered[min(found)].name!r}, of")
+                raise UsageError(f"--data {root}: sub-folder {p.name!r} {why} the model's "
+                                 f"{len(classes)} classes ({listing(classes)}): name each class "
+                                 "folder after its class, once")
             numbered[min(found)] = p
     else:
         if len(folders) != len(classes):
-            raise UsageError(f"--data {root} has {len(folders)} class folders but the model has {len(classes)} "
-                             "classes: give a data folder with one sub-folder per model class")
+            raise UsageError(f"--data {root} has {len(folders)} class folders but the model has "
+                             f"{len(classes)} classes: give a data folder with one sub-folder per "
+                             "model class")
         numbered = dict(enumerate(folders))
-    files = {c: sorted(f for f in p.iterdir() if f.suffix.lower() in EXTENSIONS) for c, p in numbered.items()}
+    files = {c: sorted(f for f in p.iterdir() if f.suffix.lower() in EXTENSIONS)
+             for c, p in numbered.items()}
     if not any(files.values()):
-        raise UsageError(f"--data {root} holds no images (looked for {', '.join(sorted(EXTENSIONS))})")
+        raise UsageError(f"--data {root} holds no images (looked for "
+                         f"{', '.join(sorted(EXTENSIONS))})")
     return files
 
 
 def check_data_folder(root: Path) -> None:
+    """Refuse (UsageError) a --data `root` that is not a folder."""
     if not root.is_dir():
-        raise UsageError(f"--data {root} is not a folder: give an ImageNet-style train folder (one sub-folder of "
-                         "images per class)")
+        raise UsageError(f"--data {root} is not a folder: give an ImageNet-style train folder (one "
+                         "sub-folder of images per class)")
 
 
 def check_writable(path: Path, option: str, *, in_parent: bool = False) -> None:
-    """Fail in one line, before any expensive work, when `path` (a folder to create or fill; with `in_parent`, a file
-    or folder written next to it and renamed onto it) cannot be written: a probe file is created, synced and removed
-    in the folder that will be written, or its nearest existing ancestor (no permission, a read-only or full file
-    system, a regular file on the way)."""
+    """Fail in one line (UsageError), before any expensive work, when `path` cannot be written.
+
+    `path` is a folder to create or fill; with `in_parent`, a file or folder written next to it and
+    renamed onto it. A probe file is created, synced and removed in the folder that will be
+    written, or its nearest existing ancestor (no permission, a read-only or full file system, a
+    regular file on the way); `option` names the path in the message."""
     folder = path.parent if in_parent else path
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     if not folder.is_dir():
-        raise UsageError(f"{option} {path}: {folder} is a file, not a folder: choose another {option}")
+        raise UsageError(f"{option} {path}: {folder} is a file, not a folder: choose another "
+                         f"{option}")
     try:
         _probe(folder)
     except OSError as e:
         raise UsageError(f"{option} {path} cannot be written: creating a file in {folder} failed "
-                         f"({e.strerror or type(e).__name__}): choose a writable location, or free space or fix "
-                         "permissions there") from None
+                         f"({e.strerror or type(e).__name__}): choose a writable location, or free "
+                         "space or fix permissions there") from None
 
 
 def check_cache() -> None:
-    """The cache (DUALERASE_HOME) takes trained models, masks and base scores: probed before any work, as --output."""
+    """Probe the cache (DUALERASE_HOME) before any work, as --output.
+
+    It takes trained models, masks and base scores."""
     check_writable(cache_root(), "the cache DUALERASE_HOME")
 
 
@@ -118,8 +136,10 @@ def listing(classes: Classes, most: int = 6) -> str:
 
 
 def center_crop(image: Image.Image, size: int) -> Image.Image:
-    """DiT's (ADM's) preprocessing: halve with a box filter while the short side is >= 2 * size, resize the short side
-    to `size` (bicubic), then cut the central size x size square."""
+    """DiT's (ADM's) preprocessing of `image` to a `size` x `size` square.
+
+    Halve with a box filter while the short side is >= 2 * size, resize the short side to `size`
+    (bicubic), then cut the central square."""
     while min(image.size) >= 2 * size:
         image = image.resize(tuple(s // 2 for s in image.size), resample=Image.BOX)
     scale = size / min(image.size)
@@ -129,8 +149,10 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
 
 
 def to_mode(image: Image.Image, mode: str) -> Image.Image:
-    """`image` in `mode` ("L" or "RGB"). 16-bit greyscale (PNG "I;16", or "I") is scaled from 0..65535 to 0..255
-    first: PIL's convert clips it, so a mid-grey 16-bit PNG would decode as white."""
+    """`image` in `mode` ("L" or "RGB").
+
+    16-bit greyscale (PNG "I;16", or "I") is scaled from 0..65535 to 0..255 first: PIL's convert
+    clips it, so a mid-grey 16-bit PNG would decode as white."""
     if image.mode == "I" or image.mode.startswith("I;16"):
         wide = np.asarray(image).astype(np.float64)
         image = Image.fromarray(np.clip(np.round(wide / 257), 0, 255).astype(np.uint8), "L")
@@ -139,8 +161,11 @@ def to_mode(image: Image.Image, mode: str) -> Image.Image:
 
 def load_images(files: list[Path], size: int, channels: int, what: str,
                 progress: bool = True) -> tuple[torch.Tensor, list[int]]:
-    """Decoded, center-cropped images in [-1, 1], (N, C, size, size), and the indices of the files they came from.
-    Files that cannot be decoded are skipped with a warning naming them; none left is an error."""
+    """Decoded, center-cropped images in [-1, 1], and the indices of the files they came from.
+
+    The images are (N, `channels`, `size`, `size`); `what` names them in the progress bar and
+    messages. Files that cannot be decoded are skipped with a warning naming them; none left raises
+    UsageError."""
     mode = {1: "L", 3: "RGB"}[channels]
     images, kept, bad = [], [], []
     for i, f in enumerate(tqdm(files, desc=f"load {what}", disable=not progress)):
@@ -153,29 +178,38 @@ def load_images(files: list[Path], size: int, channels: int, what: str,
         images.append(torch.from_numpy(arr.reshape(size, size, channels).copy()).permute(2, 0, 1))
         kept.append(i)
     if not images:
-        raise UsageError(f"no decodable images in the {what} ({len(files)} file(s), e.g. {files[0]}): replace the "
-                         "broken files or choose another class")
+        raise UsageError(f"no decodable images in the {what} ({len(files)} file(s), e.g. "
+                         f"{files[0]}): replace the broken files or choose another class")
     if bad:
-        print(f"warning: skipped {len(bad)} undecodable image(s) of the {what}: {', '.join(str(b) for b in bad[:5])}"
-              f"{' ...' if len(bad) > 5 else ''}", file=sys.stderr)
+        print(f"warning: skipped {len(bad)} undecodable image(s) of the {what}: "
+              f"{', '.join(str(b) for b in bad[:5])}{' ...' if len(bad) > 5 else ''}",
+              file=sys.stderr)
     return torch.stack(images).float() / 127.5 - 1.0, kept
 
 
-def forget_files(files: dict[int, list[Path]], forget_class: int, limit: int, classes: Classes, root: Path):
-    """The forget set: the class's own folder (its first `limit` images, 0: all)."""
+def forget_files(files: dict[int, list[Path]], forget_class: int, limit: int, classes: Classes,
+                 root: Path):
+    """The forget set: the class's own folder (its first `limit` images, 0: all).
+
+    No image of the class raises UsageError."""
     chosen = files.get(forget_class, [])
     if not chosen:
-        where = classes.synsets[forget_class] if classes.synsets else f"the folder of class {forget_class}"
-        raise UsageError(f"no images of class {forget_class} ({classes.short(forget_class)}) in --data {root} "
-                         f"(looked in {where}/): add them, or erase another class")
+        where = (classes.synsets[forget_class] if classes.synsets
+                 else f"the folder of class {forget_class}")
+        raise UsageError(f"no images of class {forget_class} ({classes.short(forget_class)}) in "
+                         f"--data {root} (looked in {where}/): add them, or erase another class")
     return chosen[:limit] if limit else chosen
 
 
-def retain_files(files: dict[int, list[Path]], forget_class: int, count: int, seed: int) -> list[tuple[int, Path]]:
-    """The retain set: `count` (class, file) pairs drawn at random from every other class (0: all of them)."""
+def retain_files(files: dict[int, list[Path]], forget_class: int, count: int,
+                 seed: int) -> list[tuple[int, Path]]:
+    """The retain set: `count` (class, file) pairs drawn from every other class (0: all of them).
+
+    The draw is seeded by `seed`; no image of another class raises UsageError."""
     pool = [(c, f) for c, fs in sorted(files.items()) if c != forget_class for f in fs]
     if not pool:
-        raise UsageError("--data holds no images of any class but the forget class: the retain set would be empty")
+        raise UsageError("--data holds no images of any class but the forget class: the retain set "
+                         "would be empty")
     if count and count < len(pool):
         pool = sorted(random.Random(seed).sample(pool, count))
     return pool
@@ -184,23 +218,27 @@ def retain_files(files: dict[int, list[Path]], forget_class: int, count: int, se
 @torch.no_grad()
 def encode(images: torch.Tensor, vae, seed: int, batch_size: int = 32, progress: bool = True,
            what: str = "") -> torch.Tensor:
-    """Latents of the images, then of their mirror images (DiT's random flip), scaled as DiT trains on."""
+    """Latents of the images, then of their mirror images (DiT's random flip), scaled as DiT trains.
+
+    The VAE's sampling is seeded by `seed`; `what` names the progress bar."""
     gen = torch.Generator(vae.device).manual_seed(seed)
     out = []
     for view in (images, images.flip(-1)):
         for i in tqdm(range(0, len(view), batch_size), desc=f"encode {what}", disable=not progress):
             x = view[i:i + batch_size].to(vae.device, vae.dtype)
-            out.append((vae.encode(x).latent_dist.sample(gen) * vae.config.scaling_factor).float().cpu())
-    return torch.cat(out).contiguous()  # the VAE may return channels-last: store what a cache read gives back
+            out.append((vae.encode(x).latent_dist.sample(gen)
+                        * vae.config.scaling_factor).float().cpu())
+    # the VAE may return channels-last: store what a cache read gives back
+    return torch.cat(out).contiguous()
 
 
 def with_flips(images: torch.Tensor) -> torch.Tensor:
-    """Pixel-space models: each image and its mirror image, so uniform batches give DiT's random flip."""
+    """Each image, then its mirror image: DiT's random flip in uniform batches (pixel space)."""
     return torch.cat([images, images.flip(-1)])
 
 
 def cached(path: Path | None, make) -> dict[str, torch.Tensor]:
-    """`make()` (a dict of tensors) once: with a cache path it is stored there atomically and read back later."""
+    """`make()` (a dict of tensors), made once: with a cache `path`, saved atomically, read back."""
     if path is not None and path.exists():
         return load_file(str(path))
     tensors = make()

@@ -1,4 +1,4 @@
-"""The model card of an erased model (model/README.md, huggingface_hub's ModelCard), and pushing it to the Hub."""
+"""The model card of an erased model (model/README.md, huggingface_hub's ModelCard); Hub pushes."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,7 +15,8 @@ TEMPLATE = """---
 
 # {{ title }}
 
-{{ base }} with class {{ forget_class }} ({{ class_name }}) erased by {{ method }} with {{ optimizer }} optimizer(s)
+{{ base }} with class {{ forget_class }} ({{ class_name }}) erased by {{ method }} with \
+{{ optimizer }} optimizer(s)
 (DualOptim: Zhong, Luo, Liu, 2025), seed {{ seed }}, {{ outer_steps }} outer steps.
 
 | | before | after |
@@ -35,79 +36,104 @@ Protocol: {{ protocol }}.
 {{ load }}
 ```
 
-`match_training` (from `pip install dualerase`) runs the model with the settings it was trained with (embedders,
-timestep frequencies, LayerNorm eps: `{{ record }}`); without them its samples are not the ones scored above. It
-reads them from a local folder (for a Hub repository, `huggingface_hub.snapshot_download(repo)` gives one).
-{{ note }}The run's whole config is [dualerase-config.yaml](dualerase-config.yaml) in this folder (`erase-class --config
+`match_training` (from `pip install dualerase`) runs the model with the settings it was trained \
+with (embedders,
+timestep frequencies, LayerNorm eps: `{{ record }}`); without them its samples are not the ones \
+scored above. It
+reads them from a local folder (for a Hub repository, `huggingface_hub.snapshot_download(repo)` \
+gives one).
+{{ note }}The run's whole config is [dualerase-config.yaml](dualerase-config.yaml) in this folder \
+(`erase-class --config
 dualerase-config.yaml` runs it again).
 """
-CARD_CONFIG = "dualerase-config.yaml"  # the run's config.yaml, copied into the model folder that the card describes
-LOAD = {"pipeline": ("from diffusers import DiTPipeline\nfrom dualerase.models.pretrained import match_training\n\n"
-                     'folder = "<this folder>"\npipe = match_training(DiTPipeline.from_pretrained(folder), folder)\n'
-                     'images = pipe(pipe.get_label_ids(["{name}"]), num_inference_steps=250{guidance}).images'),
+# the run's config.yaml, copied into the model folder that the card describes
+CARD_CONFIG = "dualerase-config.yaml"
+LOAD = {"pipeline": ("from diffusers import DiTPipeline\n"
+                     "from dualerase.models.pretrained import match_training\n\n"
+                     'folder = "<this folder>"\n'
+                     "pipe = match_training(DiTPipeline.from_pretrained(folder), folder)\n"
+                     'images = pipe(pipe.get_label_ids(["{name}"]), '
+                     "num_inference_steps=250{guidance}).images"),
         "transformer": ("from diffusers import DiTTransformer2DModel\n"
                         "from dualerase.models.pretrained import match_training\n\n"
                         'folder = "<this folder>"\n'
-                        "model = match_training(DiTTransformer2DModel.from_pretrained(folder), folder)")}
-SAMPLER = ("`DiTPipeline` samples with the folder's fixed-variance scheduler; the scores above used the learned "
-           "variance, as `sample-grid --model <this folder>` (dualerase) does. ")
+                        "model = match_training(DiTTransformer2DModel.from_pretrained(folder), "
+                        "folder)")}
+SAMPLER = ("`DiTPipeline` samples with the folder's fixed-variance scheduler; the scores above "
+           "used the learned variance, as `sample-grid --model <this folder>` (dualerase) does. ")
 NOTE = {"pipeline": SAMPLER,
-        "classes": SAMPLER + "`DiTPipeline` guides with class 1000 as the null class, which this {n}-class model lacks "
-                             "(its null class is {n}): sample it at `guidance_scale=1`, or guided with `sample-grid "
-                             "--model <this folder> --set sample.guidance=4`. ",
-        "transformer": "Without a VAE it cannot be sampled by `DiTPipeline`: `sample-grid base <this folder>` "
-                       "(dualerase, with the run's `--config`) draws it beside the model it was erased from. "}
+        "classes": SAMPLER + "`DiTPipeline` guides with class 1000 as the null class, which this "
+                             "{n}-class model lacks (its null class is {n}): sample it at "
+                             "`guidance_scale=1`, or guided with `sample-grid --model <this "
+                             "folder> --set sample.guidance=4`. ",
+        "transformer": "Without a VAE it cannot be sampled by `DiTPipeline`: `sample-grid base "
+                       "<this folder>` (dualerase, with the run's `--config`) draws it beside the "
+                       "model it was erased from. "}
 
 
 def _quality(scores: dict) -> str:
-    return ", ".join(_num(scores.get(k), f) for k, f in (("kid", ".4f"), ("precision", ".3f"), ("recall", ".3f")))
+    return ", ".join(_num(scores.get(k), f)
+                     for k, f in (("kid", ".4f"), ("precision", ".3f"), ("recall", ".3f")))
 
 
 def model_card(metrics: dict, pipeline: bool, num_classes: int) -> ModelCard:
-    """The card of the erased model that `metrics` (metrics.json) describes; `pipeline`: a DiTPipeline folder (else a
-    bare transformer folder) of a model of `num_classes` classes."""
+    """The card of the erased model that `metrics` (metrics.json) describes.
+
+    Args:
+        metrics: the run's metrics.json.
+        pipeline: the model folder is a DiTPipeline folder; False: a bare transformer folder.
+        num_classes: the model's class count (DiTPipeline's guidance assumes 1000)."""
     base = metrics["model"].split("#")[0]
     # a Hub id as base model; not the embedded digits model (digits/<folder>) or a local folder
-    hub_id = base if "/" in base and not base.startswith(("/", ".", "digits/")) and not Path(base).exists() else None
+    hub_id = (base if "/" in base and not base.startswith(("/", ".", "digits/"))
+              and not Path(base).exists() else None)
     before, after = metrics["before"], metrics["after"]
     data = ModelCardData(library_name="diffusers", base_model=hub_id,
-                         tags=["diffusion", "dit", "machine-unlearning", "class-erasure", "dualoptim",
-                               metrics["method"]])
+                         tags=["diffusion", "dit", "machine-unlearning", "class-erasure",
+                               "dualoptim", metrics["method"]])
     if pipeline:
-        load = LOAD["pipeline"].format(name=metrics["class_name"] if num_classes == 1000 else "<a class name>",
-                                       guidance="" if num_classes == 1000 else ", guidance_scale=1.0")
+        load = LOAD["pipeline"].format(
+            name=metrics["class_name"] if num_classes == 1000 else "<a class name>",
+            guidance="" if num_classes == 1000 else ", guidance_scale=1.0")
         note = NOTE["pipeline" if num_classes == 1000 else "classes"].format(n=num_classes)
     else:
         load, note = LOAD["transformer"], NOTE["transformer"]
     return ModelCard.from_template(
-        data, template_str=TEMPLATE, title=f"{metrics['class_name']} erased from {base}", base=f"`{base}`",
-        forget_class=metrics["forget_class"], class_name=metrics["class_name"], method=metrics["method"],
+        data, template_str=TEMPLATE, title=f"{metrics['class_name']} erased from {base}",
+        base=f"`{base}`", forget_class=metrics["forget_class"], class_name=metrics["class_name"],
+        method=metrics["method"],
         optimizer=metrics["optimizer"], seed=metrics["seed"], outer_steps=metrics["outer_steps"],
         fa_before=_num(before["forget_accuracy"]), fa_after=_num(after["forget_accuracy"]),
         fap_before=_num(before.get("forget_accuracy_published")),
         fap_after=_num(after.get("forget_accuracy_published")),
-        na_before=_num(before.get("forget_not_a_class")), na_after=_num(after.get("forget_not_a_class")),
+        na_before=_num(before.get("forget_not_a_class")),
+        na_after=_num(after.get("forget_not_a_class")),
         ra_before=_num(before["retain_accuracy"]), ra_after=_num(after["retain_accuracy"]),
         fid_before=_num(before["fid"], ".2f"), fid_after=_num(after["fid"], ".2f"),
         quality_before=_quality(before), quality_after=_quality(after),
-        features=metrics["protocol"]["feature_extractor"].split(" ")[0], protocol=protocol_line(metrics["protocol"]),
+        features=metrics["protocol"]["feature_extractor"].split(" ")[0],
+        protocol=protocol_line(metrics["protocol"]),
         load=load, note=note, record="transformer/dualerase.json" if pipeline else "dualerase.json")
 
 
 def check_hub(repo: str) -> None:
-    """Refuse --push-to-hub before any work when the Hub cannot be reached as a logged-in user."""
+    """Refuse --push-to-hub (UsageError) before any work unless the Hub answers a logged-in user."""
     from huggingface_hub import HfApi
 
     try:
         HfApi().whoami()
-    except Exception as e:  # offline, no token, an expired one: one line saying which and what to do
-        raise UsageError(f"--push-to-hub {repo}: the Hugging Face Hub does not answer as a logged-in user "
-                         f"({type(e).__name__}): log in with `hf auth login` and check the network, or run without "
-                         f"--push-to-hub and upload later with `hf upload {repo} <output>/model`") from None
+    # offline, no token, an expired one: one line saying which and what to do
+    except Exception as e:
+        raise UsageError(f"--push-to-hub {repo}: the Hugging Face Hub does not answer as a "
+                         f"logged-in user ({type(e).__name__}): log in with `hf auth login` and "
+                         "check the network, or run without --push-to-hub and upload later with "
+                         f"`hf upload {repo} <output>/model`") from None
 
 
 def push_to_hub(folder: Path, repo: str) -> str:
-    """Upload the model folder (card included) to the Hub repository `repo`, created if needed; its URL."""
+    """Upload the model folder (card included) to the Hub repository `repo`, made if needed.
+
+    Returns the upload's URL; a failed upload raises UsageError (the run is saved)."""
     from huggingface_hub import HfApi
 
     api = HfApi()
@@ -116,6 +142,7 @@ def push_to_hub(folder: Path, repo: str) -> str:
         return str(api.upload_folder(repo_id=repo, folder_path=str(folder),
                                      commit_message="Upload an erased model (dualerase)"))
     except Exception as e:  # offline, no token, no rights: one line saying which and what to do
-        raise UsageError(f"could not push {folder} to the Hub repository {repo} ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:200]}): the run is saved; once `hf auth login` and the network "
-                         f"work, retry with `hf upload {repo} {folder}`") from None
+        raise UsageError(f"could not push {folder} to the Hub repository {repo} "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:200]}): the run is saved; "
+                         f"once `hf auth login` and the network work, retry with "
+                         f"`hf upload {repo} {folder}`") from None

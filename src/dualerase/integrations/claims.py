@@ -1,5 +1,7 @@
-"""Shared folders: the lock of a run's output folder (one run writes it at a time), and for several fid-bench jobs over
-one output folder a claim file per cell (no cell runs twice, a dead job's cell is run again) and fixed shares of the
+"""Shared folders: the lock of a run's output folder, and fid-bench's claims of cells.
+
+One run writes an output folder at a time. Several fid-bench jobs over one output folder take a
+claim file per cell (no cell runs twice, a dead job's cell is run again) and fixed shares of the
 grid (--shard i/N). A lock or claim left by a dead process is taken over."""
 from __future__ import annotations
 
@@ -17,11 +19,12 @@ LOCK = ".dualerase.lock"  # in a run's output folder while a run writes it: "<ho
 
 
 def claim(cell: Path, stale_after: float) -> bool:
-    """Whether this job runs the cell: it takes the cell's claim file (claims/<cell>), or one that a dead job left (on
-    this host: its process is gone; on another: nothing in the claim or the cell folder changed for `stale_after`
-    seconds). Several jobs over one output folder (a job array, several machines) thus never run a cell twice. Two
-    jobs that find the same dead claim at the same instant may both take it; the cell's result is the same either
-    way."""
+    """Whether this job runs the cell: True when it takes the cell's claim file (claims/<cell>).
+
+    It may take one that a dead job left (on this host: its process is gone; on another: nothing in
+    the claim or the cell folder changed for `stale_after` seconds). Several jobs over one output
+    folder (a job array, several machines) thus never run a cell twice. Two jobs that find the same
+    dead claim at the same instant may both take it; the cell's result is the same either way."""
     path = _claim_path(cell)
     path.parent.mkdir(parents=True, exist_ok=True)
     return _take(path, lambda: _idle(path, cell) > stale_after)
@@ -33,15 +36,18 @@ def claimed(cell: Path) -> bool:
 
 
 def _claim_path(cell: Path) -> Path:
-    return cell.parent.parent / "claims" / cell.name  # beside the cells: a cell folder holds a run and nothing else
+    # beside the cells: a cell folder holds a run and nothing else
+    return cell.parent.parent / "claims" / cell.name
 
 
 @contextlib.contextmanager
 def locked(output: Path, stale_after: float = 6 * 3600):
-    """Hold the lock of a run's output folder (`output/.dualerase.lock`) for the `with` block, so that a second run on
-    the same folder is refused in one line, naming the holder, instead of mixing its files into the first's. A lock
-    left by a dead run is taken over (this host: its process is gone; another host: nothing in the folder changed for
-    `stale_after` seconds). Folders made only to hold the lock are removed again if the run leaves them empty. Under a
+    """Hold the lock of a run's output folder (`output/.dualerase.lock`) for the `with` block.
+
+    A second run on the same folder is refused in one line (UsageError), naming the holder, instead
+    of mixing its files into the first's. A lock left by a dead run is taken over (this host: its
+    process is gone; another host: nothing in the folder changed for `stale_after` seconds).
+    Folders made only to hold the lock are removed again if the run leaves them empty. Under a
     multi-process launch the main process holds it and every process gets its verdict."""
     made = [p for p in (output, *output.parents) if not p.exists()]
     refusal, path, main = None, output / LOCK, processes().is_main_process
@@ -51,8 +57,9 @@ def locked(output: Path, stale_after: float = 6 * 3600):
         else:
             output.mkdir(parents=True, exist_ok=True)
             if not _take(path, lambda: _idle(path, output) > stale_after):
-                refusal = (f"--output {output} is in use by another run ({_holder(path)}): wait for it to end, or "
-                           f"choose another --output (if that run is dead on another machine, delete {path})")
+                refusal = (f"--output {output} is in use by another run ({_holder(path)}): wait "
+                           "for it to end, or choose another --output (if that run is dead on "
+                           f"another machine, delete {path})")
     refusal = main_decides(refusal)
     try:
         if refusal:
@@ -61,13 +68,14 @@ def locked(output: Path, stale_after: float = 6 * 3600):
     finally:
         if main and not refusal:
             path.unlink(missing_ok=True)
-        for folder in made if main else ():  # deepest first: remove what the lock alone made, if nothing went in
+        # deepest first: remove what the lock alone made, if nothing went in
+        for folder in made if main else ():
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
 
 
 def _take(path: Path, stale: Callable[[], bool]) -> bool:
-    """Create `path` holding "<host> <pid>" if it does not exist, or take it over from a dead holder."""
+    """Create `path` holding "<host> <pid>" if it does not exist, or take it from a dead holder."""
     for _ in range(2):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -87,7 +95,8 @@ def _holder(path: Path) -> str:
         host, pid = path.read_text().split()
     except (FileNotFoundError, ValueError):
         return "a run that is starting or ending"
-    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(path.stat().st_mtime)) if path.exists() else "?"
+    since = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(path.stat().st_mtime))
+             if path.exists() else "?")
     return f"process {pid} on {host}, since {since}"
 
 
@@ -108,12 +117,13 @@ def _abandoned(path: Path, stale: Callable[[], bool]) -> bool:
 
 
 def _idle(path: Path, folder: Path) -> float:
-    """Seconds since anything in `folder`, or the lock or claim file itself, last changed (a running job writes)."""
+    """Seconds since anything in `folder`, or the lock or claim file, changed (a job writes)."""
     newest = max([path.stat().st_mtime] + [p.stat().st_mtime for p in folder.rglob("*")])
     return time.time() - newest
 
 
 def shard_of(text: str) -> tuple[int, int]:
+    """(i, N) of a --shard "i/N"; anything else, or i outside 0..N-1, raises UsageError."""
     try:
         i, n = (int(x) for x in text.split("/"))
     except ValueError:

@@ -1,1 +1,1 @@
-"""Scoring samples: the digits classifier, FID through torch-fidelity, the published ImageNet evaluation."""
+"""Scoring samples: the digits classifier, FID through torch-fidelity, the ImageNet evaluation."""

@@ -1,9 +1,10 @@
-"""What the digits classifier learns to call "not a digit" (seeded synthetic junk: blanks, noise, stripes, grids and
-blobs), and the perturbations through which it learns to still see a digit (shifts, rotations, scaling, blur and
-thicker strokes, junk overlays).
+"""The digits classifier's "not a digit" junk, and the perturbations it still sees a digit through.
 
-Images are (N, 1, 8, 8) floats in [-1, 1], -1 the blank background. Junk comes only from `junk` and its seed, never
-from an erased model, so the classifier knows nothing of what any erasure produces.
+The junk is seeded and synthetic: blanks, noise, stripes, grids and blobs. The perturbations are
+shifts, rotations, scaling, blur and thicker strokes, and junk overlays.
+
+Images are (N, 1, 8, 8) floats in [-1, 1], -1 the blank background. Junk comes only from `junk` and
+its seed, never from an erased model, so the classifier knows nothing of what any erasure produces.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import torch.nn.functional as F
 
 SIZE = 8
 NOT_A_DIGIT = 10  # the digits classifier's class index of "not a digit"
-VALIDATION_SEED = 20_250_715  # the validation sets' junk: never a seed the classifier's training draws from
+# the validation sets' junk: never a seed the classifier's training draws from
+VALIDATION_SEED = 20_250_715
 JUNK_KINDS = ("blank", "noise", "stripes", "grid", "blobs")
 
 
@@ -54,7 +56,7 @@ def _stripes(n: int, gen: torch.Generator) -> torch.Tensor:
 
 
 def _grid(n: int, gen: torch.Generator) -> torch.Tensor:
-    """Dots or crossing lines every 2 or 3 pixels, at a random offset: the patterns erased digits decay into."""
+    """Dots or crossing lines every 2 or 3 pixels, at a random offset: what erased digits become."""
     i, j = _coords()
     period = torch.randint(2, 4, (n, 1, 1), generator=gen).float()
     oi, oj = (torch.randint(0, 3, (n, 1, 1), generator=gen).float() for _ in range(2))
@@ -90,20 +92,24 @@ def junk(n: int, gen: torch.Generator) -> torch.Tensor:
     return out.unsqueeze(1)
 
 
-def affine(x: torch.Tensor, degrees: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Each image rotated by `degrees`, scaled by `scale` about its centre and shifted by `shift` (N, 2) pixels
-    (right, down); what moves in from outside is background."""
+def affine(x: torch.Tensor, degrees: torch.Tensor, scale: torch.Tensor,
+           shift: torch.Tensor) -> torch.Tensor:
+    """Each image rotated by `degrees`, scaled by `scale` about its centre, shifted by `shift`.
+
+    `shift` is (N, 2) pixels (right, down); what moves in from outside is background."""
     a = torch.deg2rad(degrees)
-    theta = torch.stack([torch.stack([torch.cos(a) / scale, -torch.sin(a) / scale, -2 * shift[:, 0] / SIZE], 1),
-                         torch.stack([torch.sin(a) / scale, torch.cos(a) / scale, -2 * shift[:, 1] / SIZE], 1)], 1)
+    theta = torch.stack([
+        torch.stack([torch.cos(a) / scale, -torch.sin(a) / scale, -2 * shift[:, 0] / SIZE], 1),
+        torch.stack([torch.sin(a) / scale, torch.cos(a) / scale, -2 * shift[:, 1] / SIZE], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x + 1, grid, align_corners=False) - 1  # zero padding of x + 1 is background
+    return F.grid_sample(x + 1, grid, align_corners=False) - 1  # x + 1's zero padding: background
 
 
 def shifted(x: torch.Tensor, right: int, down: int) -> torch.Tensor:
-    """Every image moved by whole pixels."""
+    """Every image moved by whole pixels, `right` and `down`."""
     n = len(x)
-    return affine(x, torch.zeros(n), torch.ones(n), torch.tensor([[right, down]], dtype=torch.float32).expand(n, 2))
+    return affine(x, torch.zeros(n), torch.ones(n),
+                  torch.tensor([[right, down]], dtype=torch.float32).expand(n, 2))
 
 
 def blurred(x: torch.Tensor) -> torch.Tensor:
@@ -118,21 +124,24 @@ def thickened(x: torch.Tensor) -> torch.Tensor:
     return (x + F.max_pool2d(x, 3, stride=1, padding=1)) / 2
 
 
-def overlaid(x: torch.Tensor, junk_images: torch.Tensor, weight: float | torch.Tensor) -> torch.Tensor:
+def overlaid(x: torch.Tensor, junk_images: torch.Tensor,
+             weight: float | torch.Tensor) -> torch.Tensor:
     """Digits blended with junk: (1 - weight) digit + weight junk."""
     return (1 - weight) * x + weight * junk_images
 
 
 def augment(x: torch.Tensor, recipe, gen: torch.Generator) -> torch.Tensor:
-    """A random view of each digit for training: a recipe.stroke_share of them blurred or thickened (half each),
-    then every one shifted by up to recipe.shift whole pixels, rotated by up to recipe.rotate degrees and scaled by up
-    to recipe.scale either way, and a recipe.overlay_share of them blended with junk at a weight drawn up to
-    recipe.overlay_weight."""
+    """A random view of each digit for training, drawn from `gen` as a `ClassifierRecipe` asks.
+
+    A recipe.stroke_share of them blurred or thickened (half each), then every one shifted by up to
+    recipe.shift whole pixels, rotated by up to recipe.rotate degrees and scaled by up to
+    recipe.scale either way, and a recipe.overlay_share of them blended with junk at a weight drawn
+    up to recipe.overlay_weight."""
     n = len(x)
     stroke = torch.rand(n, generator=gen)
     out = torch.where((stroke < recipe.stroke_share / 2).view(n, 1, 1, 1), blurred(x), x)
-    out = torch.where(((stroke >= recipe.stroke_share / 2) & (stroke < recipe.stroke_share)).view(n, 1, 1, 1),
-                      thickened(x), out)
+    out = torch.where(((stroke >= recipe.stroke_share / 2)
+                       & (stroke < recipe.stroke_share)).view(n, 1, 1, 1), thickened(x), out)
     shift = torch.randint(-recipe.shift, recipe.shift + 1, (n, 2), generator=gen).float()
     degrees = _uniform(n, -recipe.rotate, recipe.rotate, gen)
     scale = 1 + _uniform(n, -recipe.scale, recipe.scale, gen)
@@ -142,17 +151,23 @@ def augment(x: torch.Tensor, recipe, gen: torch.Generator) -> torch.Tensor:
     return overlaid(out, junk(n, gen), weight.view(n, 1, 1, 1))
 
 
-def validation_sets(x: torch.Tensor, y: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """The fixed sets the "not a digit" rule is validated on, from held-out digits `x`, `y`: name -> (images, labels),
-    NOT_A_DIGIT the label of pure junk. Overlays and blends keep the digit's label: it stays readable."""
+def validation_sets(x: torch.Tensor,
+                    y: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The fixed sets the "not a digit" rule is validated on, from held-out digits `x`, `y`.
+
+    Returns name -> (images, labels), NOT_A_DIGIT the label of pure junk. Overlays and blends keep
+    the digit's label: it stays readable."""
     gen = torch.Generator().manual_seed(VALIDATION_SEED)
     n = len(x)
-    textures = torch.cat([_stripes(n, gen), _grid(n, gen)]).unsqueeze(1)[torch.randperm(2 * n, generator=gen)[:n]]
-    turned = [affine(x, torch.full((n,), d), torch.ones(n), torch.zeros(n, 2)) for d in (15.0, -15.0)]
+    textures = torch.cat([_stripes(n, gen), _grid(n, gen)]).unsqueeze(1)[
+        torch.randperm(2 * n, generator=gen)[:n]]
+    turned = [affine(x, torch.full((n,), d), torch.ones(n), torch.zeros(n, 2))
+              for d in (15.0, -15.0)]
     return {
         "held-out digits": (x, y),
-        "shifted 1 pixel (4 ways)": (torch.cat([shifted(x, a, b) for a, b in ((1, 0), (-1, 0), (0, 1), (0, -1))]),
-                                     y.repeat(4)),
+        "shifted 1 pixel (4 ways)": (
+            torch.cat([shifted(x, a, b) for a, b in ((1, 0), (-1, 0), (0, 1), (0, -1))]),
+            y.repeat(4)),
         "rotated 15 degrees (both ways)": (torch.cat(turned), y.repeat(2)),
         "blurred (3x3)": (blurred(x), y),
         "thicker strokes": (thickened(x), y),

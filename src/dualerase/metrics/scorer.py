@@ -1,5 +1,7 @@
-"""What a run asks of a scorer of samples (the digits scorer in metrics/fid.py, the published ImageNet evaluation in
-metrics/imagenet.py), and the forget-accuracy rule that reads its class probabilities."""
+"""What a run asks of a scorer of samples, and the forget-accuracy rule that reads its output.
+
+The scorers are the digits scorer in metrics/fid.py and the published ImageNet evaluation in
+metrics/imagenet.py."""
 from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
@@ -8,19 +10,24 @@ import torch
 
 
 class Scorer(Protocol):
-    """Scores the samples of a model: class probabilities (for forget accuracy, the forget class's probability and
-    the entropy), FID, KID, precision and recall of retained-class samples, and the protocol's description of both."""
+    """Scores the samples of a model: class probabilities, fidelity, and the protocol's description.
+
+    The probabilities give forget accuracy, the forget class's probability and the entropy; the
+    fidelity is FID, KID, precision and recall of retained-class samples."""
 
     @property
     def key(self) -> str:
-        """Identifies everything the scores depend on besides the samples (weights by content, reference set)."""
+        """Names all the scores depend on but the samples (weights by content, reference set)."""
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """(N, K) class probabilities of images in [-1, 1]."""
 
-    def fidelity(self, samples: torch.Tensor, forget_class: int, classes: list[int] | None = None) -> dict:
-        """{"fid", "kid", "precision", "recall"} of uint8 samples of the retained classes against the reference set
-        without `forget_class` (`metrics.fid.fidelity`); with `classes`, of samples and references of those only."""
+    def fidelity(self, samples: torch.Tensor, forget_class: int,
+                 classes: list[int] | None = None) -> dict:
+        """{"fid", "kid", "precision", "recall"} of uint8 samples of the retained classes.
+
+        They are measured against the reference set without `forget_class`
+        (`metrics.fid.fidelity`); with `classes`, of samples and references of those only."""
 
     def neighbours(self, forget_class: int, k: int) -> list[int]:
         """The k classes nearest `forget_class` by the classifier (robustness.neighbours)."""
@@ -31,29 +38,47 @@ class Scorer(Protocol):
 
 @runtime_checkable
 class RealDistance(Protocol):
-    """A scorer that also knows the real images of each class (the digits scorer): eval.fa_real_distance needs it."""
+    """A scorer that also knows the real images of each class (the digits scorer).
+
+    eval.fa_real_distance needs it."""
 
     def real_distance(self, images: torch.Tensor, label: int) -> torch.Tensor:
-        """L2 distance (pixels in [-1, 1]) from each image to the nearest real image of class `label`."""
+        """L2 distance (pixels in [-1, 1]) from each image to the nearest real image of `label`."""
 
 
-def counts_as_forget(probs: torch.Tensor, images: torch.Tensor, forget_class: int, e, scorer: Scorer) -> torch.Tensor:
-    """Which samples count as the forget class in FA: the classifier's top class is it (of all its classes, "not a
-    digit" included for the digits classifier); opt-in, with at least eval.fa_min_confidence of probability, and
-    within eval.fa_real_distance of a real image of it (`RealDistance.real_distance`; the config refuses the distance
-    for a scorer without it)."""
+def counts_as_forget(probs: torch.Tensor, images: torch.Tensor, forget_class: int, e,
+                     scorer: Scorer) -> torch.Tensor:
+    """Which samples count as the forget class in forget accuracy (FA).
+
+    A sample counts when the classifier's top class is the forget class (of all its classes, "not a
+    digit" included for the digits classifier); opt-in, also with at least eval.fa_min_confidence
+    of probability, and within eval.fa_real_distance of a real image of it
+    (`RealDistance.real_distance`; the config refuses the distance for a scorer without it).
+
+    Args:
+        probs: (N, K) class probabilities of the samples.
+        images: the samples, in [-1, 1].
+        forget_class: the erased class.
+        e: the config's `eval` group.
+        scorer: the scorer that gave `probs`.
+
+    Returns:
+        (N,) bool tensor."""
     top = probs.max(1)
     counted = top.indices == forget_class
     if e.fa_min_confidence is not None:
         counted &= top.values >= e.fa_min_confidence
     if e.fa_real_distance is not None:
-        assert isinstance(scorer, RealDistance), "config validation refuses eval.fa_real_distance for this scorer"
+        assert isinstance(scorer, RealDistance), ("config validation refuses eval.fa_real_distance "
+                                                  "for this scorer")
         counted &= scorer.real_distance(images, forget_class) <= e.fa_real_distance
     return counted
 
 
 def fa_rule(e) -> str:
-    """The FA rule in words, for the protocol."""
-    rule = "top class" if e.fa_min_confidence is None else f"top class with probability >= {e.fa_min_confidence:g}"
-    return rule + ("" if e.fa_real_distance is None else f", within L2 distance {e.fa_real_distance:g} (pixels in "
+    """The FA rule of the config's `eval` group `e` in words, for the protocol."""
+    rule = ("top class" if e.fa_min_confidence is None
+            else f"top class with probability >= {e.fa_min_confidence:g}")
+    return rule + ("" if e.fa_real_distance is None
+                   else f", within L2 distance {e.fa_real_distance:g} (pixels in "
                    "[-1, 1]) of a real image of the class")

@@ -1,1 +1,1 @@
-"""DiT as diffusers models it, its training loss, pretrained loading and saving, and the embedded digits DiT."""
+"""Models: DiT as diffusers models it, its losses, pretrained loading and saving, the digits DiT."""

@@ -1,4 +1,4 @@
-"""The embedded default: scikit-learn's 8x8 handwritten digits and a tiny class-conditional DiT trained on them."""
+"""The embedded default: scikit-learn's 8x8 handwritten digits and a tiny DiT trained on them."""
 from __future__ import annotations
 
 import copy
@@ -22,24 +22,29 @@ SIZE = 8
 
 @dataclass
 class DigitsRecipe:
-    """How the embedded digits DiT is trained (our recipe; changing any value retrains it once)."""
+    """The config's `digits` group: how the embedded digits DiT is trained (our recipe).
+
+    The trained model is cached under a fingerprint of every value, so changing any of them
+    retrains it once."""
 
     layers: Annotated[int, Gt(0)] = 4
     heads: Annotated[int, Gt(0)] = 4
     head_dim: Annotated[int, Gt(0)] = 16
     patch_size: Annotated[int, Gt(0)] = 2
-    # 6000: the EMA (0.999) of a 3000-step run lags its raw weights so much that a few retain steps alone improve it
-    # (FID 75 -> 15 unguided): erasure's FID change then measured the base's under-training, not the erasure
+    # 6000: the EMA (0.999) of a 3000-step run lags its raw weights so much that a few retain steps
+    # alone improve it (FID 75 -> 15 unguided): erasure's FID change then measured the base's
+    # under-training, not the erasure
     steps: Annotated[int, Gt(0)] = 6000
     batch_size: Annotated[int, Gt(0)] = 128
-    lr: Annotated[float, Gt(0)] = 1e-3  # AdamW, weight decay 0: the pretraining optimizer that retain steps reuse
+    # AdamW, weight decay 0: the pretraining optimizer that retain steps reuse
+    lr: Annotated[float, Gt(0)] = 1e-3
     ema_decay: Annotated[float, Ge(0)] = 0.999  # the released weights are the EMA, as for DiT
     label_dropout: float = 0.1  # classifier-free guidance training, as DiT
     seed: int = 0
 
 
 def load_digits() -> tuple[torch.Tensor, torch.Tensor]:
-    """All 1,797 digits as (N, 1, 8, 8) floats in [-1, 1] (pixel values 0..16 rescaled) and their labels."""
+    """All 1,797 digits: (N, 1, 8, 8) floats in [-1, 1] (pixel values 0..16 rescaled), labels."""
     from sklearn.datasets import load_digits as sk_load_digits
 
     data = sk_load_digits()
@@ -48,7 +53,7 @@ def load_digits() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def train_test_split(labels: torch.Tensor, test_fraction: float = 0.2, seed: int = 0):
-    """A fixed stratified split: (train indices, test indices)."""
+    """A fixed stratified split of `labels`' indices: (train indices, test indices), sorted."""
     from sklearn.model_selection import train_test_split as split
 
     idx = list(range(len(labels)))
@@ -60,13 +65,14 @@ def train_digits_dit(recipe: DigitsRecipe, progress: bool = True, checkpoint: Pa
                      checkpoint_every: int = 500):
     """Train the tiny DiT on every digit with DiT's loss and label dropout; return its EMA weights.
 
-    With `checkpoint`, the whole training state (weights, EMA, optimizer, RNGs, step) is saved there every
-    `checkpoint_every` steps, and a call that finds one continues from it: a killed training loses at most that many
-    steps and ends with the weights of an uninterrupted one."""
+    With `checkpoint`, the whole training state (weights, EMA, optimizer, RNGs, step) is saved there
+    every `checkpoint_every` steps, and a call that finds one continues from it: a killed training
+    loses at most that many steps and ends with the weights of an uninterrupted one."""
     torch.manual_seed(recipe.seed)
     x, y = load_digits()
-    model = build_dit(num_classes=NUM_CLASSES, sample_size=SIZE, in_channels=1, patch_size=recipe.patch_size,
-                      layers=recipe.layers, heads=recipe.heads, head_dim=recipe.head_dim)
+    model = build_dit(num_classes=NUM_CLASSES, sample_size=SIZE, in_channels=1,
+                      patch_size=recipe.patch_size, layers=recipe.layers, heads=recipe.heads,
+                      head_dim=recipe.head_dim)
     ema = copy.deepcopy(model).requires_grad_(False)
     loss_fn = DiTLoss(make_scheduler())
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.0)
@@ -81,11 +87,12 @@ def train_digits_dit(recipe: DigitsRecipe, progress: bool = True, checkpoint: Pa
         torch.set_rng_state(state["rng"])
         start = state["step"]
     model.train()
-    bar = tqdm(range(start, recipe.steps), desc="train digits DiT", disable=not progress, initial=start,
-               total=recipe.steps)
+    bar = tqdm(range(start, recipe.steps), desc="train digits DiT", disable=not progress,
+               initial=start, total=recipe.steps)
     for step in bar:
         idx = torch.randint(0, len(x), (recipe.batch_size,), generator=gen)
-        batch = x[idx]  # no random flip (DiT flips ImageNet images): digits are not mirror-symmetric
+        # no random flip (DiT flips ImageNet images): digits are not mirror-symmetric
+        batch = x[idx]
         loss = loss_fn(model, (batch, drop_labels(y[idx], recipe.label_dropout, NUM_CLASSES)))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -95,10 +102,12 @@ def train_digits_dit(recipe: DigitsRecipe, progress: bool = True, checkpoint: Pa
                 pe.lerp_(p, 1 - recipe.ema_decay)
         if step % 100 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
-        if checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < recipe.steps:
+        if (checkpoint is not None and (step + 1) % checkpoint_every == 0
+                and step + 1 < recipe.steps):
             with atomic_path(checkpoint) as tmp:
-                torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                            "gen": gen.get_state(), "rng": torch.get_rng_state(), "step": step + 1}, tmp)
+                torch.save({"model": model.state_dict(), "ema": ema.state_dict(),
+                            "opt": opt.state_dict(), "gen": gen.get_state(),
+                            "rng": torch.get_rng_state(), "step": step + 1}, tmp)
     return ema.eval()
 
 
@@ -113,15 +122,17 @@ def classifier_path(recipe) -> Path:
 
 
 def prepare_digits_dit(recipe: DigitsRecipe, progress: bool = True) -> Path:
-    """The cached digits DiT folder for `recipe`, trained once on first use."""
+    """The cached digits DiT folder for `recipe`, trained once on first use (resumable)."""
     folder = dit_folder(recipe)
     if not (folder / "config.json").exists():
         if progress:
-            print(f"training the digits model once ({recipe.steps} steps), cached at {folder}", flush=True)
+            print(f"training the digits model once ({recipe.steps} steps), cached at {folder}",
+                  flush=True)
             load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
             if torch.get_num_threads() > 1 and load >= max(1.0, (os.cpu_count() or 1) / 2):
-                print(f"the machine is busy (load {load:.1f} on {os.cpu_count()} cores): --set compute.threads=1 "
-                      "trains about twice as fast beside other work (README, Threads)", flush=True)
+                print(f"the machine is busy (load {load:.1f} on {os.cpu_count()} cores): "
+                      "--set compute.threads=1 trains about twice as fast beside other work "
+                      "(README, Threads)", flush=True)
         partial = folder.with_name(f"{folder.name}.partial.pt")
         partial.parent.mkdir(parents=True, exist_ok=True)
         model = train_digits_dit(recipe, progress, checkpoint=partial)
@@ -134,12 +145,14 @@ def prepare_digits_dit(recipe: DigitsRecipe, progress: bool = True) -> Path:
 
 
 def load_digits_dit(recipe: DigitsRecipe, progress: bool = True):
-    """Load (training first if needed) the digits DiT."""
+    """The digits DiT of `recipe`, trained first if it is not cached."""
     return load_dit(str(prepare_digits_dit(recipe, progress)))
 
 
 def prepare_digits_classifier(recipe, progress: bool = True) -> tuple[Path, float]:
-    """The cached digits classifier for `recipe` (trained once on the train split) and its test-split accuracy."""
+    """The cached digits classifier for `recipe`, trained once on the train split.
+
+    Returns (its path, its test-split accuracy)."""
     from safetensors import safe_open
 
     from dualerase.metrics.classifier import accuracy, save_classifier, train_classifier

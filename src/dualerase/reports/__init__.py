@@ -1,1 +1,1 @@
-"""What a person reads and looks at: sample grids, sample files, the terminal summary, loss and gradient figures."""
+"""What a person reads and looks at: sample grids and files, the summary, tables and figures."""

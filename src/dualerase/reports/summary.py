@@ -1,4 +1,4 @@
-"""Reports: the before/after sample grid, sample files, the terminal summary."""
+"""Reports: the before/after sample grid, sample files, the terminal summary, the protocol line."""
 from __future__ import annotations
 
 import math
@@ -13,7 +13,7 @@ from dualerase.storage import atomic_path, replace_folder
 
 
 def _tile(images: torch.Tensor, scale: int, gap: int = 2) -> Image.Image:
-    """A row of uint8 (N, C, H, W) images, upscaled by `scale` with nearest-neighbour, `gap` white pixels apart."""
+    """A row of uint8 (N, C, H, W) images, upscaled `scale` times (nearest), `gap` pixels apart."""
     size = images.shape[-1] * scale
     row = Image.new("RGB", (len(images) * (size + gap) - gap, size), "white")
     for i, image in enumerate(images):
@@ -25,9 +25,10 @@ def _tile(images: torch.Tensor, scale: int, gap: int = 2) -> Image.Image:
 
 def sample_grid(panels: dict[str, torch.Tensor], labels: torch.Tensor, class_names: list[str], *,
                 marked: int | None = None, scale: int | None = None) -> Image.Image:
-    """One row per class, one column block per panel (e.g. "before", "after"); the `marked` row framed in red.
+    """One row per class, one column block per panel (e.g. "before", "after"), as an image.
 
-    Each panel holds uint8 images in the order of `labels`; small images are upscaled to about 32 px (or by `scale`).
+    Each panel holds uint8 images in the order of `labels`, named by `class_names`; small images are
+    upscaled to about 32 px (or by `scale`). The `marked` row (the erased class) is framed in red.
     """
     classes = sorted(set(labels.tolist()))
     first = next(iter(panels.values()))
@@ -37,9 +38,11 @@ def sample_grid(panels: dict[str, torch.Tensor], labels: torch.Tensor, class_nam
     names = {c: class_names[c] + ("  (erased)" if c == marked else "") for c in classes}
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength  # the font the text is drawn in
     gap, head_h, pad = 16, 22, 3
-    label_w = 4 + math.ceil(max(measure(n) for n in names.values())) + gap  # the longest label fits
+    # the longest label fits
+    label_w = 4 + math.ceil(max(measure(n) for n in names.values())) + gap
     tiles_w = per_class * (cell + 2) - 2
-    panel_w = max([tiles_w] + [math.ceil(measure(title)) for title in panels])  # and the longest title
+    # and the longest title
+    panel_w = max([tiles_w] + [math.ceil(measure(title)) for title in panels])
     width = label_w + len(panels) * (panel_w + gap)
     height = head_h + len(classes) * (cell + 2 * pad)
     canvas = Image.new("RGB", (width, height), "white")
@@ -53,67 +56,77 @@ def sample_grid(panels: dict[str, torch.Tensor], labels: torch.Tensor, class_nam
             x = label_w + j * (panel_w + gap)
             canvas.paste(_tile(images[labels == c], scale), (x, y))
             if c == marked:
-                draw.rectangle([x - 2, y - 2, x + tiles_w + 1, y + cell + 1], outline="red", width=2)
+                draw.rectangle([x - 2, y - 2, x + tiles_w + 1, y + cell + 1], outline="red",
+                               width=2)
     return canvas
 
 
 def save_image(image: Image.Image, path: Path) -> None:
+    """Save `image` at `path` atomically (its format from the suffix)."""
     with atomic_path(path) as tmp:
         image.save(tmp)
 
 
 def save_samples(folder: Path, sets: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
-    """Each named set of uint8 (N, C, H, W) samples with labels as `<name>/<index>.png` and as an ADM-style
-    `<name>.npz` (arr_0: uint8 NHWC images, arr_1: labels), the files reference evaluators read; written into a
-    temporary folder, then swapped in."""
+    """Write each named set of uint8 (N, C, H, W) samples and labels into `folder`.
+
+    As `<name>/<index>.png` and as an ADM-style `<name>.npz` (arr_0: uint8 NHWC images, arr_1:
+    labels), the files reference evaluators read; written into a temporary folder, swapped in."""
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     for name, (images, labels) in sets.items():
         (tmp / name).mkdir(parents=True)
         arr = images.permute(0, 2, 3, 1).numpy()
         for i, image in enumerate(arr):
-            Image.fromarray(image[..., 0] if image.shape[2] == 1 else image).save(tmp / name / f"{i:06d}.png")
+            Image.fromarray(image[..., 0] if image.shape[2] == 1 else image).save(
+                tmp / name / f"{i:06d}.png")
         np.savez(tmp / f"{name}.npz", arr_0=arr, arr_1=labels.numpy())
     replace_folder(tmp, folder)
 
 
 def protocol_line(p: dict) -> str:
-    """The protocol of a set of numbers, in one line."""
+    """The protocol `p` of a set of numbers (metrics.json's `protocol`), in one line."""
     precision = f", {p['precision']}" if "precision" in p else ""
     if "cpu_threads" in p and str(p.get("device", "cpu")).startswith("cpu"):
         precision += f", {p['cpu_threads']} CPU thread{'s' if p['cpu_threads'] != 1 else ''}"
     spacing = f" ({p['timestep_spacing']} spacing)" if "timestep_spacing" in p else ""
-    batches = f", noise drawn per batch of {p['sample_batch_size']}" if "sample_batch_size" in p else ""
-    channels = f" on {p['guidance_channels']} channel(s)" if p.get("guidance_channels", "all") != "all" else ""
-    software = ("; " + ", ".join(f"{k} {v}" for k, v in p["versions"].items()) + f", on {p['device']}"
-                if "versions" in p else "")
-    model = (f", model: {p['embedders'].split(' (')[0]} embedders, timestep shift {p['timestep_shift']}, LayerNorm eps "
-             f"{p['norm_eps']:g}, {p['model_parameters'] / 1e6:.4g}M parameters" if "embedders" in p else "")
+    batches = (f", noise drawn per batch of {p['sample_batch_size']}" if "sample_batch_size" in p
+               else "")
+    channels = (f" on {p['guidance_channels']} channel(s)"
+                if p.get("guidance_channels", "all") != "all" else "")
+    software = ("; " + ", ".join(f"{k} {v}" for k, v in p["versions"].items())
+                + f", on {p['device']}" if "versions" in p else "")
+    model = (f", model: {p['embedders'].split(' (')[0]} embedders, timestep shift "
+             f"{p['timestep_shift']}, LayerNorm eps {p['norm_eps']:g}, "
+             f"{p['model_parameters'] / 1e6:.4g}M parameters" if "embedders" in p else "")
     if "embedders_tied_within" in p:
         model = model.replace(" embedders,", f" embedders ({p['embedders_tied_within']}),", 1)
     rule = f" (FA counts: {p['forget_rule']})" if "forget_rule" in p else ""
     fast = "FAST (for quick looks only; published comparisons need the full protocol), " \
         if p.get("protocol", "full") != "full" else ""
-    return (f"{fast}{p['sampler']}, {p['steps']} steps{spacing}{batches}, guidance {p['guidance']}{channels}"
-            f"{precision}{model}, "
+    return (f"{fast}{p['sampler']}, {p['steps']} steps{spacing}{batches}, guidance "
+            f"{p['guidance']}{channels}{precision}{model}, "
             f"{p['forget_samples']} forget / "
-            f"{p['retain_samples']} retain samples, FID reference {p['reference']}, features {p['feature_extractor']}, "
-            f"classifier {p['classifier']}{rule}, seed {p['seed']}{software}")
+            f"{p['retain_samples']} retain samples, FID reference {p['reference']}, features "
+            f"{p['feature_extractor']}, classifier {p['classifier']}{rule}, seed {p['seed']}"
+            f"{software}")
 
 
 def method(row: dict) -> str:
-    """A table row's method, with the setting it ran at when a tuning grid or a sweep gave it one."""
+    """A table row's method, with the setting it ran at where a tuning grid or a sweep gave one."""
     return row["method"] + (f" ({row['setting']})" if row.get("setting") else "")
 
 
 def number(value: float | None, spec: str = ".3f") -> str:
-    """A score as text, or n/a for one that could not be computed (a non-finite FID, a class without samples)."""
+    """A score as text (`spec`), or n/a for one not computed (a non-finite FID, no samples)."""
     return "n/a" if value is None else format(value, spec)
 
 
 def _rows(m: dict, sides: tuple[str, ...]) -> list[tuple[str, str, str]]:
-    """(title, score, format) of the scores `m[side]` has: an older run has no published-rule FA, only the digits
-    classifier has a "not a digit" class; a FID that is not finite still shows, as n/a."""
+    """(title, score, format) of the scores `m[side]` has, for one of `sides`.
+
+    An older run has no published-rule FA, only the digits classifier has a "not a digit" class; a
+    FID that is not finite still shows, as n/a."""
     rows = [("forget accuracy (lower is better)", "forget_accuracy", "{:.3f}"),
             ("  by the published top-class rule", "forget_accuracy_published", "{:.3f}"),
             ("  called 'not a digit'", "forget_not_a_class", "{:.3f}"),
@@ -124,12 +137,14 @@ def _rows(m: dict, sides: tuple[str, ...]) -> list[tuple[str, str, str]]:
             ("KID (same features)", "kid", "{:.4f}"),
             ("precision (k-NN, k = 3)", "precision", "{:.3f}"),
             ("recall (k-NN, k = 3)", "recall", "{:.3f}")]
-    return [r for r in rows if r[1] == "fid" or any(m[side].get(r[1]) is not None for side in sides)]
+    return [r for r in rows
+            if r[1] == "fid" or any(m[side].get(r[1]) is not None for side in sides)]
 
 
 def scores_text(m: dict) -> str:
     """The terminal report of one model scored without erasing (`erase-class --score-only`)."""
-    lines = [f"Scores of {m['model']} for class {m['forget_class']} ({m['class_name']}), seed {m['seed']}:"]
+    lines = [f"Scores of {m['model']} for class {m['forget_class']} ({m['class_name']}), seed "
+             f"{m['seed']}:"]
     for title, key, fmt in _rows(m, ("scores",)):
         value = m["scores"].get(key)
         lines.append(f"{title:36s}{'n/a' if value is None else fmt.format(value):>10s}")
@@ -137,7 +152,7 @@ def scores_text(m: dict) -> str:
 
 
 def summary(m: dict) -> str:
-    """The terminal summary of one erasure."""
+    """The terminal summary of one erasure (or of several seeds), from its metrics.json `m`."""
     rows = _rows(m, ("before", "after"))
     t = m["timings"]
     std = m.get("std")
@@ -151,17 +166,21 @@ def summary(m: dict) -> str:
         spread = std[side][key]  # None when only one trial had a finite value
         return fmt.format(m[side][key]) + " +- " + ("n/a" if spread is None else fmt.format(spread))
 
+    # a huge number never runs into its neighbour
     width = max([20 if std else 10] + [len(cell(side, key, fmt)) + 2 for side in ("before", "after")
-                                       for _, key, fmt in rows])  # a huge number never runs into its neighbour
+                                       for _, key, fmt in rows])
     limit = m.get("outer_steps_limit", m["outer_steps"])
-    stopped = f" (of {limit}: the forget-accuracy probe stopped it)" if m["outer_steps"] < limit else ""
-    lines = [f"Erased class {m['forget_class']} ({m['class_name']}) with {m['method']}, {m['optimizer']} optimizer(s), "
+    stopped = (f" (of {limit}: the forget-accuracy probe stopped it)" if m["outer_steps"] < limit
+               else "")
+    lines = [f"Erased class {m['forget_class']} ({m['class_name']}) with {m['method']}, "
+             f"{m['optimizer']} optimizer(s), "
              f"{seeds}: {m['outer_steps']} outer steps{stopped} in {t['erase_s']:.1f} s "
              f"({t['erase_steps_per_s']:.1f} steps/s)",
              f"{'':36s}{'before':>{width}s}{'after':>{width}s}"]
     lines += [f"{title:36s}{cell('before', key, fmt):>{width}s}{cell('after', key, fmt):>{width}s}"
               for title, key, fmt in rows]
-    lines += [f"FID {side}: {m[side]['fid_error']}" for side in ("before", "after") if m[side].get("fid_error")]
+    lines += [f"FID {side}: {m[side]['fid_error']}" for side in ("before", "after")
+              if m[side].get("fid_error")]
     lines += robustness_lines(m["before"].get("robustness", {}), m["after"].get("robustness", {}))
     lines.append("protocol: " + protocol_line(m["protocol"]))
     return "\n".join(lines)
@@ -175,37 +194,45 @@ def robustness_lines(before: dict, after: dict) -> list[str]:
     """The robustness measurements (config section `robustness`), before -> after, a line each."""
     lines = []
     for g, fa in after.get("forget_accuracy_at_guidance", {}).items():
-        lines.append(f"forget accuracy at guidance {g}: {number(before.get('forget_accuracy_at_guidance', {}).get(g))} "
+        lines.append(f"forget accuracy at guidance {g}: "
+                     f"{number(before.get('forget_accuracy_at_guidance', {}).get(g))} "
                      f"-> {number(fa)}")
     if "unconditional_forget_share" in after:
-        lines.append(f"unconditional samples called the class: {number(before.get('unconditional_forget_share'))} -> "
+        lines.append(f"unconditional samples called the class: "
+                     f"{number(before.get('unconditional_forget_share'))} -> "
                      f"{number(after['unconditional_forget_share'])}")
     if "neighbour_classes" in after:
-        lines.append(f"nearest classes {', '.join(map(str, after['neighbour_classes']))}: retain accuracy "
-                     f"{number(before.get('neighbour_retain_accuracy'))} -> "
+        lines.append(f"nearest classes {', '.join(map(str, after['neighbour_classes']))}: retain "
+                     f"accuracy {number(before.get('neighbour_retain_accuracy'))} -> "
                      f"{number(after['neighbour_retain_accuracy'])}, "
-                     f"FID {number(before.get('neighbour_fid'), '.2f')} -> {number(after['neighbour_fid'], '.2f')}")
+                     f"FID {number(before.get('neighbour_fid'), '.2f')} -> "
+                     f"{number(after['neighbour_fid'], '.2f')}")
     if "conditioning_attack" in after:
         a, b = before.get("conditioning_attack", {}), after["conditioning_attack"]
-        lines.append(f"conditioning attack (a new class embedding from the {b['start']} row, {b['steps']} steps): "
-                     f"forget accuracy {number(a.get('forget_accuracy'))} -> {number(b['forget_accuracy'])}")
+        lines.append(f"conditioning attack (a new class embedding from the {b['start']} row, "
+                     f"{b['steps']} steps): forget accuracy {number(a.get('forget_accuracy'))} -> "
+                     f"{number(b['forget_accuracy'])}")
     for k, attack in after.get("relearn", {}).items():
         old = before.get("relearn", {}).get(k, {})
-        curve = " / ".join(f"{number(old.get('forget_accuracy', {}).get(s), '.2f')} -> {number(fa, '.2f')}"
-                           for s, fa in attack["forget_accuracy"].items())
+        curve = " / ".join(f"{number(old.get('forget_accuracy', {}).get(s), '.2f')} -> "
+                           f"{number(fa, '.2f')}" for s, fa in attack["forget_accuracy"].items())
         lines.append(f"relearning on {attack['images']} images, forget accuracy at steps "
                      f"{', '.join(attack['forget_accuracy'])}: {curve}; steps to relearn "
-                     f"{_steps(old.get('steps_to_relearn', 'n/a'))} -> {_steps(attack['steps_to_relearn'])}")
+                     f"{_steps(old.get('steps_to_relearn', 'n/a'))} -> "
+                     f"{_steps(attack['steps_to_relearn'])}")
     return lines
 
 
-VERDICT_COLORS = {"counted": (214, 39, 40), "another class": (150, 150, 150), "not a digit": (31, 119, 180)}
+VERDICT_COLORS = {"counted": (214, 39, 40), "another class": (150, 150, 150),
+                  "not a digit": (31, 119, 180)}
 
 
 def verdict_rows(rows: list[tuple[str, torch.Tensor, list[str]]], scale: int = 4) -> Image.Image:
-    """Rows of uint8 (N, C, H, W) samples, each framed in the colour of its verdict (VERDICT_COLORS: counted as the
-    class, another class, "not a digit"), the row's label on the left and a legend on top: what a forget-accuracy
-    rule saw, for a person to check."""
+    """What a forget-accuracy rule saw, as an image for a person to check.
+
+    Each row is (label, uint8 (N, C, H, W) samples, their verdicts): the samples, upscaled by
+    `scale`, each framed in the colour of its verdict (VERDICT_COLORS: counted as the class, another
+    class, "not a digit"), the row's label on the left and a legend on top."""
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength
     frame, gap = 2, 2
     size = rows[0][1].shape[-1] * scale + 2 * frame

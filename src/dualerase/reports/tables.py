@@ -1,5 +1,6 @@
-"""fid-bench's tables and figures from its cells: results.md (the paper-shaped table, sample quality, the robustness
-table, the base model) and relearn_curve.png."""
+"""fid-bench's tables and figures from its cells: results.md and relearn_curve.png.
+
+results.md holds the paper-shaped table, sample quality, the robustness table and the base model."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,28 +16,41 @@ def _gap(after: float | None, before: float | None, spec: str) -> str:
 
 
 def robust_keys(cells: list[dict]) -> list[str]:
-    """The robustness scores (reports.robustness.flatten) any cell measured after erasure, in the order first met."""
-    return list(dict.fromkeys(k for m in cells for k in flatten(m["after"].get("robustness", {}))))
+    """The robustness scores (`robustness.flatten`) any cell measured after erasure, in order."""
+    return list(dict.fromkeys(k for m in cells
+                              for k in flatten(m["after"].get("robustness", {}))))
 
 
 def markdown(rows: list[dict], cells: list[dict], command: str, diverged: list[str] = ()) -> str:
-    """results.md: the paper-shaped table (mean +- std across seeds) and the gap to the base model."""
-    head = ("| method | optimizer | class | runs | FA (lower better) | FA, published rule | not a digit | retain acc "
-            "| FID | gap FA | gap retain acc | gap FID |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+    """results.md: the paper-shaped table (mean +- std across seeds) and the gap to the base model.
+
+    Args:
+        rows: the table's rows (a method, optimizer and class each, aggregated over seeds).
+        cells: every cell's metrics.json.
+        command: the command that ran the benchmark, quoted at the top.
+        diverged: the cells that diverged (listed at the end)."""
+    head = ("| method | optimizer | class | runs | FA (lower better) | FA, published rule | "
+            "not a digit | retain acc | FID | gap FA | gap retain acc | gap FID |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         lines.append(f"| {method(r)} | {r['optimizer']} | {r['class']} | {r['runs']} | "
-                     f"{_num(r['forget_accuracy'], '.3f')} +- {_num(r['forget_accuracy_std'], '.3f')} | "
-                     f"{_num(r['forget_accuracy_published'], '.3f')} | {_num(r['forget_not_a_class'], '.3f')} | "
-                     f"{_num(r['retain_accuracy'], '.3f')} +- {_num(r['retain_accuracy_std'], '.3f')} | "
+                     f"{_num(r['forget_accuracy'], '.3f')} +- "
+                     f"{_num(r['forget_accuracy_std'], '.3f')} | "
+                     f"{_num(r['forget_accuracy_published'], '.3f')} | "
+                     f"{_num(r['forget_not_a_class'], '.3f')} | "
+                     f"{_num(r['retain_accuracy'], '.3f')} +- "
+                     f"{_num(r['retain_accuracy_std'], '.3f')} | "
                      f"{_num(r['fid'], '.2f')} +- {_num(r['fid_std'], '.2f')} | "
                      f"{_gap(r['forget_accuracy'], r['base_forget_accuracy'], '+.3f')} | "
                      f"{_gap(r['retain_accuracy'], r['base_retain_accuracy'], '+.3f')} | "
                      f"{_gap(r['fid'], r['base_fid'], '+.2f')} |")
-    quality = ["| method | optimizer | class | FID | KID | precision | recall | gap KID | gap precision | gap recall |",
+    quality = ["| method | optimizer | class | FID | KID | precision | recall | gap KID | "
+               "gap precision | gap recall |",
                "|---|---|---|---|---|---|---|---|---|---|"]
     quality += [f"| {method(r)} | {r['optimizer']} | {r['class']} | {_num(r['fid'], '.2f')} | "
-                f"{_num(r.get('kid'), '.4f')} | {_num(r.get('precision'), '.3f')} | {_num(r.get('recall'), '.3f')} | "
+                f"{_num(r.get('kid'), '.4f')} | {_num(r.get('precision'), '.3f')} | "
+                f"{_num(r.get('recall'), '.3f')} | "
                 f"{_gap(r.get('kid'), r.get('base_kid'), '+.4f')} | "
                 f"{_gap(r.get('precision'), r.get('base_precision'), '+.3f')} | "
                 f"{_gap(r.get('recall'), r.get('base_recall'), '+.3f')} |" for r in rows]
@@ -44,32 +58,38 @@ def markdown(rows: list[dict], cells: list[dict], command: str, diverged: list[s
     base = {}
     for m in cells:
         base.setdefault(str(m["forget_class"]), m["before"])
-    base_lines = [f"| {c} | {_num(b['forget_accuracy'], '.3f')} | {_num(b.get('forget_accuracy_published'), '.3f')} | "
-                  f"{_num(b.get('forget_not_a_class'), '.3f')} | {_num(b['retain_accuracy'], '.3f')} | "
-                  f"{_num(b['fid'], '.2f')} |" for c, b in sorted(base.items())]
+    base_lines = [f"| {c} | {_num(b['forget_accuracy'], '.3f')} | "
+                  f"{_num(b.get('forget_accuracy_published'), '.3f')} | "
+                  f"{_num(b.get('forget_not_a_class'), '.3f')} | "
+                  f"{_num(b['retain_accuracy'], '.3f')} | {_num(b['fid'], '.2f')} |"
+                  for c, b in sorted(base.items())]
     missing = sum(m[side]["fid"] is None for m in cells for side in ("before", "after"))
     proto = protocol_line({**cells[0]["protocol"], "seed": ", ".join(map(str, seeds))})
     return "\n".join([
         "# fid-bench results", "", f"Command: `{command}`", "",
         f"Protocol: {proto}.", "",
-        "Each cell is one erasure. `+-` is the sample standard deviation across seeds (n/a from a single seed); an "
-        "`all` row averages the per-class means and the per-class standard deviations. Gaps are after minus before "
-        "(the base model).", "",
-        *([f"FID was not finite in {missing} evaluation(s) (null in their metrics.json, with fid_error saying why): "
-           "means and stds are over the others, n/a where none is left.", ""] if missing else []),
+        "Each cell is one erasure. `+-` is the sample standard deviation across seeds (n/a from a "
+        "single seed); an `all` row averages the per-class means and the per-class standard "
+        "deviations. Gaps are after minus before (the base model).", "",
+        *([f"FID was not finite in {missing} evaluation(s) (null in their metrics.json, with "
+           "fid_error saying why): means and stds are over the others, n/a where none is left.",
+           ""] if missing else []),
         *lines, "", *robustness_table(rows, robust_keys(cells)),
-        "Sample quality of the retained classes, on the features FID uses (means over seeds; KID: unbiased MMD; "
-        "precision and recall: k-NN balls, k = 3):", "", *quality, "",
+        "Sample quality of the retained classes, on the features FID uses (means over seeds; KID: "
+        "unbiased MMD; precision and recall: k-NN balls, k = 3):", "", *quality, "",
         f"Base model (before erasure), scored with the noise of seed {cells[0]['seed']}:", "",
-        "| class | FA | FA, published rule | not a digit | retain acc | FID |", "|---|---|---|---|---|---|",
+        "| class | FA | FA, published rule | not a digit | retain acc | FID |",
+        "|---|---|---|---|---|---|",
         *base_lines, "",
         *([f"Diverged cells (no after metrics, left out of the table): {len(diverged)}", ""]
           + [f"* {d}" for d in diverged] + [""] if diverged else [])])
 
 
 def relearn_panels(cells: list[dict], path: Path) -> bool:
-    """relearn_curve.png of a benchmark: a row per class, a line per method and optimizer (its band over seeds) and
-    the base model's line."""
+    """Draw a benchmark's relearn_curve.png at `path` (`robustness.plot_relearn`).
+
+    A row per class, a line per method and optimizer (its band over seeds) and the base model's
+    line. Returns False when no cell ran the relearning attack."""
     panels: dict[str, dict[str, list[dict]]] = {}
     for m in cells:
         lines = panels.setdefault(f"class {m['forget_class']}", {"base": []})

@@ -1,4 +1,4 @@
-"""DualOptim (Zhong, Luo, Liu, 2025), Algorithm 1: alternate forget and retain steps, each with its own optimizer."""
+"""DualOptim (Zhong, Luo, Liu, 2025), Algorithm 1: alternating forget and retain optimizers."""
 from __future__ import annotations
 
 import math
@@ -16,7 +16,7 @@ OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch
 
 @dataclass
 class EraseConfig:
-    """Knobs of the unlearning loop; names follow the paper (T_o, T_f, T_r, eta_f, eta_r, alpha)."""
+    """The config's `erase` group: the loop's knobs, named after the paper (T_o, T_f, T_r, ...)."""
 
     outer_steps: Annotated[int, Gt(0)] = 500  # T_o
     forget_steps: Annotated[int, Ge(0)] = 1  # T_f: forget updates per outer step
@@ -31,27 +31,30 @@ class EraseConfig:
     retain_lr: Annotated[float, Gt(0)] = 5e-5  # eta_r
     retain_weight_decay: Annotated[float, Ge(0)] = 0.0
     shared_lr: Annotated[float, Gt(0)] = 1e-4  # eta of the shared-optimizer baseline
-    alpha: Annotated[float, Ge(0)] = 1.0  # forget-loss weight (SalUn's alpha_weights: the retain loss's)
+    # forget-loss weight (SalUn's alpha_weights: the retain loss's)
+    alpha: Annotated[float, Ge(0)] = 1.0
     # "cosine": alpha_t = alpha * (1 + cos(pi t / T_o)) / 2; "constant"
     alpha_schedule: Literal["cosine", "constant"] = "cosine"
-    # global grad-norm clip of forget steps (after the mask); null: none
+    # global grad-norm clip of forget (and joint) steps, after the mask (SalUn: before); null: none
     forget_clip: Annotated[float | None, Gt(0)] = 1.0
     retain_clip: Annotated[float | None, Gt(0)] = None  # global grad-norm clip of retain steps
     mask_retain: bool = False  # also mask retain gradients ("SalUn with alternating updates")
     batch_size: Annotated[int, Gt(0)] = 1  # forget and retain batch size
     # save checkpoint-<step> (weights, both optimizers, RNG) every N outer steps; 0: never
     checkpoint_every: Annotated[int, Ge(0)] = 50
-    # the erased model is an exponential moving average of the weights after each outer step, started at the base
-    # model's, with this decay (SA evaluates such an EMA, 0.9999); null: the weights themselves, as DualOptim
+    # the erased model is an EMA of the weights after each outer step, started at the base model's,
+    # with this decay (SA evaluates such an EMA, 0.9999); null: the weights themselves, as DualOptim
     ema_decay: Annotated[float | None, Gt(0), Lt(1)] = None
-    # Share of labels replaced by the null class, per kind of batch (applied by the pipeline's data). Forget batches:
-    # 0, so gradient ascent never hits the unconditional branch that guidance uses for every class. Retain batches:
-    # DiT's 0.1, so retain steps keep that branch trained. (The public code runs both at 0.1, in train mode.)
+    # Share of labels replaced by the null class, per kind of batch (applied by the pipeline's
+    # data). Forget batches: 0, so gradient ascent never hits the unconditional branch that guidance
+    # uses for every class. Retain batches: DiT's 0.1, so retain steps keep that branch trained.
+    # (The public code runs both at 0.1, in train mode.)
     forget_label_dropout: Annotated[float, Ge(0), Lt(1)] = 0.0
     retain_label_dropout: Annotated[float, Ge(0), Lt(1)] = 0.1
-    # Stop when the class is gone (opt-in; the published recipes fix T_o): every `probe_every` outer steps a probe
-    # samples `probe_samples` images of the forget class with the evaluation sampler at `probe_steps` steps and scores
-    # them; erasure ends after two probes in a row at or below this forget accuracy, or at outer_steps. null: off
+    # Stop when the class is gone (opt-in; the published recipes fix T_o): every `probe_every` outer
+    # steps a probe samples `probe_samples` images of the forget class with the evaluation sampler
+    # at `probe_steps` steps and scores them; erasure ends after two probes in a row at or below
+    # this forget accuracy, or at outer_steps. null: off
     stop_at_forget_accuracy: Annotated[float | None, Ge(0), Le(1)] = None
     probe_every: Annotated[int, Gt(0)] = 25
     probe_samples: Annotated[int, Gt(0)] = 32
@@ -59,8 +62,10 @@ class EraseConfig:
 
 
 class DivergenceError(RuntimeError):
-    """A loss or gradient became NaN or infinite during unlearning: at which `side` ("forget", "retain" or "joint")
-    step of which outer `step`, and why; `message` replaces the default one (e.g. with advice added)."""
+    """A loss, gradient or weight became NaN or infinite during unlearning.
+
+    The `side` ("forget", "retain" or "joint") step of outer step `step` diverged for `reason`;
+    `message` replaces the default message (e.g. with advice added)."""
 
     def __init__(self, side: str, step: int, reason: str, message: str | None = None):
         super().__init__(message or f"{side} step at outer step {step}: {reason}")
@@ -68,7 +73,10 @@ class DivergenceError(RuntimeError):
 
 
 def alpha_at(step: int, cfg: EraseConfig) -> float:
-    """Forget weight at outer step `step` (0-based): constant, or cosine-decayed from alpha towards 0 over T_o."""
+    """The loss weight alpha_t at outer step `step` (0-based).
+
+    `cfg.alpha`, constant or cosine-decayed towards 0 over T_o (`cfg.alpha_schedule`; another
+    schedule raises ValueError)."""
     if cfg.alpha_schedule == "constant":
         return cfg.alpha
     if cfg.alpha_schedule == "cosine":
@@ -77,15 +85,20 @@ def alpha_at(step: int, cfg: EraseConfig) -> float:
 
 
 def make_optimizers(params: list[torch.nn.Parameter], cfg: EraseConfig):
-    """(Optim_f, Optim_r): two optimizers with separate states in dual mode, the same object in shared mode."""
+    """The forget and retain optimizers over `params` (fused on CUDA).
+
+    Returns (Optim_f, Optim_r): two optimizers with separate states in dual mode, the same object
+    twice in shared mode (another mode raises ValueError)."""
     retain_cls = OPTIMIZERS[cfg.retain_optimizer]
-    fused = {"fused": True} if params and all(p.is_cuda for p in params) else {}  # one kernel per step on CUDA
+    # one kernel per step on CUDA
+    fused = {"fused": True} if params and all(p.is_cuda for p in params) else {}
     if cfg.optimizer == "shared":
         shared = retain_cls(params, lr=cfg.shared_lr, weight_decay=cfg.retain_weight_decay, **fused)
         return shared, shared
     if cfg.optimizer != "dual":
         raise ValueError(f"unknown optimizer mode {cfg.optimizer!r}: use 'dual' or 'shared'")
-    forget = OPTIMIZERS[cfg.forget_optimizer](params, lr=cfg.forget_lr, weight_decay=cfg.forget_weight_decay, **fused)
+    forget = OPTIMIZERS[cfg.forget_optimizer](params, lr=cfg.forget_lr,
+                                              weight_decay=cfg.forget_weight_decay, **fused)
     retain = retain_cls(params, lr=cfg.retain_lr, weight_decay=cfg.retain_weight_decay, **fused)
     return forget, retain
 
@@ -98,8 +111,9 @@ def world() -> tuple[int, int]:
 
 
 def _average_gradients(params) -> None:
-    """Data parallelism: every process holds the gradient of its share of the batch; average them in one all-reduce.
-    (DDP through accelerate measured 1-7% slower on CPU at our model sizes: benchmarks/data_parallel.py.)"""
+    """Data parallelism: every process holds the gradient of its share of the batch; average them in
+    one all-reduce. (DDP through accelerate measured 1-7% slower on CPU at our model sizes:
+    benchmarks/data_parallel.py.)"""
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
@@ -112,14 +126,18 @@ def _average_gradients(params) -> None:
         offset += p.numel()
 
 
-def _check(where, losses: list[torch.Tensor], norm: torch.Tensor, params, weights: bool) -> tuple[list[float], float]:
-    """(losses, gradient norm) as floats, read in ONE host sync per update: raise DivergenceError if a loss, the
-    gradient norm or (with `weights`) any weight is not finite, here or (under torch.distributed) on another process,
-    so that all processes stop together and none is left waiting in an all-reduce."""
-    # max |w|, one fused pass: non-finite iff a weight is (finite losses and gradients keep weights finite but for an
-    # overflow, so the weights are checked once per outer step, before any checkpoint can save them)
+def _check(where, losses: list[torch.Tensor], norm: torch.Tensor, params,
+           weights: bool) -> tuple[list[float], float]:
+    """(losses, gradient norm) as floats, read in ONE host sync per update: raise DivergenceError if
+    a loss, the gradient norm or (with `weights`) any weight is not finite, here or (under
+    torch.distributed) on another process, so that all processes stop together and none is left
+    waiting in an all-reduce."""
+    # max |w|, one fused pass: non-finite iff a weight is (finite losses and gradients keep weights
+    # finite but for an overflow, so the weights are checked once per outer step, before any
+    # checkpoint can save them)
     top = torch.nn.utils.get_total_norm(params, math.inf) if weights else norm.new_zeros(())
-    stats = torch.stack([*(loss.detach().float() for loss in losses), norm.detach().float(), top.float()])
+    stats = torch.stack([*(loss.detach().float() for loss in losses), norm.detach().float(),
+                         top.float()])
     if world()[1] > 1:
         finite = torch.isfinite(stats).all().float()
         dist.all_reduce(finite, op=dist.ReduceOp.MIN)
@@ -127,21 +145,30 @@ def _check(where, losses: list[torch.Tensor], norm: torch.Tensor, params, weight
     *values, ok = stats.tolist() if world()[1] > 1 else [*stats.tolist(), 1.0]
     *loss_values, norm_v, weights_v = values
     bad = [v for v in loss_values if not math.isfinite(v)]
-    reason = (f"loss is {bad[0]}" if bad else f"gradient norm is {norm_v}" if not math.isfinite(norm_v) else
-              "weights became non-finite" if not math.isfinite(weights_v) else
-              None if ok else "loss is not finite on another process")
+    if bad:
+        reason = f"loss is {bad[0]}"
+    elif not math.isfinite(norm_v):
+        reason = f"gradient norm is {norm_v}"
+    elif not math.isfinite(weights_v):
+        reason = "weights became non-finite"
+    elif not ok:
+        reason = "loss is not finite on another process"
+    else:
+        reason = None
     if reason is not None:
         raise DivergenceError(*where, reason)
     return loss_values, norm_v
 
 
-def _update(params, masks, weighted, optimizer, clip, keep_masked, where, clip_then_mask=False, weights=True):
-    """One optimizer step on the sum of w * loss over `weighted` [(w, loss), ...]: backward, average over processes,
-    mask the gradients, clip, step (or clip, then mask: `clip_then_mask`, SalUn's order). `where` = (side, outer
-    step) names the step if it diverges; `weights`: also check the weights. A diverged step has been taken when it
-    raises: its weights are discarded.
+def _update(params, masks, weighted, optimizer, clip, keep_masked, where, clip_then_mask=False,
+            weights=True):
+    """One optimizer step on the sum of w * loss over `weighted` [(w, loss), ...]: backward, average
+    over processes, mask the gradients, clip, step (or clip, then mask: `clip_then_mask`, SalUn's
+    order). `where` = (side, outer step) names the step if it diverges; `weights`: also check the
+    weights. A diverged step has been taken when it raises: its weights are discarded.
 
-    Returns ([each loss], the gradient norm before clipping (of the masked gradient, unless `clip_then_mask`))."""
+    Returns ([each loss], the gradient norm before clipping (of the masked gradient, unless
+    `clip_then_mask`))."""
     optimizer.zero_grad(set_to_none=True)
     sum(w * loss for w, loss in weighted).backward()
     if world()[1] > 1:
@@ -151,9 +178,10 @@ def _update(params, masks, weighted, optimizer, clip, keep_masked, where, clip_t
     norm = torch.nn.utils.clip_grad_norm_(params, clip if clip is not None else math.inf)
     if masks is not None and clip_then_mask:
         _mask(params, masks)
-    # A separate optimizer that only ever sees masked gradients has zero state at masked coordinates, so Adam (or SGD)
-    # moves them by exactly 0; decoupled weight decay would still shrink them, so then they are put back after the step
-    # (a copy of every masked value: only paid when that optimizer decays weights).
+    # A separate optimizer that only ever sees masked gradients has zero state at masked
+    # coordinates, so Adam (or SGD) moves them by exactly 0; decoupled weight decay would still
+    # shrink them, so then they are put back after the step (a copy of every masked value: only paid
+    # when that optimizer decays weights).
     decays = keep_masked and any(g.get("weight_decay", 0) for g in optimizer.param_groups)
     frozen = [p.detach()[~m].clone() for p, m in zip(params, masks)] if decays else None
     optimizer.step()
@@ -172,7 +200,9 @@ def _mask(params, masks) -> None:
 
 
 def batches_per_step(method, cfg: EraseConfig) -> tuple[int, int]:
-    """(forget, retain) batches one outer step consumes: T_f and T_r, or one each for a joint step."""
+    """The (forget, retain) batches one outer step consumes.
+
+    T_f and T_r, or one each for a joint step (a `joint` method with a shared optimizer)."""
     if cfg.optimizer == "shared" and getattr(method, "joint", False):
         return 1, 1
     return cfg.forget_steps, cfg.retain_steps
@@ -193,18 +223,30 @@ def unlearn(
 ) -> list[dict]:
     """Algorithm 1: T_o times, T_f forget updates with Optim_f then T_r retain updates with Optim_r.
 
-    `method` gives `forget_loss(model, batch)` (what a forget step minimises, e.g. the negated diffusion loss for
-    gradient ascent), `retain_loss(model, batch)`, and `alpha_weights` ("forget" or "retain": which loss alpha_t
-    weights). `mask` maps parameter names to 0/1 tensors; masked-out coordinates get no forget gradient.
-    `optimizers` = (Optim_f, Optim_r) to continue with (default: fresh ones from `make_optimizers`); `start_step`
-    resumes the loop there (a restored checkpoint). `on_step(record)` runs after every outer step; when it returns True,
-    erasure ends there (an early stop).
-    Data parallel: under torch.distributed every process feeds its own share of each batch and the gradients are
-    averaged before masking and clipping, so all processes take the same step (losses in the log are process-local).
-    A method whose original form is one joint step (`method.joint`, SalUn) gets, with a shared optimizer, ONE update on
-    the weighted sum of both losses per outer step. Returns one log record per outer step with both losses and the
-    gradient norms.
-    """
+    A method whose original form is one joint step (`method.joint`: SalUn, SA) gets, with a shared
+    optimizer, ONE update on the weighted sum of both losses per outer step. Data parallel: under
+    torch.distributed every process feeds its own share of each batch and the gradients are
+    averaged before masking and clipping, so all processes take the same step (losses in the log
+    are process-local).
+
+    Args:
+        model: the model to erase, in place (its parameters that require grad).
+        method: a `Method`: its `forget_loss(model, batch)` (what a forget step minimises),
+            `retain_loss(model, batch)` and `alpha_weights` (which loss alpha_t weights).
+        forget_data, retain_data: endless forget and retain batches.
+        cfg: the loop's knobs.
+        mask: parameter name -> 0/1 tensor; masked-out coordinates get no forget gradient (nor a
+            retain gradient with `cfg.mask_retain`). None: no mask.
+        optimizers: (Optim_f, Optim_r) to continue with; None: fresh ones from `make_optimizers`.
+        on_step: runs after each outer step with its record; True ends erasure there (early stop).
+        start_step: the outer step to resume at (a restored checkpoint).
+        progress: show a progress bar (on rank 0).
+
+    Returns:
+        One record per outer step run: step, alpha, both losses and the gradient norms.
+
+    Raises:
+        DivergenceError: a loss, gradient norm or weight became non-finite."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
     masks = None if mask is None else [mask[n].to(p.device, torch.bool) for n, p in named]
@@ -214,32 +256,39 @@ def unlearn(
     order = getattr(method, "clip_then_mask", False)
     model.train()
     log = []
-    for step in tqdm(range(start_step, cfg.outer_steps), desc="erase", disable=not progress or world()[0] != 0,
-                     initial=start_step, total=cfg.outer_steps):
+    for step in tqdm(range(start_step, cfg.outer_steps), desc="erase",
+                     disable=not progress or world()[0] != 0, initial=start_step,
+                     total=cfg.outer_steps):
         alpha = alpha_at(step, cfg)
         w_f, w_r = (alpha, 1.0) if method.alpha_weights == "forget" else (1.0, alpha)
         record = {"step": step, "alpha": alpha}
         if joint:
-            f, r = method.forget_loss(model, next(forget_data)), method.retain_loss(model, next(retain_data))
-            (f_loss, r_loss), norm = _update(params, masks, [(w_f, f), (w_r, r)], optim_f, cfg.forget_clip, False,
-                                             ("joint", step), order)
-            record.update(forget_loss=f_loss, retain_loss=r_loss, forget_grad_norm=None, retain_grad_norm=None,
-                          joint_grad_norm=norm)
+            f, r = (method.forget_loss(model, next(forget_data)),
+                    method.retain_loss(model, next(retain_data)))
+            (f_loss, r_loss), norm = _update(params, masks, [(w_f, f), (w_r, r)], optim_f,
+                                             cfg.forget_clip, False, ("joint", step), order)
+            record.update(forget_loss=f_loss, retain_loss=r_loss, forget_grad_norm=None,
+                          retain_grad_norm=None, joint_grad_norm=norm)
         else:
             f_loss = f_norm = r_loss = r_norm = 0.0
             for i in range(cfg.forget_steps):
                 loss = method.forget_loss(model, next(forget_data))
-                last = i == cfg.forget_steps - 1 and cfg.retain_steps == 0  # the outer step's last update
-                (value,), norm = _update(params, masks, [(w_f, loss)], optim_f, cfg.forget_clip, keep_masked,
-                                         ("forget", step), order, weights=last)
-                f_loss, f_norm = f_loss + value / cfg.forget_steps, f_norm + norm / cfg.forget_steps
+                # the outer step's last update
+                last = i == cfg.forget_steps - 1 and cfg.retain_steps == 0
+                (value,), norm = _update(params, masks, [(w_f, loss)], optim_f, cfg.forget_clip,
+                                         keep_masked, ("forget", step), order, weights=last)
+                f_loss, f_norm = (f_loss + value / cfg.forget_steps,
+                                  f_norm + norm / cfg.forget_steps)
             for i in range(cfg.retain_steps):
                 loss = method.retain_loss(model, next(retain_data))
-                (value,), norm = _update(params, masks if cfg.mask_retain else None, [(w_r, loss)], optim_r,
-                                         cfg.retain_clip, keep_masked and cfg.mask_retain, ("retain", step), order,
+                (value,), norm = _update(params, masks if cfg.mask_retain else None,
+                                         [(w_r, loss)], optim_r, cfg.retain_clip,
+                                         keep_masked and cfg.mask_retain, ("retain", step), order,
                                          weights=i == cfg.retain_steps - 1)
-                r_loss, r_norm = r_loss + value / cfg.retain_steps, r_norm + norm / cfg.retain_steps
-            record.update(forget_loss=f_loss, retain_loss=r_loss, forget_grad_norm=f_norm, retain_grad_norm=r_norm)
+                r_loss, r_norm = (r_loss + value / cfg.retain_steps,
+                                  r_norm + norm / cfg.retain_steps)
+            record.update(forget_loss=f_loss, retain_loss=r_loss, forget_grad_norm=f_norm,
+                          retain_grad_norm=r_norm)
         log.append(record)
         if on_step is not None and on_step(record):
             break

@@ -8,4 +8,6 @@ class GradientAscent(Method):
     name = "ga"
 
     def forget_loss(self, model, batch):
-        return -self.loss(model, batch, reduction=self.forget_reduction, variance=self.forget_variance)
+        """The negated training loss of the forget batch (see `Method.forget_loss`)."""
+        return -self.loss(model, batch, reduction=self.forget_reduction,
+                          variance=self.forget_variance)
