@@ -2,16 +2,20 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass
+from importlib import resources
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 from annotated_types import Ge, Gt
 from tqdm.auto import tqdm
 
+from dualerase.errors import ModelError
 from dualerase.models.dit import build_dit, drop_labels, load_dit, make_scheduler
 from dualerase.models.loss import DiTLoss
 from dualerase.storage import atomic_path, cache_root, fingerprint
@@ -41,6 +45,13 @@ class DigitsRecipe:
     ema_decay: Annotated[float, Ge(0)] = 0.999  # the released weights are the EMA, as for DiT
     label_dropout: float = 0.1  # classifier-free guidance training, as DiT
     seed: int = 0
+    # train: the fixed stratified train split (80%, `train_test_split`), keeping the held-out 20%
+    # unseen by every model; all: every digit (the recipe before the split; the schema's default,
+    # so that configs written before this key read as they ran; the digits preset sets train)
+    data: Literal["train", "all"] = "all"
+    # use the weights shipped inside the package when this recipe and the classifier's are theirs
+    # (verified by digest; models/weights/manifest.json); false: train and cache them as any recipe
+    shipped: bool = True
 
 
 def load_digits() -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,6 +81,9 @@ def train_digits_dit(recipe: DigitsRecipe, progress: bool = True, checkpoint: Pa
     loses at most that many steps and ends with the weights of an uninterrupted one."""
     torch.manual_seed(recipe.seed)
     x, y = load_digits()
+    if recipe.data == "train":  # the held-out split stays unseen
+        train, _ = train_test_split(y)
+        x, y = x[train], y[train]
     model = build_dit(num_classes=NUM_CLASSES, sample_size=SIZE, in_channels=1,
                       patch_size=recipe.patch_size, layers=recipe.layers, heads=recipe.heads,
                       head_dim=recipe.head_dim)
@@ -111,9 +125,19 @@ def train_digits_dit(recipe: DigitsRecipe, progress: bool = True, checkpoint: Pa
     return ema.eval()
 
 
+def recipe_key(recipe: DigitsRecipe) -> dict:
+    """The recipe's values that make its model: all but `shipped`, and `data` only when it is not
+    "all" (the recipe before the key existed), so that caches written before it are found."""
+    key = asdict(recipe)
+    del key["shipped"]
+    if key["data"] == "all":
+        del key["data"]
+    return key
+
+
 def dit_folder(recipe: DigitsRecipe) -> Path:
     """Where the digits DiT of `recipe` is cached (it is there once its config.json is)."""
-    return cache_root() / "digits" / f"dit-{fingerprint(asdict(recipe))}"
+    return cache_root() / "digits" / f"dit-{fingerprint(recipe_key(recipe))}"
 
 
 def classifier_path(recipe) -> Path:
@@ -124,6 +148,8 @@ def classifier_path(recipe) -> Path:
 def prepare_digits_dit(recipe: DigitsRecipe, progress: bool = True) -> Path:
     """The cached digits DiT folder for `recipe`, trained once on first use (resumable)."""
     folder = dit_folder(recipe)
+    if recipe.shipped and not (folder / "config.json").exists():
+        install_shipped("dit", folder)
     if not (folder / "config.json").exists():
         if progress:
             print(f"training the digits model once ({recipe.steps} steps), cached at {folder}",
@@ -138,7 +164,7 @@ def prepare_digits_dit(recipe: DigitsRecipe, progress: bool = True) -> Path:
         model = train_digits_dit(recipe, progress, checkpoint=partial)
         tmp = folder.with_name(folder.name + ".tmp")
         model.save_pretrained(tmp)
-        (tmp / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
+        (tmp / "recipe.json").write_text(json.dumps(recipe_key(recipe), indent=2))
         os.replace(tmp, folder)
         partial.unlink(missing_ok=True)
     return folder
@@ -149,15 +175,19 @@ def load_digits_dit(recipe: DigitsRecipe, progress: bool = True):
     return load_dit(str(prepare_digits_dit(recipe, progress)))
 
 
-def prepare_digits_classifier(recipe, progress: bool = True) -> tuple[Path, float]:
+def prepare_digits_classifier(recipe, progress: bool = True,
+                              shipped: bool = True) -> tuple[Path, float]:
     """The cached digits classifier for `recipe`, trained once on the train split.
 
-    Returns (its path, its test-split accuracy)."""
+    With `shipped` (config `digits.shipped`), the package's classifier is used where `recipe` is
+    its recipe. Returns (its path, its test-split accuracy)."""
     from safetensors import safe_open
 
     from dualerase.metrics.classifier import accuracy, save_classifier, train_classifier
 
     path = classifier_path(recipe)
+    if shipped and not path.exists():
+        install_shipped("classifier", path)
     if not path.exists():
         x, y = load_digits()
         train, test = train_test_split(y)
@@ -166,3 +196,45 @@ def prepare_digits_classifier(recipe, progress: bool = True) -> tuple[Path, floa
             save_classifier(net, tmp, recipe, accuracy(net, x[test], y[test]))
     with safe_open(str(path), "pt") as f:
         return path, float(f.metadata()["test_accuracy"])
+
+
+WEIGHTS = resources.files("dualerase") / "weights"  # the shipped digits DiT and classifier
+MANIFEST = "manifest.json"
+
+
+def shipped_manifest() -> dict:
+    """The manifest of the shipped weights: their recipes, files and digests, and their quality."""
+    return json.loads((WEIGHTS / MANIFEST).read_text())
+
+
+def install_shipped(kind: str, target: Path) -> bool:
+    """Copy the shipped `kind` ("dit" folder or "classifier" file) into the cache at `target`.
+
+    Only where the shipped one is the one `target` names (the same recipe fingerprint); each file
+    is checked against the manifest's sha256 on the way. Returns whether it was installed.
+
+    Raises:
+        ModelError: a shipped file does not match its digest (a damaged install).
+    """
+    if not (WEIGHTS / MANIFEST).is_file():  # a source tree before its first release
+        return False
+    entry = shipped_manifest()[kind]
+    if entry["name"] != target.name:
+        return False
+    tmp = target.with_name(f".{target.name}.shipped")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, digest in entry["files"].items():
+        data = (WEIGHTS / kind / name).read_bytes()
+        if hashlib.sha256(data).hexdigest() != digest:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise ModelError(f"the shipped digits {kind} file {name} does not match its digest in "
+                             f"{MANIFEST} (a damaged install): reinstall dualerase, or train one "
+                             "with --set digits.shipped=false")
+        (tmp / name).write_bytes(data)
+    if kind == "classifier":
+        os.replace(tmp / target.name, target)
+        tmp.rmdir()
+    else:
+        os.replace(tmp, target)
+    return True

@@ -39,6 +39,7 @@ from dualerase.models.digits import (
     load_digits_dit,
     prepare_digits_classifier,
     prepare_digits_dit,
+    train_test_split,
 )
 from dualerase.models.pretrained import (
     Pretrained,
@@ -173,14 +174,17 @@ def use_tf32(on: bool) -> None:
 def prepare_digits(cfg: Config, progress: bool = True) -> Workload:
     """The digits DiT and the digits classifier, each trained once and cached."""
     folder = prepare_digits_dit(cfg.digits, progress)
-    clf_path, clf_acc = prepare_digits_classifier(cfg.classifier, progress)
+    clf_path, clf_acc = prepare_digits_classifier(cfg.classifier, progress, cfg.digits.shipped)
     x, y = load_digits()
+    seen, key = torch.arange(len(y)), "sklearn digits"
+    if cfg.digits.data == "train":  # erasure too leaves the held-out split unseen
+        seen, key = train_test_split(y)[0], "sklearn digits, train split"
 
     def real_data(forget_class, cfg, progress=True):
-        """The digits of `forget_class`, and all the others."""
-        is_forget = y == forget_class
-        return RealData(x[is_forget], y[is_forget], x[~is_forget], y[~is_forget],
-                        key="sklearn digits")
+        """The digits of `forget_class`, and all the others, of the split the model saw."""
+        is_forget = y[seen] == forget_class
+        xs, ys = x[seen], y[seen]
+        return RealData(xs[is_forget], ys[is_forget], xs[~is_forget], ys[~is_forget], key=key)
 
     content = fingerprint(sorted((f.name, file_digest(f)) for f in folder.iterdir() if f.is_file()))
     model = match_training(load_digits_dit(cfg.digits), folder, **model_settings(cfg))
