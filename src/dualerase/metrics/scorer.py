@@ -46,8 +46,8 @@ class RealDistance(Protocol):
         """L2 distance (pixels in [-1, 1]) from each image to the nearest real image of `label`."""
 
 
-def counts_as_forget(probs: torch.Tensor, images: torch.Tensor, forget_class: int, e,
-                     scorer: Scorer) -> torch.Tensor:
+def counts_as_forget(probs: torch.Tensor, images: torch.Tensor, forget_class: int,
+                     eval_cfg, scorer: Scorer) -> torch.Tensor:
     """Which samples count as the forget class in forget accuracy (FA).
 
     A sample counts when the classifier's top class is the forget class (of all its classes, "not a
@@ -59,26 +59,26 @@ def counts_as_forget(probs: torch.Tensor, images: torch.Tensor, forget_class: in
         probs: (N, K) class probabilities of the samples.
         images: the samples, in [-1, 1].
         forget_class: the erased class.
-        e: the config's `eval` group.
+        eval_cfg: the config's `eval` group.
         scorer: the scorer that gave `probs`.
 
     Returns:
         (N,) bool tensor."""
     top = probs.max(1)
     counted = top.indices == forget_class
-    if e.fa_min_confidence is not None:
-        counted &= top.values >= e.fa_min_confidence
-    if e.fa_real_distance is not None:
+    if eval_cfg.fa_min_confidence is not None:
+        counted &= top.values >= eval_cfg.fa_min_confidence
+    if eval_cfg.fa_real_distance is not None:
         assert isinstance(scorer, RealDistance), ("config validation refuses eval.fa_real_distance "
                                                   "for this scorer")
-        counted &= scorer.real_distance(images, forget_class) <= e.fa_real_distance
+        counted &= scorer.real_distance(images, forget_class) <= eval_cfg.fa_real_distance
     return counted
 
 
-def fa_rule(e) -> str:
-    """The FA rule of the config's `eval` group `e` in words, for the protocol."""
-    rule = ("top class" if e.fa_min_confidence is None
-            else f"top class with probability >= {e.fa_min_confidence:g}")
-    return rule + ("" if e.fa_real_distance is None
-                   else f", within L2 distance {e.fa_real_distance:g} (pixels in "
+def fa_rule(eval_cfg) -> str:
+    """The FA rule of the config's `eval` group `eval_cfg` in words, for the protocol."""
+    rule = ("top class" if eval_cfg.fa_min_confidence is None
+            else f"top class with probability >= {eval_cfg.fa_min_confidence:g}")
+    return rule + ("" if eval_cfg.fa_real_distance is None
+                   else f", within L2 distance {eval_cfg.fa_real_distance:g} (pixels in "
                    "[-1, 1]) of a real image of the class")

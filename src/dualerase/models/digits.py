@@ -207,6 +207,11 @@ def shipped_manifest() -> dict:
     return json.loads((WEIGHTS / MANIFEST).read_text())
 
 
+def ships(kind: str, target: Path) -> bool:
+    """Whether the package ships the `kind` ("dit" or "classifier") that `target` names."""
+    return (WEIGHTS / MANIFEST).is_file() and shipped_manifest()[kind]["name"] == target.name
+
+
 def install_shipped(kind: str, target: Path) -> bool:
     """Copy the shipped `kind` ("dit" folder or "classifier" file) into the cache at `target`.
 
@@ -216,11 +221,9 @@ def install_shipped(kind: str, target: Path) -> bool:
     Raises:
         ModelError: a shipped file does not match its digest (a damaged install).
     """
-    if not (WEIGHTS / MANIFEST).is_file():  # a source tree before its first release
+    if not ships(kind, target):
         return False
     entry = shipped_manifest()[kind]
-    if entry["name"] != target.name:
-        return False
     tmp = target.with_name(f".{target.name}.shipped")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
