@@ -1,7 +1,8 @@
-"""What a Table 2 run costs: network passes per phase (dualerase.runs.plan.passes, as `--dry-run` prints them) for every
-cell of a fid-bench spec, counted once where the cache shares work (the base model's evaluation and grid per class
-and seed, the method's preparation per method, class and seed), turned into FLOP (FlopCounterMode on DiT-XL/2 and
-the VAE decoder, on the meta device) and GPU-hours at a stated share of the device's bf16 peak (MFU)."""
+"""What a Table 2 run costs: network passes per phase (dualerase.runs.plan.passes, as `--dry-run`
+prints them) for every cell of a fid-bench spec, counted once where the cache shares work (the
+base model's evaluation and grid per class and seed, the method's preparation per method, class
+and seed), turned into FLOP (FlopCounterMode on DiT-XL/2 and the VAE decoder, on the meta device)
+and GPU-hours at a stated share of the device's bf16 peak (MFU)."""
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,9 @@ from dualerase.runs.plan import passes  # noqa: E402
 
 
 def gflop_per_image() -> tuple[float, float]:
-    """(DiT-XL/2 forward, VAE decode) GFLOP for one 256 px image, counted on the meta device (no weights, no time)."""
+    """(DiT-XL/2 forward, VAE decode) GFLOP for one 256 px image, counted on the meta device.
+
+    No weights are allocated and no time is spent."""
     with torch.device("meta"):
         dit, vae, z = build_dit(**XL), build_vae(VAE_XL), torch.empty(1, 4, 32, 32)
         with FlopCounterMode(display=False) as dit_count:
@@ -37,18 +40,22 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("spec", nargs="?", default="imagenet",
                    help="fid-bench spec (default: imagenet, the paper's Table 2)")
-    p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (default: H100/H200 SXM)")
+    p.add_argument("--peak-tflops", type=float, default=989.0,
+                   help="dense bf16 peak (default: H100/H200 SXM)")
     p.add_argument("--mfu-batched", type=float, default=0.40,
-                   help="assumed MFU of batched work: guided sampling, SA's timestep-batched Fisher, SalUn's saliency")
+                   help="assumed MFU of batched work: guided sampling, SA's timestep-batched "
+                        "Fisher, SalUn's saliency")
     p.add_argument("--mfu-small", type=float, default=0.05,
-                   help="assumed MFU of batch-1 erase steps and per-sample Fisher gradients (a GPU mostly idles)")
+                   help="assumed MFU of batch-1 erase steps and per-sample Fisher gradients (a GPU "
+                        "mostly idles)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every cell, e.g. eval.protocol=fast")
     args = p.parse_args(argv)
     spec = read_spec(args.spec)
     spec.set = [*spec.set, *args.overrides]
     dit_gflop, vae_gflop = gflop_per_image()
-    totals: dict[str, list[float]] = {}  # phase -> [forward passes, backward passes, images decoded]
+    # phase -> [forward passes, backward passes, images decoded]
+    totals: dict[str, list[float]] = {}
     shared = set()
     for method in spec.methods:
         for mode in spec.optimizers:
@@ -57,7 +64,8 @@ def main(argv=None) -> None:
                     cfg = load_config(spec.config, [*spec.set, f"method.name={method}",
                                                        f"erase.optimizer={mode}", f"seed={seed}"])
                     guided = 1 if cfg.sample.guidance == 1.0 else 2
-                    eval_steps = evaluation_config(cfg).sample.steps * guided  # passes per image evaluated
+                    # passes per image evaluated
+                    eval_steps = evaluation_config(cfg).sample.steps * guided
                     for phase, fwd, bwd in passes(cfg, 1000, cfg.eval.grid_classes):
                         name = phase.replace(" (cached after a first run)", "")
                         name = "erasure" if name.startswith("erasure") else name
@@ -72,16 +80,19 @@ def main(argv=None) -> None:
     rows, hours = [], {}
     for name, (fwd, bwd, images) in totals.items():
         pflop = ((fwd + 2 * bwd) * dit_gflop + images * vae_gflop) / 1e6  # backward ~ 2x forward
-        mfu = args.mfu_small if name in ("erasure", "method preparation (Fisher diagonals)") else args.mfu_batched
+        mfu = (args.mfu_small if name in ("erasure", "method preparation (Fisher diagonals)")
+               else args.mfu_batched)
         hours[name] = pflop * 1e15 / (args.peak_tflops * 1e12 * mfu) / 3600
-        rows.append({"phase": name, "forward passes": f"{fwd:,.0f}", "backward passes": f"{bwd:,.0f}",
-                     "images decoded": f"{images:,.0f}", "PFLOP": pflop, "assumed MFU": mfu, "GPU-hours": hours[name]})
+        rows.append({"phase": name, "forward passes": f"{fwd:,.0f}",
+                     "backward passes": f"{bwd:,.0f}", "images decoded": f"{images:,.0f}",
+                     "PFLOP": pflop, "assumed MFU": mfu, "GPU-hours": hours[name]})
     total = sum(hours.values())
     for r in rows:
         r["share"] = f"{hours[r['phase']] / total:.1%}"
     cells = len(spec.methods) * len(spec.optimizers) * len(spec.classes) * len(spec.seeds)
     print(header(f"cost model of fid-bench {args.spec}: {cells} cells", {
-        **{k: v for k, v in vars(args).items() if k != "spec"}, "DiT GFLOP/forward": round(dit_gflop, 1),
+        **{k: v for k, v in vars(args).items() if k != "spec"},
+        "DiT GFLOP/forward": round(dit_gflop, 1),
         "VAE decode GFLOP/image": round(vae_gflop, 1)}))
     print(table(rows))
     print(f"\ntotal: {total:,.1f} GPU-hours ({total / cells:.2f} per cell) at the assumed MFUs")

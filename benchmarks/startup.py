@@ -1,6 +1,6 @@
-"""How long a command takes to answer --help, --version and a bad argument (all before torch is imported), against
-the import of what a real run loads (torch, diffusers, timm, torch-fidelity): median wall seconds of fresh processes,
-measured side by side."""
+"""How long a command takes to answer --help, --version and a bad argument (all before torch is
+imported), against the import of what a real run loads (torch, diffusers, timm, torch-fidelity):
+median wall seconds of fresh processes, measured side by side."""
 from __future__ import annotations
 
 import statistics
@@ -22,7 +22,8 @@ def seconds(code: str, repeats: int) -> float:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run([sys.executable, "-c", code], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -33,9 +34,11 @@ def main(repeats: int = 5) -> None:
     rows = []
     for command in COMMANDS:
         call = f"from dualerase.cli.{command} import main; main"
-        for what, args in (("--help", "['--help']"), ("--version", "['--version']"), ("bad argument", "['--bogus']")):
+        for what, args in (("--help", "['--help']"), ("--version", "['--version']"),
+                           ("bad argument", "['--bogus']")):
             s = seconds(f"{call}({args})", repeats)
-            rows.append({"command": command.replace("_", "-"), "asked": what, "s": s, "of a run's imports": s / heavy})
+            rows.append({"command": command.replace("_", "-"), "asked": what, "s": s,
+                         "of a run's imports": s / heavy})
     print(table(rows))
     print(f"\na run's imports ({RUN_IMPORTS}): {heavy:.2f} s")
 

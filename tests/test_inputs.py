@@ -1,4 +1,6 @@
-"""Inputs and outputs that used to go wrong silently: odd image formats, stray folders, stale caches, cut-off labels."""
+"""Inputs and outputs that used to go wrong silently.
+
+Odd image formats, stray folders, stale caches, cut-off labels."""
 import copy
 import errno
 import json
@@ -29,9 +31,11 @@ def _png16(path, value):
 
 
 def test_16_bit_pngs_decode_at_their_grey_level(tmp_path):
-    ramp = np.tile(np.array([0, 65535 // 2, 65535], dtype=np.uint16).repeat(4), (12, 1))  # black, mid-grey, white
-    images, kept = load_images([_png16(tmp_path / "ramp.png", ramp), _png16(tmp_path / "grey.png",
-                                np.full((9, 9), 32768))], 12, 3, "test", progress=False)
+    # black, mid-grey, white
+    ramp = np.tile(np.array([0, 65535 // 2, 65535], dtype=np.uint16).repeat(4), (12, 1))
+    images, kept = load_images([_png16(tmp_path / "ramp.png", ramp),
+                                _png16(tmp_path / "grey.png", np.full((9, 9), 32768))], 12, 3,
+                               "test", progress=False)
     assert kept == [0, 1]
     pixels = ((images + 1) * 127.5).round()
     assert pixels[0, :, 6, :4].eq(0).all()
@@ -42,9 +46,10 @@ def test_16_bit_pngs_decode_at_their_grey_level(tmp_path):
 
 def test_fid_reference_writes_16_bit_pngs_at_their_grey_level(tmp_path):
     (tmp_path / "train" / "n01440764").mkdir(parents=True)
-    _png16(tmp_path / "train" / "n01440764" / "a.png", np.full((20, 20), 16384))  # a quarter grey: 64
-    assert fid_reference.main(["--data", str(tmp_path / "train"), "--output", str(tmp_path / "ref"), "--size", "8",
-                               "--quiet"]) == 0
+    # a quarter grey: 64
+    _png16(tmp_path / "train" / "n01440764" / "a.png", np.full((20, 20), 16384))
+    assert fid_reference.main(["--data", str(tmp_path / "train"), "--output", str(tmp_path / "ref"),
+                               "--size", "8", "--quiet"]) == 0
     out = np.asarray(Image.open(tmp_path / "ref" / "n01440764" / "a.png"))
     assert out.shape == (8, 8, 3)
     assert abs(int(out.max()) - 64) <= 1
@@ -61,25 +66,30 @@ def test_grid_labels_and_panel_titles_fit_their_columns(tmp_path):
     arr = np.asarray(grid)
     is_blue = (arr == [0, 0, 255]).all(-1).any(0)
     starts = [x for x in range(arr.shape[1]) if is_blue[x] and not is_blue[x - 1]]
-    panels = [starts[0], starts[len(starts) // 2]]  # 2 images per panel: each panel starts with a run of blue
+    # 2 images per panel: each panel starts with a run of blue
+    panels = [starts[0], starts[len(starts) // 2]]
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength
-    assert 4 + measure(names[0] + "  (erased)") < panels[0]  # the longest label ends before the first image
+    # the longest label ends before the first image
+    assert 4 + measure(names[0] + "  (erased)") < panels[0]
     assert panels[0] + measure(titles[0]) < panels[1]  # each title ends before the next panel
     assert panels[1] + measure(titles[1]) <= grid.width
 
 
 def test_a_non_finite_fid_is_written_as_null_with_its_reason(tmp_path, monkeypatch, capsys):
-    own = tmp_path / "cache"  # these scores must not land in the shared cache; the trained digits models may
+    # these scores must not land in the shared cache; the trained digits models may
+    own = tmp_path / "cache"
     shared = Path(os.environ["DUALERASE_HOME"]) / "digits"
     shared.mkdir(parents=True, exist_ok=True)
     own.mkdir()
     (own / "digits").symlink_to(shared)
     monkeypatch.setenv("DUALERASE_HOME", str(own))
-    monkeypatch.setattr(DigitsScorer, "fidelity", lambda self, samples, forget_class, classes=None: {
-        "fid": float("inf"), "kid": 0.01, "precision": 0.5, "recall": 0.5})
+    monkeypatch.setattr(
+        DigitsScorer, "fidelity", lambda self, samples, forget_class, classes=None: {
+            "fid": float("inf"), "kid": 0.01, "precision": 0.5, "recall": 0.5})
     out = tmp_path / "run"
     assert erase_class.main(["3", "--output", str(out), *TINY]) == 0
-    m = json.loads((out / "metrics.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    m = json.loads((out / "metrics.json").read_text(),
+                   parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
     for side in ("before", "after"):
         assert m[side]["fid"] is None
         assert m[side]["fid_error"].startswith("not finite (torch-fidelity gave inf)")
@@ -95,11 +105,13 @@ def test_a_non_finite_fid_is_written_as_null_with_its_reason(tmp_path, monkeypat
     assert trials["after"]["fid"] == 3.0
     assert "1 of 2 trials" in trials["after"]["fid_error"]
     assert "FID after: not finite in 1 of 2 trials" in summary(trials)
-    assert trials["std"]["after"]["fid"] is None  # one finite value has no spread, not a spread of 0
+    # one finite value has no spread, not a spread of 0
+    assert trials["std"]["after"]["fid"] is None
     assert "3.000 +- n/a" in summary(trials)
     table = bench.markdown(bench.aggregate([m]), [m], "fid-bench")
     assert "| n/a +- n/a |" in table
-    assert f"| {m['after']['forget_accuracy']:.3f} +- n/a |" in table  # one seed: no spread, not +- 0.000
+    # one seed: no spread, not +- 0.000
+    assert f"| {m['after']['forget_accuracy']:.3f} +- n/a |" in table
     assert "FID was not finite in 2 evaluation(s)" in table
     assert "| 3 | " in table.split("Base model")[1]
     assert "n/a |" in table.split("Base model")[1]
@@ -112,8 +124,8 @@ def test_fid_reference_names_a_stray_folder_among_synsets(tmp_path, capsys):
     for synset in ("n01440764", "n02099601", "lost+found"):
         (tmp_path / "train" / synset).mkdir(parents=True)
         Image.new("RGB", (12, 12), "gray").save(tmp_path / "train" / synset / "a.png")
-    code = fid_reference.main(["--data", str(tmp_path / "train"), "--output", str(tmp_path / "ref"), "--exclude",
-                               "golden retriever", "--quiet"])
+    code = fid_reference.main(["--data", str(tmp_path / "train"), "--output", str(tmp_path / "ref"),
+                               "--exclude", "golden retriever", "--quiet"])
     err = capsys.readouterr().err
     assert code == 2, err
     assert "sub-folder 'lost+found' is not an ImageNet synset" in err, err
@@ -122,18 +134,22 @@ def test_fid_reference_names_a_stray_folder_among_synsets(tmp_path, capsys):
 
 
 def test_a_full_or_forbidden_output_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
-    # Tests run as root, whom permissions do not stop: simulate the probe failing as on a full disk. The real probe is
-    # exercised by the bad-input tables (a path under /sys, a path under a regular file).
+    # Tests run as root, whom permissions do not stop: simulate the probe failing as on a full disk.
+    # The real probe is exercised by the bad-input tables (a path under /sys, a path under a
+    # regular file).
     def full(folder):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(data, "_probe", full)
-    monkeypatch.setattr(job, "prepare", lambda *a, **k: pytest.fail("started work on an unwritable output"))
-    monkeypatch.setattr(grid, "load_models", lambda *a, **k: pytest.fail("loaded models for nothing"))
+    monkeypatch.setattr(job, "prepare",
+                        lambda *a, **k: pytest.fail("started work on an unwritable output"))
+    monkeypatch.setattr(grid, "load_models",
+                        lambda *a, **k: pytest.fail("loaded models for nothing"))
     (tmp_path / "train" / "n01440764").mkdir(parents=True)
     commands = [(erase_class.main, ["3", "--output", str(tmp_path / "run"), *TINY]),
                 (grid_command.main, ["--output", str(tmp_path / "grid.png"), "--quiet"]),
-                (fid_reference.main, ["--data", str(tmp_path / "train"), "--output", str(tmp_path / "ref")])]
+                (fid_reference.main, ["--data", str(tmp_path / "train"), "--output",
+                                      str(tmp_path / "ref")])]
     for command, argv in commands:
         assert command(argv) == 2
         err = capsys.readouterr().err

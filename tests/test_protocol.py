@@ -1,5 +1,7 @@
-"""The evaluation protocol: the samplers it may use, the fast protocol for quick looks, and the base model sampled once
-per protocol however many methods, modes and seeds a benchmark runs."""
+"""The evaluation protocol: its samplers, the fast protocol, the base model sampled once.
+
+The samplers it may use, the fast protocol for quick looks, and the base model sampled once per
+protocol however many methods, modes and seeds a benchmark runs."""
 import json
 from types import SimpleNamespace
 
@@ -17,13 +19,15 @@ from dualerase.sampling import class_labels, sample
 
 
 class Oracle(torch.nn.Module):
-    """A stand-in DiT that knows the clean image: it predicts exactly the noise that takes `x0` to x_t under DiT's
-    schedule (and no variance)."""
+    """A stand-in DiT that knows the clean image.
+
+    It predicts exactly the noise that takes `x0` to x_t under DiT's schedule (and no variance)."""
 
     def __init__(self, x0: torch.Tensor):
         super().__init__()
         self.x0, self.ac = x0, make_scheduler().alphas_cumprod
-        self.config = SimpleNamespace(in_channels=1, out_channels=1, sample_size=8, num_embeds_ada_norm=10)
+        self.config = SimpleNamespace(in_channels=1, out_channels=1, sample_size=8,
+                                      num_embeds_ada_norm=10)
         self.anchor = torch.nn.Parameter(torch.zeros(1))  # gives the module a device and dtype
 
     device, dtype = torch.device("cpu"), torch.float32
@@ -35,11 +39,12 @@ class Oracle(torch.nn.Module):
 
 @pytest.mark.parametrize("kind", ["ddim", "dpm-solver++"])
 def test_few_step_samplers_follow_dits_schedule(kind):
-    """Driven by a model that predicts the noise exactly, DDIM and DPM-Solver++ land on the clean image in 10 steps:
-    their noise schedule and timesteps are the ones the model was trained on."""
+    """Driven by an exact noise predictor, DDIM and DPM-Solver++ reach the clean image in 10 steps.
+
+    Their noise schedule and timesteps are the ones the model was trained on."""
     x0 = torch.rand(4, 1, 8, 8) * 2 - 1
-    out = sample(Oracle(x0), sampler_scheduler(kind), class_labels(10, 1)[:4], num_steps=10, guidance=1.0, seed=0,
-                 progress=False, quantize=False)
+    out = sample(Oracle(x0), sampler_scheduler(kind), class_labels(10, 1)[:4], num_steps=10,
+                 guidance=1.0, seed=0, progress=False, quantize=False)
     assert torch.allclose(out, x0, atol=1e-4)
     with pytest.raises(ValueError, match="unknown sample.scheduler"):
         sampler_scheduler("euler")
@@ -57,10 +62,12 @@ def test_fast_protocol_quarters_the_samples_and_says_so(tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert m["protocol"]["protocol"].startswith("fast: for quick looks only")
     assert m["protocol"]["sampler"].startswith("DDPM")
-    assert (m["protocol"]["steps"], m["protocol"]["forget_samples"]) == (4, 3)  # TINY's 4 steps are already fewer
+    # TINY's 4 steps are already fewer
+    assert (m["protocol"]["steps"], m["protocol"]["forget_samples"]) == (4, 3)
     assert m["protocol"]["retain_samples"] == 9 * 2  # TINY's 10 per class, quartered
     assert len(list((out / "samples" / "forget").glob("*.png"))) == 3
-    assert "Protocol: FAST (for quick looks only" in (out / "model" / "README.md").read_text()  # said once
+    # said once
+    assert "Protocol: FAST (for quick looks only" in (out / "model" / "README.md").read_text()
     from dualerase.bench.bench import markdown
 
     table = markdown([], [m], "fid-bench digits")
@@ -68,8 +75,10 @@ def test_fast_protocol_quarters_the_samples_and_says_so(tmp_path):
 
 
 def test_a_benchmark_samples_the_base_model_once_per_class(tmp_path, monkeypatch):
-    """2 classes x 2 methods: the base model's scores are sampled twice (once per class) and its grid once (digits
-    grids show all ten classes whatever the forget class); every other cell reads the cache."""
+    """2 classes x 2 methods: the base model's scores are sampled twice and its grid once.
+
+    The scores once per class, the grid once (digits grids show all ten classes whatever the forget
+    class); every other cell reads the cache."""
     calls = []
     real_evaluate, real_sample = evaluation.evaluate, sampling.sample
 
@@ -79,21 +88,24 @@ def test_a_benchmark_samples_the_base_model_once_per_class(tmp_path, monkeypatch
 
     def counting_sample(model, *args, **kwargs):
         if kwargs.get("desc") == "sample grid" and kwargs.get("cache_dir") is not None:
-            cached = list(kwargs["cache_dir"].glob("batch-*.pt")) if kwargs["cache_dir"].exists() else []
+            cached = (list(kwargs["cache_dir"].glob("batch-*.pt")) if kwargs["cache_dir"].exists()
+                      else [])
             calls.append(("grid", str(kwargs["cache_dir"]), len(cached) > 0))
         return real_sample(model, *args, **kwargs)
 
     monkeypatch.setattr(evaluation, "evaluate", counting_evaluate)
     monkeypatch.setattr(sampling, "sample", counting_sample)
-    monkeypatch.setenv("DUALERASE_HOME", str(tmp_path / "cache"))  # a cache no other test has filled
-    args = ["--classes", "3", "5", "--seeds", "0", "--methods", "ga", "sfron", "--optimizers", "dual",
-            "--output", str(tmp_path / "bench"), *TINY]
+    # a cache no other test has filled
+    monkeypatch.setenv("DUALERASE_HOME", str(tmp_path / "cache"))
+    args = ["--classes", "3", "5", "--seeds", "0", "--methods", "ga", "sfron", "--optimizers",
+            "dual", "--output", str(tmp_path / "bench"), *TINY]
     assert fid_bench.main(args) == 0
     base = [c for c in calls if c[0] == "evaluate" and c[2]]
     assert sorted(c[1] for c in base) == [3, 5]
     base_grids = [c for c in calls if c[0] == "grid" and "base-grid" in c[1]]
     assert len(base_grids) == 4 and len({c[1] for c in base_grids}) == 1
-    assert [c[2] for c in base_grids] == [False] + [True] * 3  # sampled by the first cell, read by the others
+    # sampled by the first cell, read by the others
+    assert [c[2] for c in base_grids] == [False] + [True] * 3
 
 
 def test_sa_replay_is_drawn_once_for_both_optimizer_modes(tmp_path, monkeypatch):
@@ -107,17 +119,21 @@ def test_sa_replay_is_drawn_once_for_both_optimizer_modes(tmp_path, monkeypatch)
         return real_sample(model, *args, **kwargs)
 
     monkeypatch.setattr(sampling, "sample", counting_sample)
-    monkeypatch.setenv("DUALERASE_HOME", str(tmp_path / "cache"))  # a cache no other test has filled
+    # a cache no other test has filled
+    monkeypatch.setenv("DUALERASE_HOME", str(tmp_path / "cache"))
     for mode in ("dual", "shared"):
-        assert erase_class.main(["3", "--output", str(tmp_path / mode), *TINY, "--set", "method.name=sa",
-                                 "--set", f"erase.optimizer={mode}"]) == 0
+        assert erase_class.main(["3", "--output", str(tmp_path / mode), *TINY, "--set",
+                                 "method.name=sa", "--set", f"erase.optimizer={mode}"]) == 0
     assert drawn == [True, False]  # the second mode reads the first one's replay samples
 
 
 def test_the_opt_in_gates_of_forget_accuracy():
-    """With eval.fa_min_confidence 0.9 and eval.fa_real_distance 4.5 (the digits rule before "not a digit"), a
-    near-white image, a grid pattern (even at probability 1.00) or a weak guess do not count, a confident sample near a
-    real one does; without them (both presets now) the top class alone decides, as the published evaluator."""
+    """A near-white image, a grid pattern or a weak guess are not counted under the opt-in gates.
+
+    With eval.fa_min_confidence 0.9 and eval.fa_real_distance 4.5 (the digits rule before "not a
+    digit"), a near-white image, a grid pattern (even at probability 1.00) or a weak guess do not
+    count, a confident sample near a real one does; without them (both presets now) the top class
+    alone decides, as the published evaluator."""
     from dualerase.metrics.fid import DigitsScorer
     from dualerase.metrics.scorer import counts_as_forget
     from dualerase.models.digits import load_digits
@@ -129,19 +145,22 @@ def test_the_opt_in_gates_of_forget_accuracy():
     grid[:, 1::3, :] = grid[:, :, 1::3] = -1  # white squares on black lines, like erased samples
     near_white = torch.ones(1, 8, 8)
     near_white[0, 0, 0] = 0.5
-    noisy_one = (one + 0.1 * torch.randn(one.shape, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
+    noisy_one = (one + 0.1 * torch.randn(one.shape,
+                                         generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
     images = torch.stack([near_white, grid, one, noisy_one])
     probs = torch.full((4, 10), 0.01)
     probs[:, 1] = torch.tensor([0.91, 1.00, 0.40, 0.95])  # all four: top class 1
     digits = load_config("digits", ["eval.fa_min_confidence=0.9", "eval.fa_real_distance=4.5"]).eval
-    assert counts_as_forget(probs, images, 1, digits, scorer).tolist() == [False, False, False, True]
+    assert counts_as_forget(probs, images, 1, digits,
+                            scorer).tolist() == [False, False, False, True]
     for preset in ("digits", "imagenet"):
-        assert counts_as_forget(probs, images, 1, load_config(preset).eval, scorer).tolist() == [True] * 4
+        assert counts_as_forget(probs, images, 1, load_config(preset).eval,
+                                scorer).tolist() == [True] * 4
     assert counts_as_forget(probs, images, 2, digits, scorer).tolist() == [False] * 4
 
 
 def test_distance_to_the_nearest_real_digit():
-    """`real_distance` is the L2 distance to the closest real image of the class, 0 for a real one."""
+    """`real_distance`: the L2 distance to the closest real image of the class, 0 for a real one."""
     from dualerase.metrics.fid import DigitsScorer
     from dualerase.models.digits import load_digits
 

@@ -1,5 +1,6 @@
-"""The committed benchmark records redraw every committed table and figure they back, and read back as they
-were written (bench/records.py)."""
+"""The committed benchmark records redraw the tables and figures they back (bench/records.py).
+
+They also read back as they were written."""
 import json
 import subprocess
 import sys
@@ -13,15 +14,19 @@ from dualerase.bench.bench import run_spec
 from dualerase.bench.cells import plan
 from dualerase.bench.records import CELLS, LOGS, pack, unpack
 from dualerase.cli import fid_bench
+from dualerase.config import saved_config
 from dualerase.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDS = ROOT / "benchmarks" / "records"
 DOCS = ROOT / "docs" / "bench-digits"
+# how the recorded benchmarks ran: one thread, on the digits DiT trained on every digit (the
+# preset of their commits; the digits preset trains on the train split since)
+RAN_WITH = ["compute.threads=1", "digits.data=all"]
 
 
 def _body(path: Path) -> list[str]:
-    """A results.md without its command line (it names the output folder the tables were drawn in)."""
+    """A results.md without its command line, which names the folder the tables were drawn in."""
     return [line for line in path.read_text().splitlines() if not line.startswith("Command: ")]
 
 
@@ -37,7 +42,7 @@ def _same_figure(drawn: Path, committed: Path) -> None:
 
 def _aggregate(spec: str, records: Path, out: Path) -> None:
     unpack(records, out)
-    grid = plan(spec, overrides=["compute.threads=1"])
+    grid = plan(spec, overrides=RAN_WITH)
     run_spec(grid, out, progress=False, aggregate_only=True, command=f"fid-bench {spec}")
 
 
@@ -46,15 +51,19 @@ def test_the_tuned_comparison_is_drawn_again_from_its_records(tmp_path):
     assert _body(tmp_path / "results.md") == _body(DOCS / "results.md")
     assert _body(tmp_path / "tune" / "results.md") == _body(DOCS / "tuning.md")
     assert (tmp_path / "results.csv").read_text() == (DOCS / "results.csv").read_text()
-    for preset in (DOCS / "tuned").glob("*.yaml"):
-        assert (tmp_path / "tuned" / preset.name).read_text() == preset.read_text(), preset.name
+    for preset in (DOCS / "tuned").glob("*.yaml"):  # the same head, and the same config as it loads
+        drawn = tmp_path / "tuned" / preset.name
+        head = [line for line in preset.read_text().splitlines() if line.startswith("#")]
+        assert [line for line in drawn.read_text().splitlines() if line.startswith("#")] == head
+        assert saved_config(drawn) == saved_config(preset), preset.name
     assert len(list((DOCS / "tuned").glob("*.yaml"))) == 8
     for figure in ("forget_loss.png", "grad_norms.png"):
         _same_figure(tmp_path / figure, DOCS / figure)
     # written again from the drawn folder, the records are the committed ones, byte for byte
     pack(tmp_path, tmp_path / "again", "digits")
     for name in (CELLS, LOGS):
-        assert (tmp_path / "again" / name).read_bytes() == (RECORDS / "digits-tuned" / name).read_bytes()
+        assert ((tmp_path / "again" / name).read_bytes()
+                == (RECORDS / "digits-tuned" / name).read_bytes())
 
 
 def test_the_fidelity_effects_table_is_printed_again_from_its_records():
@@ -69,14 +78,16 @@ def test_the_fidelity_effects_table_is_printed_again_from_its_records():
 
 
 def test_the_sensitivity_sweep_is_drawn_again_by_fid_bench_from_its_records(tmp_path, capsys):
-    """--records with --aggregate: the tables and figure from the records alone, and the records written
-    again unchanged."""
+    """--records with --aggregate: the tables and figure from the records alone.
+
+    The records are written again unchanged."""
     records = tmp_path / "records"
     records.mkdir()
     (records / CELLS).write_bytes((RECORDS / "digits-sensitivity" / CELLS).read_bytes())
     out = tmp_path / "bench"
+    sets = [a for s in RAN_WITH for a in ("--set", s)]
     assert fid_bench.main(["digits-sensitivity", "--output", str(out), "--records", str(records),
-                           "--aggregate", "--quiet", "--set", "compute.threads=1"]) == 0
+                           "--aggregate", "--quiet", *sets]) == 0
     assert f"wrote {records}/: 120 cells in {CELLS}\n" in capsys.readouterr().out
     committed = DOCS / "sensitivity"
     assert _body(out / "results.md") == _body(committed / "results.md")

@@ -1,1 +1,1 @@
-"""fid-bench: benchmark specs, their cells, the tuning stage, the tables and the committed records."""
+"""fid-bench: benchmark specs, their cells, the tuning stage, the tables, the committed records."""

@@ -1,5 +1,7 @@
-"""The benchmark behind fid-bench: every cell of a grid run once, then the method x optimizer x class
-table (forget accuracy, retain accuracy, FID, spread over seeds) and its figures."""
+"""The benchmark behind fid-bench: every cell of a grid run once, then its table and figures.
+
+The table is method x optimizer x class (forget accuracy, retain accuracy, FID, spread over
+seeds)."""
 from __future__ import annotations
 
 import csv
@@ -23,15 +25,18 @@ from dualerase.reports.robustness import flatten
 from dualerase.reports.sensitivity import plot_sensitivity
 from dualerase.reports.tables import markdown, relearn_panels, robust_keys
 from dualerase.runs.evaluation import SCORES
-from dualerase.runs.job import mean_std, run
+from dualerase.runs.job import run
 from dualerase.runs.plan import cells_passes, estimate, passes_table
+from dualerase.runs.trials import mean_std
 from dualerase.runs.workload import check_inputs
 from dualerase.storage import atomic_write_json, atomic_write_text
 from dualerase.unlearn import DivergenceError
 
-TUNING_POLL_S = 30.0  # how often a job done with its tuning cells looks whether the others' are done
+# how often a job done with its tuning cells looks whether the others' are done
+TUNING_POLL_S = 30.0
+# what a benchmark writes into its output folder
 BENCH_FILES = ("results.md", "results.csv", "results.json", "forget_loss.png", "grad_norms.png",
-               "sensitivity.png", "relearn_curve.png")  # what a benchmark writes into its output folder
+               "sensitivity.png", "relearn_curve.png")
 
 
 def _scores(side: dict) -> dict:
@@ -41,16 +46,19 @@ def _scores(side: dict) -> dict:
 def aggregate(cells: list[dict]) -> list[dict]:
     """Rows per (method, optimizer, class) over seeds, then per (method, optimizer) over classes.
 
-    Every score of SCORES and of the robustness section. A class row holds mean and std across seeds;
-    an "all" row the mean over classes of those means and of those stds (the spread across runs, as in
-    the paper's Std column), and the gap to the base model; a single class gets no "all" row.
+    Every score of SCORES and of the robustness section. A class row holds mean and std across
+    seeds; an "all" row the mean over classes of those means and of those stds (the spread across
+    runs, as in the paper's Std column), and the gap to the base model; a single class gets no "all"
+    row.
     """
     def key(m):
-        return m["method"], m["optimizer"], setting_label(m.get("setting", ())), str(m["forget_class"])
+        return (m["method"], m["optimizer"], setting_label(m.get("setting", ())),
+                str(m["forget_class"]))
 
     scores = [*SCORES, *robust_keys(cells)]
     per_class = []
-    for (method, optimizer, setting, cls), group in itertools.groupby(sorted(cells, key=key), key=key):
+    for (method, optimizer, setting, cls), group in itertools.groupby(
+            sorted(cells, key=key), key=key):
         sides = [(_scores(m["after"]), _scores(m["before"])) for m in group]
         row = {"method": method, "optimizer": optimizer, "setting": setting, "class": cls,
                "runs": len(sides)}
@@ -74,7 +82,11 @@ def aggregate(cells: list[dict]) -> list[dict]:
 
 
 def dry_run(grid: Grid, output: Path) -> str:
-    """Every check a real run makes before its first cell, then the cells to run and their passes."""
+    """Every check a real run makes before its first cell; the cells to run and their passes.
+
+    Returns:
+        The text `--dry-run` prints.
+    """
     check_writable(output, "--output")
     check_inputs(grid.configs[0])
     stages = []
@@ -102,8 +114,12 @@ def dry_run(grid: Grid, output: Path) -> str:
 def tuned(grid: Grid, output: Path, **kwargs) -> BenchResult:
     """A spec with `tune`: the tuning stage, each pair's setting chosen from it, then the report.
 
-    The tuning stage runs in output/tune; each (method, optimizer)'s operating point is chosen from it
-    alone (`tuning.select`) and written to output/tuned/; the reporting grid runs at those settings.
+    The tuning stage runs in output/tune; each (method, optimizer)'s operating point is chosen from
+    it alone (`tuning.select`) and written to output/tuned/; the reporting grid runs at those
+    settings.
+
+    Raises:
+        UsageError: a (method, optimizer) pair none of whose tuning cells finished.
     """
     stage = tuning_grid(grid)
     tuning, polls = bench(stage, output / "tune", **kwargs), 0
@@ -125,23 +141,28 @@ def tuned(grid: Grid, output: Path, **kwargs) -> BenchResult:
                   for cell in grid.cells]
     grid.configs = configs_of(grid.spec, grid.cells)
     if processes().is_main_process:
-        configs = {(cell.method, cell.optimizer): cfg for cell, cfg in zip(grid.cells, grid.configs)}
+        configs = {(cell.method, cell.optimizer): cfg
+                   for cell, cfg in zip(grid.cells, grid.configs)}
         write_tuned(chosen, configs, grid.spec, output / "tuned")
     return bench(grid, output, **kwargs)
 
 
 @dataclass
 class BenchResult:
-    """What a benchmark left: the table's rows, every finished cell's metrics, the diverged and the
-    unfinished cells, and results.md's text (None when other jobs still run cells, or when every
-    cell diverged)."""
+    """What a benchmark left: the table's rows and text, and its cells by how they ended.
+
+    `rows`: the table's rows; `cells`: every finished cell's metrics; `diverged` and `pending`: the
+    diverged and the unfinished cells; `table`: results.md's text (None when other jobs still run
+    cells, or when every cell diverged).
+    """
 
     output: Path
     rows: list[dict] = field(default_factory=list)
     cells: list[dict] = field(default_factory=list)
     diverged: list[str] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)
-    running: int = 0  # of the pending cells, those claimed by a job (running, or dead and not taken over)
+    # of the pending cells, those claimed by a job (running, or dead and not taken over)
+    running: int = 0
     table: str | None = None
 
 
@@ -173,6 +194,9 @@ def bench(grid: Grid, output: Path, *, progress: bool = True, shard: tuple[int, 
     With `aggregate_only` nothing runs and the tables cover the cells finished so far. A killed cell
     continues from its checkpoint; a diverged cell is reported, and the benchmark goes on. Writes
     results.md / .csv / .json and the figures into `output`.
+
+    Raises:
+        UsageError: `output` cannot be written, or holds cells run with another config.
     """
     state = processes()
     check_writable(output, "--output")  # before the first cell, not after it
@@ -195,7 +219,8 @@ def bench(grid: Grid, output: Path, *, progress: bool = True, shard: tuple[int, 
             result.pending.append(cell.name)
             result.running += claimed(out)
     if (result.pending and not aggregate_only) or not result.cells:
-        return result  # other jobs (or shards) run the rest: the last job to finish writes the tables
+        # other jobs (or shards) run the rest: the last job to finish writes the tables
+        return result
     result.rows = aggregate(result.cells)
     if state.is_main_process:  # under a multi-process launch the main process writes the tables
         result.table = write_tables(grid, result, command)
@@ -237,5 +262,5 @@ def draw_figures(grid: Grid, result: BenchResult, logs: dict, broken: list[dict]
 
 
 def run_spec(grid: Grid, output: Path, **kwargs) -> BenchResult:
-    """A spec's benchmark: through its tuning stage first where it has one (`tuned`), else `bench`."""
+    """A spec's benchmark: through its tuning stage first if it has one (`tuned`), else `bench`."""
     return (tuned if grid.spec.tune is not None else bench)(grid, output, **kwargs)

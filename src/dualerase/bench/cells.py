@@ -14,7 +14,7 @@ from dualerase.runs.workload import classes_of
 
 
 class Cell(NamedTuple):
-    """One (method, optimizer, class, seed) run of a benchmark, at its setting (its own overrides)."""
+    """One (method, optimizer, class, seed) run of a benchmark at its setting (its overrides)."""
 
     method: str
     optimizer: str
@@ -107,7 +107,8 @@ def tuning_grid(grid: Grid) -> Grid:
     """The tuning stage of a spec with `tune`: each method's settings on the tuning seeds."""
     spec, tune = grid.spec, grid.spec.tune
 
-    def settings(method: str, optimizer: str) -> list[list[str]]:  # every combination, or the preset
+    # every combination, or the preset
+    def settings(method: str, optimizer: str) -> list[list[str]]:
         keys = spec.grid_of(method, optimizer)
         return [[f"{k}={v}" for k, v in zip(keys, values)]
                 for values in itertools.product(*keys.values())] or [[]]
@@ -125,5 +126,5 @@ def check_cells(grid: Grid, output: Path) -> None:
     for cell, cfg in zip(grid.cells, grid.configs):
         saved = cell.folder(output) / "config.yaml"
         if saved.exists() and saved_config(saved) != to_dict(cfg):
-            raise UsageError(f"cell {saved.parent} was run with another config: give a new --output "
-                             "for a changed benchmark")
+            raise UsageError(f"cell {saved.parent} was run with another config: give a new "
+                             "--output for a changed benchmark")

@@ -1,10 +1,12 @@
-"""A benchmark's records: one line per cell in `cells.jsonl`, and the per-step logs in `logs.tar.xz`.
+"""A benchmark's records: one line per cell in `cells.jsonl`, the per-step logs in `logs.tar.xz`.
 
-A line holds the cell's folder (relative to the benchmark's output), its preset, the config's
-difference from that preset (the preset under the cell's method, `load_config`'s published values
-included) and the cell's `metrics.json` or its divergence. `unpack` writes the cell folders back
-(config.yaml, metrics.json or diverged.txt, log.jsonl) so that `fid-bench --aggregate` redraws every
-table and figure from them; `pack` writes the records of an output folder's cells.
+A line holds the cell's folder (relative to the benchmark's output), its preset and method (for
+the reader), the config's difference from the schema's defaults (every value the preset, the
+method's published values and the overrides set: a later edit of the preset does not change what
+a record says it ran with) and the cell's `metrics.json` or its divergence. `unpack` writes the
+cell folders back (config.yaml, metrics.json or diverged.txt, log.jsonl) so that `fid-bench
+--aggregate` redraws every table and figure from them; `pack` writes the records of an output
+folder's cells.
 """
 from __future__ import annotations
 
@@ -16,17 +18,13 @@ from pathlib import Path
 
 import yaml
 
-from dualerase.config import apply_mapping, differing, load_config, saved_config, to_dict
+from dualerase.config import Config, apply_mapping, differing, saved_config, to_dict
 from dualerase.errors import ConfigError, UsageError
 from dualerase.storage import atomic_write_json, atomic_write_text
 
 CELLS = "cells.jsonl"
 LOGS = "logs.tar.xz"
 RESULTS = ("metrics.json", "diverged.txt")  # a cell folder holding one of these is a record
-
-
-def _preset_config(preset: str, method: str):
-    return load_config(preset, [f"method.name={method}"])
 
 
 def _nested(flat: dict) -> dict:
@@ -53,7 +51,7 @@ def pack(output: Path, records: Path, preset: str) -> int:
     Args:
         output: a benchmark's output folder (or any folder of erase-class runs).
         records: the folder to write; its earlier records are replaced.
-        preset: the preset every cell's config is stored as a difference from.
+        preset: the preset the cells ran under (recorded for the reader).
 
     Returns:
         The number of cells written.
@@ -65,11 +63,12 @@ def pack(output: Path, records: Path, preset: str) -> int:
     for folder in record_folders(output):
         config = saved_config(folder / "config.yaml")
         if config is None:
-            raise UsageError(f"{folder / 'config.yaml'} holds a key this version no longer has: pack "
-                             "the records at the commit that ran them")
-        base = to_dict(_preset_config(preset, config["method"]["name"]))
+            raise UsageError(f"{folder / 'config.yaml'} holds a key this version no longer has: "
+                             "pack the records at the commit that ran them")
+        base = to_dict(Config())
         line = {"folder": folder.relative_to(output).as_posix(), "preset": preset,
-                "method": config["method"]["name"], "config": {key: new for key, _, new in differing(base, config)}}
+                "method": config["method"]["name"],
+                "config": {key: new for key, _, new in differing(base, config)}}
         if (folder / "metrics.json").exists():
             line["metrics"] = json.loads((folder / "metrics.json").read_text())
         else:
@@ -103,7 +102,8 @@ def unpack(records: Path, output: Path) -> int:
     """
     cells = records / CELLS
     if not cells.is_file():
-        raise UsageError(f"--records {records} holds no {CELLS}: give a folder of benchmark records")
+        raise UsageError(f"--records {records} holds no {CELLS}: give a folder of benchmark "
+                         "records")
     logs = {}
     if (records / LOGS).is_file():
         with tarfile.open(records / LOGS, mode="r:xz") as tar:
@@ -113,14 +113,14 @@ def unpack(records: Path, output: Path) -> int:
         try:
             line = json.loads(text)
             folder = output / line["folder"]
-            preset, method, diff = line["preset"], line["method"], _nested(line["config"])
+            diff = _nested(line["config"])
         except (ValueError, KeyError, TypeError):
             raise UsageError(f"{cells} line {number} is not a cell record: restore the file from "
                              "git") from None
         if ".." in Path(line["folder"]).parts or any((folder / n).exists() for n in RESULTS):
             continue
         try:
-            cfg = _preset_config(preset, method)
+            cfg = Config()
             apply_mapping(cfg, diff)
         except ConfigError as e:
             raise UsageError(f"{cells} line {number}: {e}; read these records at the commit that "

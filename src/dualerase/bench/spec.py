@@ -1,4 +1,6 @@
-"""A benchmark spec: the typed schema of `presets/bench/*.yaml`, read by the same field checks as `Config`."""
+"""A benchmark spec: the typed schema of `presets/bench/*.yaml`.
+
+A spec is read by the same field checks as `Config`."""
 from __future__ import annotations
 
 import dataclasses
@@ -19,13 +21,13 @@ from dualerase.storage import PRESETS, preset_names
 
 @dataclass
 class TuneSpec:
-    """A tuning stage: each method's grid of settings on its own seeds, then one operating point per pair.
+    """A tuning stage: each method's grid of settings on tuning seeds, one operating point per pair.
 
     `grid` maps a method to {config key: [values]}, or to one such mapping per optimizer mode
     ({dual: {...}, shared: {...}}); every combination is a setting. `seeds` must never be reporting
-    seeds; `classes` defaults to the spec's; `set` holds extra overrides (e.g. the fast protocol). The
-    rule (`tuning.select`): the lowest FID among the settings with FA <= `fa_target` and retain accuracy
-    within `retain_drop` of the base model's, else the lowest FA.
+    seeds; `classes` defaults to the spec's; `set` holds extra overrides (e.g. the fast protocol).
+    The rule (`tuning.select`): the lowest FID among the settings with FA <= `fa_target` and retain
+    accuracy within `retain_drop` of the base model's, else the lowest FA.
     """
 
     seeds: list[int] = field(default_factory=lambda: [100, 101])
@@ -38,15 +40,18 @@ class TuneSpec:
 
 @dataclass
 class SweepSpec:
-    """A sensitivity sweep: one config key (or one per optimizer mode) over `values`, for every cell."""
+    """A sensitivity sweep: one config key (or one per optimizer mode) over `values`.
 
-    key: str | dict = "erase.forget_lr"  # {dual: erase.forget_lr, shared: erase.shared_lr}: one per mode
+    Every cell runs at each value."""
+
+    # {dual: erase.forget_lr, shared: erase.shared_lr}: one per mode
+    key: str | dict = "erase.forget_lr"
     values: list[float] = field(default_factory=list)
 
 
 @dataclass
 class BenchSpec:
-    """Every (method, optimizer, class, seed) cell of a benchmark, under one preset and its overrides.
+    """A benchmark's (method, optimizer, class, seed) cells, under one preset and its overrides.
 
     `set` are the spec's overrides, `overrides` the command line's (applied after them); `tune` and
     `sweep` are optional stages (`TuneSpec`, `SweepSpec`).
@@ -63,14 +68,14 @@ class BenchSpec:
     overrides: list[str] = field(default_factory=list)  # the command line's --set, not the file's
 
     def grid_of(self, method: str, optimizer: str) -> dict:
-        """The tuning grid of one method in one optimizer mode: {config key: [values]}, {} for none."""
+        """One method's tuning grid in one optimizer mode: {config key: [values]}, {} for none."""
         keys = self.tune.grid.get(method) or {}
         if isinstance(keys, dict) and set(keys) & {"dual", "shared"}:
             return keys.get(optimizer) or {}
         return keys
 
     def sweep_key(self, optimizer: str) -> str:
-        """The swept key in one optimizer mode (the forget lr of dual mode is the shared lr of shared)."""
+        """The swept key in one optimizer mode (dual mode's forget lr, shared mode's shared lr)."""
         key = self.sweep.key
         return key[optimizer] if isinstance(key, dict) else key
 
@@ -79,7 +84,7 @@ FILE_KEYS = [f.name for f in dataclasses.fields(BenchSpec) if f.name != "overrid
 
 
 def _fill(obj, data, where: str, prefix: str = ""):
-    """Set the fields of the dataclass `obj` from the mapping `data`, each checked against its type."""
+    """Set the dataclass `obj`'s fields from the mapping `data`, each checked against its type."""
     if not isinstance(data, dict):
         raise UsageError(f"{prefix.rstrip('.') or 'the spec'} in {where} must be a mapping")
     hints = typing.get_type_hints(type(obj), include_extras=True)
@@ -92,7 +97,8 @@ def _fill(obj, data, where: str, prefix: str = ""):
         hint = hints[name]
         union = typing.get_origin(hint) in (typing.Union, types.UnionType)
         kinds = typing.get_args(hint) if union else (hint,)
-        nested = next((k for k in kinds if isinstance(k, type) and dataclasses.is_dataclass(k)), None)
+        nested = next((k for k in kinds if isinstance(k, type) and dataclasses.is_dataclass(k)),
+                      None)
         if nested is not None and value is not None:
             value = _fill(nested(), value, where, f"{key}.")
         elif dict in kinds:  # a grid, or a key per optimizer mode: their shapes are checked below
@@ -112,15 +118,15 @@ def _fill(obj, data, where: str, prefix: str = ""):
 
 
 def _check(spec: BenchSpec, where: str) -> BenchSpec:
-    """The rules that tie a spec's fields together: tuning seeds apart from reporting ones, grid shapes."""
+    """The rules that tie a spec's fields together: tuning seeds apart, grid and sweep shapes."""
     spec.classes = [str(c) for c in spec.classes]
     tune, sweep = spec.tune, spec.sweep
     if tune is not None:
         tune.classes = None if tune.classes is None else [str(c) for c in tune.classes]
         overlap = set(tune.seeds) & set(spec.seeds)
         if overlap:
-            raise UsageError(f"tune.seeds and seeds in {where} share {sorted(overlap)}: tuning seeds "
-                             "must never be reporting seeds")
+            raise UsageError(f"tune.seeds and seeds in {where} share {sorted(overlap)}: tuning "
+                             "seeds must never be reporting seeds")
         for method in tune.grid:
             for optimizer in spec.optimizers:
                 keys = spec.grid_of(method, optimizer)
@@ -130,15 +136,17 @@ def _check(spec: BenchSpec, where: str) -> BenchSpec:
                                      "of values, or dual and shared to such mappings")
     if sweep is not None:
         if isinstance(sweep.key, dict) and not set(spec.optimizers) <= set(sweep.key):
-            raise UsageError(f"sweep.key in {where} must be a config key, or one per optimizer mode: "
-                             "{dual: ..., shared: ...}")
+            raise UsageError(f"sweep.key in {where} must be a config key, or one per optimizer "
+                             "mode: {dual: ..., shared: ...}")
         if not sweep.values or not all(math.isfinite(v) for v in sweep.values):
             raise UsageError(f"sweep.values in {where} must be a list of finite numbers")
     return spec
 
 
 def read_spec(name_or_path: str) -> BenchSpec:
-    """A benchmark spec from a shipped spec's name or a YAML path; missing keys take BenchSpec's defaults.
+    """A benchmark spec from a shipped spec's name or a YAML path.
+
+    Missing keys take BenchSpec's defaults.
 
     Raises:
         UsageError: an unknown spec, invalid YAML, an unknown key or a value of the wrong type.
@@ -152,7 +160,9 @@ def read_spec(name_or_path: str) -> BenchSpec:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise UsageError(f"benchmark spec {path} is not valid YAML ({str(e).splitlines()[0]})") from None
+        raise UsageError(f"benchmark spec {path} is not valid YAML "
+                         f"({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
-        raise UsageError(f"benchmark spec {path} must be a mapping with keys {', '.join(FILE_KEYS)}")
+        raise UsageError(f"benchmark spec {path} must be a mapping with keys "
+                         f"{', '.join(FILE_KEYS)}")
     return _check(_fill(BenchSpec(), data, str(path)), str(path))

@@ -1,4 +1,6 @@
-"""The commands, one thin file each: parse, check, call the library, print; bad input is one line and exit 2."""
+"""The commands, one thin file each: parse, check, call the library, print.
+
+Bad input is one line and exit 2."""
 from __future__ import annotations
 
 import argparse
@@ -12,23 +14,29 @@ from dualerase.launch import is_main_process
 
 COMMANDS = {"erase-class": "erase_class", "sample-grid": "sample_grid", "fid-bench": "fid_bench",
             "fid-reference": "fid_reference"}
-METHOD_NAMES = ("ga", "sa", "salun", "sfron")  # dualerase.unlearn.METHODS, named without importing torch
+# dualerase.unlearn.METHODS, named without importing torch
+METHOD_NAMES = ("ga", "sa", "salun", "sfron")
 
 
 class CommandParser(argparse.ArgumentParser):
-    """argparse, but a bad argument raises UsageError (one line, exit 2 from the command) instead of printing usage."""
+    """argparse, but a bad argument raises UsageError instead of printing usage.
+
+    The command then prints the error in one line and exits with 2."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.add_argument("--version", action="version", version=f"%(prog)s {__version__} (dualerase)")
+        self.add_argument("--version", action="version",
+                          version=f"%(prog)s {__version__} (dualerase)")
 
     def error(self, message):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace | int:
-    """The parsed arguments; or, for --help, --version and a bad argument, the exit code once answered (the error in
-    one line). A command imports torch only after this: help and usage errors take a fraction of a second."""
+    """The parsed arguments, or the exit code once --help, --version or a bad argument is answered.
+
+    A bad argument's error is printed in one line. A command imports torch only after this: help and
+    usage errors take a fraction of a second."""
     try:
         return parser.parse_args(argv)
     except SystemExit as e:  # --help, --version
@@ -47,8 +55,24 @@ def fail(prog: str, error: Exception | str, code: int = 2) -> int:
     return code
 
 
+def stopped(prog: str, err: BaseException, output, argv: list[str] | None, disk_full) -> int:
+    """A run that stopped: diverged, a full disk, or Ctrl-C, as one line saying how to continue.
+
+    `disk_full(err, output)` gives a full disk's message (None: another OSError, raised again).
+    Returns the exit code: 130 after Ctrl-C, else 1."""
+    if isinstance(err, KeyboardInterrupt):
+        again = resume_command(prog, sys.argv[1:] if argv is None else argv)
+        if is_main_process():
+            print(f"{prog}: interrupted: continue with `{again}`", file=sys.stderr)
+        return 130
+    message = disk_full(err, output) if isinstance(err, OSError) else str(err)
+    if message is None:  # an OSError other than a full disk
+        raise err
+    return fail(prog, message, 1)
+
+
 def resume_command(prog: str, argv: list[str]) -> str:
-    """The command that continues an interrupted run: the same arguments, without --overwrite, with --resume latest."""
+    """The same command with --resume latest and no --overwrite: it continues an interrupted run."""
     kept, skip = [], False
     for arg in argv:
         if skip and not arg.startswith("-"):  # the value of a --resume being replaced
@@ -68,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not argv or argv[0] not in COMMANDS:
         given = f"unknown command {argv[0]!r}; " if argv and argv[0] not in ("-h", "--help") else ""
-        print(f"usage: python -m dualerase {{{','.join(COMMANDS)}}} [args]  ({given}each command's --help says more)",
+        print(f"usage: python -m dualerase {{{','.join(COMMANDS)}}} [args]  "
+              f"({given}each command's --help says more)",
               file=sys.stderr if given or not argv else sys.stdout)
         return 2 if given or not argv else 0
     return importlib.import_module(f"dualerase.cli.{COMMANDS[argv[0]]}").main(argv[1:])

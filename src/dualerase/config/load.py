@@ -30,13 +30,14 @@ def all_keys(obj=None, prefix: str = "") -> list[str]:
 
 
 def apply_mapping(obj, data: dict, prefix: str = "") -> None:
-    """Set the fields of a config section from a nested mapping, each value checked against its type.
+    """Set a config section's fields from a nested mapping, each value checked against its type.
 
     Raises:
         ConfigError: an unknown key (with the closest valid ones) or a value of the wrong type.
     """
     if not isinstance(data, dict):
-        raise ConfigError(f"section {prefix.rstrip('.') or 'top level'} must be a mapping of keys to values")
+        raise ConfigError(f"section {prefix.rstrip('.') or 'top level'} must be a mapping of keys "
+                          "to values")
     hints = typing.get_type_hints(type(obj), include_extras=True)
     names = {f.name for f in dataclasses.fields(obj)}
     for name, value in data.items():
@@ -51,48 +52,62 @@ def apply_mapping(obj, data: dict, prefix: str = "") -> None:
 
 
 def _validate(cfg: Config) -> None:
-    """The rules each field's type carries (bounds), finite numbers, and the few rules that tie fields together."""
+    """The rules each field's type carries (bounds), finite numbers, and the rules across fields."""
     for key in all_keys(cfg):
         section, _, name = key.rpartition(".")
         owner = getattr(cfg, section) if section else cfg
         value = getattr(owner, name)
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{key} must be a finite number, got {value!r}")
-        check_bounds(key, value, bounds(typing.get_type_hints(type(owner), include_extras=True)[name]))
-    r = cfg.robustness
-    if any(not math.isfinite(g) or g < 0 for g in r.guidances):
-        raise ConfigError(f"robustness.guidances must be finite scales >= 0, got {r.guidances}")
-    if any(k < 1 for k in r.relearn_images) or any(not 0 <= s <= r.relearn_steps for s in r.relearn_at):
-        raise ConfigError(f"robustness.relearn_images must be >= 1 and robustness.relearn_at within 0..relearn_steps "
-                          f"({r.relearn_steps}), got {r.relearn_images} and {r.relearn_at}")
+        check_bounds(key, value,
+                     bounds(typing.get_type_hints(type(owner), include_extras=True)[name]))
+    robust_cfg = cfg.robustness
+    if any(not math.isfinite(g) or g < 0 for g in robust_cfg.guidances):
+        raise ConfigError(f"robustness.guidances must be finite scales >= 0, got "
+                          f"{robust_cfg.guidances}")
+    if (any(k < 1 for k in robust_cfg.relearn_images)
+            or any(not 0 <= s <= robust_cfg.relearn_steps for s in robust_cfg.relearn_at)):
+        raise ConfigError("robustness.relearn_images must be >= 1 and robustness.relearn_at within "
+                          f"0..relearn_steps ({robust_cfg.relearn_steps}), got "
+                          f"{robust_cfg.relearn_images} and {robust_cfg.relearn_at}")
     if cfg.model.tie_embedders not in ("auto", True, False):
-        raise ConfigError(f"model.tie_embedders must be auto, true or false, got {cfg.model.tie_embedders!r}")
+        raise ConfigError("model.tie_embedders must be auto, true or false, got "
+                          f"{cfg.model.tie_embedders!r}")
     if cfg.model.timestep_shift not in (None, 0, 1):
-        raise ConfigError(f"model.timestep_shift must be null, 0 (original DiT) or 1 (diffusers), got "
-                          f"{cfg.model.timestep_shift!r}")
+        raise ConfigError("model.timestep_shift must be null, 0 (original DiT) or 1 (diffusers), "
+                          f"got {cfg.model.timestep_shift!r}")
     if 8 % cfg.digits.patch_size:
-        raise ConfigError(f"digits.patch_size must divide the 8-pixel image size, got {cfg.digits.patch_size}")
+        raise ConfigError("digits.patch_size must divide the 8-pixel image size, got "
+                          f"{cfg.digits.patch_size}")
     if cfg.eval.fa_real_distance is not None and cfg.model.source != "digits":
-        raise ConfigError("eval.fa_real_distance needs the digits' real images: set it to null for a diffusers model")
+        raise ConfigError("eval.fa_real_distance needs the digits' real images: set it to null for "
+                          "a diffusers model")
 
 
 def _read_preset(name_or_path: str) -> dict:
     path = Path(name_or_path)
     if not (path.suffix in (".yaml", ".yml") or path.exists()):
         if name_or_path not in preset_names():
-            raise ConfigError(f"unknown preset {name_or_path!r}{suggest(name_or_path, preset_names())}; "
+            raise ConfigError(f"unknown preset {name_or_path!r}"
+                              f"{suggest(name_or_path, preset_names())}; "
                               "or give the path of a YAML file")
         path = PRESETS / f"{name_or_path}.yaml"
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} not found: give a preset name or an existing YAML path")
+        raise ConfigError(f"config file {str(path)!r} not found: give a preset name or an existing "
+                          "YAML path")
     try:
         return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML ({str(e).splitlines()[0]})") from None
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML "
+                          f"({str(e).splitlines()[0]})") from None
 
 
 def parse_set(item: str) -> dict:
-    """`a.b=value` -> {"a": {"b": value}}, the value read as YAML (so 3, 1e-4, null, true work)."""
+    """`a.b=value` -> {"a": {"b": value}}, the value read as YAML (so 3, 1e-4, null, true work).
+
+    Raises:
+        ConfigError: an item that is not key=value.
+    """
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {item!r} must look like key=value, e.g. erase.outer_steps=200")
@@ -110,8 +125,8 @@ def parse_set(item: str) -> dict:
 def load_config(preset: str | Path | Config | dict = "digits", overrides: list[str] = ()) -> Config:
     """A config: the schema defaults under a preset and `key=value` overrides.
 
-    In order: the schema defaults, the chosen method's own published values (`Method.published`), the
-    preset, its `per_method` section for that method, then the overrides in order.
+    In order: the schema defaults, the chosen method's own published values (`Method.published`),
+    the preset, its `per_method` section for that method, then the overrides in order.
 
     Args:
         preset: a preset name, a YAML path, or a config in memory (a `Config`, or a nested dict of
@@ -139,7 +154,8 @@ def load_config(preset: str | Path | Config | dict = "digits", overrides: list[s
     for item in [data, *parsed]:
         apply_mapping(chosen, item)
     cfg = Config()
-    for key, value in METHODS[chosen.method.name].published.items() if chosen.method.name in METHODS else ():
+    for key, value in (METHODS[chosen.method.name].published.items()
+                       if chosen.method.name in METHODS else ()):
         apply_mapping(cfg, parse_set(f"{key}={value}"))
     apply_mapping(cfg, data)
     for item in parsed:
@@ -153,16 +169,17 @@ def load_config(preset: str | Path | Config | dict = "digits", overrides: list[s
 
 
 def model_overrides(path: str | Path | None) -> list[str]:
-    """The `--set` items that run a diffusers model from a hub id or folder (`--model`); [] for None."""
+    """`--set` items that run a diffusers model from a hub id or folder (`--model`); [] for None."""
     return [] if path is None else ["model.source=diffusers", f"model.path={path}"]
 
 
 def to_dict(cfg: Config) -> dict:
+    """`cfg` as a nested dict of its sections (`dataclasses.asdict`)."""
     return dataclasses.asdict(cfg)
 
 
 def differing(a: dict, b: dict, prefix: str = "") -> list[tuple[str, object, object]]:
-    """(dotted key, value in a, value in b) for every value that differs between two to_dict configs."""
+    """(dotted key, value in a, value in b) of every value that differs in two to_dict configs."""
     out = []
     for k in a:
         if isinstance(a[k], dict) and isinstance(b.get(k), dict):
@@ -173,8 +190,10 @@ def differing(a: dict, b: dict, prefix: str = "") -> list[tuple[str, object, obj
 
 
 def saved_config(path: Path) -> dict | None:
-    """A run's config.yaml as this version reads it (keys added since it was written take their defaults), to compare
-    with to_dict of the config a resume is given; None when it holds a key this version no longer has."""
+    """A run's config.yaml as this version reads it; None when it holds a key no longer known.
+
+    Keys added since it was written take their defaults. It is compared with to_dict of the config
+    a resume is given."""
     cfg = Config()
     try:
         apply_mapping(cfg, yaml.safe_load(path.read_text()) or {})

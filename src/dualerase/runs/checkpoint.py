@@ -1,4 +1,5 @@
-"""Resuming: what an existing output folder allows, erasure checkpoints (`checkpoint-<step>/` holds
+"""Resuming: the output folder (its default, the options that must agree, what an existing one
+allows), erasure checkpoints (`checkpoint-<step>/` holds
 the weights, both optimizers, the RNG state and the base model it was erased from, written
 atomically), the check that a resumed run has that base model, and a preparation's running sums."""
 from __future__ import annotations
@@ -90,6 +91,27 @@ def checkpoint_base(path: Path) -> str | None:
     """The id of the base model a checkpoint was erased from; None for one older than the record."""
     record = path / "base.json"
     return json.loads(record.read_text())["model"] if record.exists() else None
+
+
+def default_output(class_arg: str, cfg: Config) -> Path:
+    """Where a run goes without --output: runs/<class>-<method>-<optimizer>-s<seed>."""
+    name = class_arg.replace(" ", "_")
+    return Path("runs") / f"{name}-{cfg.method.name}-{cfg.erase.optimizer}-s{cfg.seed}"
+
+
+def check_options(trials: int, overwrite: bool, resume: str | None,
+                  push_to_hub: str | None) -> None:
+    """Refuse options that contradict each other, before any work.
+
+    Raises:
+        UsageError: fewer than one trial, --overwrite with --resume, or several trials to push.
+    """
+    if trials < 1:
+        raise UsageError(f"--trials must be >= 1, got {trials}")
+    if overwrite and resume:
+        raise UsageError("--overwrite and --resume contradict each other: pass one")
+    if push_to_hub and trials > 1:
+        raise UsageError("--push-to-hub uploads one model: run with --trials 1")
 
 
 def check_output(output: Path, cfg: Config, overwrite: bool, resume: str | None) -> bool:

@@ -35,7 +35,7 @@ from dualerase.runs.evaluation import (
 )
 from dualerase.runs.plan import estimate, passes, passes_table
 from dualerase.runs.sources import real_data
-from dualerase.runs.trials import aggregate_trials, mean_std  # noqa: F401 (imported from here)
+from dualerase.runs.trials import aggregate_trials
 from dualerase.runs.workload import (
     Job,
     RealData,
