@@ -1,5 +1,5 @@
-"""The three CPU phases of a digits run (a training step of the digits DiT, an outer step of erasure,
-a sampling step) at each thread setting, on an idle machine and beside other work: spinning
+"""The three CPU phases of a digits run (a training step of the digits DiT, an outer step of
+erasure, a sampling step) at each thread setting, on an idle machine and beside other work: spinning
 processes, or other torch jobs (each training the digits DiT at torch's default threads). Wall
 seconds per step, measured side by side in one run; each measurement is a fresh process, so that
 wait-policy variables reach the OpenMP runtime before torch loads it.
@@ -96,15 +96,16 @@ def spin() -> None:
 
 
 def neighbours(kind: str, count: int) -> list:
-    """Start `count` background processes of the kind: spinners, or torch jobs at default threads."""
+    """Start `count` background processes: spinners, or torch jobs at default threads."""
     if kind == "spin":
         procs = [multiprocessing.Process(target=spin, daemon=True) for _ in range(count)]
         for p in procs:
             p.start()
         return procs
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS",)}
-    return [subprocess.Popen([sys.executable, "-c", NEIGHBOUR], env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL) for _ in range(count if kind == "torch" else 0)]
+    return [subprocess.Popen([sys.executable, "-c", NEIGHBOUR], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for _ in range(count if kind == "torch" else 0)]
 
 
 def measure(phase: str, steps: int, setting: str) -> dict:

@@ -1,12 +1,15 @@
-"""The layers stay clean: unlearn/ knows nothing of DiT or evaluation, metrics/ nothing of models or runs, no import
-loops, a thin CLI, and no source file grows past what a reader holds at once. Only `dualerase` is installed."""
+"""The layers stay clean: unlearn/ knows nothing of DiT or evaluation, metrics/ nothing of models or
+runs, no import loops, a thin CLI, and no source file grows past what a reader holds at once. Only
+`dualerase` is installed, and CONTRIBUTING.md's map names every module."""
 import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
-BASE = {"dualerase.errors", "dualerase.storage", "dualerase.launch"}  # the bottom: they import no other layer
-# What each layer may import (besides itself), from the bottom up; CONTRIBUTING.md's map says the same.
+# the bottom: they import no other layer
+BASE = {"dualerase.errors", "dualerase.storage", "dualerase.launch"}
+# What each layer may import (besides itself), from the bottom up; CONTRIBUTING.md's map says the
+# same.
 MAY_IMPORT = {
     "dualerase.errors": set(), "dualerase.storage": set(), "dualerase.launch": set(),
     "dualerase.fields": {"dualerase.errors"},
@@ -16,16 +19,18 @@ MAY_IMPORT = {
     "dualerase.models": {"dualerase.metrics", *BASE},
     "dualerase.data": {"dualerase.models", *BASE},
     "dualerase.sampling": {"dualerase.models", "dualerase.data", *BASE},
-    "dualerase.config": {"dualerase.unlearn", "dualerase.metrics", "dualerase.models", "dualerase.fields", *BASE},
+    "dualerase.config": {"dualerase.unlearn", "dualerase.metrics", "dualerase.models",
+                         "dualerase.fields", *BASE},
     "dualerase.integrations": {"dualerase.config", "dualerase.reports", *BASE},
 }
-EVERYTHING = set(MAY_IMPORT) | {"dualerase.runs", "dualerase.bench", "dualerase.api", "dualerase.cli",
-                                 "dualerase"}
+EVERYTHING = set(MAY_IMPORT) | {"dualerase.runs", "dualerase.bench", "dualerase.api",
+                                 "dualerase.cli", "dualerase"}
 MAY_IMPORT |= {"dualerase.runs": EVERYTHING - {"dualerase.bench", "dualerase.api", "dualerase.cli",
                                                "dualerase"},
                "dualerase.bench": EVERYTHING - {"dualerase.api", "dualerase.cli", "dualerase"},
                "dualerase.api": EVERYTHING - {"dualerase.cli", "dualerase"},
-               "dualerase.cli": EVERYTHING, "dualerase.__main__": {"dualerase.cli"},  # cli: __version__ too
+               "dualerase.cli": EVERYTHING,
+               "dualerase.__main__": {"dualerase.cli"},  # cli: __version__ too
                "dualerase": {"dualerase.api", "dualerase.config"}}
 
 
@@ -40,11 +45,14 @@ def _layer(module: str) -> str:
 
 
 def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
-    """Our modules that a file imports (at any depth in the file, so function-level imports count too), and the
-    modules named in strings (the package's lazy public API imports them by name)."""
+    """Our modules that a file imports, and the modules named in strings.
+
+    At any depth in the file, so function-level imports count too; the package's lazy public API
+    imports modules by name."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "dualerase":
+        ours = isinstance(node, ast.ImportFrom) and node.module
+        if ours and node.module.split(".")[0] == "dualerase":
             found.add(node.module)
             found.update(f"{node.module}.{a.name}" for a in node.names)
         elif isinstance(node, ast.Import):
@@ -55,7 +63,8 @@ def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
 
 
 def test_only_dualerase_is_a_top_level_package():
-    assert sorted(p.name for p in SRC.iterdir() if not p.name.endswith(".egg-info")) == ["dualerase"]
+    installed = [p.name for p in SRC.iterdir() if not p.name.endswith(".egg-info")]
+    assert sorted(installed) == ["dualerase"]
 
 
 def test_no_layer_imports_upward():
@@ -77,7 +86,8 @@ def test_no_folder_holds_more_than_12_modules():
 
 def test_no_import_loops():
     modules = _modules()
-    graph = {name: {m for m in _imports(path, modules) if m in modules and m != name} for name, path in modules.items()}
+    graph = {name: {m for m in _imports(path, modules) if m in modules and m != name}
+             for name, path in modules.items()}
     state = {}
 
     def visit(node, stack):
@@ -101,7 +111,7 @@ def test_no_source_file_is_over_300_lines_and_the_cli_is_thin():
 
 
 def _map_rows() -> dict[str, str]:
-    """CONTRIBUTING.md's layout map: each row's first column (the folders or modules it names) -> the row."""
+    """CONTRIBUTING.md's layout map: each row's first column (what it names) -> the row."""
     rows = {}
     for line in (ROOT / "CONTRIBUTING.md").read_text().splitlines():
         if line.startswith("| `"):
@@ -110,13 +120,13 @@ def _map_rows() -> dict[str, str]:
 
 
 def test_contributing_maps_every_module_and_each_layer_once():
-    """The one layout map names every module in the row of its folder, and every layer in MAY_IMPORT."""
+    """The one layout map names every module in its folder's row, and every layer in MAY_IMPORT."""
     rows = _map_rows()
     for path in (SRC / "dualerase").rglob("*.py"):
         parts = path.relative_to(SRC / "dualerase").parts
         if len(parts) == 1:  # a top-level module: named in a row's first column
             assert any(f"`{parts[0]}`" in first for first in rows), parts[0]
-        elif parts[-1] != "__init__.py":  # in its folder's row: the file, or the sub-folder holding it
+        elif parts[-1] != "__init__.py":  # in its folder's row: the file, or its sub-folder
             row = next((r for first, r in rows.items() if f"`{parts[0]}/`" in first), None)
             assert row is not None, f"no row for {parts[0]}/"
             named = parts[1] if len(parts) == 2 else f"{parts[1]}/"

@@ -59,7 +59,8 @@ def test_a_damaged_shipped_file_is_one_line_naming_the_fix(tmp_path, monkeypatch
         for name in digits.shipped_manifest()[kind]["files"]:
             (shipped / kind / name).write_bytes((digits.WEIGHTS / kind / name).read_bytes())
     (shipped / digits.MANIFEST).write_text(json.dumps(digits.shipped_manifest()))
-    weights = next(n for n in digits.shipped_manifest()["dit"]["files"] if n.endswith(".safetensors"))
+    names = digits.shipped_manifest()["dit"]["files"]
+    weights = next(n for n in names if n.endswith(".safetensors"))
     (shipped / "dit" / weights).write_bytes(b"damaged")
     monkeypatch.setattr(digits, "WEIGHTS", shipped)
     monkeypatch.setenv("DUALERASE_HOME", str(tmp_path / "home"))

@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(f"presets: {', '.join(preset_names())}.  Main keys for --set: erase.outer_steps, "
                 "erase.forget_lr, erase.retain_lr, erase.alpha, erase.batch_size, method.gamma, "
                 "method.grad_samples, sample.steps, sample.guidance, eval.forget_samples, "
-                "compute.threads.  README.md lists every key."),
+                "compute.threads.  docs/configuration.md lists every key."),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("forget_class", help="the class to erase: an index (207), an ImageNet "
                         "synset (n02099601) or a name ('golden retriever'); for the digits default "

@@ -56,8 +56,8 @@ def table(rows: list[dict], keys: list[str]) -> list[str]:
                          + (f" +- {number(std, spec)}" if std is not None else ""))
         lines.append(f"| {method(r)} | {r['optimizer']} | {r['class']} | " + " | ".join(cells)
                      + " |")
-    return ["Is the class really gone? The robustness measurements (README, \"Is the class really "
-            "gone?\"), base model -> after erasure, means over seeds (+- their std). `guidance g`: "
+    return ["Is the class really gone? The robustness measurements (docs/robustness.md), base "
+            "model -> after erasure, means over seeds (+- their std). `guidance g`: "
             "forget accuracy at that guidance scale; `unconditional`: share of null-class samples "
             "called the class; `attack FA`: forget accuracy under the conditioning attack; "
             "`relearn k`: the relearning attack on k images, `area` the mean forget accuracy along "
