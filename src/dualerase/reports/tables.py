@@ -65,9 +65,11 @@ def markdown(rows: list[dict], cells: list[dict], command: str, diverged: list[s
                   for c, b in sorted(base.items())]
     missing = sum(m[side]["fid"] is None for m in cells for side in ("before", "after"))
     proto = protocol_line({**cells[0]["protocol"], "seed": ", ".join(map(str, seeds))})
+    models = ", ".join(f"`{m}`" for m in dict.fromkeys(c["model"] for c in cells if "model" in c))
     return "\n".join([
         "# fid-bench results", "", f"Command: `{command}`", "",
         f"Protocol: {proto}.", "",
+        *([f"Base model (its content digest): {models}.", ""] if models else []),
         "Each cell is one erasure. `+-` is the sample standard deviation across seeds (n/a from a "
         "single seed); an `all` row averages the per-class means and the per-class standard "
         "deviations. Gaps are after minus before (the base model).", "",
