@@ -339,6 +339,9 @@ def test_dry_run_estimates_each_phase_from_the_throughput_measured_now(tmp_path,
 def test_dry_run_lists_the_one_time_training_of_the_digits_models(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("DUALERASE_HOME", str(tmp_path / "empty-cache"))
     assert erase_class.main(["7", "--output", str(tmp_path / "never"), "--dry-run"]) == 0
+    assert "training, once" not in capsys.readouterr().out  # the shipped weights are the recipe's
+    train = ["--set", "digits.shipped=false"]  # asked to train them instead
+    assert erase_class.main(["7", "--output", str(tmp_path / "never"), "--dry-run", *train]) == 0
     text = capsys.readouterr().out
     # 6,000 steps of batch 128; 60 epochs of the 1,437 train digits and half as many junk images
     assert "digits DiT training, once (6000 steps; then cached)" in text and "768,000" in text
@@ -354,7 +357,7 @@ def test_dry_run_lists_the_one_time_training_of_the_digits_models(tmp_path, caps
                         lambda cfg: {"forward": 1e-3, "backward": 2e-3, "classifier": 1e-3})
     choice = {"methods": ["ga", "sfron"], "optimizers": ["dual"], "classes": ["3"], "seeds": [0, 1]}
     assert fid_bench.main([*(a for k, v in choice.items() for a in (f"--{k}", *map(str, v))),
-                           "--output", str(tmp_path / "bench"), "--dry-run"]) == 0
+                           "--output", str(tmp_path / "bench"), "--dry-run", *train]) == 0
     text = capsys.readouterr().out
     rows = {m[1]: (m[2], m[3])
             for m in re.finditer(r"^(\S.*?)\s{2,}([\d,]+)\s+([\d,]+)$", text, re.M)}
