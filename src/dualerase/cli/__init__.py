@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import shlex
 import sys
 
 from dualerase import __version__
 from dualerase.errors import UsageError
 from dualerase.launch import is_main_process
+
+# Idle OpenMP threads spin before they sleep; beside other work the spinning steals the cores the
+# work needs (2 threads ran 3-15x slower than 1 there). A short spin keeps torch's thread count
+# near its idle speed and within 1.3x of the best setting under load (docs/performance.md,
+# "Threads"); it changes no number. libgomp reads it when torch loads, so it is set before any
+# command imports torch; a value in the environment wins.
+os.environ.setdefault("GOMP_SPINCOUNT", "2000")
 
 COMMANDS = {"erase-class": "erase_class", "sample-grid": "sample_grid", "fid-bench": "fid_bench",
             "fid-reference": "fid_reference"}

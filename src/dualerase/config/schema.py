@@ -60,9 +60,9 @@ class ComputeConfig:
 
     # bf16: autocast; weights and optimizer states stay float32
     mixed_precision: Literal["no", "bf16"] = "no"
-    # torch's intra-op CPU threads per process (null: torch's default, one per core). On a machine
-    # busy with other work, 1 avoids threads waiting on each other (README, "Threads"); results may
-    # differ by float rounding
+    # torch's intra-op CPU threads per process (null: torch's default, one per core; the commands
+    # set a short OpenMP spin, GOMP_SPINCOUNT=2000, that keeps it fast beside other work: see
+    # docs/performance.md, "Threads"); another count may change results by float rounding
     threads: Annotated[int | None, Gt(0)] = None
     # recompute activations in backward: less memory, ~30% slower steps
     gradient_checkpointing: bool = False

@@ -157,8 +157,8 @@ def prepare_digits_dit(recipe: DigitsRecipe, progress: bool = True) -> Path:
             load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
             if torch.get_num_threads() > 1 and load >= max(1.0, (os.cpu_count() or 1) / 2):
                 print(f"the machine is busy (load {load:.1f} on {os.cpu_count()} cores): "
-                      "--set compute.threads=1 trains about twice as fast beside other work "
-                      "(README, Threads)", flush=True)
+                      "--set compute.threads=1 trains faster beside other work unless "
+                      "GOMP_SPINCOUNT is short (docs/performance.md, Threads)", flush=True)
         partial = folder.with_name(f"{folder.name}.partial.pt")
         partial.parent.mkdir(parents=True, exist_ok=True)
         model = train_digits_dit(recipe, progress, checkpoint=partial)
