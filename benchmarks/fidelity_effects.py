@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import subprocess
 import sys
@@ -70,26 +69,8 @@ def scores(cell: Path) -> dict:
     return {k: after[k] for k in SCORES}
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--records", type=Path, required=True,
-                   help="a finished tuning stage (tune/cells/ and tuned/), or the records of one "
-                        "(cells.jsonl)")
-    p.add_argument("--tuned", type=Path, help="the tuned presets (default: --records' tuned/, else "
-                   "the committed docs/bench-digits/tuned/)")
-    p.add_argument("--output", type=Path, required=True,
-                   help="where the switched runs go (and are found again)")
-    p.add_argument("--classes", nargs="+", default=["3"], help="forget classes (default: 3)")
-    p.add_argument("--optimizers", nargs="+", default=["dual", "shared"])
-    p.add_argument("--only", nargs="+", choices=list(SWITCHES), help="these switches only")
-    args = p.parse_args(argv)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
-    scratch = Path(tempfile.mkdtemp(prefix="fidelity-effects-"))
-    records = runs_of(args.records, scratch / "records")
-    presets = args.tuned or (records / "tuned" if (records / "tuned").is_dir() else TUNED)
-    output = runs_of(args.output, scratch / "output")
+def switch_rows(args, records: Path, presets: Path, output: Path) -> list[dict]:
+    """Each switch's row: the tuned cells' means and the switched runs' (run where missing)."""
     rows = []
     for name in args.only or SWITCHES:
         methods, sets = SWITCHES[name]
@@ -116,12 +97,34 @@ def main(argv=None) -> None:
                     row[f"{short} tuned"] = statistics.fmean(s[key] for s in tuned)
                     row[f"{short} switched"] = statistics.fmean(s[key] for s in switched)
                 rows.append(row)
+    return rows
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--records", type=Path, required=True,
+                   help="a finished tuning stage (tune/cells/ and tuned/), or the records of one "
+                        "(cells.jsonl)")
+    p.add_argument("--tuned", type=Path, help="the tuned presets (default: --records' tuned/, else "
+                   "the committed docs/bench-digits/tuned/)")
+    p.add_argument("--output", type=Path, required=True,
+                   help="where the switched runs go (and are found again)")
+    p.add_argument("--classes", nargs="+", default=["3"], help="forget classes (default: 3)")
+    p.add_argument("--optimizers", nargs="+", default=["dual", "shared"])
+    p.add_argument("--only", nargs="+", choices=list(SWITCHES), help="these switches only")
+    args = p.parse_args(argv)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    with tempfile.TemporaryDirectory(prefix="fidelity-effects-") as scratch:
+        records = runs_of(args.records, Path(scratch) / "records")
+        presets = args.tuned or (records / "tuned" if (records / "tuned").is_dir() else TUNED)
+        rows = switch_rows(args, records, presets, runs_of(args.output, Path(scratch) / "output"))
     print(header("published choices switched on, at each pair's tuned setting",
                  {"commit": commit, "records": args.records, "classes": " ".join(args.classes),
                   "seed": 100, "protocol": "fast (the tuning cells' config.yaml)"}))
     print(" ".join(f"{n}: {' '.join(SWITCHES[n][1])};" for n in args.only or SWITCHES))
     print(table(rows))
-    shutil.rmtree(scratch)
 
 
 if __name__ == "__main__":

@@ -107,9 +107,11 @@ def _fill(obj, data, where: str, prefix: str = ""):
         else:
             try:
                 value = coerce(key, value, hint)
-                item = typing.get_args(hint)[0] if typing.get_origin(hint) is list else None
-                for v in value if item is not None else [value]:
-                    check_bounds(key, v, bounds(item if item is not None else hint))
+                if typing.get_origin(hint) is list:  # each item within its type's bounds
+                    for v in value:
+                        check_bounds(key, v, bounds(typing.get_args(hint)[0]))
+                else:
+                    check_bounds(key, value, bounds(hint))
             except ConfigError as e:  # the field's own words, pointed at the spec file
                 why = str(e).removesuffix(": fix the value in the preset or --set")
                 raise UsageError(f"{why} (in {where})") from None

@@ -63,11 +63,13 @@ def fail(prog: str, error: Exception | str, code: int = 2) -> int:
     return code
 
 
-def stopped(prog: str, err: BaseException, output, argv: list[str] | None, disk_full) -> int:
+def stopped(prog: str, err: BaseException, output, argv: list[str] | None) -> int:
     """A run that stopped: diverged, a full disk, or Ctrl-C, as one line saying how to continue.
 
-    `disk_full(err, output)` gives a full disk's message (None: another OSError, raised again).
-    Returns the exit code: 130 after Ctrl-C, else 1."""
+    An OSError other than a full disk is raised again. Returns the exit code: 130 after Ctrl-C,
+    else 1."""
+    from dualerase.runs.checkpoint import disk_full  # torch: only once a run has stopped
+
     if isinstance(err, KeyboardInterrupt):
         again = resume_command(prog, sys.argv[1:] if argv is None else argv)
         if is_main_process():

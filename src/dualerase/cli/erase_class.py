@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     from dualerase.launch import processes
     from dualerase.metrics.imagenet import EvalError
     from dualerase.reports.summary import scores_text, summary
-    from dualerase.runs.checkpoint import check_options, default_output, disk_full
+    from dualerase.runs.checkpoint import check_options, default_output
     from dualerase.runs.job import dry_run, run_trials, score, written
     from dualerase.runs.plan import config_text
     from dualerase.unlearn import DivergenceError
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, UsageError, EvalError) as e:
         return fail("erase-class", e)
     except (DivergenceError, OSError, KeyboardInterrupt) as e:  # diverged, disk full, Ctrl-C
-        return stopped("erase-class", e, output, argv, disk_full)
+        return stopped("erase-class", e, output, argv)
     return 0
 
 

@@ -207,9 +207,17 @@ def shipped_manifest() -> dict:
     return json.loads((WEIGHTS / MANIFEST).read_text())
 
 
+def shipped_entry(kind: str, target: Path) -> dict | None:
+    """The manifest's entry of the shipped `kind` ("dit" or "classifier") if `target` names it."""
+    if not (WEIGHTS / MANIFEST).is_file():  # a source tree before its first release
+        return None
+    entry = shipped_manifest()[kind]
+    return entry if entry["name"] == target.name else None
+
+
 def ships(kind: str, target: Path) -> bool:
     """Whether the package ships the `kind` ("dit" or "classifier") that `target` names."""
-    return (WEIGHTS / MANIFEST).is_file() and shipped_manifest()[kind]["name"] == target.name
+    return shipped_entry(kind, target) is not None
 
 
 def install_shipped(kind: str, target: Path) -> bool:
@@ -221,9 +229,9 @@ def install_shipped(kind: str, target: Path) -> bool:
     Raises:
         ModelError: a shipped file does not match its digest (a damaged install).
     """
-    if not ships(kind, target):
+    entry = shipped_entry(kind, target)
+    if entry is None:
         return False
-    entry = shipped_manifest()[kind]
     tmp = target.with_name(f".{target.name}.shipped")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -176,14 +176,14 @@ def prepare_digits(cfg: Config, progress: bool = True) -> Workload:
     folder = prepare_digits_dit(cfg.digits, progress)
     clf_path, clf_acc = prepare_digits_classifier(cfg.classifier, progress, cfg.digits.shipped)
     x, y = load_digits()
-    seen, key = torch.arange(len(y)), "sklearn digits"
+    xs, ys, key = x, y, "sklearn digits"
     if cfg.digits.data == "train":  # erasure too leaves the held-out split unseen
-        seen, key = train_test_split(y)[0], "sklearn digits, train split"
+        seen = train_test_split(y)[0]
+        xs, ys, key = x[seen], y[seen], "sklearn digits, train split"
 
     def real_data(forget_class, cfg, progress=True):
         """The digits of `forget_class`, and all the others, of the split the model saw."""
-        is_forget = y[seen] == forget_class
-        xs, ys = x[seen], y[seen]
+        is_forget = ys == forget_class
         return RealData(xs[is_forget], ys[is_forget], xs[~is_forget], ys[~is_forget], key=key)
 
     content = fingerprint(sorted((f.name, file_digest(f)) for f in folder.iterdir() if f.is_file()))
