@@ -1,5 +1,5 @@
 """Data parallelism for erasure: our flat all-reduce of every gradient
-(`dualerase.unlearn.dualoptim._average_gradients`) against DDP through accelerate's `Accelerator`
+(`dualerase.unlearn.parallel.average_gradients`) against DDP through accelerate's `Accelerator`
 (bucketed all-reduce overlapped with backward), in 2 processes over gloo, on the same dual
 forget/retain loop, model and batches. Run it plainly: it relaunches itself under
 torch.distributed.run.
@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import DIGITS, SMALL_LATENT, header, interleaved, table  # noqa: E402
 from dualerase.models.dit import build_dit, make_scheduler  # noqa: E402
 from dualerase.models.loss import DiTLoss  # noqa: E402
-from dualerase.unlearn.dualoptim import EraseConfig, _average_gradients, alpha_at  # noqa: E402
+from dualerase.unlearn.dualoptim import EraseConfig, alpha_at  # noqa: E402
+from dualerase.unlearn.parallel import average_gradients  # noqa: E402
 
 
 class Forward:
@@ -79,7 +80,7 @@ def measure(name: str, arch: dict, args, state) -> dict | None:
 
     def hand():
         model = copy.deepcopy(base).train()
-        loop(model, model, _average_gradients, batches, mask, args.steps)
+        loop(model, model, average_gradients, batches, mask, args.steps)
         finals["hand"] = model
 
     def ddp():

@@ -8,9 +8,9 @@ the correlation over weights.
 
 With --save-fim, at K stratified timesteps: the Fisher over samples of the retained classes (digit 3
 forgotten), labels kept (our default), against samples of every class with label dropout 0.1 per
-timestep (SA's save_fim; method.fisher_classes=all, method.fisher_label_dropout=0.1): totals, their
-ratio, and the share of the class embedding's Fisher on the forget class's and the null class's
-rows."""
+timestep (SA's save_fim; method.fisher_classes=all, method.fisher_label_dropout=0.1), and the same
+on the images in [0, 1], as save_fim computes it (method.fisher_unit_range): totals, their ratio,
+and the share of the class embedding's Fisher on the forget class's and the null class's rows."""
 import argparse
 import sys
 from pathlib import Path
@@ -19,7 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dualerase.models.digits import DigitsRecipe, load_digits, load_digits_dit  # noqa: E402
+from dualerase.config import load_config  # noqa: E402
+from dualerase.models.digits import dit_folder, load_digits, load_digits_dit  # noqa: E402
 from dualerase.models.dit import make_scheduler  # noqa: E402
 from dualerase.models.loss import DiTLoss  # noqa: E402
 from dualerase.unlearn.saliency import fisher_diagonal  # noqa: E402
@@ -44,17 +45,20 @@ def save_fim(model, x, y, loss, forget=3, dropout=0.1):
                                stream(xs, ys), SAMPLES, progress=False)
 
     ours, every, published = fisher(x[keep], y[keep], 0.0), fisher(x, y, 0.0), fisher(x, y, dropout)
+    unit = fisher((x + 1) / 2, y, dropout)  # save_fim's images as saved, in [0, 1]
 
     def rows(diagonal):
         table = sum(f.sum(1) for n, f in diagonal.items()
                     if n.endswith("class_embedder.embedding_table.weight"))
         return table / table.sum()
 
-    print(f"{SAMPLES} real digits, {SUBSAMPLE} stratified timesteps, digits DiT (default recipe), "
+    print(f"{SAMPLES} real digits, {SUBSAMPLE} stratified timesteps, digits DiT (digits preset), "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for name, f in (("retained classes, labels kept (ours)", ours),
                     ("every class, labels kept", every),
-                    (f"every class, label dropout {dropout} (save_fim)", published)):
+                    (f"every class, label dropout {dropout} (save_fim's samples)", published),
+                    ("the same, images in [0, 1] (save_fim as published; "
+                     "method.fisher_unit_range)", unit)):
         share = rows(f)
         print(f"{name}: total {flat(f).sum():.4g} ({flat(f).sum() / flat(ours).sum():.3f} of "
               f"ours); class embedding rows: forget class {share[forget]:.3f}, null class "
@@ -67,7 +71,9 @@ def main():
     p.add_argument("--save-fim", action="store_true",
                    help="compare with SA's save_fim samples instead")
     args = p.parse_args()
-    model = load_digits_dit(DigitsRecipe(), progress=False)
+    recipe = load_config("digits").digits  # the shipped digits DiT
+    model = load_digits_dit(recipe, progress=False)
+    print(f"model: digits/{dit_folder(recipe).name}")
     x, y = load_digits()
     loss = DiTLoss(make_scheduler())
     if args.save_fim:
@@ -77,7 +83,7 @@ def main():
                  for k in (1000, SUBSAMPLE))
     old = flat(fisher_diagonal(model, loss, stream(x, y), SAMPLES, progress=False))
     corr = torch.corrcoef(torch.stack([full, sub]))[0, 1]
-    print(f"{SAMPLES} real digits, digits DiT (default recipe), torch {torch.__version__}, "
+    print(f"{SAMPLES} real digits, digits DiT (digits preset), torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     print(f"total Fisher: all 1000 timesteps {full.sum():.4g}; {SUBSAMPLE} stratified "
           f"{sub.sum():.4g} (ratio {sub.sum() / full.sum():.3f}, correlation over weights "

@@ -238,12 +238,14 @@ def test_the_first_training_names_its_cache_and_suggests_one_thread_on_a_busy_ma
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        folder = prepare_digits_dit(DigitsRecipe(steps=2), progress=True)
+        folder = prepare_digits_dit(DigitsRecipe(steps=2, train_threads=None), progress=True)
+        out = capsys.readouterr().out
+        prepare_digits_dit(DigitsRecipe(steps=4), progress=True)  # one thread: no hint
     finally:
         torch.set_num_threads(threads)
-    out = capsys.readouterr().out
     assert f"training the digits model once (2 steps), cached at {folder}" in out
-    assert "the machine is busy (load 3.0" in out and "--set compute.threads=1" in out
+    assert "the machine is busy (load 3.0" in out and "--set digits.train_threads=1" in out
+    assert "busy" not in capsys.readouterr().out
     monkeypatch.setattr("os.getloadavg", lambda: (0.1, 0.1, 0.1))
     prepare_digits_dit(DigitsRecipe(steps=3), progress=True)
     assert "busy" not in capsys.readouterr().out

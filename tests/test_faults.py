@@ -206,7 +206,8 @@ def test_random_overrides_and_classes_never_raise_a_traceback(key, value, cls, f
         load_config("digits", [item])
     except ConfigError as e:
         assert "\n" not in str(e)
-    code = erase_class.main([cls or "3", "--set", item, "--output", str(finished), "--quiet"])
+    # after "--": a class such as "-h" is a class, not an option
+    code = erase_class.main(["--set", item, "--output", str(finished), "--quiet", "--", cls or "3"])
     assert code == 2  # a bad key or value, or else the finished run in --output: never a traceback
     err = capsys.readouterr().err.strip()
     assert err.startswith("erase-class: error:")

@@ -71,6 +71,28 @@ def test_sa_fisher_of_every_class_gives_the_forget_and_null_rows_mass(dit):
     assert all(default[c] > 0 for c in (0, 2, 3, 4))
 
 
+def test_sa_fisher_on_images_in_the_unit_range_as_save_fim(dit):
+    """save_fim computes its Fisher on the images it saved, in [0, 1]: with fisher_unit_range the
+    Fisher is that of (x + 1) / 2. Transcription: per sample, the squared gradient of its
+    pixel-summed epsilon loss summed over all T timesteps, averaged over the samples."""
+    samples = [_batch((0, 2, 3, 4)[i % 4], 1, seed0=i) for i in range(4)]
+    sa = _sa(grad_samples=4, fisher_timesteps=T, fisher_chunk=250, fisher_unit_range=True)
+    sa.prepare(dit, None, lambda size: iter(samples), progress=False)
+    loss = DiTLoss(make_scheduler())
+    expected = {n: torch.zeros_like(p) for n, p in dit.named_parameters()}
+    for x, y, seed in samples:
+        dit.zero_grad()
+        sum(loss.timestep_sum(dit, ((x + 1) / 2, y, seed), T, 250, 0.0)).backward()
+        for n, p in dit.named_parameters():
+            expected[n] += p.grad.square() / len(samples)
+    for n, f in sa.fisher.items():
+        assert torch.allclose(f.double(), expected[n], rtol=1e-4, atol=1e-12), n
+    default = _sa(grad_samples=4, fisher_timesteps=T, fisher_chunk=250)
+    default.prepare(dit, None, lambda size: iter(samples), progress=False)
+    name = next(iter(sa.fisher))
+    assert not torch.allclose(default.fisher[name].double(), expected[name], rtol=1e-3)
+
+
 def test_sa_replays_the_forget_class_from_its_own_stream_only_for_a_fisher_of_every_class():
     class Source:
         real = type("Real", (),

@@ -221,7 +221,7 @@ def test_an_unwritable_cache_is_refused_before_any_work(tmp_path, monkeypatch, c
                           (sample_grid.main, ["--output", str(tmp_path / "grid.png")])):
         assert command([*args, *TINY]) == 2
         err = capsys.readouterr().err
-        assert "the cache DUALERASE_HOME /sys/dualerase-cache cannot be written" in err and \
+        assert "DUALERASE_HOME (the cache) /sys/dualerase-cache cannot be written" in err and \
             err.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
 

@@ -5,12 +5,19 @@
     result.metrics["after"]["forget_accuracy"], result.output, result.model
     sample_grid(["base", result.output], mark=3, output="grid.png")
     fid_bench("digits", classes=[3], seeds=[0, 1], output="bench").rows
+
+Each leaves torch's thread count, TF32 settings and random states as it found them, when it returns
+and when it raises.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from diffusers import DiTPipeline, DiTTransformer2DModel
@@ -28,6 +35,35 @@ from dualerase.runs.job import run_trials
 from dualerase.runs.workload import model_settings
 from dualerase.storage import cache_root, fingerprint, replace_folder
 
+# the float32 precision (TF32 or IEEE) settings of each backend, torch.backends.<path>
+PRECISIONS = ("cuda.matmul", "cudnn.conv", "cudnn.rnn", "mkldnn.matmul", "mkldnn.conv",
+              "mkldnn.rnn")
+CUDA_DEFAULT_SEED = 67280421310721  # a CUDA generator's seed before anything seeds it
+
+
+@contextlib.contextmanager
+def _kept_global_state():
+    """Torch's thread count, float32 precisions (TF32) and random states (torch's, CUDA's, numpy's
+    and Python's) as they were before, once the call returns or raises."""
+    backends = [functools.reduce(getattr, path.split("."), torch.backends) for path in PRECISIONS]
+    precisions = [b.fp32_precision for b in backends]
+    threads, cuda = torch.get_num_threads(), torch.cuda.is_initialized()
+    rng, cuda_rng = torch.get_rng_state(), torch.cuda.get_rng_state_all() if cuda else None
+    py_rng, np_rng = random.getstate(), np.random.get_state()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        for backend, precision in zip(backends, precisions):
+            backend.fp32_precision = precision
+        torch.set_rng_state(rng)
+        random.setstate(py_rng)
+        np.random.set_state(np_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+        elif torch.cuda.is_initialized():  # started by the call: as unseeded
+            torch.cuda.manual_seed_all(CUDA_DEFAULT_SEED)
+
 
 @dataclass
 class ErasureResult:
@@ -41,6 +77,7 @@ class ErasureResult:
     model: DiTTransformer2DModel
 
 
+@_kept_global_state()
 def erase_class(forget_class: int | str, *, config: str | Path | Config = "digits",
                 overrides: dict | None = None,
                 model: str | Path | DiTTransformer2DModel | DiTPipeline | None = None,
@@ -80,6 +117,7 @@ def erase_class(forget_class: int | str, *, config: str | Path | Config = "digit
     return ErasureResult(metrics=metrics, output=out, model=erased)
 
 
+@_kept_global_state()
 def sample_grid(models: list[str | Path] = ("base",), *,
                 config: str | Path | Config | None = None, model: str | Path | None = None,
                 overrides: dict | None = None, output: str | Path = "grid.png",
@@ -103,6 +141,7 @@ def sample_grid(models: list[str | Path] = ("base",), *,
     return Path(output)
 
 
+@_kept_global_state()
 def fid_bench(spec: str | Path = "digits", *, output: str | Path = "bench",
               classes: list[int | str] | None = None, methods: list[str] | None = None,
               optimizers: list[str] | None = None, seeds: list[int] | None = None,

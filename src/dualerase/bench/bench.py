@@ -11,12 +11,14 @@ import itertools
 import json
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dualerase.bench.cells import Grid, check_cells, configs_of, setting_label, tuning_grid
+from dualerase.bench.records import RESULTS
 from dualerase.bench.tuning import select, write_tuned
-from dualerase.data.folders import check_writable
+from dualerase.data.folders import check_cache, check_writable
 from dualerase.errors import UsageError
 from dualerase.integrations.claims import claim, claimed
 from dualerase.launch import main_decides, processes
@@ -24,6 +26,7 @@ from dualerase.reports.plots import plot_curves
 from dualerase.reports.robustness import flatten
 from dualerase.reports.sensitivity import plot_sensitivity
 from dualerase.reports.tables import markdown, relearn_panels, robust_keys
+from dualerase.runs.checkpoint import disk_full
 from dualerase.runs.evaluation import SCORES
 from dualerase.runs.job import run
 from dualerase.runs.plan import cells_passes, estimate, passes_table
@@ -88,6 +91,7 @@ def dry_run(grid: Grid, output: Path) -> str:
         The text `--dry-run` prints.
     """
     check_writable(output, "--output")
+    check_cache()
     check_inputs(grid.configs[0])
     stages = []
     if grid.spec.tune is not None:
@@ -151,15 +155,16 @@ def tuned(grid: Grid, output: Path, **kwargs) -> BenchResult:
 class BenchResult:
     """What a benchmark left: the table's rows and text, and its cells by how they ended.
 
-    `rows`: the table's rows; `cells`: every finished cell's metrics; `diverged` and `pending`: the
-    diverged and the unfinished cells; `table`: results.md's text (None when other jobs still run
-    cells, or when every cell diverged).
+    `rows`: the table's rows; `cells`: every finished cell's metrics; `diverged`, `failed` and
+    `pending`: the diverged, the failed (any other error) and the unfinished cells; `table`:
+    results.md's text (None when other jobs still run cells, or when no cell finished).
     """
 
     output: Path
     rows: list[dict] = field(default_factory=list)
     cells: list[dict] = field(default_factory=list)
     diverged: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # an error other than divergence
     pending: list[str] = field(default_factory=list)
     # of the pending cells, those claimed by a job (running, or dead and not taken over)
     running: int = 0
@@ -168,15 +173,26 @@ class BenchResult:
 
 def run_cells(grid: Grid, output: Path, *, progress: bool, shard: tuple[int, int],
               claim_timeout: float) -> None:
-    """Run every unfinished cell of `grid` that this job may take: its shard's, and unclaimed."""
-    main = processes().is_main_process
+    """Run every unfinished cell of `grid` that this job may take: its shard's, and unclaimed.
+
+    Passes over the grid until one takes no cell, so that a cell whose job died after this one
+    first found it claimed is taken over before this job looks for the tables."""
+    while _run_pass(grid, output, progress=progress, shard=shard, claim_timeout=claim_timeout):
+        pass
+
+
+def _run_pass(grid: Grid, output: Path, *, progress: bool, shard: tuple[int, int],
+              claim_timeout: float) -> int:
+    """One pass of `run_cells`: the number of cells this job took."""
+    main, taken = processes().is_main_process, 0
     for i, (cell, cfg) in enumerate(zip(grid.cells, grid.configs)):
         out = cell.folder(output)
-        if (out / "metrics.json").exists() or (out / "diverged.txt").exists():
+        if any((out / name).exists() for name in RESULTS):
             continue
         mine = i % shard[1] == shard[0]
         if not mine or not main_decides(main and claim(out, claim_timeout * 3600)):
             continue  # another shard's, or another job's (claimed)
+        taken += 1
         if main:
             print(f"fid-bench: cell {i + 1}/{len(grid.cells)}: {cell.name}", file=sys.stderr)
         try:
@@ -184,6 +200,16 @@ def run_cells(grid: Grid, output: Path, *, progress: bool, shard: tuple[int, int
         except DivergenceError as e:  # a result too: the cell is reported, the benchmark goes on
             if main:
                 atomic_write_text(out / "diverged.txt", str(e))
+        except Exception as e:  # noqa: BLE001 - any other failure: recorded, and the others run
+            if isinstance(e, UsageError) or disk_full(e, out):
+                raise  # the user's to fix (a full disk too): stop, so that it runs once fixed
+            reason = f"{type(e).__name__}: {e}".splitlines()[0]
+            if main:
+                atomic_write_text(out / "failed.txt", f"{reason}\n\n{traceback.format_exc()}")
+                print(f"fid-bench: cell {cell.name} failed ({reason}); its traceback is in "
+                      f"{out / 'failed.txt'} (delete it to run the cell again); going on",
+                      file=sys.stderr)
+    return taken
 
 
 def bench(grid: Grid, output: Path, *, progress: bool = True, shard: tuple[int, int] = (0, 1),
@@ -200,6 +226,7 @@ def bench(grid: Grid, output: Path, *, progress: bool = True, shard: tuple[int, 
     """
     state = processes()
     check_writable(output, "--output")  # before the first cell, not after it
+    check_cache()
     check_cells(grid, output)
     if not aggregate_only:
         run_cells(grid, output, progress=progress, shard=shard, claim_timeout=claim_timeout)
@@ -211,6 +238,9 @@ def bench(grid: Grid, output: Path, *, progress: bool = True, shard: tuple[int, 
         if (out / "metrics.json").exists():
             metrics = json.loads((out / "metrics.json").read_text())
             result.cells.append({**metrics, "setting": list(cell.setting)})
+        elif (out / "failed.txt").exists():
+            reason = (out / "failed.txt").read_text().splitlines()[0]
+            result.failed.append(f"{cell.name}: {reason}")
         elif (out / "diverged.txt").exists():
             result.diverged.append(f"{cell.name}: {(out / 'diverged.txt').read_text()}")
             broken.append({"method": cell.method, "optimizer": cell.optimizer, "seed": cell.seed,
@@ -239,7 +269,7 @@ def write_tables(grid: Grid, result: BenchResult, command: str) -> str:
     writer.writeheader()
     writer.writerows(result.rows)
     atomic_write_text(output / "results.csv", buf.getvalue())
-    table = markdown(result.rows, result.cells, command, result.diverged)
+    table = markdown(result.rows, result.cells, command, result.diverged, result.failed)
     if result.pending:
         table += "\n".join([f"Not finished when these tables were written: {len(result.pending)} "
                             "cell(s)", ""] + [f"* {name}" for name in result.pending]) + "\n"

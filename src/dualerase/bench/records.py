@@ -24,7 +24,9 @@ from dualerase.storage import atomic_write_json, atomic_write_text
 
 CELLS = "cells.jsonl"
 LOGS = "logs.tar.xz"
-RESULTS = ("metrics.json", "diverged.txt")  # a cell folder holding one of these is a record
+# a cell folder holding one of these is a record; the texts, by their key in cells.jsonl
+TEXTS = {"diverged": "diverged.txt", "failed": "failed.txt"}
+RESULTS = ("metrics.json", *TEXTS.values())
 
 
 def _nested(flat: dict) -> dict:
@@ -40,7 +42,8 @@ def _nested(flat: dict) -> dict:
 
 
 def record_folders(output: Path) -> list[Path]:
-    """Every run folder under `output` with a result (its metrics.json or diverged.txt), sorted."""
+    """Every run folder under `output` with a result (metrics.json, diverged.txt or failed.txt),
+    sorted."""
     found = {p.parent for name in RESULTS for p in output.rglob(name)}
     return sorted(f for f in found if (f / "config.yaml").is_file())
 
@@ -72,7 +75,8 @@ def pack(output: Path, records: Path, preset: str) -> int:
         if (folder / "metrics.json").exists():
             line["metrics"] = json.loads((folder / "metrics.json").read_text())
         else:
-            line["diverged"] = (folder / "diverged.txt").read_text()
+            key = next(k for k, name in TEXTS.items() if (folder / name).exists())
+            line[key] = (folder / TEXTS[key]).read_text()
         lines.append(json.dumps(line, sort_keys=False))
         if (folder / "log.jsonl").exists():
             logs.append((f"{line['folder']}/log.jsonl", (folder / "log.jsonl").read_bytes()))
@@ -128,8 +132,9 @@ def unpack(records: Path, output: Path) -> int:
         atomic_write_text(folder / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
         if "metrics" in line:
             atomic_write_json(folder / "metrics.json", line["metrics"])
-        else:
-            atomic_write_text(folder / "diverged.txt", line["diverged"])
+        for key, name in TEXTS.items():
+            if key in line:
+                atomic_write_text(folder / name, line[key])
         log = logs.get(f"{line['folder']}/log.jsonl")
         if log is not None:
             (folder / "log.jsonl").write_bytes(log)

@@ -64,19 +64,21 @@ def fail(prog: str, error: Exception | str, code: int = 2) -> int:
 
 
 def stopped(prog: str, err: BaseException, output, argv: list[str] | None) -> int:
-    """A run that stopped: diverged, a full disk, or Ctrl-C, as one line saying how to continue.
+    """A run that stopped: diverged, a full disk (whatever error its writer raised), or Ctrl-C, as
+    one line saying how to continue.
 
-    An OSError other than a full disk is raised again. Returns the exit code: 130 after Ctrl-C,
-    else 1."""
-    from dualerase.runs.checkpoint import disk_full  # torch: only once a run has stopped
+    Any other error is raised again. Returns the exit code: 130 after Ctrl-C, else 1."""
+    # torch: only once a run has stopped
+    from dualerase.runs.checkpoint import disk_full
+    from dualerase.unlearn import DivergenceError
 
     if isinstance(err, KeyboardInterrupt):
         again = resume_command(prog, sys.argv[1:] if argv is None else argv)
         if is_main_process():
             print(f"{prog}: interrupted: continue with `{again}`", file=sys.stderr)
         return 130
-    message = disk_full(err, output) if isinstance(err, OSError) else str(err)
-    if message is None:  # an OSError other than a full disk
+    message = str(err) if isinstance(err, DivergenceError) else disk_full(err, output)
+    if message is None:  # not a full disk
         raise err
     return fail(prog, message, 1)
 

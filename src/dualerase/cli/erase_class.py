@@ -22,9 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
                 "method.grad_samples, sample.steps, sample.guidance, eval.forget_samples, "
                 "compute.threads.  docs/configuration.md lists every key."),
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("forget_class", help="the class to erase: an index (207), an ImageNet "
-                        "synset (n02099601) or a name ('golden retriever'); for the digits default "
-                        "0..9")
+    parser.add_argument("forget_class", nargs="?", help="the class to erase: an index (207), an "
+                        "ImageNet synset (n02099601) or a name ('golden retriever'); digits: 0..9; "
+                        "with --config <finished run>/config.yaml, that run's class")
     parser.add_argument("--config", help="a preset name or a YAML path (default: digits; imagenet "
                         "with --model)")
     parser.add_argument("--model", help="a DiT in diffusers layout: hub id (facebook/DiT-XL-2-256) "
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(build_parser(), argv)
     if isinstance(args, int):  # --help, --version or a bad argument: answered before torch loads
         return args
-    from dualerase.config import load_config, model_overrides
+    from dualerase.config.load import command_config, forget_class_of
     from dualerase.integrations.card import check_hub, push_to_hub
     from dualerase.launch import processes
     from dualerase.metrics.imagenet import EvalError
@@ -77,15 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     from dualerase.runs.checkpoint import check_options, default_output
     from dualerase.runs.job import dry_run, run_trials, score, written
     from dualerase.runs.plan import config_text
-    from dualerase.unlearn import DivergenceError
 
     output = None
     try:
-        overrides = model_overrides(args.model) + ([f"data.path={args.data}"] if args.data else [])
+        args.forget_class = forget_class_of(args.forget_class, args.config)
         chosen = {"method.name": args.method, "erase.optimizer": args.optimizer, "seed": args.seed}
-        overrides += args.overrides + [f"{k}={v}" for k, v in chosen.items() if v is not None]
-        cfg = load_config(args.config or ("imagenet" if args.model or args.data else "digits"),
-                          overrides)
+        cfg = command_config(args.config, args.model, args.data, args.overrides
+                             + [f"{k}={v}" for k, v in chosen.items() if v is not None])
         output = args.output or default_output(args.forget_class, cfg)
         check_options(args.trials, args.overwrite, args.resume, args.push_to_hub)
         if args.print_config:
@@ -110,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{push_to_hub(output / 'model', args.push_to_hub)}")
     except (ConfigError, UsageError, EvalError) as e:
         return fail("erase-class", e)
-    except (DivergenceError, OSError, KeyboardInterrupt) as e:  # diverged, disk full, Ctrl-C
+    except (Exception, KeyboardInterrupt) as e:  # diverged, disk full, Ctrl-C; else raised again
         return stopped("erase-class", e, output, argv)
     return 0
 

@@ -93,9 +93,10 @@ def main(argv: list[str] | None = None) -> int:
                   "jobs (--shard, or claimed in their folders); the job that finishes last writes "
                   "the tables, or run this command with --aggregate", file=sys.stderr)
         return 0
-    if not result.cells:  # with --aggregate: nothing finished yet; else every cell ran and diverged
-        if result.diverged:
-            return fail("fid-bench", f"every cell diverged: {'; '.join(result.diverged)}", 1)
+    if not result.cells:  # with --aggregate: nothing finished yet; else every cell ran and broke
+        if result.diverged or result.failed:
+            return fail("fid-bench", "no cell finished; diverged or failed: "
+                        f"{'; '.join(result.diverged + result.failed)}", 1)
         return fail("fid-bench", f"no cell of this benchmark has finished in {args.output} yet: "
                     "run it without --aggregate first", 1)
     # under a multi-process launch the main process writes the tables

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
+import json
 import math
 import typing
 from pathlib import Path
@@ -10,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from dualerase.config.schema import Config
-from dualerase.errors import ConfigError
+from dualerase.errors import ConfigError, UsageError
 from dualerase.fields import bounds, check_bounds, coerce, looks_numeric, suggest
 from dualerase.storage import PRESETS, preset_names
 from dualerase.unlearn.methods import METHODS
@@ -43,12 +45,24 @@ def apply_mapping(obj, data: dict, prefix: str = "") -> None:
     for name, value in data.items():
         key = f"{prefix}{name}"
         if name not in names:
-            raise ConfigError(f"unknown config key {key!r}{suggest(key, all_keys())}")
+            raise ConfigError(_unknown(key, value, [f"{prefix}{n}" for n in names]))
         current = getattr(obj, name)
         if dataclasses.is_dataclass(current):
             apply_mapping(current, value, f"{key}.")
         else:
             setattr(obj, name, coerce(key, value, hints[name]))
+
+
+def _unknown(key: str, value, here: list[str]) -> str:
+    """The message for an unknown key (or section) `key`: the keys closest to the dotted key given
+    (erace.outer_steps: erase.outer_steps), else those of its own level closest to it."""
+    typed = key
+    while isinstance(value, dict) and len(value) == 1:  # a --set item: one key down each level
+        (name, value), = value.items()
+        typed = f"{typed}.{name}"
+    close = difflib.get_close_matches(typed, all_keys(), n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else suggest(key, here)
+    return f"unknown config key {typed!r}{hint}"
 
 
 def _validate(cfg: Config) -> None:
@@ -171,6 +185,42 @@ def load_config(preset: str | Path | Config | dict = "digits", overrides: list[s
 def model_overrides(path: str | Path | None) -> list[str]:
     """`--set` items that run a diffusers model from a hub id or folder (`--model`); [] for None."""
     return [] if path is None else ["model.source=diffusers", f"model.path={path}"]
+
+
+def command_config(config: str | None, model: str | None, data: str | None,
+                   overrides: list[str]) -> Config:
+    """erase-class's config: --config (default: digits; imagenet, whose model is DiT-XL/2, with
+    --model or --data), then --model, --data and the --set items."""
+    data_sets = [f"data.path={data}"] if data else []
+    return load_config(config or ("imagenet" if model or data else "digits"),
+                       model_overrides(model) + data_sets + overrides)
+
+
+def forget_class_of(given: str | None, config: str | None) -> str:
+    """The class to erase: `given`, else the one a finished run's saved config was run with.
+
+    --config <run>/config.yaml or <run>/model/dualerase-config.yaml: the class is read from the
+    run's metrics.json.
+
+    Raises:
+        UsageError: no class given, and none recorded.
+    """
+    if given is not None:
+        return given
+    path = Path(config).expanduser() if config else None
+    if path is not None and path.is_file():
+        run = path.parent.parent if path.parent.name == "model" else path.parent
+        try:
+            recorded = json.loads((run / "metrics.json").read_text()).get("forget_class")
+        except (OSError, ValueError, AttributeError):
+            recorded = None
+        if recorded is not None:
+            return str(recorded)
+        raise UsageError(f"give the class to erase: {config} records none (only a finished run "
+                         "does, in its metrics.json), e.g. `erase-class 3 --config "
+                         f"{config}`")
+    raise UsageError("give the class to erase, e.g. `erase-class 3`: an index, an ImageNet "
+                     "synset or a name")
 
 
 def to_dict(cfg: Config) -> dict:

@@ -61,8 +61,9 @@ class ComputeConfig:
     # bf16: autocast; weights and optimizer states stay float32
     mixed_precision: Literal["no", "bf16"] = "no"
     # torch's intra-op CPU threads per process (null: torch's default, one per core; the commands
-    # set a short OpenMP spin, GOMP_SPINCOUNT=2000, that keeps it fast beside other work: see
-    # docs/performance.md, "Threads"); another count may change results by float rounding
+    # set a short OpenMP spin, GOMP_SPINCOUNT=2000, that keeps it fast beside other work; the
+    # digits models train at digits.train_threads: see docs/performance.md, "Threads"); another
+    # count may change results by float rounding
     threads: Annotated[int | None, Gt(0)] = None
     # recompute activations in backward: less memory, ~30% slower steps
     gradient_checkpointing: bool = False
@@ -116,6 +117,11 @@ class EvalConfig:
     grid_classes: Annotated[int, Gt(0)] = 10
     # write the after-erasure samples as PNG folders and ADM-style .npz (samples/)
     save_samples: bool = True
+    # KID of the digits protocol: on its classifier's features centred on the reference's mean and
+    # divided by its RMS spread (metrics.fid.centred_kid), or raw: as they are (torch-fidelity's
+    # default, dominated by the mean features' distance). Diffusers models: always torch-fidelity's
+    # on its extractor's features, the published KID
+    kid_features: Literal["centred", "raw"] = "centred"
     # Diffusers models (the digits default uses its own classifier and feature extractor):
     fa_classifier: str = "resnet34.tv_in1k"  # timm ImageNet classifier of forget accuracy
     fa_weights: str | None = None  # its weights file (null: the Hugging Face cache)

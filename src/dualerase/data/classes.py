@@ -51,10 +51,39 @@ def for_model(num_classes: int, id2label: dict[int, str] | None = None,
     if id2label and len(id2label) == num_classes:
         names = [id2label[i] for i in range(num_classes)]
         # a subset of ImageNet: folders by synset
-        return Classes(names=names, synsets=imagenet_synsets(names))
+        synsets = imagenet_synsets(names)
+        if synsets is None and folders:
+            check_distinct(names, folders)
+        return Classes(names=names, synsets=synsets)
     if folders and len(folders) == num_classes:
         return Classes(names=list(folders))
     return Classes(names=[f"class {i}" for i in range(num_classes)], named=False)
+
+
+def check_distinct(names: list[str], folders: list[str]) -> None:
+    """Refuse (UsageError) data folders that name no class when the model's names are to blame.
+
+    Folders are matched to classes by name or synonym (any case); a class whose every name another
+    class shares cannot be matched, so a folder meant for it names none: the message names the
+    classes that share the name, not the folder."""
+    words: dict[str, set[int]] = {}
+    for c, name in enumerate(names):
+        for word in _words(name):
+            words.setdefault(word, set()).add(c)
+    unmatched = [f for f in folders if f.strip().lower() not in words]
+    for name in names if unmatched else ():
+        shared = [words[word] for word in _words(name)]
+        if all(len(s) > 1 for s in shared):
+            same = " and ".join(f"{i} ({names[i]!r})" for i in sorted(set().union(*shared)))
+            raise UsageError(f"--data sub-folder {unmatched[0]!r} names none of the model's "
+                             f"classes, and the model's id2label gives classes {same} the same "
+                             "name, so no folder can tell them apart: give the model distinct "
+                             "class names (its id2label in model_index.json)")
+
+
+def _words(name: str) -> set[str]:
+    """The words a class name answers to: the whole name and each synonym, stripped, lower case."""
+    return {name.strip().lower(), *(w.strip().lower() for w in name.split(","))}
 
 
 def check_imagenet_order(id2label: dict[int, str], standard: Classes) -> None:

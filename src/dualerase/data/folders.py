@@ -113,7 +113,7 @@ def check_cache() -> None:
     """Probe the cache (DUALERASE_HOME) before any work, as --output.
 
     It takes trained models, masks and base scores."""
-    check_writable(cache_root(), "the cache DUALERASE_HOME")
+    check_writable(cache_root(), "DUALERASE_HOME (the cache)")
 
 
 def _probe(folder: Path) -> None:

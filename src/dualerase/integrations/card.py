@@ -1,6 +1,7 @@
 """The model card of an erased model (model/README.md, huggingface_hub's ModelCard); Hub pushes."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
@@ -26,7 +27,7 @@ TEMPLATE = """---
 {% if na_after != "n/a" %}| forget samples called "not a digit" | {{ na_before }} | {{ na_after }} |
 {% endif %}| retain accuracy | {{ ra_before }} | {{ ra_after }} |
 | FID ({{ features }}) | {{ fid_before }} | {{ fid_after }} |
-| KID, precision, recall (same features) | {{ quality_before }} | {{ quality_after }} |
+| KID x1e3, precision, recall (same features) | {{ quality_before }} | {{ quality_after }} |
 
 Protocol: {{ protocol }}.
 
@@ -72,8 +73,15 @@ NOTE = {"pipeline": SAMPLER,
 
 
 def _quality(scores: dict) -> str:
-    return ", ".join(_num(scores.get(k), f)
-                     for k, f in (("kid", ".4f"), ("precision", ".3f"), ("recall", ".3f")))
+    kid = scores.get("kid")
+    return ", ".join([_num(None if kid is None else kid * 1e3, ".2f"),
+                      *(_num(scores.get(k), ".3f") for k in ("precision", "recall"))])
+
+
+def _names_only(text: str) -> str:
+    """`text` with each absolute or home path (/a/b/ref, ~/ref) cut to its last part (ref)."""
+    return re.sub(r"(?<![\w.])[~/][^\s,;()`]*", lambda m: Path(m.group()).name or m.group(),
+                  text)
 
 
 def model_card(metrics: dict, pipeline: bool, num_classes: int) -> ModelCard:
@@ -85,8 +93,11 @@ def model_card(metrics: dict, pipeline: bool, num_classes: int) -> ModelCard:
         num_classes: the model's class count (DiTPipeline's guidance assumes 1000)."""
     base = metrics["model"].split("#")[0]
     # a Hub id as base model; not the embedded digits model (digits/<folder>) or a local folder
-    hub_id = (base if "/" in base and not base.startswith(("/", ".", "digits/"))
+    hub_id = (base if "/" in base and not base.startswith(("/", ".", "~", "digits/"))
               and not Path(base).exists() else None)
+    local = not hub_id and not base.startswith("digits/")
+    # a local folder by its name alone: a pushed card does not publish the user's directories
+    shown = Path(base).expanduser().resolve().name if local else base
     before, after = metrics["before"], metrics["after"]
     data = ModelCardData(library_name="diffusers", base_model=hub_id,
                          tags=["diffusion", "dit", "machine-unlearning", "class-erasure",
@@ -99,8 +110,9 @@ def model_card(metrics: dict, pipeline: bool, num_classes: int) -> ModelCard:
     else:
         load, note = LOAD["transformer"], NOTE["transformer"]
     return ModelCard.from_template(
-        data, template_str=TEMPLATE, title=f"{metrics['class_name']} erased from {base}",
-        base=f"`{base}`", forget_class=metrics["forget_class"], class_name=metrics["class_name"],
+        data, template_str=TEMPLATE, title=f"{metrics['class_name']} erased from {shown}",
+        base=f"`{shown}`" + (" (a local folder)" if local else ""),
+        forget_class=metrics["forget_class"], class_name=metrics["class_name"],
         method=metrics["method"],
         optimizer=metrics["optimizer"], seed=metrics["seed"], outer_steps=metrics["outer_steps"],
         fa_before=_num(before["forget_accuracy"]), fa_after=_num(after["forget_accuracy"]),
@@ -112,7 +124,7 @@ def model_card(metrics: dict, pipeline: bool, num_classes: int) -> ModelCard:
         fid_before=_num(before["fid"], ".2f"), fid_after=_num(after["fid"], ".2f"),
         quality_before=_quality(before), quality_after=_quality(after),
         features=metrics["protocol"]["feature_extractor"].split(" ")[0],
-        protocol=protocol_line(metrics["protocol"]),
+        protocol=_names_only(protocol_line(metrics["protocol"])),
         load=load, note=note, record="transformer/dualerase.json" if pipeline else "dualerase.json")
 
 

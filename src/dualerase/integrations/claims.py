@@ -2,7 +2,8 @@
 
 One run writes an output folder at a time. Several fid-bench jobs over one output folder take a
 claim file per cell (no cell runs twice, a dead job's cell is run again) and fixed shares of the
-grid (--shard i/N). A lock or claim left by a dead process is taken over."""
+grid (--shard i/N). A lock or claim left by a dead process is taken over, and so is one left empty
+or unreadable (a crash between creating and writing it) for WRITE_GRACE seconds."""
 from __future__ import annotations
 
 import contextlib
@@ -16,6 +17,9 @@ from dualerase.errors import UsageError
 from dualerase.launch import main_decides, processes
 
 LOCK = ".dualerase.lock"  # in a run's output folder while a run writes it: "<host> <pid>"
+# an empty or unreadable lock or claim older than this (by its mtime) was left by a crash between
+# creating it and writing it, not by a holder still writing: it is taken over
+WRITE_GRACE = 5.0
 
 
 def claim(cell: Path, stale_after: float) -> bool:
@@ -103,11 +107,17 @@ def _holder(path: Path) -> str:
 def _abandoned(path: Path, stale: Callable[[], bool]) -> bool:
     try:
         host, pid = path.read_text().split()
-    except (FileNotFoundError, ValueError):
-        return False  # being written or just released: look again next time
+        pid = int(pid)
+    except FileNotFoundError:
+        return False  # just released: look again next time
+    except ValueError:  # being written, or left half-written: empty or unreadable
+        try:
+            return time.time() - path.stat().st_mtime > WRITE_GRACE
+        except FileNotFoundError:
+            return False
     if host == socket.gethostname():
         try:
-            os.kill(int(pid), 0)
+            os.kill(pid, 0)
         except ProcessLookupError:
             return True
         except PermissionError:

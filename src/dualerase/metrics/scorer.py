@@ -46,6 +46,23 @@ class RealDistance(Protocol):
         """L2 distance (pixels in [-1, 1]) from each image to the nearest real image of `label`."""
 
 
+@runtime_checkable
+class KidFeatures(Protocol):
+    """A scorer whose KID can read its features centred or as they are (the digits scorer).
+
+    eval.kid_features picks; other scorers compute torch-fidelity's KID on their features."""
+
+    def with_kid(self, features: str) -> Scorer:
+        """A copy of the scorer whose KID reads `features` ("centred" or "raw")."""
+
+
+def kid_scorer(scorer: Scorer, eval_cfg) -> Scorer:
+    """`scorer` with the KID of the config's `eval` group `eval_cfg` (eval.kid_features).
+
+    A scorer without the choice is returned as it is."""
+    return scorer.with_kid(eval_cfg.kid_features) if isinstance(scorer, KidFeatures) else scorer
+
+
 def counts_as_forget(probs: torch.Tensor, images: torch.Tensor, forget_class: int,
                      eval_cfg, scorer: Scorer) -> torch.Tensor:
     """Which samples count as the forget class in forget accuracy (FA).

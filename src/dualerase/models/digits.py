@@ -1,23 +1,23 @@
 """The embedded default: scikit-learn's 8x8 handwritten digits and a tiny DiT trained on them."""
 from __future__ import annotations
 
+import contextlib
 import copy
-import hashlib
+import dataclasses
 import json
 import os
-import shutil
 from dataclasses import asdict, dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
 
 import torch
-from annotated_types import Ge, Gt
+from annotated_types import Ge, Gt, Lt
 from tqdm.auto import tqdm
 
 from dualerase.errors import ModelError
 from dualerase.models.dit import build_dit, drop_labels, load_dit, make_scheduler
 from dualerase.models.loss import DiTLoss
+from dualerase.models.shipped import install_shipped
 from dualerase.storage import atomic_path, cache_root, fingerprint
 
 NUM_CLASSES = 10
@@ -50,8 +50,16 @@ class DigitsRecipe:
     # so that configs written before this key read as they ran; the digits preset sets train)
     data: Literal["train", "all"] = "all"
     # use the weights shipped inside the package when this recipe and the classifier's are theirs
-    # (verified by digest; models/weights/manifest.json); false: train and cache them as any recipe
+    # (verified by digest; src/dualerase/weights/manifest.json); false: train and cache them as
+    # any recipe
     shipped: bool = True
+    # torch's CPU threads while the digits DiT and classifier train (not part of the recipe's
+    # fingerprint): 1, as the shipped weights were trained, is within 1.5x of the fastest setting
+    # idle and beside other work (docs/performance.md, Threads); null: the run's compute.threads
+    train_threads: Annotated[int | None, Gt(0)] = 1
+    # a class whose every image is left out of training: the retrained reference of erasing it
+    # (`retrained`), its cache folder named after it; null: none
+    exclude: Annotated[int | None, Ge(0), Lt(NUM_CLASSES)] = None
 
 
 def load_digits() -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,6 +80,19 @@ def train_test_split(labels: torch.Tensor, test_fraction: float = 0.2, seed: int
     return torch.tensor(sorted(train)), torch.tensor(sorted(test))
 
 
+def training_set(recipe: DigitsRecipe) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images the recipe trains on: its split (the held-out one stays unseen), without every
+    image of the excluded class (`exclude`: the retrained reference)."""
+    x, y = load_digits()
+    if recipe.data == "train":
+        train, _ = train_test_split(y)
+        x, y = x[train], y[train]
+    if recipe.exclude is not None:
+        keep = y != recipe.exclude
+        x, y = x[keep], y[keep]
+    return x, y
+
+
 def train_digits_dit(recipe: DigitsRecipe, progress: bool = True, checkpoint: Path | None = None,
                      checkpoint_every: int = 500):
     """Train the tiny DiT on every digit with DiT's loss and label dropout; return its EMA weights.
@@ -80,10 +101,7 @@ def train_digits_dit(recipe: DigitsRecipe, progress: bool = True, checkpoint: Pa
     every `checkpoint_every` steps, and a call that finds one continues from it: a killed training
     loses at most that many steps and ends with the weights of an uninterrupted one."""
     torch.manual_seed(recipe.seed)
-    x, y = load_digits()
-    if recipe.data == "train":  # the held-out split stays unseen
-        train, _ = train_test_split(y)
-        x, y = x[train], y[train]
+    x, y = training_set(recipe)
     model = build_dit(num_classes=NUM_CLASSES, sample_size=SIZE, in_channels=1,
                       patch_size=recipe.patch_size, layers=recipe.layers, heads=recipe.heads,
                       head_dim=recipe.head_dim)
@@ -125,19 +143,35 @@ def train_digits_dit(recipe: DigitsRecipe, progress: bool = True, checkpoint: Pa
     return ema.eval()
 
 
+@contextlib.contextmanager
+def torch_threads(count: int | None):
+    """Run the block with `count` torch CPU threads (None: as they are), then put them back."""
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def recipe_key(recipe: DigitsRecipe) -> dict:
-    """The recipe's values that make its model: all but `shipped`, and `data` only when it is not
-    "all" (the recipe before the key existed), so that caches written before it are found."""
+    """The recipe's values that make its model: all but `shipped` and `train_threads`, and `data`
+    and `exclude` only when they are not their defaults ("all", None: the recipe before the keys
+    existed), so that caches written before them are found."""
     key = asdict(recipe)
-    del key["shipped"]
-    if key["data"] == "all":
-        del key["data"]
+    del key["shipped"], key["train_threads"]
+    for name, default in (("data", "all"), ("exclude", None)):  # as keys written before them
+        if key[name] == default:
+            del key[name]
     return key
 
 
 def dit_folder(recipe: DigitsRecipe) -> Path:
-    """Where the digits DiT of `recipe` is cached (it is there once its config.json is)."""
-    return cache_root() / "digits" / f"dit-{fingerprint(recipe_key(recipe))}"
+    """Where the digits DiT of `recipe` is cached (it is there once its config.json is); a
+    retrained reference's folder names the class it never saw."""
+    without = "" if recipe.exclude is None else f"-without-{recipe.exclude}"
+    return cache_root() / "digits" / f"dit-{fingerprint(recipe_key(recipe))}{without}"
 
 
 def classifier_path(recipe) -> Path:
@@ -152,16 +186,19 @@ def prepare_digits_dit(recipe: DigitsRecipe, progress: bool = True) -> Path:
         install_shipped("dit", folder)
     if not (folder / "config.json").exists():
         if progress:
-            print(f"training the digits model once ({recipe.steps} steps), cached at {folder}",
-                  flush=True)
+            what = "" if recipe.exclude is None else f" without digit {recipe.exclude}"
+            print(f"training the digits model{what} once ({recipe.steps} steps), cached at "
+                  f"{folder}", flush=True)
             load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-            if torch.get_num_threads() > 1 and load >= max(1.0, (os.cpu_count() or 1) / 2):
+            if (recipe.train_threads or torch.get_num_threads()) > 1 and \
+                    load >= max(1.0, (os.cpu_count() or 1) / 2):
                 print(f"the machine is busy (load {load:.1f} on {os.cpu_count()} cores): "
-                      "--set compute.threads=1 trains faster beside other work unless "
+                      "--set digits.train_threads=1 trains faster beside other work unless "
                       "GOMP_SPINCOUNT is short (docs/performance.md, Threads)", flush=True)
         partial = folder.with_name(f"{folder.name}.partial.pt")
         partial.parent.mkdir(parents=True, exist_ok=True)
-        model = train_digits_dit(recipe, progress, checkpoint=partial)
+        with torch_threads(recipe.train_threads):
+            model = train_digits_dit(recipe, progress, checkpoint=partial)
         tmp = folder.with_name(folder.name + ".tmp")
         model.save_pretrained(tmp)
         (tmp / "recipe.json").write_text(json.dumps(recipe_key(recipe), indent=2))
@@ -170,17 +207,34 @@ def prepare_digits_dit(recipe: DigitsRecipe, progress: bool = True) -> Path:
     return folder
 
 
+def prepare_retrained(recipe: DigitsRecipe, forget_class: int, progress: bool = True) -> Path:
+    """The retrained reference (RT) of erasing `forget_class`: the digits DiT of `recipe` trained
+    again, with the same seed and steps, on its split without every image of that class; trained
+    once and cached as the base model is (a killed training resumes).
+
+    Raises:
+        ModelError: the cached folder holds a model trained without another class."""
+    folder = prepare_digits_dit(dataclasses.replace(recipe, exclude=forget_class, shipped=False),
+                                progress)
+    recorded = json.loads((folder / "recipe.json").read_text()).get("exclude")
+    if recorded != forget_class:
+        raise ModelError(f"{folder} holds a model trained without digit {recorded}, not "
+                         f"{forget_class}: delete it, and the next run trains the reference again")
+    return folder
+
+
 def load_digits_dit(recipe: DigitsRecipe, progress: bool = True):
     """The digits DiT of `recipe`, trained first if it is not cached."""
     return load_dit(str(prepare_digits_dit(recipe, progress)))
 
 
-def prepare_digits_classifier(recipe, progress: bool = True,
-                              shipped: bool = True) -> tuple[Path, float]:
+def prepare_digits_classifier(recipe, progress: bool = True, shipped: bool = True,
+                              threads: int | None = None) -> tuple[Path, float]:
     """The cached digits classifier for `recipe`, trained once on the train split.
 
     With `shipped` (config `digits.shipped`), the package's classifier is used where `recipe` is
-    its recipe. Returns (its path, its test-split accuracy)."""
+    its recipe; a training runs on `threads` torch threads (`digits.train_threads`; None: as they
+    are). Returns (its path, its test-split accuracy)."""
     from safetensors import safe_open
 
     from dualerase.metrics.classifier import accuracy, save_classifier, train_classifier
@@ -191,61 +245,9 @@ def prepare_digits_classifier(recipe, progress: bool = True,
     if not path.exists():
         x, y = load_digits()
         train, test = train_test_split(y)
-        net = train_classifier(x[train], y[train], recipe, progress)
+        with torch_threads(threads):
+            net = train_classifier(x[train], y[train], recipe, progress)
         with atomic_path(path) as tmp:
             save_classifier(net, tmp, recipe, accuracy(net, x[test], y[test]))
     with safe_open(str(path), "pt") as f:
         return path, float(f.metadata()["test_accuracy"])
-
-
-WEIGHTS = resources.files("dualerase") / "weights"  # the shipped digits DiT and classifier
-MANIFEST = "manifest.json"
-
-
-def shipped_manifest() -> dict:
-    """The manifest of the shipped weights: their recipes, files and digests, and their quality."""
-    return json.loads((WEIGHTS / MANIFEST).read_text())
-
-
-def shipped_entry(kind: str, target: Path) -> dict | None:
-    """The manifest's entry of the shipped `kind` ("dit" or "classifier") if `target` names it."""
-    if not (WEIGHTS / MANIFEST).is_file():  # a source tree before its first release
-        return None
-    entry = shipped_manifest()[kind]
-    return entry if entry["name"] == target.name else None
-
-
-def ships(kind: str, target: Path) -> bool:
-    """Whether the package ships the `kind` ("dit" or "classifier") that `target` names."""
-    return shipped_entry(kind, target) is not None
-
-
-def install_shipped(kind: str, target: Path) -> bool:
-    """Copy the shipped `kind` ("dit" folder or "classifier" file) into the cache at `target`.
-
-    Only where the shipped one is the one `target` names (the same recipe fingerprint); each file
-    is checked against the manifest's sha256 on the way. Returns whether it was installed.
-
-    Raises:
-        ModelError: a shipped file does not match its digest (a damaged install).
-    """
-    entry = shipped_entry(kind, target)
-    if entry is None:
-        return False
-    tmp = target.with_name(f".{target.name}.shipped")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, digest in entry["files"].items():
-        data = (WEIGHTS / kind / name).read_bytes()
-        if hashlib.sha256(data).hexdigest() != digest:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise ModelError(f"the shipped digits {kind} file {name} does not match its digest in "
-                             f"{MANIFEST} (a damaged install): reinstall dualerase, or train one "
-                             "with --set digits.shipped=false")
-        (tmp / name).write_bytes(data)
-    if kind == "classifier":
-        os.replace(tmp / target.name, target)
-        tmp.rmdir()
-    else:
-        os.replace(tmp, target)
-    return True

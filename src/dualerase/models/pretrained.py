@@ -58,18 +58,20 @@ def locate(path: str) -> Path:
     local = Path(path).expanduser()
     if local.exists():
         if not local.is_dir():
-            raise ModelError(f"--model {path} is a file: give a folder in diffusers layout "
-                             "(transformer/, vae/, scheduler/) or a hub id such as "
-                             "facebook/DiT-XL-2-256")
+            raise ModelError(f"the model {path} (--model, or model.path) is a file: give a folder "
+                             "in diffusers layout (transformer/, vae/, scheduler/) or a hub id "
+                             "such as facebook/DiT-XL-2-256")
         return local
     try:
         return Path(snapshot_download(path, allow_patterns=PATTERNS))
     except HFValidationError:
-        raise ModelError(f"--model {path}: no such folder: give an existing folder in diffusers "
-                         "layout or a hub id such as facebook/DiT-XL-2-256") from None
+        raise ModelError(f"the model {path} (--model, or model.path): no such folder: give an "
+                         "existing folder in diffusers layout or a hub id such as "
+                         "facebook/DiT-XL-2-256") from None
     except Exception as e:  # offline, unknown repo, gated repo: all mean "the files are not here"
         raise ModelError(
-            f"--model {path}: not a local folder, and its files are not in the Hugging Face cache "
+            f"the model {path} (--model, or the imagenet preset's model.path) is not a local "
+            f"folder, and its files are not in the Hugging Face cache "
             f"({type(e).__name__}): on a machine with network run `hf download {path}` once "
             "(the cache is $HF_HOME, default ~/.cache/huggingface; copy it over), or pass --model "
             "a local folder with transformer/, vae/ and scheduler/") from None

@@ -102,13 +102,14 @@ def protocol_line(p: dict) -> str:
     if "embedders_tied_within" in p:
         model = model.replace(" embedders,", f" embedders ({p['embedders_tied_within']}),", 1)
     rule = f" (FA counts: {p['forget_rule']})" if "forget_rule" in p else ""
+    kid = f", KID {p['kid']}" if "kid" in p else ""
     fast = "FAST (for quick looks only; published comparisons need the full protocol), " \
         if p.get("protocol", "full") != "full" else ""
     return (f"{fast}{p['sampler']}, {p['steps']} steps{spacing}{batches}, guidance "
             f"{p['guidance']}{channels}{precision}{model}, "
             f"{p['forget_samples']} forget / "
             f"{p['retain_samples']} retain samples, FID reference {p['reference']}, features "
-            f"{p['feature_extractor']}, classifier {p['classifier']}{rule}, seed {p['seed']}"
+            f"{p['feature_extractor']}{kid}, classifier {p['classifier']}{rule}, seed {p['seed']}"
             f"{software}")
 
 
@@ -122,32 +123,42 @@ def number(value: float | None, spec: str = ".3f") -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def _rows(m: dict, sides: tuple[str, ...]) -> list[tuple[str, str, str]]:
-    """(title, score, format) of the scores `m[side]` has, for one of `sides`.
+KID_SCALE = 1e3  # KID is printed x1e3, as papers print it
 
-    An older run has no published-rule FA, only the digits classifier has a "not a digit" class; a
-    FID that is not finite still shows, as n/a."""
-    rows = [("forget accuracy (lower is better)", "forget_accuracy", "{:.3f}"),
-            ("  by the published top-class rule", "forget_accuracy_published", "{:.3f}"),
-            ("  called 'not a digit'", "forget_not_a_class", "{:.3f}"),
-            ("forget-class probability", "forget_probability", "{:.3f}"),
-            ("forget-class entropy (nats)", "forget_entropy", "{:.3f}"),
-            ("retain accuracy", "retain_accuracy", "{:.3f}"),
-            (f"FID ({m['protocol']['feature_extractor'].split(' ')[0]})", "fid", "{:.3f}"),
-            ("KID (same features)", "kid", "{:.4f}"),
-            ("precision (k-NN, k = 3)", "precision", "{:.3f}"),
-            ("recall (k-NN, k = 3)", "recall", "{:.3f}")]
+
+def _rows(m: dict, sides: tuple[str, ...]) -> list[tuple[str, str, str, float]]:
+    """(title, score, format, scale) of the scores `m[side]` has, for one of `sides`.
+
+    A score is printed times its scale (KID x1e3). An older run has no published-rule FA, only the
+    digits classifier has a "not a digit" class; a FID that is not finite still shows, as n/a."""
+    rows = [("forget accuracy (lower is better)", "forget_accuracy", "{:.3f}", 1),
+            ("  by the published top-class rule", "forget_accuracy_published", "{:.3f}", 1),
+            ("  called 'not a digit'", "forget_not_a_class", "{:.3f}", 1),
+            ("forget-class probability", "forget_probability", "{:.3f}", 1),
+            ("forget-class entropy (nats)", "forget_entropy", "{:.3f}", 1),
+            ("retain accuracy", "retain_accuracy", "{:.3f}", 1),
+            (f"FID ({m['protocol']['feature_extractor'].split(' ')[0]})", "fid", "{:.3f}", 1),
+            ("KID x1e3 (same features)", "kid", "{:.3f}", KID_SCALE),
+            ("precision (k-NN, k = 3)", "precision", "{:.3f}", 1),
+            ("recall (k-NN, k = 3)", "recall", "{:.3f}", 1)]
     return [r for r in rows
             if r[1] == "fid" or any(m[side].get(r[1]) is not None for side in sides)]
 
 
 def scores_text(m: dict) -> str:
-    """The terminal report of one model scored without erasing (`erase-class --score-only`)."""
+    """The terminal report of one model scored without erasing (`erase-class --score-only`).
+
+    Its scores, why FID is n/a where it is, and the robustness measurements the config asked for
+    (`robustness_lines` of the one model)."""
     lines = [f"Scores of {m['model']} for class {m['forget_class']} ({m['class_name']}), seed "
              f"{m['seed']}:"]
-    for title, key, fmt in _rows(m, ("scores",)):
-        value = m["scores"].get(key)
-        lines.append(f"{title:36s}{'n/a' if value is None else fmt.format(value):>10s}")
+    scores = m["scores"]
+    for title, key, fmt, scale in _rows(m, ("scores",)):
+        value = scores.get(key)
+        lines.append(f"{title:36s}{'n/a' if value is None else fmt.format(value * scale):>10s}")
+    if scores.get("fid_error"):
+        lines.append(f"FID: {scores['fid_error']}")
+    lines += robustness_lines(None, scores.get("robustness", {}))
     return "\n".join(lines + ["protocol: " + protocol_line(m["protocol"])])
 
 
@@ -158,17 +169,18 @@ def summary(m: dict) -> str:
     std = m.get("std")
     seeds = f"seeds {', '.join(map(str, m['seeds']))} (mean +- std)" if std else f"seed {m['seed']}"
 
-    def cell(side, key, fmt):
+    def cell(side, key, fmt, scale):
         if m[side].get(key) is None:  # a non-finite FID: its reason is printed below the table
             return "n/a"
         if not std:
-            return fmt.format(m[side][key])
+            return fmt.format(m[side][key] * scale)
         spread = std[side][key]  # None when only one trial had a finite value
-        return fmt.format(m[side][key]) + " +- " + ("n/a" if spread is None else fmt.format(spread))
+        return (fmt.format(m[side][key] * scale) + " +- "
+                + ("n/a" if spread is None else fmt.format(spread * scale)))
 
     # a huge number never runs into its neighbour
-    width = max([20 if std else 10] + [len(cell(side, key, fmt)) + 2 for side in ("before", "after")
-                                       for _, key, fmt in rows])
+    width = max([20 if std else 10] + [len(cell(side, *row[1:])) + 2
+                                       for side in ("before", "after") for row in rows])
     limit = m.get("outer_steps_limit", m["outer_steps"])
     stopped = (f" (of {limit}: the forget-accuracy probe stopped it)" if m["outer_steps"] < limit
                else "")
@@ -177,8 +189,8 @@ def summary(m: dict) -> str:
              f"{seeds}: {m['outer_steps']} outer steps{stopped} in {t['erase_s']:.1f} s "
              f"({t['erase_steps_per_s']:.1f} steps/s)",
              f"{'':36s}{'before':>{width}s}{'after':>{width}s}"]
-    lines += [f"{title:36s}{cell('before', key, fmt):>{width}s}{cell('after', key, fmt):>{width}s}"
-              for title, key, fmt in rows]
+    lines += [f"{title:36s}{cell('before', *row):>{width}s}{cell('after', *row):>{width}s}"
+              for title, *row in rows]
     lines += [f"FID {side}: {m[side]['fid_error']}" for side in ("before", "after")
               if m[side].get("fid_error")]
     lines += robustness_lines(m["before"].get("robustness", {}), m["after"].get("robustness", {}))
@@ -190,36 +202,43 @@ def _steps(value) -> str:
     return "never" if value is None else str(value)
 
 
-def robustness_lines(before: dict, after: dict) -> list[str]:
-    """The robustness measurements (config section `robustness`), before -> after, a line each."""
+def robustness_lines(before: dict | None, after: dict) -> list[str]:
+    """The robustness measurements (config section `robustness`), before -> after, a line each.
+
+    With `before` None, those of one model (`erase-class --score-only`): its values alone."""
+
+    def change(old, new, spec=".3f", text=number):
+        return text(new, spec) if before is None else f"{text(old, spec)} -> {text(new, spec)}"
+
+    was = before or {}
     lines = []
     for g, fa in after.get("forget_accuracy_at_guidance", {}).items():
         lines.append(f"forget accuracy at guidance {g}: "
-                     f"{number(before.get('forget_accuracy_at_guidance', {}).get(g))} "
-                     f"-> {number(fa)}")
+                     f"{change(was.get('forget_accuracy_at_guidance', {}).get(g), fa)}")
     if "unconditional_forget_share" in after:
-        lines.append(f"unconditional samples called the class: "
-                     f"{number(before.get('unconditional_forget_share'))} -> "
-                     f"{number(after['unconditional_forget_share'])}")
+        lines.append("unconditional samples called the class: "
+                     + change(was.get("unconditional_forget_share"),
+                              after["unconditional_forget_share"]))
     if "neighbour_classes" in after:
+        why = f" ({after['neighbour_fid_error']})" if after.get("neighbour_fid_error") else ""
+        accuracy = change(was.get("neighbour_retain_accuracy"), after["neighbour_retain_accuracy"])
         lines.append(f"nearest classes {', '.join(map(str, after['neighbour_classes']))}: retain "
-                     f"accuracy {number(before.get('neighbour_retain_accuracy'))} -> "
-                     f"{number(after['neighbour_retain_accuracy'])}, "
-                     f"FID {number(before.get('neighbour_fid'), '.2f')} -> "
-                     f"{number(after['neighbour_fid'], '.2f')}")
+                     f"accuracy {accuracy}, "
+                     f"FID {change(was.get('neighbour_fid'), after['neighbour_fid'], '.2f')}{why}")
     if "conditioning_attack" in after:
-        a, b = before.get("conditioning_attack", {}), after["conditioning_attack"]
+        a, b = was.get("conditioning_attack", {}), after["conditioning_attack"]
         lines.append(f"conditioning attack (a new class embedding from the {b['start']} row, "
-                     f"{b['steps']} steps): forget accuracy {number(a.get('forget_accuracy'))} -> "
-                     f"{number(b['forget_accuracy'])}")
+                     f"{b['steps']} steps): forget accuracy "
+                     f"{change(a.get('forget_accuracy'), b['forget_accuracy'])}")
     for k, attack in after.get("relearn", {}).items():
-        old = before.get("relearn", {}).get(k, {})
-        curve = " / ".join(f"{number(old.get('forget_accuracy', {}).get(s), '.2f')} -> "
-                           f"{number(fa, '.2f')}" for s, fa in attack["forget_accuracy"].items())
+        old = was.get("relearn", {}).get(k, {})
+        curve = " / ".join(change(old.get("forget_accuracy", {}).get(s), fa, ".2f")
+                           for s, fa in attack["forget_accuracy"].items())
+        relearned = change(old.get("steps_to_relearn", "n/a"), attack["steps_to_relearn"],
+                           text=lambda value, _: _steps(value))
         lines.append(f"relearning on {attack['images']} images, forget accuracy at steps "
                      f"{', '.join(attack['forget_accuracy'])}: {curve}; steps to relearn "
-                     f"{_steps(old.get('steps_to_relearn', 'n/a'))} -> "
-                     f"{_steps(attack['steps_to_relearn'])}")
+                     f"{relearned}")
     return lines
 
 

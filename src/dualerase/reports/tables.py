@@ -7,7 +7,7 @@ from pathlib import Path
 
 from dualerase.reports.robustness import flatten, plot_relearn
 from dualerase.reports.robustness import table as robustness_table
-from dualerase.reports.summary import method, protocol_line
+from dualerase.reports.summary import KID_SCALE, method, protocol_line
 from dualerase.reports.summary import number as _num
 
 
@@ -21,14 +21,16 @@ def robust_keys(cells: list[dict]) -> list[str]:
                               for k in flatten(m["after"].get("robustness", {}))))
 
 
-def markdown(rows: list[dict], cells: list[dict], command: str, diverged: list[str] = ()) -> str:
+def markdown(rows: list[dict], cells: list[dict], command: str, diverged: list[str] = (),
+             failed: list[str] = ()) -> str:
     """results.md: the paper-shaped table (mean +- std across seeds) and the gap to the base model.
 
     Args:
         rows: the table's rows (a method, optimizer and class each, aggregated over seeds).
         cells: every cell's metrics.json.
         command: the command that ran the benchmark, quoted at the top.
-        diverged: the cells that diverged (listed at the end)."""
+        diverged: the cells that diverged (listed at the end).
+        failed: the cells that failed with another error (listed at the end)."""
     head = ("| method | optimizer | class | runs | FA (lower better) | FA, published rule | "
             "not a digit | retain acc | FID | gap FA | gap retain acc | gap FID |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -45,13 +47,20 @@ def markdown(rows: list[dict], cells: list[dict], command: str, diverged: list[s
                      f"{_gap(r['forget_accuracy'], r['base_forget_accuracy'], '+.3f')} | "
                      f"{_gap(r['retain_accuracy'], r['base_retain_accuracy'], '+.3f')} | "
                      f"{_gap(r['fid'], r['base_fid'], '+.2f')} |")
-    quality = ["| method | optimizer | class | FID | KID | precision | recall | gap KID | "
-               "gap precision | gap recall |",
+    # cells whose protocol states its KID print it x1e3; older records as they were written
+    kid_head, scale, spec = (("KID x1e3", KID_SCALE, ".2f") if "kid" in cells[0]["protocol"]
+                             else ("KID", 1, ".4f"))
+
+    def kid(value: float | None) -> float | None:
+        return None if value is None else value * scale
+
+    quality = [f"| method | optimizer | class | FID | {kid_head} | precision | recall | "
+               f"gap {kid_head} | gap precision | gap recall |",
                "|---|---|---|---|---|---|---|---|---|---|"]
     quality += [f"| {method(r)} | {r['optimizer']} | {r['class']} | {_num(r['fid'], '.2f')} | "
-                f"{_num(r.get('kid'), '.4f')} | {_num(r.get('precision'), '.3f')} | "
+                f"{_num(kid(r.get('kid')), spec)} | {_num(r.get('precision'), '.3f')} | "
                 f"{_num(r.get('recall'), '.3f')} | "
-                f"{_gap(r.get('kid'), r.get('base_kid'), '+.4f')} | "
+                f"{_gap(kid(r.get('kid')), kid(r.get('base_kid')), '+' + spec)} | "
                 f"{_gap(r.get('precision'), r.get('base_precision'), '+.3f')} | "
                 f"{_gap(r.get('recall'), r.get('base_recall'), '+.3f')} |" for r in rows]
     seeds = sorted({m["seed"] for m in cells})
@@ -77,14 +86,18 @@ def markdown(rows: list[dict], cells: list[dict], command: str, diverged: list[s
            "fid_error saying why): means and stds are over the others, n/a where none is left.",
            ""] if missing else []),
         *lines, "", *robustness_table(rows, robust_keys(cells)),
-        "Sample quality of the retained classes, on the features FID uses (means over seeds; KID: "
-        "unbiased MMD; precision and recall: k-NN balls, k = 3):", "", *quality, "",
+        f"Sample quality of the retained classes, on the features FID uses (means over seeds; "
+        f"{kid_head}: unbiased MMD{'^2, its kernel in the protocol' if scale != 1 else ''}; "
+        "precision and recall: k-NN balls, k = 3):", "", *quality, "",
         f"Base model (before erasure), scored with the noise of seed {cells[0]['seed']}:", "",
         "| class | FA | FA, published rule | not a digit | retain acc | FID |",
         "|---|---|---|---|---|---|",
         *base_lines, "",
         *([f"Diverged cells (no after metrics, left out of the table): {len(diverged)}", ""]
-          + [f"* {d}" for d in diverged] + [""] if diverged else [])])
+          + [f"* {d}" for d in diverged] + [""] if diverged else []),
+        *([f"Failed cells (an error other than divergence, its traceback in the cell's failed.txt; "
+           f"delete that file to run the cell again): {len(failed)}", ""]
+          + [f"* {f}" for f in failed] + [""] if failed else [])])
 
 
 def relearn_panels(cells: list[dict], path: Path) -> bool:

@@ -1,13 +1,14 @@
 """Resuming: the output folder (its default, the options that must agree, what an existing one
-allows), erasure checkpoints (`checkpoint-<step>/` holds
-the weights, both optimizers, the RNG state and the base model it was erased from, written
-atomically), the check that a resumed run has that base model, and a preparation's running sums."""
+allows), erasure checkpoints (`checkpoint-<step>/` holds the weights, both optimizers, the RNG state
+and the base model it was erased from, written atomically), the checks that a resume reads no
+damaged file and has that base model, a full disk's message, and a preparation's running sums."""
 from __future__ import annotations
 
-import errno
 import json
+import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -17,20 +18,34 @@ from safetensors.torch import load_file, save_file
 from dualerase.config import Config, differing, saved_config, to_dict
 from dualerase.errors import UsageError
 from dualerase.integrations.claims import LOCK
-from dualerase.storage import atomic_path, replace_folder
+from dualerase.launch import processes
+from dualerase.storage import atomic_path, damage, full_disk, replace_folder, whole_lines, writing
 
 PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
 
-def checkpoints(output: Path) -> list[Path]:
-    """Finished checkpoints in `output`, oldest first."""
-    found = [p for p in output.glob("checkpoint-*")
-             if PATTERN.match(p.name) and (p / "done").exists()]
-    return sorted(found, key=lambda p: int(PATTERN.match(p.name).group(1)))
+def checkpoints(output: Path, intact: bool = True) -> list[Path]:
+    """Finished checkpoints in `output`, oldest first: those whose files look whole (`damaged`), or
+    every finished one with intact=False."""
+    found = [p for p in output.glob("checkpoint-*") if PATTERN.match(p.name)
+             and (p / "done").exists() and not (intact and damaged(p))]
+    return sorted(found, key=step_of)
+
+
+def step_of(checkpoint: Path) -> int:
+    """The outer steps a checkpoint folder holds, from its name (0 for another name)."""
+    match = PATTERN.match(checkpoint.name)
+    return int(match.group(1)) if match else 0
+
+
+def damaged(checkpoint: Path) -> str | None:
+    """"<file> is damaged (why)" for a file of `checkpoint` that cannot be read, else None."""
+    return damage(checkpoint / "model.safetensors", checkpoint / "state.pt",
+                  *checkpoint.glob("ema.safetensors"), *checkpoint.glob("base.json"))
 
 
 def latest_checkpoint(output: Path) -> Path | None:
-    """The newest finished checkpoint in `output`; None when there is none."""
+    """The newest intact finished checkpoint in `output`; None when there is none."""
     found = checkpoints(output)
     return found[-1] if found else None
 
@@ -55,36 +70,38 @@ def save_checkpoint(output: Path, step: int, model: torch.nn.Module, optimizers,
     final = output / f"checkpoint-{step}"
     tmp = output / f".checkpoint-{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(unshared(model.state_dict()), str(tmp / "model.safetensors"))
-    if ema is not None:
-        save_file({n: t.contiguous() for n, t in ema.items()}, str(tmp / "ema.safetensors"))
-    forget, retain = optimizers
-    torch.save({"forget": forget.state_dict(),
-                "retain": None if retain is forget else retain.state_dict(),
-                "step": step, "rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-               tmp / "state.pt")
-    if base is not None:
-        (tmp / "base.json").write_text(json.dumps({"model": base}))
-    (tmp / "done").write_text(str(step))
-    replace_folder(tmp, final)
+    with writing(final, tmp):  # a failed write leaves no temporary folder
+        tmp.mkdir(parents=True)
+        save_file(unshared(model.state_dict()), str(tmp / "model.safetensors"))
+        if ema is not None:
+            save_file({n: t.contiguous() for n, t in ema.items()}, str(tmp / "ema.safetensors"))
+        forget, retain = optimizers
+        torch.save({"forget": forget.state_dict(),
+                    "retain": None if retain is forget else retain.state_dict(),
+                    "step": step, "rng": torch.get_rng_state(), "cuda_rng":
+                    torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+                   tmp / "state.pt")
+        if base is not None:
+            (tmp / "base.json").write_text(json.dumps({"model": base}))
+        (tmp / "done").write_text(str(step))
+        replace_folder(tmp, final)
     for old in checkpoints(output)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def disk_full(error: OSError, output: Path | None) -> str | None:
-    """For a full disk (or quota), one line: the file, the space to free, where a resume continues.
-
-    None for any other OSError."""
-    if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+def disk_full(error: BaseException, output: Path | None = None) -> str | None:
+    """For a write that failed on a full disk (`storage.full_disk`, the disk of `output` looked at
+    too) or quota, one line: a file on the full disk, the space to free, where a resume continues.
+    None for any other error."""
+    full = full_disk(error, output)
+    if full is None:
         return None
     latest = latest_checkpoint(output) if output is not None and output.is_dir() else None
     where = f"from {latest}" if latest else ("(no checkpoint yet: from the start, with the cached "
                                              "work kept)")
-    return (f"{error.strerror} writing {error.filename or 'a file'}: free space on that disk, then "
-            f"continue with --resume latest {where}")
+    return (f"{os.strerror(full[0])} writing {full[1]}: free space on that disk, then continue "
+            f"with --resume latest {where}")
 
 
 def checkpoint_base(path: Path) -> str | None:
@@ -134,8 +151,12 @@ def check_output(output: Path, cfg: Config, overwrite: bool, resume: str | None)
         return False
     saved = output / "config.yaml"
     if resume:
-        before, now = (saved_config(saved) if saved.exists() else None), to_dict(cfg)
-        if saved.exists() and before != now:
+        if bad := damage(saved):
+            raise UsageError(f"{bad}, so the run's options are unknown: pass --overwrite to start "
+                             "over (or, with the run's own options, rewrite it with --print-config "
+                             f"> {saved})")
+        before, now = saved_config(saved), to_dict(cfg)
+        if before != now:
             keys = "a key this version no longer has"
             if before:
                 keys = ", ".join(f"{k} {a} -> {b}" for k, a, b in differing(before, now)[:3])
@@ -145,7 +166,11 @@ def check_output(output: Path, cfg: Config, overwrite: bool, resume: str | None)
         if resume != "latest" and not (Path(resume) / "done").exists():
             raise UsageError(f"--resume {resume} is not a finished checkpoint folder: pass "
                              "--resume latest")
-        return (output / "metrics.json").exists()
+        metrics = output / "metrics.json"
+        if metrics.exists() and (bad := damage(metrics)):
+            raise UsageError(f"{bad}: delete it, then run again with --resume latest to measure "
+                             "the erased model again")
+        return metrics.exists()
     if (output / "metrics.json").exists():
         raise UsageError(f"{output} already holds a finished run: pass --overwrite to replace it, "
                          "or choose another --output")
@@ -153,22 +178,51 @@ def check_output(output: Path, cfg: Config, overwrite: bool, resume: str | None)
                      "--overwrite to start over")
 
 
-def check_same_base(output: Path, resume: str, model_id: str) -> None:
-    """Refuse to resume a run whose base model's files changed since (its id holds their digest).
+def resume_checkpoint(output: Path, resume: str) -> Path | None:
+    """The checkpoint `resume` ("latest" or a folder) continues from, None for none: "latest" passes
+    over damaged ones to the newest intact one, saying so on stderr. UsageError: the folder given
+    is damaged, or no checkpoint is intact."""
+    if resume != "latest":
+        if bad := damaged(Path(resume)):
+            raise UsageError(f"--resume {resume}: {bad}: pass --resume latest (the newest intact "
+                             "checkpoint), or --overwrite to start over")
+        return Path(resume)
+    latest = latest_checkpoint(output)
+    skipped = [p for p in checkpoints(output, intact=False)
+               if latest is None or step_of(p) > step_of(latest)]
+    if skipped and latest is None:
+        raise UsageError(f"{damaged(skipped[-1])}, and no older checkpoint is intact: delete "
+                         f"{', '.join(map(str, skipped))} to erase from the start (the preparation "
+                         "is kept), or pass --overwrite to start over")
+    if skipped and processes().is_main_process:
+        print(f"warning: --resume latest: {damaged(skipped[-1])}: resuming from {latest} instead",
+              file=sys.stderr)
+    return latest
 
-    A resumed run continues from weights erased from one base model. Runs written before the
-    record existed are not checked.
 
-    Raises:
-        UsageError: the run was erased from another model than `model_id`."""
-    erased = output / "erase.json"
-    checkpoint = latest_checkpoint(output) if resume == "latest" else Path(resume)
+def check_resume(output: Path, resume: str, model_id: str) -> None:
+    """Refuse (UsageError, one line naming the file and the fix) a resume that would read a damaged
+    file, or whose base model's files changed since (its id `model_id` holds their digest; runs
+    older than that record are not checked). Once erasure finished it reads erase.json, model/ and
+    all of log.jsonl; before, the checkpoint it continues from (`resume_checkpoint`) and the log's
+    records up to that step (a line cut short after them is dropped with the steps undone)."""
+    erased, log, model = output / "erase.json", output / "log.jsonl", output / "model"
     if erased.exists():
+        fix = f"delete {erased} to erase again (from the latest checkpoint) with --resume latest"
+        files = [*model.rglob("*.safetensors"), *model.rglob("*.json")] or [model / "config.json"]
+        if bad := damage(erased, *files, log):
+            raise UsageError(f"{bad}: {fix}")
+        if len(whole_lines(log)) < len(log.read_text().splitlines()):
+            raise UsageError(f"{log} is damaged (a line cut short or garbage): {fix}")
         recorded = json.loads(erased.read_text()).get("model")
-    elif checkpoint is not None:
-        recorded = checkpoint_base(checkpoint)
     else:
-        recorded = None
+        checkpoint, whole = resume_checkpoint(output, resume), len(whole_lines(log))
+        if checkpoint is not None and whole < step_of(checkpoint):
+            older = [p for p in checkpoints(output) if step_of(p) <= whole]
+            raise UsageError(f"{log} holds {whole} whole records (then a line cut short or "
+                             f"garbage) but {checkpoint} is at step {step_of(checkpoint)}: pass "
+                             + (f"--resume {older[-1]}" if older else "--overwrite to start over"))
+        recorded = checkpoint_base(checkpoint) if checkpoint is not None else None
     if recorded is not None and recorded != model_id:
         raise UsageError(f"--resume: {output} was erased from model {recorded}, but that model's "
                          f"files now give {model_id} (changed in place): resume with the model it "
@@ -229,6 +283,9 @@ class PartialSums:
         """(samples done, sums) of the loop named `desc`; None when none was saved."""
         path = self._path(desc)
         if not path.exists():
+            return None
+        if bad := damage(path):
+            print(f"warning: {bad}: summing from the start", file=sys.stderr)
             return None
         with safe_open(str(path), "pt") as f:
             done = int(f.metadata()["done"])

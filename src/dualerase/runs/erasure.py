@@ -76,7 +76,7 @@ def erase(w: Workload, cfg: Config, forget_class: int, real: RealData, output: P
                     optimizers=training.optimizers, on_step=hook, start_step=start,
                     progress=progress and processes().is_main_process)
         except DivergenceError as err:
-            raise diverged(err, output) from None
+            raise diverged(err, output, cfg.erase) from None
     return finish(training, output, start, prepared.mask, (started, prepared_at))
 
 
@@ -227,14 +227,14 @@ def finish(training: Training, output: Path, start: int, mask: dict | None,
                   None if mask is None else mask_fraction(mask))
 
 
-def diverged(err: DivergenceError, output: Path) -> DivergenceError:
-    """The divergence with what to do: the last good checkpoint, which rate or clip to lower."""
+def diverged(err: DivergenceError, output: Path, erase_cfg: EraseConfig) -> DivergenceError:
+    """The divergence with what to do: the last good checkpoint, which rate or clip to lower (the
+    side's own in dual mode; a joint step is clipped as a forget step)."""
     last = latest_checkpoint(output)
     keep = f"the last good checkpoint is {last}" if last else "no checkpoint was reached"
-    # a joint step is clipped and stepped as a forget step
     side = "retain" if err.side == "retain" else "forget"
-    advice = (f"lower erase.{side}_lr (or erase.shared_lr) or clip harder with a smaller "
-              f"erase.{side}_clip, then run again")
+    rate = "erase.shared_lr" if erase_cfg.optimizer == "shared" else f"erase.{side}_lr"
+    advice = f"lower {rate} or clip harder with a smaller erase.{side}_clip, then run again"
     return DivergenceError(err.side, err.step, err.reason,
                            f"erasure diverged at the {err}; {keep}; {advice}")
 
@@ -245,16 +245,19 @@ def save_model(model, w: Workload, folder: Path) -> None:
     A latent model: a complete DiTPipeline folder with class names. Otherwise the transformer's
     save_pretrained. Tied embedders are written as equal copies (diffusers' layout);
     `dualerase.json` records the settings. Both are written into a temporary folder first."""
-    if w.vae is not None:
-        save_pipeline(folder, model, w.vae, w.pretrained.scheduler_config,
-                      dict(enumerate(w.classes.names)))
-        return
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    with separate_copies(model):
-        model.save_pretrained(tmp)
-    write_record(tmp, model)
-    replace_folder(tmp, folder)
+    from dualerase.storage import writing
+
+    tmp = folder.with_name(f".{folder.name}.tmp")  # save_pipeline's too
+    with writing(folder, tmp):  # a failed write removes it
+        if w.vae is not None:
+            save_pipeline(folder, model, w.vae, w.pretrained.scheduler_config,
+                          dict(enumerate(w.classes.names)))
+            return
+        shutil.rmtree(tmp, ignore_errors=True)
+        with separate_copies(model):
+            model.save_pretrained(tmp)
+        write_record(tmp, model)
+        replace_folder(tmp, folder)
 
 
 def check_processes(cfg: Config) -> None:

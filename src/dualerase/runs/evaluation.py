@@ -14,8 +14,8 @@ import torch
 from dualerase.config import Config
 from dualerase.data.streams import stream_seed
 from dualerase.launch import main_decides, processes
-from dualerase.metrics.fid import FIDELITY
-from dualerase.metrics.scorer import counts_as_forget, fa_rule
+from dualerase.metrics.fid import FIDELITY, KID_RULES
+from dualerase.metrics.scorer import counts_as_forget, fa_rule, kid_scorer
 from dualerase.models.dit import SCHEDULER_NAMES, describe_model, learns_sigma
 from dualerase.reports.summary import save_samples
 from dualerase.runs.robustness import conditioning_attack, leakage, neighbours, relearn
@@ -87,7 +87,8 @@ def protocol(cfg: Config, w: Workload, forget_class: int) -> dict:
         "forget_rule_published": "top class among the data set's classes",
         "retain_samples": len(retain_labels(w, cfg, forget_class)),
         "retain_labels": retain_drawn,
-        **w.scorer.describe(forget_class),
+        "kid": KID_RULES["raw"],  # unless the scorer says otherwise
+        **kid_scorer(w.scorer, cfg.eval).describe(forget_class),
         "seed": cfg.seed,
         "versions": versions(),
         "device": device_name(),
@@ -183,7 +184,8 @@ def evaluate(model, w: Workload, cfg: Config, forget_class: int, progress: bool 
     if save_to is not None:
         save_samples(save_to, {"forget": (images[:len(fl)], fl), "retain": (images[len(fl):], rl)})
     try:
-        quality, why = w.scorer.fidelity(images[len(fl):], forget_class), ""
+        quality = kid_scorer(w.scorer, cfg.eval).fidelity(images[len(fl):], forget_class)
+        why = ""
     except (np.linalg.LinAlgError, ValueError) as err:
         # statistics with inf or NaN: FID is undefined, not a crash
         quality = dict.fromkeys(FIDELITY, math.nan)

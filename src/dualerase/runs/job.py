@@ -21,7 +21,7 @@ from dualerase.models.pretrained import load_model
 from dualerase.reports.plots import plot_forget_curve
 from dualerase.reports.robustness import plot_relearn
 from dualerase.reports.summary import sample_grid, save_image
-from dualerase.runs.checkpoint import check_output, check_same_base
+from dualerase.runs.checkpoint import check_output, check_resume
 from dualerase.runs.erasure import Erased, check_processes, check_pseudo_class, erase, save_model
 from dualerase.runs.evaluation import (
     SCORES,
@@ -44,7 +44,7 @@ from dualerase.runs.workload import (
     model_settings,
     prepare,
 )
-from dualerase.storage import atomic_write_json, atomic_write_text
+from dualerase.storage import atomic_write_json, atomic_write_text, drop_damaged, remove_temporaries
 from dualerase.unlearn.methods import METHODS
 
 
@@ -126,8 +126,13 @@ def run(cfg: Config, class_arg: str, output: Path, *, overwrite: bool = False,
     check_trackers(report_to)
     # one run writes a folder at a time: a second one is refused here, before any work
     with locked(output):
-        return _run(cfg, forget_class, output, overwrite=overwrite, resume=resume,
-                    progress=progress, report_to=report_to)
+        try:
+            return _run(cfg, forget_class, output, overwrite=overwrite, resume=resume,
+                        progress=progress, report_to=report_to)
+        except BaseException:  # a failed write (a full disk) leaves no temporary file or folder
+            if processes().is_main_process:
+                remove_temporaries(output)
+            raise
 
 
 def _run(cfg: Config, forget_class: int, output: Path, *, overwrite: bool, resume: str | None,
@@ -140,8 +145,10 @@ def _run(cfg: Config, forget_class: int, output: Path, *, overwrite: bool, resum
     # The workload: base model, scorer and real data (bad data fails here, before any output).
     job = Job(prepare(cfg, progress), cfg, forget_class, progress)
     if resume:  # before the data and the base model's evaluation
-        check_same_base(output, resume, job.w.model_id)
-    real = real_data(job.w, cfg, forget_class, progress)
+        check_resume(output, resume, job.w.model_id)
+    if main:  # a damaged batch of samples kept from an earlier try is drawn again
+        drop_damaged(output.glob("samples-*/**/batch-*.pt"))
+    real = real_data(job.w, cfg, forget_class, progress)  # the others wait for the main process
     clock["prepared"] = time.perf_counter()
     # The base model's scores (cached across runs), with the evaluation's sampler and counts.
     eval_cfg = evaluation_config(cfg)

@@ -81,7 +81,8 @@ def first_use(cfg: Config) -> list[tuple[str, int, int]]:
     None where the package ships the recipe's weights (`digits.shipped`): they are copied in."""
     if cfg.model.source != "digits":
         return []
-    from dualerase.models.digits import classifier_path, dit_folder, ships
+    from dualerase.models.digits import classifier_path, dit_folder
+    from dualerase.models.shipped import ships
 
     recipe, clf = cfg.digits, cfg.classifier
     out = []

@@ -19,7 +19,7 @@ from dualerase.models.dit import describe_model
 from dualerase.runs.checkpoint import PartialSums
 from dualerase.runs.workload import Job, RealData, Workload
 from dualerase.sampling import autocast, generate
-from dualerase.storage import atomic_path, cache_root, fingerprint, link
+from dualerase.storage import atomic_path, cache_root, drop_damaged, fingerprint, link
 
 
 def real_data(w: Workload, cfg: Config, forget_class: int, progress: bool = True) -> RealData:
@@ -117,9 +117,12 @@ def prepare_method(job: Job, method, model: torch.nn.Module, real: RealData,
         The method's forget and retain data and its mask (boolean; None without one)."""
     state = processes()
     replay_dir = cache_root() / "replay" / replay_key(job)
-    xf, yf, xr, yr = method.data(Source(job.w, job.cfg, real, job.progress, replay_dir=replay_dir))
     prepared = output / "prepared.safetensors"
     shared = cache_root() / "prepared" / f"{preparation_key(job, real)}.safetensors"
+    if state.is_main_process:  # a damaged preparation or replay sample batch is made again
+        drop_damaged([prepared, shared, *replay_dir.rglob("batch-*.pt")])
+    state.wait_for_everyone()
+    xf, yf, xr, yr = method.data(Source(job.w, job.cfg, real, job.progress, replay_dir=replay_dir))
     if state.is_main_process and not prepared.exists() and shared.exists():
         link(shared, prepared)
     state.wait_for_everyone()

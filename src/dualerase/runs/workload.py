@@ -173,8 +173,10 @@ def use_tf32(on: bool) -> None:
 
 def prepare_digits(cfg: Config, progress: bool = True) -> Workload:
     """The digits DiT and the digits classifier, each trained once and cached."""
-    folder = prepare_digits_dit(cfg.digits, progress)
-    clf_path, clf_acc = prepare_digits_classifier(cfg.classifier, progress, cfg.digits.shipped)
+    d = cfg.digits
+    folder = prepare_digits_dit(d, progress)
+    clf_path, clf_acc = prepare_digits_classifier(cfg.classifier, progress, d.shipped,
+                                                  d.train_threads)
     x, y = load_digits()
     xs, ys, key = x, y, "sklearn digits"
     if cfg.digits.data == "train":  # erasure too leaves the held-out split unseen
@@ -199,8 +201,7 @@ def check_inputs(cfg: Config) -> None:
     What `prepare` refuses first, so that --dry-run refuses it too.
 
     Raises:
-        UsageError: one of them is missing or unusable.
-    """
+        UsageError: one of them is missing or unusable."""
     if cfg.model.source == "digits":
         return
     if cfg.data.path is None:
@@ -222,8 +223,7 @@ def prepare_diffusers(cfg: Config, progress: bool = True) -> Workload:
     """A DiT in diffusers layout (--model) with its ImageNet-style data folder (--data).
 
     Scored by the published evaluation: the timm classifier eval.fa_classifier and FID against
-    eval.fid_reference.
-    """
+    eval.fid_reference."""
     check_inputs(cfg)
     pre = load_pretrained(cfg.model.path, variant=cfg.model.variant, **model_settings(cfg))
     root = Path(cfg.data.path).expanduser()

@@ -11,6 +11,8 @@ import torch.distributed as dist
 from annotated_types import Ge, Gt, Le, Lt
 from tqdm.auto import tqdm
 
+from dualerase.unlearn.parallel import average_gradients, world
+
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 
 
@@ -61,6 +63,11 @@ class EraseConfig:
     probe_steps: Annotated[int, Gt(0)] = 25
 
 
+# an update that multiplies the largest |weight| by this much, after which the next step's loss or
+# gradient is non-finite, is where erasure diverged (a step at lr 5e-5 changes it by ~1e-4)
+GROWTH = 10.0
+
+
 class DivergenceError(RuntimeError):
     """A loss, gradient or weight became NaN or infinite during unlearning.
 
@@ -103,39 +110,17 @@ def make_optimizers(params: list[torch.nn.Parameter], cfg: EraseConfig):
     return forget, retain
 
 
-def world() -> tuple[int, int]:
-    """(rank, number of processes) of the torch.distributed group, (0, 1) without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _average_gradients(params) -> None:
-    """Data parallelism: every process holds the gradient of its share of the batch; average them in
-    one all-reduce. (DDP through accelerate measured 1-7% slower on CPU at our model sizes:
-    benchmarks/data_parallel.py.)"""
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    flat = torch.cat([p.grad.flatten() for p in params])
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
-    offset = 0
-    for p in params:
-        p.grad.copy_(flat[offset:offset + p.numel()].view_as(p))
-        offset += p.numel()
-
-
-def _check(where, losses: list[torch.Tensor], norm: torch.Tensor, params,
-           weights: bool) -> tuple[list[float], float]:
-    """(losses, gradient norm) as floats, read in ONE host sync per update: raise DivergenceError if
-    a loss, the gradient norm or (with `weights`) any weight is not finite, here or (under
+def _check(where, losses: list[torch.Tensor], norm: torch.Tensor,
+           params) -> tuple[list[float], float, float]:
+    """(losses, gradient norm, largest |weight|) as floats, read in ONE host sync per update: raise
+    DivergenceError if
+    a loss, the gradient norm or any weight is not finite, here or (under
     torch.distributed) on another process, so that all processes stop together and none is left
     waiting in an all-reduce."""
-    # max |w|, one fused pass: non-finite iff a weight is (finite losses and gradients keep weights
-    # finite but for an overflow, so the weights are checked once per outer step, before any
-    # checkpoint can save them)
-    top = torch.nn.utils.get_total_norm(params, math.inf) if weights else norm.new_zeros(())
+    # max |w|, one fused pass: non-finite iff a weight is. Checked after every update (a read of the
+    # weights, small beside the step), so that a step that overflows the weights is named, not the
+    # next step whose loss the broken weights then spoil
+    top = torch.nn.utils.get_total_norm(params, math.inf)
     stats = torch.stack([*(loss.detach().float() for loss in losses), norm.detach().float(),
                          top.float()])
     if world()[1] > 1:
@@ -157,22 +142,21 @@ def _check(where, losses: list[torch.Tensor], norm: torch.Tensor, params,
         reason = None
     if reason is not None:
         raise DivergenceError(*where, reason)
-    return loss_values, norm_v
+    return loss_values, norm_v, weights_v
 
 
-def _update(params, masks, weighted, optimizer, clip, keep_masked, where, clip_then_mask=False,
-            weights=True):
+def _update(params, masks, weighted, optimizer, clip, keep_masked, where, clip_then_mask=False):
     """One optimizer step on the sum of w * loss over `weighted` [(w, loss), ...]: backward, average
     over processes, mask the gradients, clip, step (or clip, then mask: `clip_then_mask`, SalUn's
-    order). `where` = (side, outer step) names the step if it diverges; `weights`: also check the
-    weights. A diverged step has been taken when it raises: its weights are discarded.
+    order). `where` = (side, outer step) names the step if it diverges. A diverged step has been
+    taken when it raises: its weights are discarded.
 
     Returns ([each loss], the gradient norm before clipping (of the masked gradient, unless
-    `clip_then_mask`))."""
+    `clip_then_mask`), the largest |weight| after the step)."""
     optimizer.zero_grad(set_to_none=True)
     sum(w * loss for w, loss in weighted).backward()
     if world()[1] > 1:
-        _average_gradients(params)
+        average_gradients(params)
     if masks is not None and not clip_then_mask:
         _mask(params, masks)
     norm = torch.nn.utils.clip_grad_norm_(params, clip if clip is not None else math.inf)
@@ -189,7 +173,7 @@ def _update(params, masks, weighted, optimizer, clip, keep_masked, where, clip_t
         with torch.no_grad():
             for p, m, v in zip(params, masks, frozen):
                 p[~m] = v
-    return _check(where, [loss for _, loss in weighted], norm, params, weights)
+    return _check(where, [loss for _, loss in weighted], norm, params)
 
 
 def _mask(params, masks) -> None:
@@ -256,6 +240,24 @@ def unlearn(
     order = getattr(method, "clip_then_mask", False)
     model.train()
     log = []
+    # (side, step, largest |weight| before, after) of the last update: a loss that turns non-finite
+    # on finite weights that update blew up is that update's divergence (the side to blame)
+    last, top = None, float(torch.nn.utils.get_total_norm(params, math.inf)) if params else 0.0
+
+    def update(side, weighted, optimizer, clip, side_masks, keep):
+        nonlocal last, top
+        try:
+            values, norm, after = _update(params, side_masks, weighted, optimizer, clip, keep,
+                                          (side, step), order)
+        except DivergenceError as err:
+            if last is None or err.reason.startswith("weights") or last[3] < GROWTH * last[2]:
+                raise
+            raise DivergenceError(last[0], last[1], f"its update took the largest weight from "
+                                  f"{last[2]:.3g} to {last[3]:.3g}, and the {err.side} step after "
+                                  f"it failed ({err.reason})") from None
+        last, top = (side, step, top, after), after
+        return values, norm
+
     for step in tqdm(range(start_step, cfg.outer_steps), desc="erase",
                      disable=not progress or world()[0] != 0, initial=start_step,
                      total=cfg.outer_steps):
@@ -265,26 +267,23 @@ def unlearn(
         if joint:
             f, r = (method.forget_loss(model, next(forget_data)),
                     method.retain_loss(model, next(retain_data)))
-            (f_loss, r_loss), norm = _update(params, masks, [(w_f, f), (w_r, r)], optim_f,
-                                             cfg.forget_clip, False, ("joint", step), order)
+            (f_loss, r_loss), norm = update("joint", [(w_f, f), (w_r, r)], optim_f,
+                                            cfg.forget_clip, masks, False)
             record.update(forget_loss=f_loss, retain_loss=r_loss, forget_grad_norm=None,
                           retain_grad_norm=None, joint_grad_norm=norm)
         else:
             f_loss = f_norm = r_loss = r_norm = 0.0
-            for i in range(cfg.forget_steps):
+            for _ in range(cfg.forget_steps):
                 loss = method.forget_loss(model, next(forget_data))
-                # the outer step's last update
-                last = i == cfg.forget_steps - 1 and cfg.retain_steps == 0
-                (value,), norm = _update(params, masks, [(w_f, loss)], optim_f, cfg.forget_clip,
-                                         keep_masked, ("forget", step), order, weights=last)
+                (value,), norm = update("forget", [(w_f, loss)], optim_f, cfg.forget_clip, masks,
+                                        keep_masked)
                 f_loss, f_norm = (f_loss + value / cfg.forget_steps,
                                   f_norm + norm / cfg.forget_steps)
-            for i in range(cfg.retain_steps):
+            for _ in range(cfg.retain_steps):
                 loss = method.retain_loss(model, next(retain_data))
-                (value,), norm = _update(params, masks if cfg.mask_retain else None,
-                                         [(w_r, loss)], optim_r, cfg.retain_clip,
-                                         keep_masked and cfg.mask_retain, ("retain", step), order,
-                                         weights=i == cfg.retain_steps - 1)
+                (value,), norm = update("retain", [(w_r, loss)], optim_r, cfg.retain_clip,
+                                        masks if cfg.mask_retain else None,
+                                        keep_masked and cfg.mask_retain)
                 r_loss, r_norm = (r_loss + value / cfg.retain_steps,
                                   r_norm + norm / cfg.retain_steps)
             record.update(forget_loss=f_loss, retain_loss=r_loss, forget_grad_norm=f_norm,

@@ -12,7 +12,7 @@ from torch.func import functional_call, grad, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
-from dualerase.unlearn.dualoptim import world
+from dualerase.unlearn.parallel import world
 
 
 @runtime_checkable

@@ -60,6 +60,9 @@ class MethodConfig:
     fisher_classes: Literal["retain", "all"] = "retain"
     # SA: label dropout of each timestep of its Fisher loss (save_fim runs in train mode: 0.1)
     fisher_label_dropout: Annotated[float, Ge(0), Lt(1)] = 0.0
+    # SA: its Fisher on the replay images mapped to [0, 1], (x + 1) / 2, as save_fim computes it
+    # on the images it saved (no rescaling back to the model's [-1, 1]); false: the model's range
+    fisher_unit_range: bool = False
     # every loss's timesteps antithetic within its batch (t, then T - 1 - t), as the training step
     # of SalUn's and SA's DDPM code; false: each drawn from its sample's seed
     antithetic_timesteps: bool = False

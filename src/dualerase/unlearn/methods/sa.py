@@ -56,7 +56,8 @@ class SelectiveAmnesia(Method):
         """SA's Fisher samples: the retain stream's single replays.
 
         With `fisher_classes` all, each one is swapped for a replay of the forget class with
-        probability 1/K (every class equally often), drawn from its seed.
+        probability 1/K (every class equally often), drawn from its seed; with `fisher_unit_range`
+        its image is mapped from [-1, 1] to [0, 1].
         """
         for batch in retain:
             if self.cfg.fisher_classes == "all":
@@ -65,6 +66,8 @@ class SelectiveAmnesia(Method):
                 if torch.rand(1, generator=gen) < 1 / self.num_classes:
                     i = torch.randint(0, len(self.forget_replay), (1,), generator=gen)
                     batch = self.forget_replay[i], torch.full_like(y, self.forget_class), seeds
+            if self.cfg.fisher_unit_range:
+                batch = ((batch[0] + 1) / 2, *batch[1:])
             yield batch
 
     def prepare(self, model, forget, retain, progress=True, partial=None):
