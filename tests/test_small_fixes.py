@@ -5,6 +5,7 @@ import json
 import os
 import random
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -190,3 +191,36 @@ def test_repeated_id2label_names_are_blamed_not_an_unrelated_folder():
     # folders that name only distinct classes, or names all distinct: as before
     assert for_model(3, {0: "cat", 1: "dog", 2: "cat"}, ["dog"]).names == ["cat", "dog", "cat"]
     assert for_model(3, {0: "cat", 1: "dog", 2: "bird"}, ["fish"]).names == ["cat", "dog", "bird"]
+
+
+def test_a_pushed_config_holds_no_path_of_this_machine(tmp_path, monkeypatch):
+    from dualerase.integrations import card
+
+    uploads = {}
+
+    class Api:
+        def create_repo(self, repo, exist_ok):
+            uploads["repo"] = repo
+
+        def upload_folder(self, repo_id, folder_path, ignore_patterns, commit_message):
+            uploads["folder"] = sorted(p.name for p in Path(folder_path).iterdir()
+                                       if p.name not in ignore_patterns)
+            return f"https://hub/{repo_id}"
+
+        def upload_file(self, path_or_fileobj, path_in_repo, repo_id, commit_message):
+            uploads[path_in_repo] = path_or_fileobj.decode()
+
+    monkeypatch.setattr("huggingface_hub.HfApi", Api)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "README.md").write_text("card")
+    (folder / card.CARD_CONFIG).write_text(
+        f"model:\n  path: facebook/DiT-XL-2-256\ndata:\n  path: {tmp_path}/imagenet/train\n"
+        "eval:\n  fid_reference: ~/refs/imagenet-256\n")
+    assert card.push_to_hub(folder, "someone/erased") == "https://hub/someone/erased"
+    assert uploads["folder"] == ["README.md"]
+    pushed = uploads[card.CARD_CONFIG]
+    assert str(tmp_path) not in pushed and "~" not in pushed
+    assert "path: train" in pushed and "fid_reference: imagenet-256" in pushed
+    assert "path: facebook/DiT-XL-2-256" in pushed
+    assert str(tmp_path) in (folder / card.CARD_CONFIG).read_text()  # the local copy is kept

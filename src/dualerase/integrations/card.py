@@ -145,14 +145,23 @@ def check_hub(repo: str) -> None:
 def push_to_hub(folder: Path, repo: str) -> str:
     """Upload the model folder (card included) to the Hub repository `repo`, made if needed.
 
-    Returns the upload's URL; a failed upload raises UsageError (the run is saved)."""
+    Its config copy goes up with each absolute or home path cut to its last part (the folder's
+    names, not this machine's layout). Returns the upload's URL; a failed upload raises UsageError
+    (the run is saved)."""
     from huggingface_hub import HfApi
 
     api = HfApi()
+    config = folder / CARD_CONFIG
     try:
         api.create_repo(repo, exist_ok=True)
-        return str(api.upload_folder(repo_id=repo, folder_path=str(folder),
-                                     commit_message="Upload an erased model (dualerase)"))
+        url = str(api.upload_folder(repo_id=repo, folder_path=str(folder),
+                                    ignore_patterns=[CARD_CONFIG],
+                                    commit_message="Upload an erased model (dualerase)"))
+        if config.is_file():
+            api.upload_file(path_or_fileobj=_names_only(config.read_text()).encode(),
+                            path_in_repo=CARD_CONFIG, repo_id=repo,
+                            commit_message="Upload the run's config (dualerase)")
+        return url
     except Exception as e:  # offline, no token, no rights: one line saying which and what to do
         raise UsageError(f"could not push {folder} to the Hub repository {repo} "
                          f"({type(e).__name__}: {str(e).splitlines()[0][:200]}): the run is saved; "
