@@ -113,8 +113,7 @@ def make_optimizers(params: list[torch.nn.Parameter], cfg: EraseConfig):
 def _check(where, losses: list[torch.Tensor], norm: torch.Tensor,
            params) -> tuple[list[float], float, float]:
     """(losses, gradient norm, largest |weight|) as floats, read in ONE host sync per update: raise
-    DivergenceError if
-    a loss, the gradient norm or any weight is not finite, here or (under
+    DivergenceError if a loss, the gradient norm or any weight is not finite, here or (under
     torch.distributed) on another process, so that all processes stop together and none is left
     waiting in an all-reduce."""
     # max |w|, one fused pass: non-finite iff a weight is. Checked after every update (a read of the
