@@ -74,6 +74,19 @@ def test_fid_bench_records_a_cell_that_fails_otherwise_and_goes_on(tmp_path, mon
     assert "Failed cells" in table and "ValueError: Expected parameter loc" in table
     assert fid_bench.main(args) == 0  # a rerun reports the same, without running the cell again
     assert "Failed cells" in capsys.readouterr().out
+    # its record keeps the reason, not the traceback with this machine's paths
+    import shutil
+
+    from dualerase.bench.records import pack, unpack
+
+    done = next(out.glob("*/*/metrics.json")).parent  # as if the cell had failed mid-run
+    shutil.copy(done / "config.yaml", failed[0].parent / "config.yaml")
+    assert pack(out, tmp_path / "records", "digits") == 2
+    lines = [json.loads(x) for x in (tmp_path / "records" / "cells.jsonl").read_text().splitlines()]
+    (reason,) = [x["failed"] for x in lines if "failed" in x]
+    assert reason.startswith("ValueError: Expected parameter loc") and str(tmp_path) not in reason
+    assert unpack(tmp_path / "records", tmp_path / "again") == 2
+    assert [p.read_text() for p in (tmp_path / "again").glob("*/*/failed.txt")] == [reason]
 
 
 def test_a_job_takes_over_the_claim_of_a_sibling_that_died_after_it_passed_and_writes_tables(

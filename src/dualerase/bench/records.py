@@ -76,7 +76,9 @@ def pack(output: Path, records: Path, preset: str) -> int:
             line["metrics"] = json.loads((folder / "metrics.json").read_text())
         else:
             key = next(k for k, name in TEXTS.items() if (folder / name).exists())
-            line[key] = (folder / TEXTS[key]).read_text()
+            text = (folder / TEXTS[key]).read_text()
+            # a failure's reason alone: its traceback names this machine's paths
+            line[key] = text.splitlines()[0] if key == "failed" else text
         lines.append(json.dumps(line, sort_keys=False))
         if (folder / "log.jsonl").exists():
             logs.append((f"{line['folder']}/log.jsonl", (folder / "log.jsonl").read_bytes()))
