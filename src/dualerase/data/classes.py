@@ -68,11 +68,11 @@ def check_distinct(names: list[str], folders: list[str]) -> None:
     classes that share the name, not the folder."""
     words: dict[str, set[int]] = {}
     for c, name in enumerate(names):
-        for word in _words(name):
+        for word in name_words(name):
             words.setdefault(word, set()).add(c)
     unmatched = [f for f in folders if f.strip().lower() not in words]
     for name in names if unmatched else ():
-        shared = [words[word] for word in _words(name)]
+        shared = [words[word] for word in name_words(name)]
         if all(len(s) > 1 for s in shared):
             same = " and ".join(f"{i} ({names[i]!r})" for i in sorted(set().union(*shared)))
             raise UsageError(f"--data sub-folder {unmatched[0]!r} names none of the model's "
@@ -81,7 +81,7 @@ def check_distinct(names: list[str], folders: list[str]) -> None:
                              "class names (its id2label in model_index.json)")
 
 
-def _words(name: str) -> set[str]:
+def name_words(name: str) -> set[str]:
     """The words a class name answers to: the whole name and each synonym, stripped, lower case."""
     return {name.strip().lower(), *(w.strip().lower() for w in name.split(","))}
 
@@ -94,8 +94,7 @@ def check_imagenet_order(id2label: dict[int, str], standard: Classes) -> None:
     class (a model's own word) cannot be checked and is kept."""
     words: dict[str, set[int]] = {}
     for i, (name, synset) in enumerate(zip(standard.names, standard.synsets)):
-        for word in {synset.lower(), name.strip().lower(),
-                     *(w.strip().lower() for w in name.split(","))}:
+        for word in {synset.lower(), *name_words(name)}:
             words.setdefault(word, set()).add(i)
     for i, name in sorted(id2label.items()):
         found = words.get(name.strip().lower(), set()) or \
@@ -117,8 +116,7 @@ def imagenet_synsets(names: list[str]) -> list[str] | None:
     info = imagenet()
     lookup: dict[str, set[int]] = {}
     for i, (name, synset) in enumerate(zip(info.names, info.synsets)):
-        for word in {synset.lower(), name.strip().lower(),
-                     *(w.strip().lower() for w in name.split(","))}:
+        for word in {synset.lower(), *name_words(name)}:
             lookup.setdefault(word, set()).add(i)
     found = [lookup.get(name.strip().lower(), set()) for name in names]
     if any(len(hits) != 1 for hits in found) or len(set(map(min, found))) < len(found):
@@ -141,7 +139,7 @@ def resolve_class(text: str, classes: Classes) -> int:
         return [s.lower() for s in classes.synsets].index(key)
     synonyms: dict[str, list[int]] = {}
     for c, name in enumerate(classes.names):
-        for word in {name.strip().lower(), *(w.strip().lower() for w in name.split(","))}:
+        for word in name_words(name):
             synonyms.setdefault(word, []).append(c)
     if key in synonyms:
         found = synonyms[key]

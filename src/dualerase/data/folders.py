@@ -12,7 +12,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from dualerase.data.classes import Classes, imagenet
+from dualerase.data.classes import Classes, imagenet, name_words
 from dualerase.errors import UsageError
 from dualerase.storage import atomic_path, cache_root
 
@@ -48,7 +48,7 @@ def scan(root: Path, classes: Classes) -> dict[int, list[Path]]:
     elif classes.named:  # the model's own names (id2label), or the folders' when it has none
         index = {}
         for c, name in enumerate(classes.names):
-            for word in {name.strip().lower(), *(w.strip().lower() for w in name.split(","))}:
+            for word in name_words(name):
                 index.setdefault(word, set()).add(c)
         numbered = {}
         for p in folders:

@@ -85,7 +85,7 @@ def save_checkpoint(output: Path, step: int, model: torch.nn.Module, optimizers,
             (tmp / "base.json").write_text(json.dumps({"model": base}))
         (tmp / "done").write_text(str(step))
         replace_folder(tmp, final)
-    for old in checkpoints(output)[:-keep]:
+    for old in checkpoints(output, intact=False)[:-keep]:  # by step; no file read
         shutil.rmtree(old, ignore_errors=True)
     return final
 

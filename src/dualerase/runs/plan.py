@@ -149,13 +149,12 @@ def throughput(cfg: Config) -> dict[str, float]:
     classifier's forward and backward pass (its training). Random weights of the recipe's shapes:
     time does not depend on their values."""
     from dualerase.metrics.classifier import DigitsNet
-    from dualerase.models.digits import NUM_CLASSES, SIZE
+    from dualerase.models.digits import NUM_CLASSES, SIZE, torch_threads
     from dualerase.models.dit import build_dit, make_scheduler
     from dualerase.models.loss import DiTLoss
 
-    recipe, n, threads = cfg.digits, cfg.erase.batch_size, torch.get_num_threads()
-    torch.set_num_threads(cfg.compute.threads or threads)
-    try:
+    recipe, n = cfg.digits, cfg.erase.batch_size
+    with torch_threads(cfg.compute.threads):
         model = build_dit(num_classes=NUM_CLASSES, sample_size=SIZE, in_channels=1,
                           patch_size=recipe.patch_size, layers=recipe.layers, heads=recipe.heads,
                           head_dim=recipe.head_dim)
@@ -167,8 +166,6 @@ def throughput(cfg: Config) -> dict[str, float]:
         return {"forward": forward,
                 "backward": _per_image(lambda: loss(model, (x, y)).backward(), n),
                 "classifier": _per_image(lambda: net(x).logsumexp(1).mean().backward(), n)}
-    finally:
-        torch.set_num_threads(threads)
 
 
 def estimate(cfg: Config, rows: list[tuple[str, int, int]]) -> str:
