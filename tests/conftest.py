@@ -70,6 +70,31 @@ def tiny_dit():
                      head_dim=8)
 
 
+class Features(torch.nn.Module):
+    """torchmetrics' custom feature model: uint8 images -> the same 64-d features torch-fidelity
+    gets from an extractor (a torch-fidelity FeatureExtractorBase)."""
+
+    num_features = 64
+
+    def __init__(self, extractor):
+        super().__init__()
+        self.extractor = extractor
+
+    def forward(self, x):
+        return self.extractor(x)[0].double()
+
+
+def own_cache(tmp_path: Path, monkeypatch) -> None:
+    """A cache of the test's own (DUALERASE_HOME) that shares the session's trained digits models:
+    scores of a patched scorer never land in the shared cache."""
+    own = tmp_path / "cache"
+    shared = Path(os.environ["DUALERASE_HOME"]) / "digits"
+    shared.mkdir(parents=True, exist_ok=True)
+    own.mkdir()
+    (own / "digits").symlink_to(shared)
+    monkeypatch.setenv("DUALERASE_HOME", str(own))
+
+
 # --- Before/after snapshots ---
 
 Tensors = torch.nn.Module | Mapping[str, torch.Tensor]

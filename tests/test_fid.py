@@ -4,26 +4,13 @@ implementations of the Frechet distance must agree; KID against torchmetrics'
 KernelInceptionDistance, precision and recall against a transcription of their definition."""
 import pytest
 import torch
+from conftest import Features
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from dualerase.config import load_config
 from dualerase.metrics.classifier import save_classifier, train_classifier
 from dualerase.metrics.fid import DIGITS_EXTRACTOR, DigitsFeatureExtractor, ImageTensors, fidelity
 from dualerase.models.digits import load_digits
-
-
-class Features(torch.nn.Module):
-    """torchmetrics' custom feature model: uint8 images -> the same 64-d features torch-fidelity
-    gets."""
-
-    num_features = 64
-
-    def __init__(self, extractor):
-        super().__init__()
-        self.extractor = extractor
-
-    def forward(self, x):
-        return self.extractor(x)[0].double()
 
 
 def _weights(tmp_path):

@@ -5,12 +5,11 @@ import copy
 import errno
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, own_cache
 from PIL import Image, ImageDraw
 
 from dualerase.bench import bench
@@ -77,12 +76,7 @@ def test_grid_labels_and_panel_titles_fit_their_columns(tmp_path):
 
 def test_a_non_finite_fid_is_written_as_null_with_its_reason(tmp_path, monkeypatch, capsys):
     # these scores must not land in the shared cache; the trained digits models may
-    own = tmp_path / "cache"
-    shared = Path(os.environ["DUALERASE_HOME"]) / "digits"
-    shared.mkdir(parents=True, exist_ok=True)
-    own.mkdir()
-    (own / "digits").symlink_to(shared)
-    monkeypatch.setenv("DUALERASE_HOME", str(own))
+    own_cache(tmp_path, monkeypatch)
     monkeypatch.setattr(
         DigitsScorer, "fidelity", lambda self, samples, forget_class, classes=None: {
             "fid": float("inf"), "kid": 0.01, "precision": 0.5, "recall": 0.5})

@@ -4,14 +4,12 @@ the same features; the digits protocol's KID on centred features, that it moves 
 raw one does not, and how it is printed (x1e3). Also what `erase-class --score-only` prints."""
 import json
 import math
-import os
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, Features, own_cache
 from torch_fidelity.metric_kid import kid_features_to_metric
 
 from dualerase.bench import bench
@@ -62,17 +60,6 @@ def kid_by_definition(x: torch.Tensor, y: torch.Tensor, size: int, subsets: int 
     return float(np.mean(values))
 
 
-class Features(torch.nn.Module):
-    """torchmetrics' custom feature model: uint8 images -> the 64-d features torch-fidelity gets."""
-
-    num_features = 64
-
-    def __init__(self, extractor):
-        super().__init__()
-        self.extractor = extractor
-
-    def forward(self, x):
-        return self.extractor(x)[0].double()
 
 
 @pytest.fixture(scope="module")
@@ -223,12 +210,7 @@ def test_kid_is_printed_x1e3_where_the_protocol_names_its_features(tiny_run):
 
 def test_score_only_prints_its_robustness_and_why_fid_is_na(tmp_path, monkeypatch, capsys):
     # scores of a patched scorer must not land in the shared cache; the trained models may
-    own = tmp_path / "cache"
-    shared = Path(os.environ["DUALERASE_HOME"]) / "digits"
-    shared.mkdir(parents=True, exist_ok=True)
-    own.mkdir()
-    (own / "digits").symlink_to(shared)
-    monkeypatch.setenv("DUALERASE_HOME", str(own))
+    own_cache(tmp_path, monkeypatch)
     monkeypatch.setattr(
         DigitsScorer, "fidelity", lambda self, samples, forget_class, classes=None: {
             "fid": float("inf") if classes is None else 7.5, "kid": 0.0125, "precision": 0.5,
